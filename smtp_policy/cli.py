@@ -1,0 +1,54 @@
+"""The ``smtp-policy`` command: a thin dispatcher over ``smtp_policy.commands``.
+
+Each subcommand lives in its own module with ``HELP``, ``register(parser)`` and
+``run(args) -> int``; heavy imports (pymilter, asyncio servers) stay inside ``run`` so that
+``smtp-policy explain`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .core.errors import SmtpPolicyError
+
+#: Subcommand name -> module. Order is the order of ``--help``.
+COMMANDS = {
+    "explain": "smtp_policy.commands.explain",
+    "demo": "smtp_policy.commands.demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="smtp-policy",
+        description="Record, explain and rewrite SMTP reply codes beside Postfix or Sendmail.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.register(sub.add_parser(name, help=module.HELP, description=module.__doc__))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; errors become one line on stderr and a non-zero exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command])
+    try:
+        return int(module.run(args))
+    except SmtpPolicyError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"smtp-policy {args.command}: {line}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away (| head); nothing more to say
+        return 0

@@ -1,0 +1,1 @@
+"""One module per ``smtp-policy`` subcommand: ``HELP``, ``register(parser)`` and ``run(args)``."""

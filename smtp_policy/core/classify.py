@@ -1,0 +1,93 @@
+"""Decide the class and the reason of a reply.
+
+Theory of operation: the class is what the sending side will do, so it comes from the codes
+(the three-digit code first: it is what MTAs act on, even when an enhanced code of another
+class disagrees), then from a rule that knows a code-less text ("Connection timed out" is
+retried), else ``unknown``. The reason is a contest between candidates, each with a priority:
+every rule whose phrase occurs in the text and whose constraints hold, the enhanced code's
+registry entry, and the basic code's default. Text wins over generic codes, because a
+"550 5.1.1 … too many recipients this hour" is a rate limit whatever the codes claim.
+"""
+
+from __future__ import annotations
+
+from .knowledge import (
+    PRIORITY_BASIC,
+    PRIORITY_ENHANCED,
+    PRIORITY_ENHANCED_SUBJECT,
+    KnowledgeBase,
+    Rule,
+    normalize,
+)
+from .model import Classification, Reason, Reply, ReplyClass
+
+#: Rules are matched against at most this much of the text.
+MAX_MATCH_CHARS = 4096
+
+_CLASS_BY_DIGIT = {
+    1: ReplyClass.TRANSIENT,  # 101/111: the client could not even connect; MTAs retry
+    2: ReplyClass.SUCCESS,
+    3: ReplyClass.INTERMEDIATE,
+    4: ReplyClass.TRANSIENT,
+    5: ReplyClass.PERMANENT,
+}
+
+
+def classify(reply: Reply, kb: KnowledgeBase) -> Classification:
+    """Classify a parsed reply with the knowledge base."""
+    klass = _class_from_codes(reply, kb)
+    rule = _best_rule(reply, klass, kb)
+    if klass is None:
+        klass = rule.klass if rule is not None and rule.klass is not None else ReplyClass.UNKNOWN
+    if klass in (ReplyClass.SUCCESS, ReplyClass.INTERMEDIATE):
+        return Classification(reply, klass, None)
+    reason, priority = _reason_from_codes(reply, kb)
+    if rule is not None and rule.priority > priority:
+        return Classification(reply, klass, rule.reason, rule.id, rule.provider, rule.help_url)
+    return Classification(reply, klass, reason or Reason.UNDEFINED)
+
+
+def _class_from_codes(reply: Reply, kb: KnowledgeBase) -> ReplyClass | None:
+    if reply.code is not None:
+        info = kb.basic.get(reply.code)
+        return info.klass if info is not None else _CLASS_BY_DIGIT.get(reply.code // 100)
+    if reply.enhanced is not None:
+        return _CLASS_BY_DIGIT[reply.enhanced.klass]
+    return None
+
+
+def _best_rule(reply: Reply, klass: ReplyClass | None, kb: KnowledgeBase) -> Rule | None:
+    if not reply.text:
+        return None
+    text = normalize(reply.text[:MAX_MATCH_CHARS])
+    best: Rule | None = None
+    best_key = (-1, -1)
+    for phrase, rule in kb.index.candidates(text):
+        key = (rule.priority, len(phrase))
+        if key <= best_key or not _applies(rule, reply, klass, text):
+            continue
+        best, best_key = rule, key
+    return best
+
+
+def _applies(rule: Rule, reply: Reply, klass: ReplyClass | None, text: str) -> bool:
+    if rule.codes and reply.code not in rule.codes:
+        return False
+    if rule.classes and klass is not None and klass not in rule.classes:
+        return False
+    if rule.enhanced and str(reply.enhanced) not in rule.enhanced:
+        return False
+    return rule.pattern is None or rule.pattern.search(text) is not None
+
+
+def _reason_from_codes(reply: Reply, kb: KnowledgeBase) -> tuple[Reason | None, int]:
+    if reply.enhanced is not None:
+        info = kb.enhanced_info(reply.enhanced)
+        if info is not None and info.reason is not None:
+            specific = info.key == reply.enhanced.key and reply.enhanced.detail != 0
+            return info.reason, PRIORITY_ENHANCED if specific else PRIORITY_ENHANCED_SUBJECT
+    if reply.code is not None:
+        basic = kb.basic.get(reply.code)
+        if basic is not None and basic.reason is not None:
+            return basic.reason, PRIORITY_BASIC
+    return None, 0

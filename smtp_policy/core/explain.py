@@ -1,0 +1,75 @@
+"""Put a classification into words: a summary, an explanation, what to do and who acts."""
+
+from __future__ import annotations
+
+from .classify import classify
+from .knowledge import KnowledgeBase
+from .model import Actor, Classification, Explanation, ReplyClass
+from .parse import parse_reply
+
+
+def explain_text(text: str, kb: KnowledgeBase) -> Explanation:
+    """Parse, classify and explain one reply in any form :func:`parse_reply` reads."""
+    return explain(classify(parse_reply(text, kb.codebook), kb), kb)
+
+
+def explain(classification: Classification, kb: KnowledgeBase) -> Explanation:
+    """Explain a classification in plain language."""
+    reply = classification.reply
+    code_meaning = None
+    if reply.code is not None and reply.code in kb.basic:
+        info = kb.basic[reply.code]
+        code_meaning = f"{info.title}: {info.meaning}"
+    enhanced_meaning = None
+    if reply.enhanced is not None:
+        enh = kb.enhanced_info(reply.enhanced)
+        if enh is not None:
+            enhanced_meaning = f"{enh.title}: {enh.meaning}"
+    summary, explanation, action, actor = _words(classification, kb, code_meaning)
+    return Explanation(
+        classification, summary, explanation, action, actor, code_meaning, enhanced_meaning
+    )
+
+
+def _words(
+    c: Classification, kb: KnowledgeBase, code_meaning: str | None
+) -> tuple[str, str, str, Actor]:
+    if c.klass is ReplyClass.SUCCESS:
+        return (
+            "The server accepted the command",
+            code_meaning or "The reply reports success.",
+            "Nothing to do.",
+            Actor.NOBODY,
+        )
+    if c.klass is ReplyClass.INTERMEDIATE:
+        return (
+            "The server waits for more input",
+            code_meaning or "The reply asks the client to go on.",
+            "Nothing to do: the client sends what the server asked for.",
+            Actor.NOBODY,
+        )
+    if c.reason is None:  # unreachable: failures always carry a reason
+        return ("Unrecognised reply", "", "", Actor.POSTMASTER)
+    info = kb.reasons[c.reason]
+    rule = kb.rule_by_id.get(c.rule) if c.rule else None
+    transient = c.klass is ReplyClass.TRANSIENT
+    action = info.transient_action if transient and info.transient_action else info.action
+    actor = info.transient_actor if transient and info.transient_actor else info.actor
+    summary = info.summary
+    if rule is not None:
+        summary = rule.summary or summary
+        action = rule.action or action
+        actor = rule.actor or actor
+    if (
+        c.klass is ReplyClass.UNKNOWN
+        and c.reply.code is None
+        and c.reply.enhanced is None
+        and c.rule is None
+    ):
+        return (
+            "Not a recognisable SMTP reply",
+            "The text carries no reply code and matches nothing smtp_policy knows.",
+            "Look at the full log line or bounce for the server's actual reply.",
+            Actor.POSTMASTER,
+        )
+    return summary, info.explanation, action, actor
