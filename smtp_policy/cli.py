@@ -19,6 +19,9 @@ from .core.errors import SmtpPolicyError
 COMMANDS = {
     "explain": "smtp_policy.commands.explain",
     "demo": "smtp_policy.commands.demo",
+    "maps": "smtp_policy.commands.maps",
+    "policy": "smtp_policy.commands.policy",
+    "postfix": "smtp_policy.commands.postfix",
 }
 
 

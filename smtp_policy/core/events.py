@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
+from typing import TypedDict
 
 from .model import Explanation
 
@@ -63,7 +64,7 @@ class Event:
     summary: str | None = None
     rule: str | None = None
     mta: str | None = None
-    extra: Mapping[str, object] = field(default=_EMPTY)
+    extra: Mapping[str, object] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
         if self.ts.tzinfo is None:
@@ -88,8 +89,22 @@ class Event:
         return out
 
 
-def reply_fields(explanation: Explanation) -> dict[str, object]:
-    """The event fields that describe a reply and its explanation (for ``Event(**...)``)."""
+class ReplyFields(TypedDict, total=False):
+    """The event fields that describe a reply, for ``Event(**reply_fields(...))``."""
+
+    code: int | None
+    enhanced: str | None
+    klass: str | None
+    reason: str | None
+    text: str | None
+    summary: str | None
+    rule: str | None
+
+
+def reply_fields(explanation: Explanation | None, text: str | None = None) -> ReplyFields:
+    """The fields of a reply and its explanation; ``text`` overrides the reply's raw text."""
+    if explanation is None:
+        return {"text": text}
     c = explanation.classification
     r = c.reply
     return {
@@ -97,11 +112,12 @@ def reply_fields(explanation: Explanation) -> dict[str, object]:
         "enhanced": str(r.enhanced) if r.enhanced else None,
         "klass": c.klass.value,
         "reason": c.reason.value if c.reason else None,
-        "text": r.raw,
+        "text": r.raw if text is None else text,
         "summary": explanation.summary,
         "rule": c.rule,
     }
 
 
 _ORDER = tuple(f.name for f in fields(Event) if f.name != "extra")
-FIELD_NAMES = frozenset({"schema", "class", *_ORDER})
+#: The JSON names of the schema's fields (``klass`` is written as ``class``).
+FIELD_NAMES = frozenset({"schema", *("class" if n == "klass" else n for n in _ORDER)})

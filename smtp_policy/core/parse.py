@@ -40,7 +40,10 @@ class CodeBook:
 EMPTY_CODEBOOK = CodeBook()
 
 _ENH = r"[245]\.\d{1,3}\.\d{1,3}"
-_LINE = re.compile(rf"^[ \t]*(?P<code>[1-5]\d\d)(?P<sep>[ -]|$)(?:[ \t]*(?P<enh>{_ENH})(?![\d.]))?")
+_LINE = re.compile(
+    r"^[ \t]*(?P<code>[1-5]\d\d)(?P<sep>[ -]|$)"
+    r"(?:[ \t]*(?P<enh>(?P<k>[245])\.(?P<s>\d{1,3})\.(?P<d>\d{1,3}))(?![\d.]))?"
+)
 _ENHANCED_ANYWHERE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _CODE_AND_ENHANCED = re.compile(rf"(?<![\w.])([1-5]\d\d)[ -]({_ENH})(?![\d.])")
 _POSTFIX_SAID = re.compile(
@@ -100,7 +103,7 @@ def parse_reply(text: str, codes: CodeBook = EMPTY_CODEBOOK) -> Reply:
 def _bound(text: str) -> str:
     if len(text) > MAX_PARSE_CHARS:
         text = text[:MAX_PARSE_CHARS]
-    return text.replace("\x00", " ")
+    return text.replace("\x00", " ") if "\x00" in text else text
 
 
 def _parse_bare(raw: str, stripped: str, codes: CodeBook) -> Reply:
@@ -165,14 +168,23 @@ def _unwrap_diagnostic(raw: str, body: str, codes: CodeBook) -> Reply | None:
 
 def _parse_lines(raw: str, body: str, form: ReplyForm, codes: CodeBook) -> Reply:
     """Read ``550-5.1.1 a`` / ``550 5.1.1 b`` lines, or the same joined by spaces."""
-    lines = [ln for ln in body.replace("\r\n", "\n").replace("\r", "\n").split("\n") if ln.strip()]
-    lines = lines[:MAX_PARSE_LINES]
+    if "\n" in body or "\r" in body:
+        lines = [ln for ln in body.replace("\r", "\n").split("\n") if ln.strip()][:MAX_PARSE_LINES]
+    else:
+        lines = [body]
     first = _LINE.match(lines[0]) if lines else None
     if first is None:
         reply = _parse_free_text(raw, body.strip(), codes)
         return _with(reply, form=form)
     code = int(first["code"])
-    enhanced = _enhanced(first["enh"]) if first["enh"] else None
+    enhanced = None
+    if first["enh"]:
+        enhanced = EnhancedCode(int(first["k"]), int(first["s"]), int(first["d"]))
+    if len(lines) == 1 and f" {code}" not in body:  # the common case: one plain line
+        text = body[first.end() :].strip()
+        if enhanced is None:
+            enhanced = _find_enhanced(text, code) or codes.shorthands.get(code)
+        return Reply(raw, code, enhanced, text, form)
     parts: list[str] = []
     for line in lines:
         m = _LINE.match(line)

@@ -1,0 +1,149 @@
+"""Classification throughput: smtp_policy against sisimai (Debian's libsisimai-perl).
+
+Builds >= 10,000 varied, real-looking replies from the labelled corpus and the knowledge base's
+own samples (addresses, hosts, IPs and queue ids varied per copy), then times, on the same
+strings in the same run: smtp_policy's parse + classify, the full explain, and
+``Sisimai::Reason->match`` (timed inside Perl, start-up excluded). Prints replies/s, the ratio
+and per-call latency percentiles. Nothing is asserted: the machine is shared and noisy.
+
+    .venv/bin/python benchmarks/classify.py [--count 20000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from smtp_policy.core.classify import classify
+from smtp_policy.core.explain import explain_text
+from smtp_policy.core.parse import parse_reply
+from smtp_policy.knowledge import default_knowledge
+
+ROOT = Path(__file__).resolve().parents[1]
+# The Perl side: read the same replies, time Reason->match over them in-process.
+PERL = r"""
+use strict; use warnings; use JSON::PP; use Time::HiRes qw(time); use Sisimai::Reason;
+my @r; open(my $fh, '<:raw', $ARGV[0]) or die; while (<$fh>) { push @r, decode_json($_) }
+my $rounds = $ARGV[1]; my @rates;
+for (1..$rounds) {
+    my $t = time; Sisimai::Reason->match($_) for @r; push @rates, scalar(@r) / (time - $t);
+}
+print join(" ", @rates), "\n";
+"""
+
+
+def build_replies(count: int, seed: int = 42) -> list[str]:
+    """Vary the seed replies until there are ``count`` of them."""
+    kb = default_knowledge()
+    base: list[str] = []
+    corpus = ROOT / "tests" / "corpus" / "replies.jsonl"
+    if corpus.exists():
+        base += [json.loads(line)["reply"] for line in corpus.read_text().splitlines() if line]
+    base += [s for rule in kb.rules for s in rule.samples]
+    base += [s for info in kb.basic.values() for s in info.samples]
+    rng = random.Random(seed)
+    out: list[str] = []
+    while len(out) < count:
+        out.append(_vary(rng.choice(base), rng))
+    return out
+
+
+_ADDR = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_IP = re.compile(r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b")
+
+
+def _vary(text: str, rng: random.Random) -> str:
+    user = "".join(rng.choice("abcdefghijklmnop") for _ in range(rng.randint(3, 10)))
+    text = _ADDR.sub(f"{user}@example{rng.randint(1, 999)}.com", text)
+    return _IP.sub(f"192.0.2.{rng.randint(1, 254)}", text)
+
+
+def time_python(replies: list[str], rounds: int) -> tuple[list[float], list[float]]:
+    """Replies/s for parse+classify and for the full explain, per round."""
+    kb = default_knowledge()
+    classify_rates, explain_rates = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for text in replies:
+            classify(parse_reply(text, kb.codebook), kb)
+        classify_rates.append(len(replies) / (time.perf_counter() - t))
+        t = time.perf_counter()
+        for text in replies:
+            explain_text(text, kb)
+        explain_rates.append(len(replies) / (time.perf_counter() - t))
+    return classify_rates, explain_rates
+
+
+def latency_us(replies: list[str]) -> tuple[float, float]:
+    """p50 and p99 of one parse+classify, in microseconds."""
+    kb = default_knowledge()
+    samples = []
+    for text in replies[:5000]:
+        t = time.perf_counter_ns()
+        classify(parse_reply(text, kb.codebook), kb)
+        samples.append((time.perf_counter_ns() - t) / 1000)
+    samples.sort()
+    return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+
+
+def time_sisimai(replies: list[str], rounds: int) -> list[float] | None:
+    """Replies/s of Sisimai::Reason->match per round, or None without perl/sisimai."""
+    if shutil.which("perl") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "replies.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in replies))
+        script = Path(tmp) / "bench.pl"
+        script.write_text(PERL)
+        proc = subprocess.run(
+            ["perl", str(script), str(data), str(rounds)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            print(f"sisimai not available: {proc.stderr.strip()[:200]}")
+            return None
+        return [float(x) for x in proc.stdout.split()]
+
+
+def _rounds(rates: list[float]) -> str:
+    return "rounds: " + ", ".join(f"{r:,.0f}" for r in rates)
+
+
+def main() -> None:
+    """Run the benchmark and print the numbers."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    replies = build_replies(args.count)
+    mean = statistics.mean(map(len, replies))
+    print(f"{len(replies)} replies, {len(set(replies))} distinct, mean {mean:.0f} chars")
+    default_knowledge()  # loading is not part of the timing
+    sis = time_sisimai(replies, args.rounds)
+    cls, exp = time_python(replies, args.rounds)
+    p50, p99 = latency_us(replies)
+    ours = statistics.median(cls)
+    print(f"smtp_policy parse+classify: {ours:,.0f} replies/s ({_rounds(cls)})")
+    print(f"smtp_policy explain:        {statistics.median(exp):,.0f} replies/s ({_rounds(exp)})")
+    print(f"latency parse+classify:     p50 {p50:.1f} us, p99 {p99:.1f} us")
+    if sis:
+        theirs = statistics.median(sis)
+        print(f"sisimai Reason->match:      {theirs:,.0f} replies/s ({_rounds(sis)})")
+        print(
+            f"ratio smtp_policy/sisimai:  {ours / theirs:.1f}x parse+classify, "
+            f"{statistics.median(exp) / theirs:.1f}x full explain"
+        )
+
+
+if __name__ == "__main__":
+    main()

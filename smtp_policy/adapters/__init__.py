@@ -1,0 +1,1 @@
+"""Thin I/O adapters around the core: each turns its input into core calls and Events."""

@@ -1,0 +1,64 @@
+"""Friendlier texts for what people read: reject footers and DSN (bounce) texts.
+
+Pure functions over an Explanation and the admin's already-rendered lines; the text always
+passes the sanitizer, and the reply's code and class are never changed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .model import Explanation, ReplyClass
+from .sanitize import clean_text, footer_text
+
+#: postconf(5) asks to keep footers short: they may be cut before reaching a DSN.
+MAX_FOOTER_CHARS = 400
+#: A DSN's human-readable text: long enough for a sentence or two and the remote's reply.
+MAX_DSN_CHARS = 2000
+
+FAILURES = (ReplyClass.TRANSIENT, ReplyClass.PERMANENT)
+
+
+def default_lines(explanation: Explanation) -> list[str]:
+    """Our own wording when the admin configured none: summary, what to do, help link."""
+    c = explanation.classification
+    lines = [f"{explanation.summary.rstrip('.')}. {explanation.action}"]
+    if c.help_url:
+        lines.append(f"More information: {c.help_url}")
+    return lines
+
+
+def footer(
+    explanation: Explanation, lines: Sequence[str], *, same_line: bool = False
+) -> str | None:
+    """A ``smtpd_reject_footer_maps`` result, or None for replies that are not failures.
+
+    Lines are joined with Postfix's ``\\n`` (each new line gets the reply's code); with
+    ``same_line`` the footer starts with ``\\c`` and continues the reply's last line.
+    """
+    if explanation.classification.klass not in FAILURES:
+        return None
+    parts = [footer_text(line) for line in lines]
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    text = "\\n".join(parts)
+    if len(text) > MAX_FOOTER_CHARS:
+        text = text[: MAX_FOOTER_CHARS - 3].rstrip("\\$ ") + "..."
+    return ("\\c " if same_line else "") + text
+
+
+def dsn_text(status: str, original: str, lines: Sequence[str]) -> str | None:
+    """A ``*_delivery_status_filter`` result: same status, friendlier text, original kept.
+
+    Returns None for successes (2.x.x), which are left as they are.
+    """
+    if status[:1] not in ("4", "5"):
+        return None
+    friendly = " ".join(clean_text(line) for line in lines if clean_text(line))
+    if not friendly:
+        return None
+    text = f"{friendly} ({clean_text(original)})"
+    if len(text) > MAX_DSN_CHARS:
+        text = text[: MAX_DSN_CHARS - 4].rstrip() + "...)"
+    return f"{status} {text}"

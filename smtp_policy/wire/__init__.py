@@ -1,0 +1,1 @@
+"""Sans-I/O codecs for the MTA-side protocols and log formats: bytes or lines in, values out."""

@@ -1,0 +1,74 @@
+"""The event schema and its JSON Lines writer."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from smtp_policy.core.events import FIELD_NAMES, SCHEMA_VERSION, Direction, Event, Source
+from smtp_policy.emit import EventWriter
+
+TS = datetime(2026, 11, 29, 10, 2, 3, 456789, tzinfo=timezone(timedelta(hours=1)))
+
+
+def test_json_form_has_every_field_and_utc_time() -> None:
+    """to_dict has the schema version, every field (null when unknown) and a UTC 'Z' time."""
+    event = Event(
+        event="reply",
+        source=Source.MILTER,
+        ts=TS,
+        direction=Direction.UPSTREAM,
+        stage="rcpt",
+        code=550,
+        klass="permanent",
+        extra={"map": "footer"},
+    )
+    data = event.to_dict()
+    assert data["schema"] == SCHEMA_VERSION
+    assert data["ts"] == "2026-11-29T09:02:03.456789Z"
+    assert data["class"] == "permanent"
+    assert data["direction"] == "upstream"
+    assert data["map"] == "footer"
+    assert set(data) == FIELD_NAMES | {"map"}
+    assert data["recipient"] is None
+
+
+def test_naive_times_and_shadowing_extras_are_refused() -> None:
+    """A naive timestamp or an extra named like a schema field is a programming error."""
+    with pytest.raises(ValueError, match="timezone-aware"):
+        Event(event="x", source=Source.LOG, ts=datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="shadow"):
+        Event(event="x", source=Source.LOG, ts=TS, extra={"class": "x"})
+
+
+def test_writer_keeps_lines_whole_across_threads() -> None:
+    """Many threads writing at once still give one valid JSON object per line."""
+    out = io.StringIO()
+    writer = EventWriter(out)
+
+    def burst(n: int) -> None:
+        for i in range(200):
+            writer.emit(
+                Event(
+                    event="reply",
+                    source=Source.MILTER,
+                    ts=datetime.now(UTC),
+                    session=f"s{n}",
+                    text="x" * (i % 50),
+                    extra={"i": i},
+                )
+            )
+
+    threads = [threading.Thread(target=burst, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1600
+    parsed = [json.loads(line) for line in lines]
+    assert all(p["event"] == "reply" for p in parsed)

@@ -1,0 +1,93 @@
+"""The policy delegation server, as smtpd talks to it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_maps_server import _free_port, _wait_port, stop
+
+RCPT = (
+    b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
+    b"client_address=192.0.2.1\nclient_name=mail.example.com\nhelo_name=mail.example.com\n"
+    b"queue_id=\nsender=alice@example.com\nrecipient=bob@local.test\nrecipient_count=0\n"
+    b"instance=123.456\nsize=1200\n\n"
+)
+
+
+@pytest.fixture(name="policy", scope="module")
+def _policy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    port = _free_port()
+    events = tmp_path_factory.mktemp("policy") / "events.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smtp_policy",
+            "policy",
+            "--listen",
+            f"inet:127.0.0.1:{port}",
+            "--events",
+            str(events),
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_port(port, proc)
+        yield port, events
+    finally:
+        stop(proc)
+
+
+def _recv_answer(conn: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n\n"):
+        chunk = conn.recv(1000)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_requests_are_recorded_and_answered_dunno(policy: tuple[int, Path]) -> None:
+    """Two requests on one connection: two DUNNO answers, two events with every attribute."""
+    port, events = policy
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(RCPT)
+        assert _recv_answer(conn) == b"action=DUNNO\n\n"
+        conn.sendall(RCPT.replace(b"RCPT", b"END-OF-MESSAGE"))
+        assert _recv_answer(conn) == b"action=DUNNO\n\n"
+    got = [json.loads(line) for line in events.read_text().splitlines()]
+    requests = [e for e in got if e["event"] == "policy_request"]
+    assert [e["stage"] for e in requests[-2:]] == ["rcpt", "eom"]
+    last = requests[-2]
+    assert last["source"] == "policy"
+    assert last["client_addr"] == "192.0.2.1"
+    assert last["sender"] == "alice@example.com"
+    assert last["recipient"] == "bob@local.test"
+    assert last["queue_id"] is None
+    assert last["instance"] == "123.456"
+    assert last["size"] == "1200"
+    assert last["action"] == "DUNNO"
+
+
+def test_bad_requests_close_only_their_connection(policy: tuple[int, Path]) -> None:
+    """A line without '=', an over-long line and 8-bit values: no crash, others still served."""
+    port, events = policy
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as bad:
+        bad.sendall(b"garbage line\n\n")
+        assert bad.recv(100) == b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as long:
+        long.sendall(b"sender=" + b"x" * 20000 + b"\n")
+        assert long.recv(100) == b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as eight_bit:
+        eight_bit.sendall(RCPT.replace(b"alice", b"\xe9l\xffce"))
+        assert _recv_answer(eight_bit) == b"action=DUNNO\n\n"
+    errors = [json.loads(line) for line in events.read_text().splitlines()]
+    assert sum(1 for e in errors if e["event"] == "error") >= 2
