@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_maps_server import _free_port, _wait_port, stop
+from tests.helpers import free_port, stop, wait_port
 
 RCPT = (
     b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
@@ -23,7 +23,7 @@ RCPT = (
 
 @pytest.fixture(name="policy", scope="module")
 def _policy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
-    port = _free_port()
+    port = free_port()
     events = tmp_path_factory.mktemp("policy") / "events.jsonl"
     proc = subprocess.Popen(
         [
@@ -39,7 +39,7 @@ def _policy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Pat
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_port(port, proc)
+        wait_port(port, proc)
         yield port, events
     finally:
         stop(proc)
