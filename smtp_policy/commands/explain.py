@@ -132,10 +132,10 @@ _LABELS = (
 def render_text(explanation: Explanation) -> str:
     """A plain, colour-free block a person can paste into a ticket."""
     data = explanation.to_dict()
-    if explanation.code_meaning and data["code"] is not None:
-        data["code"] = f"{data['code']} ({explanation.code_meaning.split(':', 1)[0]})"
-    if explanation.enhanced_meaning and data["enhanced"]:
-        data["enhanced"] = f"{data['enhanced']} ({explanation.enhanced_meaning.split(':', 1)[0]})"
+    if explanation.code_title and data["code"] is not None:
+        data["code"] = f"{data['code']} ({explanation.code_title})"
+    if explanation.enhanced_title and data["enhanced"]:
+        data["enhanced"] = f"{data['enhanced']} ({explanation.enhanced_title})"
     width = max(len(label) for label, _ in _LABELS) + 2
     out = []
     for label, key in _LABELS:

@@ -42,17 +42,35 @@ def serve(args: argparse.Namespace, name: str, make_handler: HandlerFactory) -> 
 
 
 async def _serve(address: ListenAddress, name: str, events: EventWriter, handler: Handler) -> int:
-    server = await start_server(address, handler)
+    open_tasks: set[asyncio.Task[None]] = set()
+    writers: set[asyncio.StreamWriter] = set()
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        open_tasks.add(task)
+        writers.add(writer)
+        try:
+            await handler(reader, writer)
+        finally:
+            writers.discard(writer)
+            open_tasks.discard(task)
+
+    server = await start_server(address, tracked)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    source = Source(name) if name in Source.__members__.values() else Source.MAPS
+    source = Source(name)
     events.emit(
         Event(event="started", source=source, ts=datetime.now(UTC), extra={"listen": str(address)})
     )
     print(f"smtp-policy {name}: listening on {address}", file=sys.stderr, flush=True)
-    async with server:
-        await stop.wait()
+    await stop.wait()
+    server.close()
+    for writer in list(writers):  # open connections end as if the peer had closed them
+        writer.transport.abort()
+    if open_tasks:
+        await asyncio.wait(open_tasks, timeout=5)
     events.emit(Event(event="stopped", source=source, ts=datetime.now(UTC)))
     return 0

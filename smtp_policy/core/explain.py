@@ -16,18 +16,25 @@ def explain_text(text: str, kb: KnowledgeBase) -> Explanation:
 def explain(classification: Classification, kb: KnowledgeBase) -> Explanation:
     """Explain a classification in plain language."""
     reply = classification.reply
-    code_meaning = None
+    code_title = code_meaning = enhanced_title = enhanced_meaning = None
     if reply.code is not None and reply.code in kb.basic:
         info = kb.basic[reply.code]
-        code_meaning = f"{info.title}: {info.meaning}"
-    enhanced_meaning = None
+        code_title, code_meaning = info.title, f"{info.title}: {info.meaning}"
     if reply.enhanced is not None:
         enh = kb.enhanced_info(reply.enhanced)
         if enh is not None:
-            enhanced_meaning = f"{enh.title}: {enh.meaning}"
+            enhanced_title, enhanced_meaning = enh.title, f"{enh.title}: {enh.meaning}"
     summary, explanation, action, actor = _words(classification, kb, code_meaning)
     return Explanation(
-        classification, summary, explanation, action, actor, code_meaning, enhanced_meaning
+        classification,
+        summary,
+        explanation,
+        action,
+        actor,
+        code_meaning,
+        enhanced_meaning,
+        code_title,
+        enhanced_title,
     )
 
 

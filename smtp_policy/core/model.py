@@ -151,6 +151,8 @@ class Explanation:
     actor: Actor
     code_meaning: str | None = None
     enhanced_meaning: str | None = None
+    code_title: str | None = None
+    enhanced_title: str | None = None
 
     @property
     def reply(self) -> Reply:
@@ -177,6 +179,8 @@ class Explanation:
             "form": r.form.value,
             "command": r.command,
             "remote": r.remote,
+            "code_title": self.code_title,
             "code_meaning": self.code_meaning,
+            "enhanced_title": self.enhanced_title,
             "enhanced_meaning": self.enhanced_meaning,
         }

@@ -1,0 +1,150 @@
+"""The shipped knowledge: complete, consistent, and right on its own samples."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from smtp_policy.core.explain import explain_text
+from smtp_policy.core.knowledge import KnowledgeBase, normalize
+from smtp_policy.core.model import Reason, ReplyClass
+from smtp_policy.knowledge import default_knowledge
+
+SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "000_91556c030e87db51.txt"
+
+#: Every code the seed guide discusses (kept here too, so the test runs without shared/).
+SEED_CODES = (
+    101, 111, 211, 214, 220, 221, 250, 251, 252, 354, 420, 421, 422, 431, 432, 441, 442, 446,
+    447, 449, 450, 451, 452, 465, 471, 500, 501, 502, 503, 504, 510, 511, 512, 513, 523, 550,
+    551, 552, 553, 554,
+)
+RFC5321_CODES = (211, 214, 220, 221, 250, 251, 252, 354, 421, 450, 451, 452, 455, 500, 501,
+                 502, 503, 504, 550, 551, 552, 553, 554, 555)
+
+#: The IANA "SMTP Enhanced Status Codes" registry (RFC 3463 and the RFCs that extend it).
+REGISTRY = (
+    "X.0.0",
+    *(f"X.1.{d}" for d in range(11)),
+    *(f"X.2.{d}" for d in range(5)),
+    *(f"X.3.{d}" for d in range(7)),
+    *(f"X.4.{d}" for d in range(8)),
+    *(f"X.5.{d}" for d in range(7)),
+    *(f"X.6.{d}" for d in range(10)),
+    *(f"X.7.{d}" for d in range(31)),
+)
+
+
+@pytest.fixture(name="kb", scope="module")
+def _kb() -> KnowledgeBase:
+    return default_knowledge()
+
+
+def test_every_seed_code_is_known(kb: KnowledgeBase) -> None:
+    """Each code of the seed guide, and each of RFC 5321, has an entry."""
+    assert sorted(set(SEED_CODES + RFC5321_CODES) - set(kb.basic)) == []
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="shared/seed is not beside the checkout")
+def test_seed_list_matches_the_guide() -> None:
+    """SEED_CODES holds every code heading of the guide ("NNN", an en dash, a title)."""
+    text = SEED.read_text(encoding="utf-8")
+    found = {int(m) for m in re.findall(r"^(\d{3}) – ", text, re.MULTILINE)}
+    assert found <= set(SEED_CODES)
+
+
+@pytest.mark.parametrize("code", SEED_CODES)
+def test_every_seed_code_explains(code: int) -> None:
+    """A bare seed code explains with the class of its first digit, a reason and a meaning."""
+    result = explain_text(str(code), default_knowledge())
+    expected = {1: "transient", 2: "success", 3: "intermediate", 4: "transient", 5: "permanent"}
+    assert result.classification.klass.value == expected[code // 100]
+    assert result.code_meaning
+    assert result.summary
+    if code // 100 in (1, 4, 5):
+        assert result.classification.reason is not None
+        assert result.classification.reason is not Reason.UNDEFINED
+        assert result.action
+
+
+def test_the_whole_registry_is_known(kb: KnowledgeBase) -> None:
+    """Every registry code has an entry with a title and a meaning."""
+    assert sorted(set(REGISTRY) - set(kb.enhanced)) == []
+    assert set(kb.enhanced_classes) == {2, 4, 5}
+
+
+@pytest.mark.parametrize("key", REGISTRY)
+def test_every_registry_code_explains(key: str, kb: KnowledgeBase) -> None:
+    """Each registry code, in each class it allows, explains with its meaning and class."""
+    info = kb.enhanced[key]
+    for klass in sorted(info.classes):
+        result = explain_text(key.replace("X", str(klass), 1), kb)
+        assert result.enhanced_meaning is not None
+        assert result.enhanced_meaning.startswith(info.title)
+        want = {2: ReplyClass.SUCCESS, 4: ReplyClass.TRANSIENT, 5: ReplyClass.PERMANENT}[klass]
+        assert result.classification.klass is want
+
+
+def _rule_samples() -> list[tuple[str, str, str]]:
+    kb = default_knowledge()
+    return [(r.id, r.reason.value, s) for r in kb.rules for s in r.samples]
+
+
+@pytest.mark.parametrize(("rule_id", "reason", "sample"), _rule_samples())
+def test_every_rule_sample_yields_the_rule_reason(rule_id: str, reason: str, sample: str) -> None:
+    """Each sample beside a rule classifies to that rule's reason."""
+    result = explain_text(sample, default_knowledge())
+    got = result.classification
+    assert got.reason is not None, f"{rule_id}: no reason for {sample!r}"
+    assert got.reason.value == reason, f"{rule_id}: {sample!r} gave {got.reason} via {got.rule}"
+
+
+def test_every_rule_matches_one_of_its_samples(kb: KnowledgeBase) -> None:
+    """Each phrase of each rule occurs in one of its samples: no rule is dead data."""
+    dead = []
+    for rule in kb.rules:
+        texts = [normalize(s) for s in rule.samples]
+        dead += [f"{rule.id}: {p!r}" for p in rule.phrases if not any(p in t for t in texts)]
+    assert dead == []
+
+
+def test_basic_code_samples_have_their_class(kb: KnowledgeBase) -> None:
+    """Each basic code's samples classify to the class of that code."""
+    wrong = []
+    for info in kb.basic.values():
+        for sample in info.samples:
+            got = explain_text(sample, kb).classification.klass
+            if got is not info.klass:
+                wrong.append((info.code, sample, got))
+    assert wrong == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "klass", "reason"),
+    [
+        pytest.param("550 5.1.1 Too many recipients this hour, try later", "permanent",
+                     "rate_limited", id="text-beats-enhanced"),
+        pytest.param("554 delivery error: dd This user doesn't have an account", "permanent",
+                     "user_unknown", id="text-beats-generic-554"),
+        pytest.param("550 4.7.1 Temporarily rejected", "permanent", None, id="5xx-with-4xx-enhanced"),
+        pytest.param("Mailbox is inactive", None, "suspend", id="seed-phrase-inactive"),
+        pytest.param("250 2.0.0 Ok: queued as 7EE668039", "success", None, id="success"),
+        pytest.param("354 End data with <CR><LF>.<CR><LF>", "intermediate", None, id="intermediate"),
+        pytest.param("", "unknown", "undefined", id="empty"),
+    ],
+)
+def test_decisions(reply: str, klass: str | None, reason: str | None, kb: KnowledgeBase) -> None:
+    """The text decides over generic codes; the basic code decides the class."""
+    got = explain_text(reply, kb).classification
+    if klass is not None:
+        assert got.klass.value == klass
+    if reason is not None or klass in ("success", "intermediate"):
+        assert (got.reason.value if got.reason else None) == reason
+
+
+def test_following_addresses_phrase_is_explained(kb: KnowledgeBase) -> None:
+    """The seed guide's 'permanent delivery errors' phrase is recognised by a rule."""
+    got = explain_text("The following addresses had permanent delivery errors", kb)
+    assert got.classification.rule is not None
+    assert got.classification.klass is ReplyClass.PERMANENT
