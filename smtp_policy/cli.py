@@ -22,6 +22,7 @@ COMMANDS = {
     "maps": "smtp_policy.commands.maps",
     "policy": "smtp_policy.commands.policy",
     "postfix": "smtp_policy.commands.postfix",
+    "check-config": "smtp_policy.commands.check_config",
 }
 
 

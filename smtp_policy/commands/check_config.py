@@ -1,0 +1,107 @@
+"""Check the configuration and print every problem, one per line: FILE:LINE: key.path: message.
+
+Reads the shipped defaults, then /etc/smtp-policy/config.toml and /etc/smtp-policy/conf.d/*.toml
+in name order; with FILE, the defaults and FILE only. Exits 0 and prints "OK: <files read>"
+(plus notices about what the MTAs let you change) when the configuration can be used, 1 when
+it cannot. Daemons reloaded with SIGHUP keep their running configuration in that case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import string
+
+from ..config import Config, check_config
+from ..core.sanitize import clean_text
+from ..rules import REPLY_ACTIONS, Stage
+
+HELP = "check the configuration files and print every problem"
+
+#: How each MTA's own greeting setting writes our placeholders.
+_POSTFIX_MACROS = {"hostname": "$myhostname"}
+_SENDMAIL_MACROS = {"hostname": "$j", "date": "$b"}
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the check-config options."""
+    parser.add_argument(
+        "file",
+        nargs="?",
+        metavar="FILE",
+        help="check the shipped defaults and FILE only "
+        "(default: /etc/smtp-policy/config.toml and conf.d/*.toml)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check, print the problems or "OK", and return the exit status."""
+    report = check_config(args.file)
+    if report.config is None:
+        for problem in report.problems:
+            print(problem)
+        return 1
+    read = [str(s.path) if s.path is not None else "shipped defaults" for s in report.sources]
+    print("OK: " + ", ".join(read))
+    for notice in notices(report.config):
+        print(f"notice: {notice}")
+    return 0
+
+
+def notices(config: Config) -> list[str]:
+    """What the admin should know about where configured texts can reach a client."""
+    return [
+        _goodbye_notice(),
+        *_greeting_notices(config.banner.greeting),
+        *_rule_notices(config),
+    ]
+
+
+def _goodbye_notice() -> str:
+    return (
+        "banner.goodbye: only the smtp-policy proxy can send this 221 text; Postfix "
+        '("221 2.0.0 Bye") and Sendmail ("221 2.0.0 <host> closing connection") hard-code '
+        "their 221 reply, and no milter, policy service or reject footer can change it"
+    )
+
+
+def _greeting_notices(template: str) -> list[str]:
+    postfix = _mta_greeting(template, _POSTFIX_MACROS)
+    sendmail = _mta_greeting(template, _SENDMAIL_MACROS)
+    return [
+        "banner.greeting: a milter cannot change the 220 greeting; the smtp-policy proxy "
+        "sends this text, Postfix and Sendmail need their own setting",
+        f"banner.greeting: Postfix main.cf: smtpd_banner = {postfix}"
+        if postfix
+        else "banner.greeting: Postfix's smtpd_banner cannot say this "
+        "(one line; of the placeholders only {hostname}, as $myhostname)",
+        f"banner.greeting: sendmail.mc: define(`confSMTP_LOGIN_MSG', `{sendmail}')"
+        if sendmail
+        else "banner.greeting: Sendmail's confSMTP_LOGIN_MSG cannot say this "
+        "(one line; of the placeholders only {hostname} as $j and {date} as $b)",
+    ]
+
+
+def _mta_greeting(template: str, macros: dict[str, str]) -> str | None:
+    """``template`` in an MTA's own macro syntax, or None if it cannot be said there."""
+    if "\n" in template.strip() or "$" in template or "`" in template or "'" in template:
+        return None
+    out = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        lead = " " if literal[:1].isspace() else ""
+        trail = " " if literal[-1:].isspace() else ""
+        out.append(lead + clean_text(literal) + trail)
+        if name is not None:
+            if name not in macros:
+                return None
+            out.append(macros[name])
+    return " ".join("".join(out).split())
+
+
+def _rule_notices(config: Config) -> list[str]:
+    return [
+        f"rules {rule.name!r}: at stage connect Postfix answers a milter's {rule.action.value} "
+        "with its own fixed text (554/421 <host> ...); the policy service and the proxy "
+        "send this rule's text"
+        for rule in config.rules
+        if rule.stage is Stage.CONNECT and rule.action in REPLY_ACTIONS
+    ]
