@@ -114,9 +114,21 @@ def _wrap(text: str, width: int) -> list[str]:
     return out
 
 
+#: libmilter refuses a reply line longer than MAXREPLYLEN (980) with its codes; keep clear of it.
+MILTER_MAX_TEXT = 960
+
+
 def milter_line(line: str) -> str:
-    """A safe line as libmilter wants it: every ``%`` doubled (Postfix shows one)."""
-    return line.replace("%", "%%")
+    """A safe line as libmilter wants it: every ``%`` doubled (Postfix shows one).
+
+    Doubling can push a long line of ``%`` past libmilter's limit; such a line is shortened.
+    """
+    doubled = line.replace("%", "%%")
+    if len(doubled) > MILTER_MAX_TEXT:
+        while len(line) + line.count("%") > MILTER_MAX_TEXT:
+            line = line[: -max(1, (len(line) + line.count("%") - MILTER_MAX_TEXT) // 2)]
+        doubled = line.replace("%", "%%")
+    return doubled
 
 
 def footer_text(text: str) -> str:
