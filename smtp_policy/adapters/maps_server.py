@@ -14,37 +14,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ..config import Config
 from ..core.errors import ProtocolError
 from ..core.events import Direction, Event, Source, reply_fields
 from ..core.explain import explain_text
 from ..core.knowledge import KnowledgeBase
 from ..core.model import Explanation
-from ..core.rewrite import default_lines, dsn_text, footer
+from ..core.rewrite import dsn_text, footer
 from ..emit import EventWriter
+from ..texts import render_reply_text
 from ..wire.netstring import NetstringDecoder
 from ..wire.socketmap import NOT_FOUND, Reply, Request, Status
 
-#: Renders the admin's text for an explanation and a map name ("footer" or "dsn").
-TextRenderer = Callable[[Explanation, str], Sequence[str]]
-
 IDLE_TIMEOUT = 300.0  # Postfix closes idle socketmap connections after 10 s itself
 
-
-@dataclass(frozen=True, slots=True)
-class MapsSettings:
-    """What the maps server needs besides the knowledge base."""
-
-    footer_same_line: bool = False
-    idle_timeout: float = IDLE_TIMEOUT
-
-
-def default_renderer(explanation: Explanation, map_name: str) -> Sequence[str]:
-    """Our own wording, used when the admin configured no text."""
-    return default_lines(explanation)
+#: Who reads the text: a footer goes to the connecting client, a DSN to our own sender.
+AUDIENCE = {"footer": "external", "dsn": "internal"}
 
 
 class MapsService:
@@ -54,14 +41,26 @@ class MapsService:
         self,
         kb: KnowledgeBase,
         events: EventWriter,
-        render: TextRenderer = default_renderer,
-        settings: MapsSettings = MapsSettings(),
+        config: Config,
+        *,
+        same_line: bool | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self._kb = kb
         self._events = events
-        self._render = render
-        self._settings = settings
+        self._same_line_option = same_line
+        self._idle_timeout = idle_timeout
         self._ids = itertools.count(1)
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Use the texts and settings of a newly loaded configuration."""
+        self._texts = config.texts
+        option = self._same_line_option
+        self._same_line = config.maps.same_line if option is None else option
+
+    def _lines(self, explanation: Explanation, map_name: str) -> list[str]:
+        return render_reply_text(self._texts, explanation, {}, AUDIENCE[map_name])
 
     def lookup(self, request: Request, session: str) -> Reply:
         """Answer one lookup and record it as one event."""
@@ -69,14 +68,12 @@ class MapsService:
         text: str | None = None
         if request.name == "footer":
             explanation = explain_text(request.key, self._kb)
-            lines = self._render(explanation, "footer")
-            text = footer(explanation, lines, same_line=self._settings.footer_same_line)
+            lines = self._lines(explanation, "footer")
+            text = footer(explanation, lines, same_line=self._same_line)
         elif request.name == "dsn":
             status, _, original = request.key.partition(" ")
             explanation = explain_text(original, self._kb)
-            text = (
-                dsn_text(status, original, self._render(explanation, "dsn")) if original else None
-            )
+            text = dsn_text(status, original, self._lines(explanation, "dsn")) if original else None
         if explanation is None:
             reply = Reply(
                 Status.PERM, f"unknown map {request.name!r}: smtp-policy serves footer and dsn"
@@ -122,7 +119,7 @@ class MapsService:
         decoder = NetstringDecoder()
         try:
             while True:
-                data = await asyncio.wait_for(reader.read(65536), self._settings.idle_timeout)
+                data = await asyncio.wait_for(reader.read(65536), self._idle_timeout)
                 if not data:
                     break
                 decoder.feed(data)
@@ -132,7 +129,7 @@ class MapsService:
         except ProtocolError as exc:
             self.error(session, f"closing connection: {exc}")
         except TimeoutError:
-            self.error(session, f"closing connection idle for {self._settings.idle_timeout:.0f} s")
+            self.error(session, f"closing connection idle for {self._idle_timeout:.0f} s")
         except ConnectionError:
             pass
         finally:

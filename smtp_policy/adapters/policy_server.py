@@ -13,16 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 
+from ..config import Config
+from ..core.classify import classify
 from ..core.errors import ProtocolError
 from ..core.events import Event, Source
+from ..core.explain import explain
+from ..core.knowledge import KnowledgeBase
+from ..core.model import EnhancedCode
+from ..core.parse import parse_reply
+from ..core.sanitize import sanitize_reply
 from ..emit import EventWriter
+from ..rules import PolicyRule, RuleAction, RuleFacts, Stage, match_rules
+from ..texts import TextsConfig, audience_of, render_rule_text
 from ..wire.policy import PolicyDecoder, encode_action
-
-#: Returns the action for a request (e.g. "REJECT text"), or None for no opinion (DUNNO).
-Decide = Callable[[Mapping[str, str]], str | None]
 
 IDLE_TIMEOUT = 330.0  # a little over smtpd_policy_service_max_idle (300 s)
 
@@ -37,26 +44,92 @@ _FIELDS = {
 }
 
 
-def no_rules(request: Mapping[str, str]) -> str | None:
-    """The decision when no rule is configured: none."""
-    return None
+_STATE_TO_STAGE = {
+    "CONNECT": Stage.CONNECT,
+    "EHLO": Stage.HELO,
+    "HELO": Stage.HELO,
+    "MAIL": Stage.MAIL,
+    "RCPT": Stage.RCPT,
+    "DATA": Stage.DATA,
+    "END-OF-MESSAGE": Stage.EOM,
+}
+
+
+def facts_of(request: Mapping[str, str]) -> RuleFacts:
+    """What the rules may match on, from a request's attributes."""
+    size = request.get("size", "")
+    return RuleFacts(
+        client_addr=request.get("client_address", ""),
+        sender=request.get("sender"),
+        recipient=request.get("recipient") or None,
+        size=int(size) if size.isdigit() and size != "0" else None,
+        authenticated=bool(request.get("sasl_username")),
+        helo=request.get("helo_name") or None,
+    )
+
+
+def action_for(
+    rule: PolicyRule, request: Mapping[str, str], kb: KnowledgeBase, texts: TextsConfig
+) -> str:
+    """The access(5) action a matching rule answers with: one line, sanitized.
+
+    "accept" answers DUNNO (a policy OK would skip later restrictions), "quarantine" HOLD.
+    """
+    if rule.action is RuleAction.DISCARD:
+        return "DISCARD"
+    if rule.action is RuleAction.QUARANTINE:
+        return "HOLD"
+    if rule.action is RuleAction.ACCEPT:
+        return "DUNNO"
+    tempfail = rule.action is RuleAction.TEMPFAIL
+    code = rule.code or (451 if tempfail else 550)
+    enhanced = rule.enhanced or EnhancedCode(code // 100, 7, 1)
+    classification = classify(parse_reply(f"{code} {enhanced}", kb.codebook), kb)
+    if rule.reason is not None:
+        classification = replace(classification, reason=rule.reason)
+    explanation = explain(classification, kb)
+    context = {
+        "recipient": request.get("recipient", ""),
+        "sender": request.get("sender", ""),
+        "client_addr": request.get("client_address", ""),
+        "client_name": request.get("client_name", ""),
+        "queue_id": request.get("queue_id", ""),
+    }
+    audience = audience_of(context["client_addr"], texts)
+    lines = render_rule_text(rule.text, texts, explanation, context, audience)
+    reply = sanitize_reply(code, enhanced, " ".join(lines))
+    return f"{code} {reply.enhanced} {' '.join(reply.lines)}"
 
 
 class PolicyService:
     """Records requests and answers them."""
 
-    def __init__(self, events: EventWriter, decide: Decide = no_rules) -> None:
+    def __init__(self, events: EventWriter, kb: KnowledgeBase, config: Config) -> None:
         self._events = events
-        self._decide = decide
+        self._kb = kb
         self._ids = itertools.count(1)
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Use the rules and texts of a newly loaded configuration."""
+        self._rules = config.rules
+        self._texts = config.texts
+
+    def decide(self, request: Mapping[str, str]) -> tuple[str, str | None]:
+        """The action for a request and the name of the rule that decided (or None)."""
+        stage = _STATE_TO_STAGE.get(request.get("protocol_state", ""))
+        rule = match_rules(self._rules, stage, facts_of(request)) if stage else None
+        if rule is None:
+            return "DUNNO", None
+        return action_for(rule, request, self._kb, self._texts), rule.name
 
     def answer(self, request: Mapping[str, str], session: str) -> str:
         """The action for one request; DUNNO unless a rule decides (or fails)."""
         try:
-            action = self._decide(request) or "DUNNO"
+            action, rule = self.decide(request)
         except Exception as exc:  # a bug in a rule must not change Postfix's decision
             self._error(session, f"rule evaluation failed: {exc!r}")
-            action = "DUNNO"
+            action, rule = "DUNNO", None
         state = request.get("protocol_state", "")
         fields = {
             ours: request[theirs] or None for theirs, ours in _FIELDS.items() if theirs in request
@@ -69,6 +142,8 @@ class PolicyService:
                 ts=datetime.now(UTC),
                 stage=_STAGES.get(state, state.lower()) or None,
                 session=session,
+                rule=rule,
+                friendly=action if rule else None,
                 extra={**extra, "action": action},
                 **fields,  # type: ignore[arg-type]
             )

@@ -6,12 +6,15 @@ Wire it into main.cf with, for example:
   smtp_delivery_status_filter = socketmap:inet:127.0.0.1:8896:dsn
 Both hooks fail open: when this server is down, Postfix rejects and delivers as without it.
 Test a lookup with: postmap -q "550 5.1.1 User unknown" socketmap:inet:127.0.0.1:8896:footer
+Texts come from [texts] in the configuration (footers: the "external" texts, read by
+connecting clients; DSNs: the "internal" texts, read by your own senders).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from ..core.events import Source
 from .serve import add_daemon_options, serve
 
 HELP = "serve Postfix socketmap lookups (reject footers, DSN texts)"
@@ -19,23 +22,25 @@ HELP = "serve Postfix socketmap lookups (reject footers, DSN texts)"
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the maps options."""
-    add_daemon_options(parser, default_listen="inet:127.0.0.1:8896")
+    add_daemon_options(parser, "maps")
     parser.add_argument(
         "--same-line",
         action="store_true",
-        help="continue the reply's last line (\\c) instead of adding lines",
+        default=None,
+        help="continue the reply's last line (\\c) instead of adding lines ([maps] same_line)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT."""
-    from ..adapters.maps_server import MapsService, MapsSettings
+    from ..adapters.maps_server import MapsService
     from ..knowledge import default_knowledge
 
-    def make_handler(events):  # type: ignore[no-untyped-def]
-        service = MapsService(
-            default_knowledge(), events, settings=MapsSettings(footer_same_line=args.same_line)
-        )
-        return service.handle
-
-    return serve(args, "maps", make_handler)
+    return serve(
+        args,
+        Source.MAPS,
+        lambda config: config.maps.listen,
+        lambda events, config: MapsService(
+            default_knowledge(), events, config, same_line=args.same_line
+        ),
+    )

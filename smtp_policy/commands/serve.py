@@ -1,4 +1,9 @@
-"""What every listening daemon shares: options, the event writer, signals and the loop."""
+"""What the asyncio daemons (maps, policy) share: options, configuration, signals and the loop.
+
+Options override the configuration file; SIGTERM/SIGINT stop cleanly (open connections are
+closed as if the peer had gone); SIGHUP re-reads the configuration and keeps the running one
+when the new one has problems (an error event says why).
+"""
 
 from __future__ import annotations
 
@@ -8,40 +13,70 @@ import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Protocol
 
 from ..adapters.listen import Handler, ListenAddress, start_server
+from ..config import Config, load_config, reload_or_keep
+from ..core.errors import ConfigError
 from ..core.events import Event, Source
 from ..emit import EventWriter
 
-HandlerFactory = Callable[[EventWriter], Handler]
+
+class Service(Protocol):
+    """What a daemon's service object offers the loop."""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection."""
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a newly loaded configuration."""
 
 
-def add_daemon_options(parser: argparse.ArgumentParser, default_listen: str) -> None:
-    """--listen and --events, the same for every daemon."""
+ServiceFactory = Callable[[EventWriter, Config], Service]
+
+
+def add_daemon_options(parser: argparse.ArgumentParser, section: str) -> None:
+    """--listen, --events and --config, the same for every daemon."""
     parser.add_argument(
-        "--listen",
-        default=default_listen,
-        help=f"inet:HOST:PORT or unix:/path (default {default_listen})",
+        "--listen", help=f"inet:HOST:PORT or unix:/path (default: [{section}] listen)"
     )
     parser.add_argument(
-        "--events",
+        "--events", metavar="FILE", help="append JSON events to FILE (default: [events] output)"
+    )
+    parser.add_argument(
+        "--config",
         metavar="FILE",
-        default=None,
-        help="append JSON events to FILE instead of standard output",
+        help="read the shipped defaults and FILE only "
+        "(default: /etc/smtp-policy/config.toml and conf.d/*.toml)",
     )
 
 
-def serve(args: argparse.Namespace, name: str, make_handler: HandlerFactory) -> int:
-    """Listen and serve until SIGTERM/SIGINT; return the exit code."""
-    address = ListenAddress.parse(args.listen)
-    events = EventWriter.open(args.events)
+def serve(
+    args: argparse.Namespace, source: Source, listen: Callable[[Config], str], make: ServiceFactory
+) -> int:
+    """Listen on ``--listen`` (else ``listen`` from the config) until SIGTERM/SIGINT."""
+    config = load_config(args.config)
+    address = ListenAddress.parse(args.listen or listen(config))
+    output = args.events or config.events.output
+    events = EventWriter.open(output)
     try:
-        return asyncio.run(_serve(address, name, events, make_handler(events)))
+        service = make(events, config)
+        return asyncio.run(
+            _serve(address, source, events, service, config_path=args.config, config=config)
+        )
     finally:
         events.close()
 
 
-async def _serve(address: ListenAddress, name: str, events: EventWriter, handler: Handler) -> int:
+async def _serve(
+    address: ListenAddress,
+    source: Source,
+    events: EventWriter,
+    service: Service,
+    *,
+    config_path: str | None,
+    config: Config,
+) -> int:
     open_tasks: set[asyncio.Task[None]] = set()
     writers: set[asyncio.StreamWriter] = set()
 
@@ -51,21 +86,41 @@ async def _serve(address: ListenAddress, name: str, events: EventWriter, handler
         open_tasks.add(task)
         writers.add(writer)
         try:
-            await handler(reader, writer)
+            await service.handle(reader, writer)
         finally:
             writers.discard(writer)
             open_tasks.discard(task)
 
-    server = await start_server(address, tracked)
+    def reload() -> None:
+        nonlocal config
+
+        def refused(exc: ConfigError) -> None:
+            events.emit(
+                Event(
+                    event="error",
+                    source=source,
+                    ts=datetime.now(UTC),
+                    text=f"reload refused, keeping the running configuration: {exc}",
+                )
+            )
+
+        fresh = reload_or_keep(config, config_path, refused)
+        if fresh is not config:
+            config = fresh
+            service.reconfigure(fresh)
+            events.emit(Event(event="reloaded", source=source, ts=datetime.now(UTC)))
+
+    handler: Handler = tracked
+    server = await start_server(address, handler)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    source = Source(name)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     events.emit(
         Event(event="started", source=source, ts=datetime.now(UTC), extra={"listen": str(address)})
     )
-    print(f"smtp-policy {name}: listening on {address}", file=sys.stderr, flush=True)
+    print(f"smtp-policy {source.value}: listening on {address}", file=sys.stderr, flush=True)
     await stop.wait()
     server.close()
     for writer in list(writers):  # open connections end as if the peer had closed them

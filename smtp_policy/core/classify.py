@@ -40,9 +40,11 @@ def classify(reply: Reply, kb: KnowledgeBase) -> Classification:
     if klass is None:
         klass = rule.klass if rule is not None and rule.klass is not None else ReplyClass.UNKNOWN
     if klass in (ReplyClass.SUCCESS, ReplyClass.INTERMEDIATE):
+        if rule is not None and rule.reason is None:  # a known success text
+            return Classification(reply, klass, None, rule.id, rule.provider, rule.help_url)
         return Classification(reply, klass, None)
     reason, priority = _reason_from_codes(reply, kb)
-    if rule is not None and rule.priority > priority:
+    if rule is not None and rule.reason is not None and rule.priority > priority:
         return Classification(reply, klass, rule.reason, rule.id, rule.provider, rule.help_url)
     return Classification(reply, klass, reason or Reason.UNDEFINED)
 

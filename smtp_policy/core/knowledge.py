@@ -71,7 +71,7 @@ class Rule:
     """A provider's or product's wording, and what it means."""
 
     id: str
-    reason: Reason
+    reason: Reason | None  # None only for code-less success texts ("delivered to mailbox")
     phrases: tuple[str, ...]
     samples: tuple[str, ...]
     pattern: re.Pattern[str] | None = None
@@ -335,10 +335,17 @@ def _build_rules(name: str, data: Mapping[str, Any]) -> list[Rule]:
             raise KnowledgeError(where, f"{path}.pattern", str(exc)) from None
         if not entry["samples"]:
             raise KnowledgeError(where, f"{path}.samples", "every rule needs a sample")
+        klass = (
+            _enum(ReplyClass, entry["class"], where, f"{path}.class") if "class" in entry else None
+        )
+        if "reason" not in entry and klass not in (ReplyClass.SUCCESS, ReplyClass.INTERMEDIATE):
+            raise KnowledgeError(where, f"{path}.reason", "only success texts may omit the reason")
         rules.append(
             Rule(
                 id=rid,
-                reason=_enum(Reason, entry["reason"], where, f"{path}.reason"),
+                reason=_enum(Reason, entry["reason"], where, f"{path}.reason")
+                if "reason" in entry
+                else None,
                 phrases=phrases,
                 samples=tuple(entry["samples"]),
                 pattern=pattern,
@@ -347,9 +354,7 @@ def _build_rules(name: str, data: Mapping[str, Any]) -> list[Rule]:
                     _enum(ReplyClass, c, where, f"{path}.classes") for c in entry.get("classes", ())
                 ),
                 enhanced=frozenset(entry.get("enhanced", ())),
-                klass=_enum(ReplyClass, entry["class"], where, f"{path}.class")
-                if "class" in entry
-                else None,
+                klass=klass,
                 priority=int(entry.get("priority", PRIORITY_RULE)),
                 provider=entry.get("provider", provider),
                 help_url=entry.get("help_url", data.get("help_url")),

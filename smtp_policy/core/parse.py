@@ -59,7 +59,15 @@ _CLIENT_REPORT = re.compile(
     r"(?:host (?P<remote>\S+(?: \[[^\]]*\])?):\s*)?(?P<reply>[1-5]\d\d\b.*)",
     re.DOTALL | re.IGNORECASE,
 )
-_DIAGNOSTIC = re.compile(r"diagnostic-code:\s*[\w-]+;\s*(?P<reply>.*)", re.DOTALL | re.IGNORECASE)
+_DIAGNOSTIC = re.compile(
+    r"(?:diagnostic-code:\s*[\w-]+|^\s*(?:smtp|x-[\w-]+));\s*(?P<reply>.*)",
+    re.DOTALL | re.IGNORECASE,
+)
+#: A reply code where a reply starts inside free text: "Remote host said: 550 …",
+#: "The reason given for the delay: 450 …", "552: Message rejected …".
+_CODE_IN_TEXT = re.compile(
+    r"(?:^|[:;]|\bsaid)[ \t]*(?P<code>[2-5]\d\d)(?=[ \t:-]|$)", re.IGNORECASE
+)
 _SHORTHAND = re.compile(
     r"\b(?:smtp|reply|status|error)[ -]?(?:error|code|status)?[ :#]*"
     r"(?P<num>[1-5]\d\d|[1-5]\.\d\.\d)(?![\d.])",
@@ -139,6 +147,8 @@ def _unwrap_client_report(raw: str, body: str, codes: CodeBook) -> Reply | None:
 
 
 def _unwrap_sendmail(raw: str, body: str, codes: CodeBook) -> Reply | None:
+    if body.startswith("Deferred: "):  # a stat= value on its own
+        body = f"stat={body}"
     if "=" not in body or not ("stat=" in body or "reply=" in body or "reject=" in body):
         return None
     values = {m["key"]: m["value"].strip() for m in _SENDMAIL.finditer(body)}
@@ -158,7 +168,8 @@ def _unwrap_sendmail(raw: str, body: str, codes: CodeBook) -> Reply | None:
 
 
 def _unwrap_diagnostic(raw: str, body: str, codes: CodeBook) -> Reply | None:
-    if "iagnostic-" not in body and "IAGNOSTIC-" not in body:
+    """A DSN's ``Diagnostic-Code: smtp; 550 …``, or just its value ``smtp;550 …``."""
+    if ";" not in body:
         return None
     m = _DIAGNOSTIC.search(body)
     if m is None:
@@ -213,6 +224,9 @@ def _parse_free_text(raw: str, text: str, codes: CodeBook) -> Reply:
     if pair is not None:
         rest = (text[: pair.start()] + text[pair.end() :]).strip(" :;-")
         return Reply(raw, int(pair[1]), _enhanced(pair[2]), rest, ReplyForm.TEXT)
+    inner = _reply_inside(text, codes)
+    if inner is not None:
+        return _parse_lines(raw, inner, ReplyForm.TEXT, codes)
     short = _SHORTHAND.search(text)
     if short is not None:
         code, enhanced = _read_shorthand(short["num"], codes)
@@ -222,6 +236,16 @@ def _parse_free_text(raw: str, text: str, codes: CodeBook) -> Reply:
     lowered = text.lower()
     form = ReplyForm.LOCAL if lowered.startswith(_LOCAL_PREFIXES) else ReplyForm.TEXT
     return Reply(raw, None, enhanced, text, form)
+
+
+def _reply_inside(text: str, codes: CodeBook) -> str | None:
+    """The reply that starts after a colon or "said" inside free text, if its code is known."""
+    for m in _CODE_IN_TEXT.finditer(text):
+        code = int(m["code"])
+        if code in codes.standard or code in codes.shorthands:
+            rest = text[m.start("code") :]
+            return rest[:3] + " " + rest[3:].lstrip(" \t:")
+    return None
 
 
 def _read_shorthand(num: str, codes: CodeBook) -> tuple[int | None, EnhancedCode | None]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,3 +93,66 @@ def test_bad_requests_close_only_their_connection(policy: tuple[int, Path]) -> N
         assert _recv_answer(eight_bit) == b"action=DUNNO\n\n"
     errors = [json.loads(line) for line in events.read_text().splitlines()]
     assert sum(1 for e in errors if e["event"] == "error") >= 2
+
+
+RULES = """
+[[rules]]
+name = "refuse-spam-test"
+stage = "rcpt"
+sender = ["*@spam.test"]
+action = "reject"
+code = 554
+enhanced = "5.7.1"
+reason = "blocked"
+text = "Sorry, we do not take mail from {sender}.\\nAsk postmaster@local.test: 100% safe."
+"""
+
+
+def test_rules_decide_and_reload(tmp_path: Path) -> None:
+    """A matching rule answers its code and sanitized text; SIGHUP with a bad file keeps it."""
+    config = tmp_path / "config.toml"
+    config.write_text(RULES)
+    events = tmp_path / "events.jsonl"
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smtp_policy",
+            "policy",
+            "--listen",
+            f"inet:127.0.0.1:{port}",
+            "--events",
+            str(events),
+            "--config",
+            str(config),
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_port(port, proc)
+        spam = RCPT.replace(b"alice@example.com", b"bob@spam.test")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(spam)
+            answer = _recv_answer(conn).decode()
+            assert answer.startswith(
+                "action=554 5.7.1 Sorry, we do not take mail from bob@spam.test."
+            )
+            assert "100% safe." in answer
+            assert answer.count("\n") == 2
+            conn.sendall(RCPT)
+            assert _recv_answer(conn) == b"action=DUNNO\n\n"
+        config.write_text("[[rules]]\nname = 1\n")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reload refused" not in events.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(spam)
+            assert _recv_answer(conn).startswith(b"action=554 5.7.1")
+    finally:
+        stop(proc)
+    got = [json.loads(line) for line in events.read_text().splitlines()]
+    decided = [e for e in got if e.get("rule") == "refuse-spam-test"]
+    assert len(decided) == 2
+    assert any("reload refused" in str(e.get("text")) for e in got)
