@@ -23,6 +23,7 @@ COMMANDS = {
     "policy": "smtp_policy.commands.policy",
     "postfix": "smtp_policy.commands.postfix",
     "check-config": "smtp_policy.commands.check_config",
+    "postfix-config": "smtp_policy.commands.postfix_config",
 }
 
 

@@ -18,8 +18,8 @@ from ..rules import REPLY_ACTIONS, Stage
 HELP = "check the configuration files and print every problem"
 
 #: How each MTA's own greeting setting writes our placeholders.
-_POSTFIX_MACROS = {"hostname": "$myhostname"}
-_SENDMAIL_MACROS = {"hostname": "$j", "date": "$b"}
+POSTFIX_MACROS = {"hostname": "$myhostname"}
+SENDMAIL_MACROS = {"hostname": "$j", "date": "$b"}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -65,8 +65,8 @@ def _goodbye_notice() -> str:
 
 
 def _greeting_notices(template: str) -> list[str]:
-    postfix = _mta_greeting(template, _POSTFIX_MACROS)
-    sendmail = _mta_greeting(template, _SENDMAIL_MACROS)
+    postfix = mta_greeting(template, POSTFIX_MACROS)
+    sendmail = mta_greeting(template, SENDMAIL_MACROS)
     return [
         "banner.greeting: a milter cannot change the 220 greeting; the smtp-policy proxy "
         "sends this text, Postfix and Sendmail need their own setting",
@@ -81,7 +81,7 @@ def _greeting_notices(template: str) -> list[str]:
     ]
 
 
-def _mta_greeting(template: str, macros: dict[str, str]) -> str | None:
+def mta_greeting(template: str, macros: dict[str, str]) -> str | None:
     """``template`` in an MTA's own macro syntax, or None if it cannot be said there."""
     if "\n" in template.strip() or "$" in template or "`" in template or "'" in template:
         return None

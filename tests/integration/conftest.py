@@ -1,0 +1,86 @@
+"""Fixtures for tests that run a real private Postfix on loopback (the library is postfix.py).
+
+Skipping is deliberately narrow: a test is skipped only when ``/usr/sbin/postfix`` is missing
+or the run is not root, and ``REQUIRE_POSTFIX=1`` turns even that into a failure (set it in CI).
+Once Postfix is there and we are root, a Postfix that fails to start fails the test.
+
+Tests that start Postfix must carry the ``postfix`` marker (``pytestmark = pytest.mark.postfix``)
+so ``-m "not postfix"`` deselects them; the factories fail a test that lacks it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# tests/integration has no __init__.py, so pytest imports this file as a top-level "conftest"
+# with only this directory on sys.path (and `pytest`, unlike `python -m pytest`, does not add
+# the project root). mypy names the modules tests.integration.*: import them that way.
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.integration.postfix import POSTFIX, PostfixFactory, ScriptedServer  # noqa: E402
+
+__all__ = ["PostfixFactory"]  # also imported from here by test modules
+
+
+@pytest.fixture(name="postfix_available", scope="session")
+def _postfix_available() -> None:
+    """Skip when this machine cannot run a private Postfix (fail instead with REQUIRE_POSTFIX)."""
+    reason = None
+    if not Path(POSTFIX).exists():
+        reason = f"{POSTFIX} is missing (scripts/install-deps installs Postfix)"
+    elif os.geteuid() != 0:
+        reason = "a private Postfix needs root (postfix -c DIR start)"
+    if reason is None:
+        return
+    if os.environ.get("REQUIRE_POSTFIX"):
+        pytest.fail(f"REQUIRE_POSTFIX is set but {reason}")
+    pytest.skip(reason)
+
+
+def _require_marker(node: pytest.Item | pytest.Collector) -> None:
+    """Fail unless ``node`` carries the ``postfix`` marker."""
+    if node.get_closest_marker("postfix") is None:
+        pytest.fail(f"{node.nodeid} starts Postfix but is not marked @pytest.mark.postfix")
+
+
+@pytest.fixture(name="make_postfix")
+def _make_postfix(
+    request: pytest.FixtureRequest, postfix_available: None
+) -> Iterator[PostfixFactory]:
+    """``make_postfix(**options)`` starts a private Postfix that lives for one test."""
+    _require_marker(request.node)
+    factory = PostfixFactory()
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(name="make_module_postfix", scope="module")
+def _make_module_postfix(
+    request: pytest.FixtureRequest, postfix_available: None
+) -> Iterator[PostfixFactory]:
+    """Like ``make_postfix``, for one instance shared by the tests of a module."""
+    _require_marker(request.node)
+    factory = PostfixFactory()
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(name="scripted_server")
+def _scripted_server() -> Iterator[ScriptedServer]:
+    """A started ``ScriptedServer`` with ``SAMPLE_SCRIPT``; change ``.script`` freely."""
+    with ScriptedServer() as server:
+        yield server
+
+
+@pytest.fixture(name="module_scripted_server", scope="module")
+def _module_scripted_server() -> Iterator[ScriptedServer]:
+    """A ``ScriptedServer`` with ``SAMPLE_SCRIPT`` shared by the tests of a module."""
+    with ScriptedServer() as server:
+        yield server

@@ -1,0 +1,287 @@
+"""Postfix's own hooks, served by smtp_policy, in a real private Postfix.
+
+The maps server answers smtpd_reject_footer_maps (footers under Postfix's own rejections) and
+smtp_delivery_status_filter (friendlier per-recipient text in real bounce messages); the bounce
+template gives the DSN its prose; the policy service records each decision point. Then the
+fail-open drill: with the maps server stopped, Postfix rejects and bounces exactly as before.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import smtplib
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port, stop, wait_port
+from tests.integration.postfix import (
+    PostfixFactory,
+    PrivatePostfix,
+    ScriptedServer,
+    delivery_report,
+)
+
+pytestmark = pytest.mark.postfix
+
+SENDER = "sender@local.test"
+CONFIG = """
+[texts]
+help_url = "https://help.local.test/mail-errors#{reason}"
+
+[[rules]]
+name = "no-spam-test"
+stage = "rcpt"
+sender = ["*@spam.test"]
+action = "reject"
+code = 554
+enhanced = "5.7.1"
+reason = "blocked"
+text = "We do not accept mail from {sender}."
+"""
+
+
+class Daemon:
+    """An smtp_policy daemon started as a real process, with its event file."""
+
+    def __init__(self, command: str, tmp: Path) -> None:
+        self.port = free_port()
+        self.events = tmp / f"{command}-events.jsonl"
+        config = tmp / "config.toml"
+        config.write_text(CONFIG)
+        self.argv = [
+            sys.executable,
+            "-m",
+            "smtp_policy",
+            command,
+            "--listen",
+            f"inet:127.0.0.1:{self.port}",
+            "--events",
+            str(self.events),
+            "--config",
+            str(config),
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, stderr=subprocess.PIPE)
+        wait_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop(self.proc)
+        self.proc = None
+
+    def records(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.events.read_text().splitlines()]
+
+
+@pytest.fixture(name="tmp", scope="module")
+def _tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("hooks")
+
+
+@pytest.fixture(name="maps", scope="module")
+def _maps(tmp: Path) -> Iterator[Daemon]:
+    daemon = Daemon("maps", tmp)
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(name="policy", scope="module")
+def _policy(tmp: Path) -> Iterator[Daemon]:
+    daemon = Daemon("policy", tmp)
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(name="pf", scope="module")
+def _pf(
+    tmp: Path,
+    maps: Daemon,
+    policy: Daemon,
+    module_scripted_server: ScriptedServer,
+    make_module_postfix: PostfixFactory,
+) -> PrivatePostfix:
+    template = tmp / "bounce.cf"
+    subprocess.run(
+        [sys.executable, "-m", "smtp_policy", "postfix", "bounce-template", "-o", str(template)],
+        check=True,
+    )
+    table = f"socketmap:inet:127.0.0.1:{maps.port}"
+    return make_module_postfix(
+        downstream_port=module_scripted_server.port,
+        reject_footer_maps=f"{table}:footer",
+        delivery_status_filter=f"{table}:dsn",
+        main_cf={
+            "bounce_template_file": str(template),
+            "smtpd_helo_restrictions": "reject_invalid_helo_hostname",
+            "smtpd_recipient_restrictions": (
+                f"check_policy_service {{ inet:127.0.0.1:{policy.port}, timeout=5s, "
+                "default_action=DUNNO }, permit_mynetworks, reject_unauth_destination"
+            ),
+        },
+    )
+
+
+def rcpt_reply(
+    port: int, rcpt: str, *, helo: str = "client.test", sender: str = SENDER
+) -> tuple[int, str]:
+    """The reply to RCPT TO, as smtplib sees it (all lines joined by newlines)."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=20) as smtp:
+        smtp.ehlo()
+        smtp.mail(sender)
+        code, text = smtp.rcpt(rcpt)
+        return code, text.decode()
+
+
+def submit(port: int, rcpt: str) -> str:
+    """Send one message; return its queue id."""
+    body = f"From: <{SENDER}>\r\nTo: <{rcpt}>\r\nSubject: t {uuid.uuid4().hex[:8]}\r\n\r\nhi\r\n"
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20) as smtp:
+        smtp.ehlo()
+        smtp.mail(SENDER)
+        assert smtp.rcpt(rcpt)[0] == 250
+        code, reply = smtp.data(body.encode())
+    assert code == 250, reply
+    m = re.search(rb"queued as ([0-9A-F]+)", reply)
+    assert m, reply
+    return m.group(1).decode()
+
+
+def bounce_for(pf: PrivatePostfix, qid: str) -> EmailMessage:
+    """The bounce message Postfix sent to the sender for queue id ``qid``."""
+
+    def is_ours(msg: EmailMessage) -> bool:
+        report = delivery_report(msg)
+        return report is not None and report.message.get("X-Postfix-Queue-ID") == qid
+
+    (bounce,) = pf.wait_for_mail("sender", match=is_ours, timeout=30)
+    return bounce
+
+
+def text_part(msg: EmailMessage) -> str:
+    part = msg.get_body(preferencelist=("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def test_footer_explains_an_unknown_local_user(pf: PrivatePostfix, maps: Daemon) -> None:
+    """Postfix's own 550 5.1.1 gets a second line in plain words with the help link."""
+    code, text = rcpt_reply(pf.smtp_port, "nosuchuser@local.test")
+    assert code == 550
+    first, *footer = text.splitlines()
+    assert "User unknown" in first
+    assert footer, text
+    assert "address does not exist" in footer[0]
+    assert "https://help.local.test/mail-errors#user_unknown" in text
+    lookups = [e for e in maps.records() if e.get("map") == "footer"]
+    assert any(e["reason"] == "user_unknown" and e["direction"] == "upstream" for e in lookups)
+
+
+def test_footer_on_relay_denied(pf: PrivatePostfix) -> None:
+    """Relay denied on the untrusted listener is explained as a relaying refusal."""
+    code, text = rcpt_reply(pf.untrusted_port, "someone@elsewhere.test")
+    assert code == 554
+    assert "Relay access denied" in text
+    assert "relay" in text.splitlines()[-1].lower()
+
+
+def test_footer_on_a_bad_helo(pf: PrivatePostfix) -> None:
+    """A HELO Postfix refuses (checked at RCPT with smtpd_delay_reject) gets a footer too."""
+    code, text = rcpt_reply(pf.smtp_port, "alice@local.test", helo="bad..helo")
+    assert code == 501
+    assert "Helo command rejected" in text
+    assert len(text.splitlines()) >= 2
+
+
+def test_policy_service_records_and_rejects(pf: PrivatePostfix, policy: Daemon) -> None:
+    """Every RCPT reaches the policy service; a rule's rejection reaches the client intact."""
+    code, text = rcpt_reply(pf.smtp_port, "alice@local.test", sender="eve@spam.test")
+    assert code == 554
+    first = text.splitlines()[0]
+    assert first.startswith("5.7.1 <alice@local.test>: Recipient address rejected:")
+    assert first.endswith("We do not accept mail from eve@spam.test.")
+    requests = [e for e in policy.records() if e["event"] == "policy_request"]
+    assert any(e["sender"] == "eve@spam.test" and e["rule"] == "no-spam-test" for e in requests)
+    assert all(e["stage"] == "rcpt" for e in requests)
+
+
+@pytest.mark.parametrize(
+    ("local", "status", "friendly", "diagnostic"),
+    [
+        pytest.param(
+            "nouser",
+            "5.1.1",
+            "address does not exist",
+            "550-5.1.1 The email account that you tried to reach does not exist. "
+            "550 5.1.1 Learn more at https://support.google.com/mail/?p=NoSuchUser - gsmtp",
+            id="gmail-no-such-user",
+        ),
+        pytest.param(
+            "block",
+            "5.7.1",
+            "blocked",
+            "554 5.7.1 Service unavailable; Client host [127.0.0.1] blocked using zen.spamhaus.org",
+            id="spamhaus",
+        ),
+    ],
+)
+def test_bounce_is_friendlier_and_keeps_the_diagnostic(
+    pf: PrivatePostfix, maps: Daemon, local: str, status: str, *, friendly: str, diagnostic: str
+) -> None:
+    """The real bounce: our prose and per-recipient text; Status, Action, Diagnostic-Code intact."""
+    qid = submit(pf.smtp_port, f"{local}@remote.test")
+    bounce = bounce_for(pf, qid)
+    assert bounce["Subject"] == "Undelivered mail: your message could not be delivered"
+    body = " ".join(text_part(bounce).split())
+    assert "your message could not be delivered to one or more of its recipients" in body
+    assert friendly in body.lower()
+    assert f"said: {diagnostic.split(' ', 1)[0]}" in body  # the remote's reply stays visible
+    report = delivery_report(bounce)
+    assert report is not None
+    (rcpt,) = report.recipients
+    assert rcpt["Status"] == status
+    assert rcpt["Action"] == "failed"
+    assert rcpt["Diagnostic-Code"] == f"smtp; {diagnostic}"
+    dsn = [e for e in maps.records() if e.get("map") == "dsn" and diagnostic in str(e["text"])]
+    assert dsn
+    assert dsn[-1]["direction"] == "downstream"
+    print(f"--- bounce text part ({local}) ---\n{text_part(bounce)}")
+
+
+def test_deferral_is_logged_with_the_friendly_text(pf: PrivatePostfix) -> None:
+    """A 452 4.2.2 (quota) defers; the log's status text is the filtered, friendlier one."""
+    qid = submit(pf.smtp_port, "full@remote.test")
+    lines = pf.wait_for_log(rf"{qid}: to=<full@remote\.test>, .*dsn=4\.2\.2, status=deferred")
+    assert "mailbox is full" in lines[-1].lower()
+    assert "said: 452 4.2.2" in lines[-1]
+    pf.delete_queued(qid)
+
+
+def test_fail_open_without_the_maps_server(
+    pf: PrivatePostfix, maps: Daemon, module_scripted_server: ScriptedServer
+) -> None:
+    """Maps server stopped: Postfix still rejects (no footer) and bounces (plain text)."""
+    maps.stop()
+    try:
+        code, text = rcpt_reply(pf.smtp_port, "nosuchuser2@local.test")
+        assert code == 550
+        assert len(text.splitlines()) == 1
+        qid = submit(pf.smtp_port, "nouser@remote.test")
+        report = delivery_report(bounce_for(pf, qid))
+        assert report is not None
+        assert report.recipients[0]["Status"] == "5.1.1"
+        assert pf.wait_for_log(r"warning: .*socketmap.*(?:error|refused)")
+    finally:
+        maps.start()
+    code, text = rcpt_reply(pf.smtp_port, "nosuchuser3@local.test")
+    assert len(text.splitlines()) >= 2  # footers are back
