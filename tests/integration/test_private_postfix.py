@@ -1,8 +1,8 @@
 """The private Postfix fixture is real: it delivers, rejects, relays, bounces and defers.
 
-One instance serves the module (its tests use distinct recipients and queue IDs); tests that
-would disturb it (site-level failures throttle the whole destination, config reloads) start
-their own instance with ``make_postfix``.
+One instance serves the module (its tests match on their own queue IDs). Tests that change
+settings, or that cause site-level failures (421, timeouts) which could get the shared
+remote.test destination throttled, start their own instance with ``make_postfix``.
 """
 
 from __future__ import annotations
