@@ -24,6 +24,7 @@ COMMANDS = {
     "postfix": "smtp_policy.commands.postfix",
     "check-config": "smtp_policy.commands.check_config",
     "postfix-config": "smtp_policy.commands.postfix_config",
+    "proxy": "smtp_policy.commands.proxy",
 }
 
 

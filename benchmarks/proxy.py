@@ -1,0 +1,173 @@
+"""The SMTP front proxy's cost: Postfix's smtp-source through the proxy vs straight to Postfix.
+
+Starts one private Postfix in discard mode (nothing is delivered; the queue is the cost) with
+an inner listener that trusts the proxy for XCLIENT, and one ``smtp-policy proxy`` process in
+front of it (events written to a temp file, as in production). Then, alternating direct and
+proxied runs in the same process so that both see the same machine state:
+
+* throughput: ``smtp-source -s SESSIONS -m MESSAGES`` wall time -> messages per second, with
+  one connection per message (the proxy's per-session cost: two connections, XCLIENT) and
+  with ``-d`` (messages share connections: the relaying cost alone);
+* latency: one client, one transaction at a time (MAIL, RCPT, DATA, message, "."), the time
+  from MAIL to the 250 after the dot, per message -> median and 95th percentile.
+
+Prints each round and the proxied/direct ratios. Nothing is asserted: the machine is shared.
+
+    .venv/bin/python benchmarks/proxy.py [--messages 2000] [--sessions 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from smtp_policy.wire.smtp import ReplyReader, ServerReply
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make the tests' Postfix library importable
+    sys.path.insert(0, str(ROOT))
+from tests.integration.postfix import PrivatePostfix, free_port  # noqa: E402
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+MESSAGE = b"Subject: benchmark\r\n\r\n" + b"x" * 70 + b"\r\n" + b"y" * 900 + b"\r\n.\r\n"
+
+
+@contextmanager
+def postfix_and_proxy() -> Iterator[tuple[int, int]]:
+    """A discarding Postfix and a proxy in front of it: (direct port, proxy port)."""
+    inner = free_port()
+    master = [
+        f"127.0.0.1:{inner} inet n - n - - smtpd",
+        "  -o smtpd_authorized_xclient_hosts=127.0.0.1",
+    ]
+    with PrivatePostfix(discard=True, master_cf=master) as pf, tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        argv = [sys.executable, "-m", "smtp_policy", "proxy", "--listen", f"127.0.0.1:{port}"]
+        argv += ["--upstream", f"127.0.0.1:{inner}", "--events", str(Path(tmp) / "events")]
+        argv += ["--max-connections", "1000", "--no-reverse-dns"]
+        proxy = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+        try:
+            _wait_port(port)
+            yield pf.smtp_port, port
+        finally:
+            proxy.send_signal(signal.SIGTERM)
+            proxy.wait(timeout=15)
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def throughput(port: int, messages: int, sessions: int, *, reuse: bool = False) -> float:
+    """Messages per second smtp-source reaches against ``port`` (``reuse``: -d, many
+    messages per connection; otherwise one connection per message)."""
+    argv = [SMTP_SOURCE, *(["-d"] if reuse else []), "-s", str(sessions), "-m", str(messages)]
+    argv += ["-l", "1024"]
+    argv += ["-f", "sender@local.test", "-t", "alice@local.test", "-M", "bench.client.test"]
+    started = time.perf_counter()
+    subprocess.run([*argv, f"127.0.0.1:{port}"], check=True, capture_output=True)
+    return messages / (time.perf_counter() - started)
+
+
+def latencies(port: int, count: int) -> list[float]:
+    """Seconds from MAIL to the 250 after the dot, one transaction at a time."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    reader = ReplyReader()
+
+    def reply() -> ServerReply:
+        while (got := reader.next_reply()) is None:
+            reader.feed(sock.recv(65536))
+        return got
+
+    reply()
+    sock.sendall(b"EHLO bench.client.test\r\n")
+    reply()
+    out = []
+    for _ in range(count):
+        started = time.perf_counter()
+        sock.sendall(b"MAIL FROM:<sender@local.test>\r\nRCPT TO:<alice@local.test>\r\nDATA\r\n")
+        codes = [reply().code for _ in range(3)]
+        sock.sendall(MESSAGE)
+        codes.append(reply().code)
+        out.append(time.perf_counter() - started)
+        if codes != [250, 250, 354, 250]:
+            raise SystemExit(f"unexpected replies {codes}")
+    sock.sendall(b"QUIT\r\n")
+    reply()
+    sock.close()
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th quantile (0..1) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    """Run the rounds and print the numbers."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--latency-count", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+    reused: dict[str, list[float]] = {"direct": [], "proxy": []}
+    lat: dict[str, list[float]] = {"direct": [], "proxy": []}
+    with postfix_and_proxy() as (direct, proxied):
+        ports = {"direct": direct, "proxy": proxied}
+        latencies(direct, 20)  # warm up both paths (smtpd processes, caches)
+        latencies(proxied, 20)
+        for n in range(1, args.rounds + 1):
+            for name, port in ports.items():
+                rate = throughput(port, args.messages, args.sessions)
+                rate_reused = throughput(port, args.messages, args.sessions, reuse=True)
+                got = latencies(port, args.latency_count)
+                rates[name].append(rate)
+                reused[name].append(rate_reused)
+                lat[name] += got
+                median, p95 = statistics.median(got) * 1e3, percentile(got, 0.95) * 1e3
+                print(
+                    f"round {n} {name:6}: {rate:6.0f} msg/s (1 per connection) "
+                    f"{rate_reused:6.0f} msg/s (-d)   "
+                    f"latency median {median:5.2f} ms  p95 {p95:5.2f} ms"
+                )
+    _summary(rates, reused, lat)
+
+
+def _summary(
+    rates: dict[str, list[float]], reused: dict[str, list[float]], lat: dict[str, list[float]]
+) -> None:
+    d_lat, p_lat = lat["direct"], lat["proxy"]
+    rows = [
+        ("msg/s, new conn.", statistics.median(rates["direct"]), statistics.median(rates["proxy"])),
+        ("msg/s, reused", statistics.median(reused["direct"]), statistics.median(reused["proxy"])),
+        ("latency p50 ms", statistics.median(d_lat) * 1e3, statistics.median(p_lat) * 1e3),
+        ("latency p95 ms", percentile(d_lat, 0.95) * 1e3, percentile(p_lat, 0.95) * 1e3),
+    ]
+    print()
+    for label, direct, proxied in rows:
+        print(
+            f"{label:17} direct {direct:9.2f}   proxy {proxied:9.2f}   ratio {proxied / direct:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,833 @@
+"""The SMTP front proxy: every reply to a client customizable and recorded, Postfix behind it.
+
+Theory of operation
+-------------------
+One :class:`ProxySession` per client connection, two asyncio tasks per session:
+
+* the *client pump* reads client bytes into a :class:`~smtp_policy.wire.smtp.CommandReader`,
+  answers what the proxy handles itself (XCLIENT/XFORWARD/BDAT/ETRN are refused, STARTTLS is
+  terminated here, over-long lines get 500 5.5.2) and forwards everything else to the inner
+  Postfix smtpd, one command line at a time, as the client pipelined them;
+* the *upstream pump* reads Postfix's bytes into a :class:`~smtp_policy.wire.smtp.ReplyReader`
+  and sends each whole reply to the client.
+
+The two meet in ``_pending``, a FIFO of the commands still owed a reply. Forwarded commands
+are appended *before* their bytes go out, so a reply always finds its command at the head; the
+proxy's own replies (refusals, 500s) sit in the same queue and are sent when they reach the
+head, so the client hears every reply in the order of its commands even when it pipelines.
+The queue is bounded (``max_pipeline``): when it is full the client pump stops reading, and
+TCP pushes back on the client. Commands whose reply decides how the following bytes are read
+are *barriers*: after DATA the pump waits for the reply and switches the reader to message
+mode only on 354; after a 334 the next line is an AUTH continuation; after QUIT nothing more.
+
+Message bytes go upstream exactly as received (dot-stuffing untouched); the reader only finds
+the end-of-data line, in the same way Postfix does. Nothing is ever accepted locally: the
+client hears Postfix's own reply to the final dot.
+
+Before the client hears anything, the proxy connects upstream, reads Postfix's greeting and
+sends ``XCLIENT ADDR= PORT= NAME=`` (the real client; ``NAME`` forward-confirmed or
+``[UNAVAILABLE]``). Postfix answers with a fresh greeting, as if the client had just connected;
+that reply is the greeting the client gets. HELO and PROTO need no XCLIENT: the client's own
+EHLO/HELO, sent next through the proxy, sets both. Postfix must trust the proxy
+(``smtpd_authorized_xclient_hosts``); if it refuses XCLIENT the proxy fails closed (421), as
+otherwise every client would look like the proxy's own trusted address.
+
+Every reply to the client, Postfix's or the proxy's own, goes through :meth:`_answer`: it is
+explained by the core, rewritten by the admin's texts (220 greeting, 221 goodbye, any 4xx/5xx
+by code, enhanced code or reason), filtered (EHLO keywords), passed through the one sanitizer
+(``sanitize_reply``) and recorded as one ``reply`` event with the original and the sent text.
+
+Faults: upstream unreachable, closed mid-session, silent or speaking garbage -> 421 4.3.0 and
+close. Client gone -> QUIT upstream when the session is between commands, a plain close in
+the middle of a message (Postfix then discards it). Idle and total session time are bounded,
+as are the number of sessions (421 4.7.0 beyond it) and every buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import re
+import socket
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Protocol
+
+from ..config import BannerConfig, Config
+from ..core.errors import ProtocolError
+from ..core.events import Direction, Event, Source, reply_fields
+from ..core.explain import explain_text
+from ..core.knowledge import KnowledgeBase
+from ..core.model import EnhancedCode, Explanation
+from ..core.sanitize import sanitize_reply
+from ..emit import EventWriter
+from ..texts import TextsConfig, audience_of, render_reply_text, render_template
+from ..wire.smtp import (
+    Command,
+    CommandReader,
+    Continuation,
+    Data,
+    LineTooLong,
+    ReplyReader,
+    ServerReply,
+    encode_command,
+    filter_ehlo,
+    xclient_command,
+)
+
+#: EHLO keywords passed on to clients; everything else Postfix offers is dropped.
+KEEP_KEYWORDS = ("SIZE", "8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING", "SMTPUTF8", "DSN")
+#: Commands the proxy answers 502 itself and never forwards: they would either hand the
+#: client Postfix's trust in the proxy (XCLIENT, XFORWARD) or need handling the proxy lacks.
+REFUSED_VERBS = frozenset({"XCLIENT", "XFORWARD", "BDAT", "ETRN"})
+READ_SIZE = 65536
+
+_ADDRESS = re.compile(rb"<[^>]{0,512}>")
+_QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
+_ENHANCED_PREFIX = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?: +|$)")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+class ReplyTexts(Protocol):
+    """The admin's reply texts; each method returns the new lines, or None to keep the text.
+
+    ``context`` holds the session facts a template may use (``texts.CONTEXT_KEYS``:
+    hostname, date, client_addr, client_name, sender, recipient, queue_id).
+    """
+
+    def greeting(self, upstream: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
+        """Lines of the 220 greeting, given Postfix's own greeting."""
+
+    def goodbye(self, upstream: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
+        """Lines of the 221 reply to QUIT."""
+
+    def rewrite(self, explanation: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
+        """Lines of a 4xx/5xx reply, chosen by its code, enhanced code or reason."""
+
+
+class KeepTexts:
+    """No admin texts: Postfix's replies keep their text, the proxy's own use its defaults."""
+
+    def greeting(self, upstream: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
+        """Keep Postfix's greeting."""
+        return None
+
+    def goodbye(self, upstream: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
+        """Keep Postfix's goodbye."""
+        return None
+
+    def rewrite(self, explanation: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
+        """Keep every failure text."""
+        return None
+
+
+class ConfiguredTexts:
+    """The admin's configuration: ``[banner]`` for 220/221, ``[texts]`` for every 4xx/5xx.
+
+    The audience of a failure text is ``internal`` for clients in ``internal_networks``.
+    """
+
+    def __init__(self, texts: TextsConfig, banner: BannerConfig) -> None:
+        self._texts = texts
+        self._banner = banner
+
+    def greeting(self, upstream: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
+        """``[banner] greeting``."""
+        return render_template(self._banner.greeting, context, code=220)
+
+    def goodbye(self, upstream: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
+        """``[banner] goodbye``."""
+        return render_template(self._banner.goodbye, context, code=221)
+
+    def rewrite(self, explanation: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
+        """``[texts]``: enhanced code, then code, then reason, then the default text."""
+        audience = audience_of(context.get("client_addr", ""), self._texts)
+        return render_reply_text(self._texts, explanation, context, audience)
+
+
+def _local(code: int, text: str) -> ServerReply:
+    """One of the proxy's own replies, in the form Postfix's replies arrive in."""
+    return ServerReply(code, (text,))
+
+
+#: The proxy's own replies (default texts; the admin's texts apply to them as to Postfix's).
+UPSTREAM_DOWN = _local(421, "4.3.0 Mail system temporarily unavailable")
+UPSTREAM_LOST = _local(421, "4.3.0 Mail server temporarily unavailable, closing connection")
+TOO_MANY = _local(421, "4.7.0 Too many connections, please try again later")
+TIMED_OUT = _local(421, "4.4.2 Timeout exceeded, closing connection")
+NOT_IMPLEMENTED = _local(502, "5.5.1 Command not implemented")
+LINE_TOO_LONG = _local(500, "5.5.2 Line too long")
+TLS_READY = _local(220, "2.0.0 Ready to start TLS")
+TLS_ACTIVE = _local(503, "5.5.1 TLS already active")
+TLS_SYNTAX = _local(501, "5.5.4 Syntax: STARTTLS")
+
+Resolver = Callable[[str], Awaitable[str | None]]
+
+
+async def forward_confirmed_name(addr: str) -> str | None:
+    """The client's host name if its reverse lookup resolves back to ``addr``, else None."""
+    loop = asyncio.get_running_loop()
+    try:
+        host, _ = await loop.getnameinfo((addr, 0), socket.NI_NAMEREQD)
+        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    return host if any(info[4][0] == addr for info in infos) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """Where the inner Postfix listens, TLS, and the proxy's limits."""
+
+    upstream_host: str = "127.0.0.1"
+    upstream_port: int = 10026
+    tls: ssl.SSLContext | None = None
+    max_connections: int = 200
+    max_pipeline: int = 100
+    idle_timeout: float = 300.0
+    session_timeout: float = 3600.0
+    connect_timeout: float = 30.0
+    reply_timeout: float = 600.0
+    resolve_timeout: float = 5.0
+    tls_handshake_timeout: float = 60.0
+    keep_keywords: tuple[str, ...] = KEEP_KEYWORDS
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server-side TLS context from the admin's certificate chain and key (PEM files)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class ProxyService:
+    """Accepts client connections and runs one :class:`ProxySession` for each."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        kb: KnowledgeBase,
+        events: EventWriter,
+        texts: ReplyTexts | None = None,
+        resolver: Resolver = forward_confirmed_name,
+    ) -> None:
+        self.settings = settings
+        self.kb = kb
+        self.events = events
+        self.texts: ReplyTexts = texts if texts is not None else KeepTexts()
+        self.resolver = resolver
+        self.active = 0
+        self.hostname = socket.gethostname()  # until Postfix's greeting names the server
+        self._ids = itertools.count(1)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take the admin's texts from a (re)loaded configuration; sessions pick them up."""
+        self.texts = ConfiguredTexts(config.texts, config.banner)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one client connection (the ``start_server`` callback)."""
+        session = ProxySession(self, f"proxy-{next(self._ids)}", reader, writer)
+        if self.active >= self.settings.max_connections:
+            await session.refuse(TOO_MANY)
+            return
+        self.active += 1
+        try:
+            await session.run()
+        finally:
+            self.active -= 1
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A command owed a reply; ``local`` holds the proxy's own reply when it answers itself."""
+
+    verb: str | None
+    stage: str
+    local: ServerReply | None = None
+    done: asyncio.Future[ServerReply] | None = None
+    sender: str | None = None
+    recipient: str | None = None
+
+
+class _ClientGoneError(Exception):
+    """The client closed the connection (or the TLS handshake failed)."""
+
+
+class _UpstreamGoneError(Exception):
+    """Postfix closed the connection, went silent or sent something that is not SMTP."""
+
+
+@dataclass(slots=True)
+class _Peer:
+    """Who the client is, as far as events and XCLIENT are concerned."""
+
+    addr: str | None = None
+    port: int | None = None
+    name: str | None = None
+    helo: str | None = None
+    sender: str | None = None
+    hostname: str = ""
+    tls: dict[str, object] = field(default_factory=dict)
+
+
+class ProxySession:
+    """One client connection and its connection to the inner Postfix."""
+
+    def __init__(
+        self,
+        service: ProxyService,
+        session_id: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self._svc = service
+        self._cfg = service.settings
+        self._id = session_id
+        self._client_r = reader
+        self._client_w = writer
+        self._up_r: asyncio.StreamReader | None = None
+        self._up_w: asyncio.StreamWriter | None = None
+        self._commands = CommandReader()
+        self._replies = ReplyReader()
+        self._pending: deque[_Pending] = deque()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._peer = _peer_of(writer)
+        self._peer.hostname = service.hostname
+        self._in_data = False
+        self._quit_sent = False
+        self._to_client = bytearray()
+        self._to_upstream = bytearray()
+        self._flush_scheduled = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def refuse(self, reply: ServerReply) -> None:
+        """Answer ``reply`` (421 4.7.0: too many connections) and close, upstream untouched."""
+        self._answer(reply, _Pending(None, "connect"), origin="proxy")
+        await self._close()
+
+    async def run(self) -> None:
+        """The whole session: connect upstream, greet, relay, close."""
+        try:
+            async with asyncio.timeout(self._cfg.session_timeout):
+                if await self._open():
+                    await self._converse()
+        except TimeoutError:
+            self._error(f"session exceeded {self._cfg.session_timeout:g} s")
+            self._answer(TIMED_OUT, _Pending(None, "session"), origin="proxy")
+        except Exception as exc:  # a bug must cost this one session, never the server
+            self._error(f"internal error: {exc!r}")
+            self._answer(UPSTREAM_LOST, _Pending(None, "session"), origin="proxy")
+        finally:
+            await self._close()
+
+    async def _open(self) -> bool:
+        """Connect upstream, pass the client on with XCLIENT, greet the client."""
+        name = await self._resolve()
+        try:
+            async with asyncio.timeout(self._cfg.connect_timeout):
+                self._up_r, self._up_w = await asyncio.open_connection(
+                    self._cfg.upstream_host, self._cfg.upstream_port
+                )
+                banner = await self._read_reply()
+                if banner.code != 220:  # Postfix refuses the proxy itself: pass that on
+                    self._answer(banner, _Pending(None, "connect"), origin="upstream")
+                    return False
+                self._up_w.write(xclient_command(self._xclient_attributes(name)))
+                greeting = await self._read_reply()
+        except (OSError, TimeoutError, _UpstreamGoneError) as exc:
+            where = f"{self._cfg.upstream_host}:{self._cfg.upstream_port}"
+            self._error(f"upstream {where} unavailable: {_describe(exc)}")
+            self._answer(UPSTREAM_DOWN, _Pending(None, "connect"), origin="proxy")
+            return False
+        if greeting.code in (220, 421, 554):  # 421/554: a milter or policy refused the client
+            self._answer(greeting, _Pending(None, "connect"), origin="upstream")
+            return greeting.code != 421
+        self._error(
+            f"upstream refused XCLIENT ({greeting.text!r}): "
+            "is the proxy in smtpd_authorized_xclient_hosts?"
+        )
+        self._answer(UPSTREAM_DOWN, _Pending(None, "connect"), origin="proxy")
+        return False
+
+    async def _resolve(self) -> str:
+        """NAME for XCLIENT: the forward-confirmed name, [UNAVAILABLE] or [TEMPUNAVAIL]."""
+        if self._peer.addr is None:
+            return "[UNAVAILABLE]"
+        try:
+            name = await asyncio.wait_for(
+                self._svc.resolver(self._peer.addr), self._cfg.resolve_timeout
+            )
+        except TimeoutError:
+            return "[TEMPUNAVAIL]"
+        if name is None or not _HOSTNAME.match(name):
+            return "[UNAVAILABLE]"
+        self._peer.name = name
+        return name
+
+    def _xclient_attributes(self, name: str) -> dict[str, str]:
+        addr = self._peer.addr
+        attributes = {"NAME": name}
+        if addr is None:
+            attributes["ADDR"] = "[UNAVAILABLE]"
+        else:
+            attributes["ADDR"] = f"IPV6:{addr}" if ":" in addr else addr
+        if self._peer.port is not None:
+            attributes["PORT"] = str(self._peer.port)
+        return attributes
+
+    async def _converse(self) -> None:
+        """Run both pumps until either ends the session."""
+        tasks = [
+            asyncio.create_task(self._client_side()),
+            asyncio.create_task(self._upstream_side()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
+
+    async def _close(self) -> None:
+        self._flush_io()
+        for writer in (self._up_w, self._client_w):
+            if writer is not None:
+                writer.close()
+        for writer in (self._up_w, self._client_w):
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), 5)
+
+    # -- the client pump --------------------------------------------------------------------
+
+    async def _client_side(self) -> None:
+        """The client pump, and what happens when the client leaves or idles."""
+        try:
+            await self._client_pump()
+        except _ClientGoneError:
+            if self._pending:
+                with contextlib.suppress(TimeoutError):  # a half-closed client still reads
+                    await asyncio.wait_for(self._settled(), 10)
+        except TimeoutError:
+            self._error(f"client idle for {self._cfg.idle_timeout:g} s")
+            await self._local(TIMED_OUT, None, "session")
+        clean = not self._in_data and not self._quit_sent
+        if clean and self._up_w is not None and not self._up_w.is_closing():
+            self._send_upstream(encode_command(b"QUIT"))
+            self._quit_sent = True
+
+    async def _client_pump(self) -> None:
+        while True:
+            await self._room.wait()
+            event = self._commands.next_event()
+            if event is None:
+                await self._read_client()
+            elif isinstance(event, LineTooLong):
+                self._enqueue_local(LINE_TOO_LONG, None, "command")
+            elif isinstance(event, Command) and not await self._command(event):
+                return
+
+    async def _read_client(self) -> None:
+        try:
+            data = await asyncio.wait_for(self._client_r.read(READ_SIZE), self._cfg.idle_timeout)
+        except TimeoutError:
+            raise
+        except OSError:  # a reset; TimeoutError, an OSError too, is the idle timeout above
+            raise _ClientGoneError from None
+        if not data:
+            raise _ClientGoneError
+        self._commands.feed(data)
+
+    async def _command(self, cmd: Command) -> bool:
+        """Handle one command; False once the session is over (QUIT answered)."""
+        verb = cmd.verb
+        if verb in REFUSED_VERBS:
+            self._enqueue_local(NOT_IMPLEMENTED, verb, _stage(verb))
+            return True
+        if verb == "STARTTLS":
+            await self._starttls(cmd)
+            return True
+        self._note(verb, cmd.argument)
+        barrier = verb in ("DATA", "QUIT", "AUTH")
+        pending = self._forward(cmd.line, verb, _stage(verb), barrier=barrier)
+        if pending.done is None:
+            return True
+        reply = await pending.done
+        if verb == "DATA" and reply.code == 354:
+            await self._data()
+        while reply.code == 334:
+            reply = await self._continuation(verb)
+        return verb != "QUIT"
+
+    def _note(self, verb: str, argument: bytes) -> None:
+        """Remember what events should carry: HELO name and sender."""
+        if verb in ("EHLO", "HELO"):
+            self._peer.helo = argument.decode("utf-8", "replace")[:255] or None
+            self._peer.sender = None
+        elif verb == "MAIL":
+            self._peer.sender = _address(argument)
+        elif verb == "RSET":
+            self._peer.sender = None
+
+    def _forward(self, line: bytes, verb: str, stage: str, *, barrier: bool) -> _Pending:
+        """Queue ``line`` for a reply and send it upstream (queue first: no reply can overtake)."""
+        assert self._up_w is not None
+        done = asyncio.get_running_loop().create_future() if barrier else None
+        recipient = _address(line) if verb == "RCPT" else None
+        pending = _Pending(verb, stage, None, done, self._peer.sender, recipient)
+        self._push(pending)
+        self._send_upstream(encode_command(line))
+        self._quit_sent = self._quit_sent or verb == "QUIT"
+        return pending
+
+    async def _continuation(self, verb: str) -> ServerReply:
+        """After a 334: the client's next line answers it (never recorded: credentials).
+
+        An over-long answer is replaced by "*", which cancels the exchange (RFC 4954 §4):
+        Postfix's reply to that tells the client.
+        """
+        self._commands.expect_continuation()
+        while (event := self._commands.next_event()) is None:
+            await self._read_client()
+        line = event.line if isinstance(event, Continuation) else b"*"
+        pending = self._forward(line, verb, _stage(verb), barrier=True)
+        assert pending.done is not None
+        return await pending.done
+
+    async def _data(self) -> None:
+        """Pass the message through unchanged up to and including the end-of-data line."""
+        assert self._up_w is not None
+        self._commands.start_data()
+        self._in_data = True
+        while True:
+            event = self._commands.next_event()
+            if event is None:
+                await self._read_client()
+                continue
+            assert isinstance(event, Data)
+            if event.last:
+                self._push(_Pending(".", "eom", sender=self._peer.sender))
+                self._in_data = False
+                self._peer.sender = None  # the transaction ends with the reply to the dot
+            self._send_upstream(event.data)
+            self._flush_io()
+            with contextlib.suppress(ConnectionError):  # the upstream pump reports it
+                await self._up_w.drain()
+            if event.last:
+                return
+
+    async def _starttls(self, cmd: Command) -> None:
+        """Terminate TLS here: 220, drop anything pipelined after STARTTLS, handshake."""
+        if self._peer.tls:
+            self._enqueue_local(TLS_ACTIVE, "STARTTLS", "starttls")
+            return
+        if self._cfg.tls is None:
+            self._enqueue_local(NOT_IMPLEMENTED, "STARTTLS", "starttls")
+            return
+        if cmd.argument:
+            self._enqueue_local(TLS_SYNTAX, "STARTTLS", "starttls")
+            return
+        # Nothing the client sends from here on may be read as plaintext (CVE-2011-0411):
+        # stop reading before the 220 goes out, then drop what was already buffered.
+        transport = self._client_w.transport
+        if isinstance(transport, asyncio.ReadTransport):
+            transport.pause_reading()
+        await self._local(TLS_READY, "STARTTLS", "starttls")
+        self._flush_io()  # the 220 must leave in plaintext, before the handshake starts
+        dropped = self._commands.discard_buffer() + _drop_stream_buffer(self._client_r)
+        try:
+            await self._client_w.start_tls(
+                self._cfg.tls, ssl_handshake_timeout=self._cfg.tls_handshake_timeout
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            self._error(f"TLS handshake failed: {_describe(exc)}")
+            raise _ClientGoneError from None
+        ssl_object = self._client_w.get_extra_info("ssl_object")
+        if isinstance(ssl_object, ssl.SSLObject):
+            cipher = ssl_object.cipher()
+            self._peer.tls = {
+                "tls_version": ssl_object.version(),
+                "tls_cipher": cipher[0] if cipher else None,
+            }
+        self._peer.helo = self._peer.sender = None  # RFC 3207 §4.2: the client starts over
+        self._emit("tls", stage="starttls", extra={"dropped_plaintext": dropped})
+
+    # -- the upstream pump ------------------------------------------------------------------
+
+    async def _upstream_side(self) -> None:
+        """The upstream pump; a lost or broken upstream becomes a 421 to the client."""
+        try:
+            await self._upstream_pump()
+        except _UpstreamGoneError as exc:
+            self._error(f"upstream lost: {exc}")
+            self._pending.clear()
+            self._answer(UPSTREAM_LOST, _Pending(None, "session"), origin="proxy")
+
+    async def _upstream_pump(self) -> None:
+        while True:
+            reply = await self._read_reply(waiting=lambda: bool(self._pending))
+            pending = self._pending.popleft() if self._pending else _Pending(None, "session")
+            self._answer(reply, pending, origin="upstream")
+            if pending.done is not None and not pending.done.done():
+                pending.done.set_result(reply)
+            self._flush()
+            with contextlib.suppress(ConnectionError):  # the client pump notices it
+                await self._client_w.drain()
+            if reply.code == 421 or pending.verb == "QUIT":
+                return
+
+    async def _read_reply(self, waiting: Callable[[], bool] = lambda: True) -> ServerReply:
+        """The next whole reply from Postfix; _UpstreamGoneError on EOF, garbage or silence.
+
+        Silence counts only while ``waiting()`` says a reply is owed.
+        """
+        assert self._up_r is not None
+        while True:
+            try:
+                reply = self._replies.next_reply()
+            except ProtocolError as exc:
+                raise _UpstreamGoneError(str(exc)) from None
+            if reply is not None:
+                return reply
+            try:
+                data = await asyncio.wait_for(self._up_r.read(READ_SIZE), self._cfg.reply_timeout)
+            except TimeoutError:
+                if waiting():
+                    raise _UpstreamGoneError(f"no reply in {self._cfg.reply_timeout:g} s") from None
+                continue
+            except OSError as exc:
+                raise _UpstreamGoneError(_describe(exc)) from None
+            if not data:
+                raise _UpstreamGoneError("connection closed")
+            self._replies.feed(data)
+
+    # -- output -----------------------------------------------------------------------------
+    #
+    # Writes are collected and flushed once the running task yields, so that what arrived
+    # together leaves together: a pipelined group goes upstream in one segment, as the client
+    # sent it, and Postfix's replies to it reach the client in one. Sent one by one, Nagle's
+    # algorithm on Postfix's side and delayed ACKs here cost 40 ms per group.
+
+    def _send_upstream(self, data: bytes) -> None:
+        self._to_upstream += data
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_io)
+
+    def _flush_io(self) -> None:
+        """Write out what was collected for the client and for Postfix."""
+        self._flush_scheduled = False
+        for buffer, writer in ((self._to_upstream, self._up_w), (self._to_client, self._client_w)):
+            if buffer and writer is not None and not writer.is_closing():
+                writer.write(bytes(buffer))
+            buffer.clear()
+
+    # -- the queue --------------------------------------------------------------------------
+
+    def _push(self, pending: _Pending) -> None:
+        self._pending.append(pending)
+        if len(self._pending) >= self._cfg.max_pipeline:
+            self._room.clear()
+
+    def _enqueue_local(self, reply: ServerReply, verb: str | None, stage: str) -> _Pending:
+        """Queue one of the proxy's own replies behind the replies still owed."""
+        done = asyncio.get_running_loop().create_future()
+        pending = _Pending(verb, stage, reply, done, self._peer.sender)
+        self._push(pending)
+        self._flush()
+        return pending
+
+    async def _local(self, reply: ServerReply, verb: str | None, stage: str) -> ServerReply:
+        """Queue one of the proxy's own replies and wait until it has been sent."""
+        pending = self._enqueue_local(reply, verb, stage)
+        assert pending.done is not None
+        return await pending.done
+
+    def _flush(self) -> None:
+        """Send the proxy's own replies that have reached the head of the queue."""
+        while self._pending and self._pending[0].local is not None:
+            pending = self._pending.popleft()
+            assert pending.local is not None
+            self._answer(pending.local, pending, origin="proxy")
+            if pending.done is not None and not pending.done.done():
+                pending.done.set_result(pending.local)
+        if len(self._pending) < self._cfg.max_pipeline:
+            self._room.set()
+
+    async def _settled(self) -> None:
+        """Wait until no reply is owed any more."""
+        while self._pending:
+            await asyncio.sleep(0.01)
+
+    # -- replies and events -----------------------------------------------------------------
+
+    def _answer(self, reply: ServerReply, pending: _Pending, *, origin: str) -> None:
+        """Explain, rewrite, sanitize, send and record one reply to the client."""
+        explanation = explain_text(reply.text, self._svc.kb)
+        enhanced, body = _split_enhanced(reply)
+        lines = self._rewrite(reply, pending, explanation)
+        safe = sanitize_reply(reply.code, enhanced, body if lines is None else lines)
+        wire = safe.wire()
+        self._to_client += wire.encode("ascii")
+        self._schedule_flush()
+        queue_id = None
+        if pending.verb == "." and reply.code == 250:
+            found = _QUEUED_AS.search(reply.text)
+            queue_id = found[1] if found else None
+        self._emit(
+            "reply",
+            explanation=explanation,
+            original=reply.text,
+            friendly="\n".join(safe.lines),
+            stage=pending.stage,
+            sender=pending.sender,
+            recipient=pending.recipient,
+            queue_id=queue_id,
+            extra={"command": pending.verb, "origin": origin, "rewritten": lines is not None},
+        )
+
+    def _rewrite(
+        self, reply: ServerReply, pending: _Pending, explanation: Explanation
+    ) -> Sequence[str] | None:
+        """The admin's (or the EHLO filter's) lines for this reply, or None to keep it."""
+        texts = self._svc.texts
+        if pending.verb == "EHLO" and reply.code == 250:
+            add = ("STARTTLS",) if self._cfg.tls is not None and not self._peer.tls else ()
+            return filter_ehlo(reply.lines, self._cfg.keep_keywords, add)
+        if pending.stage == "connect" and reply.code == 220:
+            self._peer.hostname = _first_word(reply.lines[0]) or self._peer.hostname
+            return texts.greeting(explanation, self._context(pending))
+        if pending.verb == "QUIT" and reply.code == 221:
+            return texts.goodbye(explanation, self._context(pending))
+        if reply.code >= 400:
+            return texts.rewrite(explanation, self._context(pending))
+        return None
+
+    def _context(self, pending: _Pending) -> dict[str, str]:
+        """What the admin's templates may say about this session and reply."""
+        peer = self._peer
+        return {
+            "hostname": peer.hostname,
+            "date": format_datetime(datetime.now(UTC)),
+            "client_addr": peer.addr or "",
+            "client_name": peer.name or "",
+            "sender": (pending.sender or "").strip("<>"),
+            "recipient": (pending.recipient or "").strip("<>"),
+            "queue_id": "",
+        }
+
+    def _emit(
+        self,
+        event: str,
+        *,
+        explanation: Explanation | None = None,
+        original: str | None = None,
+        friendly: str | None = None,
+        stage: str | None = None,
+        sender: str | None = None,
+        recipient: str | None = None,
+        queue_id: str | None = None,
+        extra: dict[str, object] | None = None,
+    ) -> None:
+        peer = self._peer
+        self._svc.events.emit(
+            Event(
+                event=event,
+                source=Source.PROXY,
+                ts=datetime.now(UTC),
+                direction=Direction.UPSTREAM if event == "reply" else None,
+                stage=stage,
+                session=self._id,
+                queue_id=queue_id,
+                client_addr=peer.addr,
+                client_name=peer.name,
+                helo=peer.helo,
+                sender=sender,
+                recipient=recipient,
+                friendly=friendly,
+                extra={**(extra or {}), "client_port": peer.port, **peer.tls},
+                **reply_fields(explanation, text=original),
+            )
+        )
+
+    def _error(self, message: str) -> None:
+        self._emit("error", original=message)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _peer_of(writer: asyncio.StreamWriter) -> _Peer:
+    """The client's address and port, IPv4-mapped IPv6 addresses unwrapped."""
+    peername = writer.get_extra_info("peername")
+    if not isinstance(peername, tuple) or len(peername) < 2:
+        return _Peer()
+    addr = str(peername[0])
+    with contextlib.suppress(ValueError):
+        ip = ipaddress.ip_address(addr)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            addr = str(ip.ipv4_mapped)
+    return _Peer(addr=addr, port=int(peername[1]))
+
+
+def _split_enhanced(reply: ServerReply) -> tuple[EnhancedCode | None, list[str]]:
+    """The reply's enhanced code (if its class matches) and its lines without that prefix."""
+    m = _ENHANCED_PREFIX.match(reply.lines[0]) if reply.lines else None
+    if m is None or int(m[1]) != reply.code // 100:
+        return None, list(reply.lines)
+    enhanced = EnhancedCode(int(m[1]), int(m[2]), int(m[3]))
+    prefix = str(enhanced)
+    lines = [
+        line[len(prefix) :].lstrip(" ") if line == prefix or line.startswith(prefix + " ") else line
+        for line in reply.lines
+    ]
+    return enhanced, lines
+
+
+def _address(argument: bytes) -> str | None:
+    """The address in ``FROM:<a@b> SIZE=1`` / ``TO:<a@b>``, with its angle brackets."""
+    m = _ADDRESS.search(argument)
+    return m[0].decode("utf-8", "replace") if m else None
+
+
+def _drop_stream_buffer(reader: asyncio.StreamReader) -> int:
+    """Empty a StreamReader's internal buffer; return how many bytes were dropped.
+
+    asyncio has no public way to discard what a StreamReader already holds, and bytes a client
+    pipelined after STARTTLS must never be read as if they came over TLS (CVE-2011-0411).
+    """
+    buffer = getattr(reader, "_buffer", None)
+    if not isinstance(buffer, bytearray):
+        return 0
+    dropped = len(buffer)
+    buffer.clear()
+    return dropped
+
+
+def _stage(verb: str) -> str:
+    """The event stage of a command: the schema's names where it has one (helo, mail, ...)."""
+    return "helo" if verb in ("EHLO", "HELO") else verb.lower() or "command"
+
+
+def _first_word(text: str) -> str | None:
+    words = text.split(None, 1)
+    return words[0] if words else None
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,162 @@
+"""Run the SMTP front proxy: clients talk to it, it talks to an inner Postfix smtpd.
+
+Every reply a client hears passes through the proxy, so every text can be the admin's own:
+the 220 greeting and the 221 goodbye ([banner]; Postfix hard-codes its 221) and every
+4xx/5xx ([texts]), and every reply is recorded as a JSON event with Postfix's original text.
+The proxy hands the real client to Postfix with XCLIENT, so restrictions, milters and logs
+still see the client's address, port and name. It terminates STARTTLS itself (--tls-cert,
+--tls-key) and passes messages through byte for byte; only Postfix ever accepts mail.
+
+Postfix needs a second smtpd listener that trusts the proxy; print its master.cf lines with
+  smtp-policy proxy --print-postfix-config --upstream 127.0.0.1:10026
+SIGTERM or SIGINT stops the proxy (open sessions are cut); SIGHUP re-reads the configuration
+([banner], [texts]) for new replies and keeps the running one if the new one has problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+import sys
+
+from ..core.errors import ConfigError
+
+HELP = "run the SMTP front proxy (custom 220/221 and reject texts, every reply recorded)"
+
+DEFAULT_UPSTREAM = "127.0.0.1:10026"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the proxy options."""
+    parser.add_argument(
+        "--listen", metavar="ADDR:PORT", help="where clients connect, e.g. 0.0.0.0:25"
+    )
+    parser.add_argument(
+        "--upstream",
+        metavar="HOST:PORT",
+        default=DEFAULT_UPSTREAM,
+        help=f"the inner Postfix smtpd that trusts the proxy (default {DEFAULT_UPSTREAM})",
+    )
+    parser.add_argument(
+        "--events", metavar="FILE", help="append JSON events to FILE (default: [events] output)"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read the shipped defaults and FILE only "
+        "(default: /etc/smtp-policy/config.toml and conf.d/*.toml)",
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain for STARTTLS")
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key for STARTTLS")
+    parser.add_argument(
+        "--max-connections", type=int, default=200, metavar="N", help="421 beyond N sessions"
+    )
+    parser.add_argument(
+        "--idle-timeout", type=float, default=300.0, metavar="SECONDS", help="default 300"
+    )
+    parser.add_argument(
+        "--session-timeout", type=float, default=3600.0, metavar="SECONDS", help="default 3600"
+    )
+    parser.add_argument(
+        "--no-reverse-dns",
+        action="store_true",
+        help="send XCLIENT NAME=[UNAVAILABLE] instead of looking client names up",
+    )
+    parser.add_argument(
+        "--print-postfix-config",
+        action="store_true",
+        help="print the master.cf lines of the inner listener and exit",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT (or print the Postfix configuration)."""
+    host, port = parse_host_port(args.upstream, "--upstream")
+    if args.print_postfix_config:
+        sys.stdout.write(postfix_config(host, port))
+        return 0
+    if not args.listen:
+        raise ConfigError(["--listen ADDR:PORT is required"])
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError(["--tls-cert and --tls-key go together"])
+    return _serve(args, host, port)
+
+
+def _serve(args: argparse.Namespace, host: str, port: int) -> int:
+    from ..adapters.proxy import ProxyService, ProxySettings, forward_confirmed_name
+    from ..config import Config
+    from ..core.events import Source
+    from ..emit import EventWriter
+    from ..knowledge import default_knowledge
+    from .serve import serve
+
+    listen_host, listen_port = parse_host_port(args.listen, "--listen")
+    args.listen = f"inet:{listen_host}:{listen_port}"
+    settings = ProxySettings(
+        upstream_host=host,
+        upstream_port=port,
+        tls=_tls(args),
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        session_timeout=args.session_timeout,
+    )
+    resolver = _no_name if args.no_reverse_dns else forward_confirmed_name
+
+    def make(events: EventWriter, config: Config) -> ProxyService:
+        service = ProxyService(settings, default_knowledge(), events, resolver=resolver)
+        service.reconfigure(config)
+        return service
+
+    return serve(args, Source.PROXY, lambda config: args.listen, make)
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The STARTTLS context from --tls-cert/--tls-key, or None without them."""
+    from ..adapters.proxy import tls_context
+
+    if not args.tls_cert:
+        return None
+    try:
+        return tls_context(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([f"--tls-cert/--tls-key: {exc}"]) from None
+
+
+async def _no_name(addr: str) -> str | None:
+    """The resolver of --no-reverse-dns."""
+    return None
+
+
+def parse_host_port(text: str, option: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``inet:HOST:PORT``."""
+    rest = text.removeprefix("inet:")
+    host, sep, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError([f"{option} {text!r}: expected HOST:PORT"])
+    return host, int(port)
+
+
+def postfix_config(host: str, port: int) -> str:
+    """The master.cf (and main.cf) lines for the inner smtpd the proxy talks to."""
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    trusted = f"[{host}]" if ":" in host else host
+    return f"""\
+# --- master.cf: the inner smtpd, reachable only by smtp-policy proxy ---------------------
+# The proxy sends XCLIENT ADDR/PORT/NAME, so restrictions, milters, policy services and the
+# maillog see the real client; it fails closed (421) if this smtpd refuses XCLIENT.
+# The proxy terminates STARTTLS itself; this hop is plaintext on loopback.
+{listen} inet n - y - - smtpd
+  -o syslog_name=postfix/proxied
+  -o smtpd_authorized_xclient_hosts={trusted}
+  -o smtpd_client_port_logging=yes
+  -o smtpd_tls_security_level=none
+#
+# The proxy listens where clients connect (port 25): comment out the public
+# "smtp inet ... smtpd" (or "smtp inet ... postscreen") line, or move it to another address.
+# Connection limits (smtpd_client_connection_count_limit, anvil) are checked against the real
+# client after XCLIENT; the proxy's own address should stay in mynetworks so that its
+# connections are exempt (smtpd_client_event_limit_exceptions defaults to $mynetworks).
+#
+# --- main.cf: nothing is required. Then: postfix reload
+"""

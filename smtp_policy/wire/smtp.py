@@ -1,0 +1,377 @@
+"""SMTP commands and replies, incrementally decoded and encoded: the codec of the front proxy.
+
+Theory of operation (h11-style, no I/O): the proxy feeds whatever bytes arrive into a
+:class:`ReplyReader` (from the server) or a :class:`CommandReader` (from the client) and pulls
+events out until the reader answers None ("need more bytes"). Nothing here reads a socket,
+keeps time or logs; malformed input raises :class:`ProtocolError` and nothing else.
+
+Command side. A command line ends at LF (CRLF or a bare LF, as Postfix's ``smtp_get`` accepts)
+and may hold at most ``max_line`` octets including the terminator (RFC 5321 §4.5.3.1.4: 512),
+or ``max_extended_line`` for MAIL and RCPT, whose parameters the advertised extensions lengthen
+(SIZE: RFC 1870 §3, +26; DSN: RFC 3461 §5, +100 for MAIL and +500 for RCPT). A longer line is
+reported once as :class:`LineTooLong` and skipped up to its LF; the buffer never holds more
+than one line limit plus what was fed. After the server's 354 the caller switches the reader to
+DATA mode: the bytes come out unchanged as :class:`Data` chunks (no per-line buffering at
+all), and the reader only watches for the end-of-data line. That line is recognised exactly as
+Postfix does (``smtp_get`` strips one LF and *every* CR before it, then a lone "." ends the
+message): a "." at the start of a line, any number of CRs, then LF, all within the
+``line_length_limit`` octets (2048) smtpd reads at a time. Agreeing with the server byte for
+byte is what keeps a proxy safe from SMTP smuggling (it never sees a message end that Postfix
+does not, or the other way round). After a 334 (AUTH), the caller asks for a
+:class:`Continuation` line, which may be longer (RFC 4954 §4: 12288 octets); an over-long line
+is skipped like any other and ends the continuation.
+
+Reply side. ``250-first`` / ``250 last`` lines are assembled into one :class:`ServerReply`;
+a reply whose lines disagree on the code, a line that is not ``NNN[ -]text`` or longer than
+``max_line``, or more than ``max_lines`` lines is a ProtocolError (the server is broken).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ..core.errors import ProtocolError
+
+#: RFC 5321 §4.5.3.1.4: a command line, CRLF included.
+MAX_COMMAND_LINE = 512
+#: MAIL/RCPT with the parameters of SIZE (RFC 1870) and DSN (RFC 3461) on top of 512 octets.
+MAX_EXTENDED_LINE = 1012
+#: RFC 4954 §4: an AUTH continuation line.
+MAX_CONTINUATION_LINE = 12288
+#: RFC 5321 §4.5.3.1.5 says 512 for a reply line; servers (milters) send up to ~1000. Lenient.
+MAX_REPLY_LINE = 4096
+#: Postfix's longest replies are EHLO (about 12 lines) and milter replies (32 lines).
+MAX_REPLY_LINES = 100
+
+_EXTENDED_VERBS = (b"MAIL", b"RCPT")
+_REPLY_LINE = re.compile(rb"([2-5]\d\d)([ -]|\r?$)")
+_XTEXT_SAFE = frozenset(range(0x21, 0x7F)) - {ord("+"), ord("=")}
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command line from the client, without its line terminator."""
+
+    line: bytes
+
+    @property
+    def verb(self) -> str:
+        """The command word, upper-cased ("MAIL", "EHLO"); never any argument."""
+        word = self.line.split(None, 1)[0] if self.line.strip() else b""
+        return word.decode("ascii", "replace").upper()
+
+    @property
+    def argument(self) -> bytes:
+        """Everything after the command word, stripped."""
+        parts = self.line.split(None, 1)
+        return parts[1].strip() if len(parts) > 1 else b""
+
+
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """A line that answers a 334 challenge (an AUTH response), without its terminator."""
+
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LineTooLong:
+    """A command line over the limit; the reader skips it up to its line end."""
+
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """Message bytes exactly as the client sent them; ``last`` when they end the message."""
+
+    data: bytes
+    last: bool = False
+
+
+ClientEvent = Command | Continuation | LineTooLong | Data
+
+
+@dataclass(frozen=True, slots=True)
+class ServerReply:
+    """One whole server reply: the code and the text of each line (after ``NNN-``/``NNN ``)."""
+
+    code: int
+    lines: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        """The reply as on the wire, lines joined by LF, no final line end."""
+        last = len(self.lines) - 1
+        return "\n".join(
+            f"{self.code}{' ' if i == last else '-'}{line}".rstrip()
+            for i, line in enumerate(self.lines)
+        )
+
+
+# -- the client side --------------------------------------------------------------------------
+
+_COMMAND, _CONTINUATION, _DATA = "command", "continuation", "data"
+# DATA-mode states: where in a line the last byte left us; _DOT + n: "." and n CRs so far.
+_MID, _LINE_START, _DOT = 0, 1, 2
+#: Postfix's default ``line_length_limit``: how much of a line smtpd reads at once.
+SERVER_LINE_LIMIT = 2048
+
+
+class CommandReader:
+    """Client bytes in, :data:`ClientEvent` values out.
+
+    Feed bytes with :meth:`feed`; call :meth:`next_event` until it returns None. The reader is
+    in command mode until :meth:`start_data` (after a 354) or :meth:`expect_continuation`
+    (after a 334); it returns to command mode by itself at the end of the message or line.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_data_state",
+        "_max_extended",
+        "_max_line",
+        "_mode",
+        "_server_limit",
+        "_skipping",
+    )
+
+    def __init__(
+        self,
+        max_line: int = MAX_COMMAND_LINE,
+        max_extended_line: int = MAX_EXTENDED_LINE,
+        server_line_limit: int = SERVER_LINE_LIMIT,
+    ) -> None:
+        self._buf = bytearray()
+        self._server_limit = server_line_limit
+        self._max_line = max_line
+        self._max_extended = max(max_line, max_extended_line)
+        self._mode = _COMMAND
+        self._skipping = False
+        self._data_state = _LINE_START
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes."""
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes wait to be turned into events."""
+        return len(self._buf)
+
+    @property
+    def in_data(self) -> bool:
+        """Whether the reader is passing message bytes through."""
+        return self._mode == _DATA
+
+    def start_data(self) -> None:
+        """The server said 354: what follows is the message, up to the end-of-data line."""
+        self._mode = _DATA
+        self._data_state = _LINE_START
+
+    def expect_continuation(self) -> None:
+        """The server said 334: the next line answers it and is not a command."""
+        self._mode = _CONTINUATION
+
+    def discard_buffer(self) -> int:
+        """Drop everything buffered (bytes pipelined after STARTTLS); return how many."""
+        dropped = len(self._buf)
+        self._buf.clear()
+        self._skipping = False
+        return dropped
+
+    def next_event(self) -> ClientEvent | None:
+        """The next event, or None when more bytes are needed."""
+        if self._mode == _DATA:
+            return self._next_data()
+        return self._next_line()
+
+    def _next_line(self) -> Command | Continuation | LineTooLong | None:
+        while True:
+            end = self._buf.find(b"\n")
+            if self._skipping:
+                if end < 0:
+                    self._buf.clear()
+                    return None
+                del self._buf[: end + 1]
+                self._skipping = False
+                continue
+            limit = self._limit()
+            if end < 0 and len(self._buf) < limit:
+                return None
+            if end < 0 or end + 1 > limit:  # the line is skipped, and so is its role
+                del self._buf[: len(self._buf) if end < 0 else end + 1]
+                self._skipping = end < 0
+                self._mode = _COMMAND
+                return LineTooLong(limit)
+            line = bytes(self._buf[:end]).rstrip(b"\r")
+            del self._buf[: end + 1]
+            if self._mode == _CONTINUATION:
+                self._mode = _COMMAND
+                return Continuation(line)
+            return Command(line)
+
+    def _limit(self) -> int:
+        if self._mode == _CONTINUATION:
+            return MAX_CONTINUATION_LINE
+        if bytes(self._buf[:4]).upper() in _EXTENDED_VERBS:
+            return self._max_extended
+        return self._max_line
+
+    def _next_data(self) -> Data | None:
+        if not self._buf:
+            return None
+        end, self._data_state = _scan_data(self._buf, self._data_state, self._server_limit)
+        if end < 0:
+            chunk = bytes(self._buf)
+            self._buf.clear()
+            return Data(chunk)
+        chunk = bytes(self._buf[:end])
+        del self._buf[:end]
+        self._mode = _COMMAND
+        return Data(chunk, last=True)
+
+
+def _scan_data(buf: bytearray, state: int, limit: int) -> tuple[int, int]:
+    """Where the end-of-data line ends in ``buf`` (-1: not there) and the state after ``buf``.
+
+    Only lines that start with "." matter, so the scan jumps from one LF "." to the next. A
+    state of ``_DOT`` or more counts the octets of the "." line so far ("." plus its CRs):
+    Postfix reads at most ``limit`` octets (``line_length_limit``) before it stops looking for
+    the dot, so a longer run of CRs does not end the message there either.
+    """
+    pos, size = 0, len(buf)
+    while pos < size:
+        if state == _MID:
+            found = buf.find(b"\n.", pos)
+            if found < 0:
+                return -1, _LINE_START if buf[-1] == 0x0A else _MID
+            pos, state = found + 2, _DOT
+            continue
+        byte = buf[pos]
+        if state == _LINE_START:
+            if byte == 0x2E:
+                state = _DOT
+            elif byte != 0x0A:
+                state = _MID
+                continue
+        elif byte == 0x0A:  # in the "." line: ".", any CRs, then LF
+            return pos + 1, _LINE_START
+        elif byte == 0x0D and state - _DOT + 1 < limit:
+            state += 1
+        else:
+            state = _MID
+            continue
+        pos += 1
+    return -1, state
+
+
+# -- the server side --------------------------------------------------------------------------
+
+
+class ReplyReader:
+    """Server bytes in, whole :class:`ServerReply` values out."""
+
+    __slots__ = ("_buf", "_code", "_lines", "_max_line", "_max_lines")
+
+    def __init__(self, max_line: int = MAX_REPLY_LINE, max_lines: int = MAX_REPLY_LINES) -> None:
+        self._buf = bytearray()
+        self._lines: list[str] = []
+        self._code: int | None = None
+        self._max_line = max_line
+        self._max_lines = max_lines
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes."""
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a returned reply."""
+        return len(self._buf)
+
+    @property
+    def pending(self) -> bool:
+        """Whether a reply has started (some lines read) but not ended."""
+        return bool(self._lines) or bool(self._buf)
+
+    def next_reply(self) -> ServerReply | None:
+        """The next whole reply, or None when more bytes are needed."""
+        while True:
+            end = self._buf.find(b"\n")
+            if end < 0:
+                if len(self._buf) > self._max_line:
+                    raise ProtocolError(f"reply line longer than {self._max_line} octets")
+                return None
+            if end + 1 > self._max_line:
+                raise ProtocolError(f"reply line longer than {self._max_line} octets")
+            raw = bytes(self._buf[:end]).rstrip(b"\r")
+            del self._buf[: end + 1]
+            reply = self._take(raw)
+            if reply is not None:
+                return reply
+
+    def _take(self, raw: bytes) -> ServerReply | None:
+        m = _REPLY_LINE.match(raw)
+        if m is None:
+            raise ProtocolError(f"not an SMTP reply line: {raw[:40]!r}")
+        code = int(m[1])
+        if self._code is not None and code != self._code:
+            raise ProtocolError(f"reply line with code {code} inside a {self._code} reply")
+        if len(self._lines) >= self._max_lines:
+            raise ProtocolError(f"reply of more than {self._max_lines} lines")
+        self._code = code
+        self._lines.append(raw[4:].decode("utf-8", "replace"))
+        if m[2] == b"-":
+            return None
+        reply = ServerReply(code, tuple(self._lines))
+        self._lines, self._code = [], None
+        return reply
+
+
+# -- encoding ---------------------------------------------------------------------------------
+
+
+def encode_command(line: bytes) -> bytes:
+    """One command line with its CRLF; a CR or LF inside is a bug in the caller."""
+    if b"\r" in line or b"\n" in line:
+        raise ValueError("a command line cannot contain CR or LF")
+    return line + b"\r\n"
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 §4 xtext: printable ASCII except "+" and "=", the rest as ``+HH``."""
+    return "".join(
+        chr(b) if b in _XTEXT_SAFE else f"+{b:02X}" for b in value.encode("utf-8", "replace")
+    )
+
+
+def xclient_command(attributes: Mapping[str, str]) -> bytes:
+    """``XCLIENT NAME=value ...`` (Postfix XCLIENT_README), values xtext-encoded."""
+    if not attributes:
+        raise ValueError("XCLIENT needs at least one attribute")
+    parts = " ".join(f"{name}={xtext(value)}" for name, value in attributes.items())
+    return encode_command(f"XCLIENT {parts}".encode("ascii"))
+
+
+def ehlo_keyword(line: str) -> str:
+    """The keyword of one EHLO reply line ("SIZE 10240000" -> "SIZE")."""
+    return line.split(None, 1)[0].upper() if line.strip() else ""
+
+
+def filter_ehlo(
+    lines: Iterable[str], keep: Iterable[str], add: Iterable[str] = ()
+) -> tuple[str, ...]:
+    """An EHLO reply's lines with only the ``keep`` keywords, then ``add``; line 1 (the
+    server's name) stays as it is."""
+    items = list(lines)
+    wanted = {k.upper() for k in keep}
+    kept = [line for line in items[1:] if ehlo_keyword(line) in wanted]
+    present = {ehlo_keyword(line) for line in kept}
+    extra = [a for a in add if ehlo_keyword(a) not in present]
+    return tuple(items[:1] + kept + extra)
