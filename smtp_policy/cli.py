@@ -24,6 +24,7 @@ COMMANDS = {
     "postfix": "smtp_policy.commands.postfix",
     "check-config": "smtp_policy.commands.check_config",
     "postfix-config": "smtp_policy.commands.postfix_config",
+    "milter": "smtp_policy.commands.milter",
     "proxy": "smtp_policy.commands.proxy",
 }
 

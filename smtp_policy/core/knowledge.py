@@ -320,7 +320,7 @@ def _build_rules(name: str, data: Mapping[str, Any]) -> list[Rule]:
     for i, entry in enumerate(data["rule"]):
         path = f"rule[{i}]"
         _keys(
-            entry, where, path, required={"id", "reason", "phrases", "samples"}, optional=_RULE_KEYS
+            entry, where, path, required={"id", "phrases", "samples"}, optional=_RULE_KEYS
         )
         rid = _str(entry, "id", where, path)
         path = rid

@@ -1,0 +1,866 @@
+"""The pymilter adapter: one event per SMTP stage, Postfix's own rejections, policy replies.
+
+Theory of operation
+-------------------
+libmilter (C) accepts the MTA's connections and runs each one in its own POSIX thread;
+pymilter calls ``Milter.factory()`` once per connection, at option negotiation, and then the
+callbacks on that instance while holding the GIL. So all per-session state lives on the
+instance, and the only objects shared between threads are immutable (:class:`MilterSettings`,
+the knowledge base, the rules) or lock their own writes (the :class:`EventWriter`). A reload
+swaps the factory's settings; a running session keeps the snapshot it negotiated with.
+
+Negotiation (:meth:`PolicyMilter.negotiate`) decides the whole conversation up front:
+
+* steps: connect, HELO, MAIL, RCPT, DATA and end-of-message; headers and body only when an
+  end-of-message rule needs the real message size; unknown commands never;
+* SMFIP_RCPT_REJ: recipients the MTA itself rejected still reach ``envrcpt``, marked by
+  ``{rcpt_mailer}=error``, ``{rcpt_host}`` = the enhanced code and ``{rcpt_addr}`` = the text
+  (Postfix drops the 3-digit code and the ``<address>:``; Sendmail sends the whole reply);
+* "no reply" flags: a stage on which no rule can send a reply only observes, so the MTA need
+  not wait for us there (a setting, because over TCP fewer round trips can meet the
+  delayed-ACK stall measured in research/perf-baseline.md);
+* macros (SMFIR_SETSYMLIST, at most 5 per stage): :data:`SYMLISTS`. The client's address,
+  port and name come from the connect callback's arguments.
+
+Every callback runs inside :func:`_guarded`: an exception becomes an ``error`` event and the
+callback answers CONTINUE, so this milter never blocks mail (fail open). A decision becomes a
+reply through the admin's template and the core's sanitizer, sent with ``setreply``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from enum import StrEnum
+from typing import Concatenate, ParamSpec
+
+import Milter
+
+from ..core.classify import classify
+from ..core.events import Direction, Event, Source, reply_fields
+from ..core.explain import explain, explain_text
+from ..core.knowledge import KnowledgeBase
+from ..core.model import EnhancedCode, Explanation, Reason
+from ..core.parse import parse_reply
+from ..core.rewrite import default_lines
+from ..core.sanitize import SafeReply, clean_text, milter_line, sanitize_reply
+from ..emit import EventWriter
+from ..rules import PolicyRule, RuleAction, RuleFacts, Stage, match_rules
+from ..texts import TextsConfig, audience_of, render_rule_text
+
+CONNECT, HELO, MAIL, RCPT, DATA, EOM, ABORT, CLOSE = (
+    "connect",
+    "helo",
+    "mail",
+    "rcpt",
+    "data",
+    "eom",
+    "abort",
+    "close",
+)
+
+#: Macros requested per stage (SMFIR_SETSYMLIST replaces the MTA's list for that stage).
+#: Postfix's defaults already hold all of these but ``{if_addr}`` (Sendmail's); Sendmail's
+#: defaults lack ``v``, which tells the two apart when it is there.
+SYMLISTS: Mapping[str, tuple[str, ...]] = {
+    CONNECT: ("j", "v", "{daemon_name}", "{daemon_addr}", "{if_addr}"),
+    HELO: ("{tls_version}", "{cipher}", "{cipher_bits}", "{cert_subject}", "{cert_issuer}"),
+    MAIL: ("i", "{auth_type}", "{auth_authen}", "{mail_addr}", "{mail_host}"),
+    RCPT: ("i", "{rcpt_addr}", "{rcpt_host}", "{rcpt_mailer}"),
+    DATA: ("i",),
+    EOM: ("i",),
+}
+_MACRO_STAGE = {
+    CONNECT: Milter.M_CONNECT,
+    HELO: Milter.M_HELO,
+    MAIL: Milter.M_ENVFROM,
+    RCPT: Milter.M_ENVRCPT,
+    DATA: Milter.M_DATA,
+    EOM: Milter.M_EOM,
+}
+#: (no-reply bit, skip-step bit) per protocol step.
+_STEPS = {
+    CONNECT: (Milter.P_NR_CONN, Milter.P_NOCONNECT),
+    HELO: (Milter.P_NR_HELO, Milter.P_NOHELO),
+    MAIL: (Milter.P_NR_MAIL, Milter.P_NOMAIL),
+    RCPT: (Milter.P_NR_RCPT, Milter.P_NORCPT),
+    DATA: (Milter.P_NR_DATA, Milter.P_NODATA),
+    "header": (Milter.P_NR_HDR, Milter.P_NOHDRS),
+    "body": (Milter.P_NR_BODY, Milter.P_NOBODY),
+}
+_CONTENT = ("header", "body")
+#: The only actions we may use: request macros, put a message on hold.
+_ACTIONS = Milter.SETSYMLIST | Milter.QUARANTINE
+
+# pymilter's return codes, typed (pymilter has no type information).
+CONTINUE: int = Milter.CONTINUE
+REJECT: int = Milter.REJECT
+TEMPFAIL: int = Milter.TEMPFAIL
+DISCARD: int = Milter.DISCARD
+NOREPLY: int = Milter.NOREPLY
+ALL_OPTS: int = Milter.ALL_OPTS
+
+MAX_VALUE_CHARS = 4096  # longer values (a 10 kB address...) are cut in events
+
+
+class Action(StrEnum):
+    """What a matching rule does (the values of ``rules.RuleAction``)."""
+
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"
+    DISCARD = "discard"
+    QUARANTINE = "quarantine"
+    ACCEPT = "accept"
+
+
+#: The codes used when a decision names none.
+DEFAULT_REPLY = {Action.REJECT: (550, "5.7.1"), Action.TEMPFAIL: (451, "4.7.1")}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    """A matching rule's verdict; ``text`` is the admin's template (or plain text)."""
+
+    action: Action
+    rule: str
+    code: int | None = None
+    enhanced: str | None = None
+    text: str = ""
+    reason: Reason | None = None
+    help_url: str | None = None
+
+
+#: The facts of a stage as the rules see them (see :meth:`PolicyMilter.facts`).
+Facts = Mapping[str, object]
+#: The decision of the first matching rule for a stage, or None.
+Decide = Callable[[str, Facts], PolicyDecision | None]
+#: The reply's lines for a decision, its explanation and the session's placeholder values.
+Renderer = Callable[[PolicyDecision, Explanation, Mapping[str, str]], Sequence[str]]
+
+
+def _no_decision(stage: str, facts: Facts) -> PolicyDecision | None:
+    """The decision when no rule is configured: none."""
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class MilterPolicy:
+    """The rules as the milter needs them.
+
+    ``decide`` is asked at each stage in ``stages``; ``replying`` names the stages where its
+    decision needs the MTA to wait for our answer (reject, tempfail, discard; default: all of
+    ``stages``); ``content`` asks for headers and body to measure the real size at eom.
+    """
+
+    decide: Decide = _no_decision
+    stages: frozenset[str] = frozenset()
+    replying: frozenset[str] | None = None
+    content: bool = False
+
+    def reply_stages(self) -> frozenset[str]:
+        """Steps that must wait for us. Connect/HELO decisions are sent at HELO and MAIL."""
+        stages = self.stages if self.replying is None else self.replying
+        early = {HELO, MAIL} if stages & {CONNECT, HELO} else set()
+        return frozenset((stages - {CONNECT}) | early)
+
+
+def default_reply_lines(
+    decision: PolicyDecision, explanation: Explanation, context: Mapping[str, str]
+) -> list[str]:
+    """Without ``[texts]``: the decision's text as it is, then our summary and help link."""
+    return [*decision.text.splitlines(), *default_lines(explanation)]
+
+
+def texts_renderer(texts: TextsConfig) -> Renderer:
+    """The admin's templates: the rule's own ``text``, else ``[texts]`` by code and reason."""
+
+    def render(
+        decision: PolicyDecision, explanation: Explanation, context: Mapping[str, str]
+    ) -> Sequence[str]:
+        audience = audience_of(context.get("client_addr", ""), texts)
+        return render_rule_text(decision.text or None, texts, explanation, context, audience)
+
+    return render
+
+
+def policy_from_rules(rules: Sequence[PolicyRule]) -> MilterPolicy:
+    """A :class:`MilterPolicy` over configured rules (``rules.match_rules`` decides)."""
+    decisions = {id(rule): _decision_of(rule) for rule in rules}
+
+    def decide(stage: str, facts: Facts) -> PolicyDecision | None:
+        rule = match_rules(rules, stage, rule_facts(facts))
+        return None if rule is None else decisions[id(rule)]
+
+    replies = {RuleAction.REJECT, RuleAction.TEMPFAIL, RuleAction.DISCARD}
+    return MilterPolicy(
+        decide,
+        frozenset(r.stage.value for r in rules),
+        frozenset(r.stage.value for r in rules if r.action in replies),
+        any(r.stage is Stage.EOM and r.size_over is not None for r in rules),
+    )
+
+
+def _decision_of(rule: PolicyRule) -> PolicyDecision:
+    return PolicyDecision(
+        Action(rule.action.value),
+        rule.name,
+        rule.code,
+        str(rule.enhanced) if rule.enhanced else None,
+        rule.text or "",
+        rule.reason,
+    )
+
+
+def rule_facts(facts: Facts) -> RuleFacts:
+    """The milter's facts in the shape ``rules.match_rules`` takes."""
+
+    def text(key: str) -> str | None:
+        value = facts.get(key)
+        return value if isinstance(value, str) else None
+
+    size = facts.get("size")
+    return RuleFacts(
+        client_addr=text("client_addr") or "",
+        sender=text("sender"),
+        recipient=text("recipient"),
+        size=size if isinstance(size, int) else None,
+        authenticated=bool(facts.get("authenticated")),
+        helo=text("helo"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MilterSettings:
+    """Everything a session needs; immutable, shared by every session negotiated with it."""
+
+    events: EventWriter
+    kb: KnowledgeBase
+    policy: MilterPolicy = MilterPolicy()
+    render: Renderer = default_reply_lines
+    noreply: bool = True  # negotiate "no reply" where no rule replies
+
+
+class MilterFactory:
+    """``Milter.factory``: one :class:`PolicyMilter` per connection, from the current settings.
+
+    Set once; a reload calls :meth:`replace`. ``active`` counts sessions not closed yet.
+    """
+
+    def __init__(self, settings: MilterSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._active = 0
+
+    @property
+    def settings(self) -> MilterSettings:
+        """The settings new sessions get."""
+        return self._settings
+
+    @property
+    def active(self) -> int:
+        """Sessions opened and not closed yet."""
+        return self._active
+
+    def replace(self, settings: MilterSettings) -> None:
+        """Use ``settings`` for the sessions negotiated from now on."""
+        self._settings = settings
+
+    def __call__(self) -> PolicyMilter:
+        with self._lock:
+            self._active += 1
+        return PolicyMilter(self._settings, on_close=self._closed)
+
+    def _closed(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+
+def build_reply(
+    decision: PolicyDecision,
+    kb: KnowledgeBase,
+    render: Renderer = default_reply_lines,
+    context: Mapping[str, str] | None = None,
+) -> tuple[SafeReply, Explanation]:
+    """The sanitized reply for a reject/tempfail decision, and the core's explanation of it."""
+    kind = Action.TEMPFAIL if decision.action is Action.TEMPFAIL else Action.REJECT
+    default_code, default_enhanced = DEFAULT_REPLY[kind]
+    code = decision.code if decision.code and 400 <= decision.code <= 599 else default_code
+    enhanced = _parse_enhanced(decision.enhanced) or _parse_enhanced(default_enhanced)
+    if enhanced is not None and enhanced.klass != code // 100:  # the code's class wins
+        enhanced = EnhancedCode(code // 100, enhanced.subject, enhanced.detail)
+    explanation = explain_decision(code, enhanced, decision, kb)
+    lines = render(decision, explanation, context or {})
+    return sanitize_reply(code, enhanced, lines), explanation
+
+
+def explain_decision(
+    code: int, enhanced: EnhancedCode | None, decision: PolicyDecision, kb: KnowledgeBase
+) -> Explanation:
+    """Explain our own reply from its codes; the rule's reason and help link win."""
+    classification = classify(parse_reply(f"{code} {enhanced or ''}".strip(), kb.codebook), kb)
+    if decision.reason is not None and decision.reason is not classification.reason:
+        classification = replace(classification, reason=decision.reason, rule=None)
+    if decision.help_url:
+        classification = replace(classification, help_url=decision.help_url)
+    return explain(classification, kb)
+
+
+def explain_rejected_recipient(rcpt_host: str, rcpt_addr: str, kb: KnowledgeBase) -> Explanation:
+    """Explain an MTA-rejected recipient from its ``{rcpt_host}`` and ``{rcpt_addr}`` macros.
+
+    Sendmail puts the whole reply in ``{rcpt_addr}`` ("550 5.1.1 ... User unknown"); Postfix
+    only the text ("Recipient address rejected: ..."), with the enhanced code in
+    ``{rcpt_host}``.
+    """
+    if rcpt_addr[:3].isdigit() and rcpt_addr[3:4] in ("", " ", "-"):
+        return explain_text(rcpt_addr, kb)
+    return explain_text(f"{rcpt_host} {rcpt_addr}".strip(), kb)
+
+
+def detect_mta(macros: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """``("postfix" | "sendmail" | None, version)`` from the connect macros."""
+    v = macros.get("v", "")
+    if v.lower().startswith("postfix"):
+        return "postfix", v.partition(" ")[2] or None
+    if v:
+        return "sendmail", v
+    if "{if_addr}" in macros:
+        return "sendmail", None
+    if "{daemon_addr}" in macros:
+        return "postfix", None
+    if "j" in macros:
+        return "sendmail", None
+    return None, None
+
+
+def text_of(value: object) -> str:
+    """A value from libmilter as text that JSON can carry: undecodable bytes as ``\\xNN``."""
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", "backslashreplace")
+    else:
+        text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if len(text) > MAX_VALUE_CHARS:
+        text = f"{text[:MAX_VALUE_CHARS]}...[{len(text) - MAX_VALUE_CHARS} more]"
+    return text
+
+
+def _parse_enhanced(text: str | None) -> EnhancedCode | None:
+    try:
+        return EnhancedCode.parse(text) if text else None
+    except ValueError:
+        return None
+
+
+def _peer(hostaddr: object) -> tuple[str | None, int | None]:
+    """Client address and port from the connect callback (a tuple for inet, a str otherwise)."""
+    if isinstance(hostaddr, tuple) and hostaddr:
+        port = hostaddr[1] if len(hostaddr) > 1 and isinstance(hostaddr[1], int) else None
+        return text_of(hostaddr[0]), port
+    if isinstance(hostaddr, str | bytes):
+        return text_of(hostaddr), None
+    return None, None
+
+
+def _params(args: Sequence[object]) -> dict[str, str | None]:
+    """ESMTP parameters (``SIZE=123``, ``BODY=8BITMIME``) as an upper-cased dict."""
+    out: dict[str, str | None] = {}
+    for arg in args:
+        key, sep, value = text_of(arg).partition("=")
+        out[key.upper()] = value if sep else None
+    return out
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def last_resort(message: str) -> None:
+    """One line on stderr, for when even an error event cannot be written."""
+    with contextlib.suppress(Exception):  # stderr is gone too: nothing left to tell
+        print(f"smtp-policy milter: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+@dataclass(slots=True)
+class _Transaction:
+    """State of one MAIL transaction."""
+
+    sender: str | None = None
+    queue_id: str | None = None
+    size: int | None = None  # SIZE= from MAIL FROM
+    measured: int = 0  # header and body octets, when the content steps are negotiated
+    recipients: list[str] = field(default_factory=list)
+    quarantine: PolicyDecision | None = None
+    accepted: bool = False  # an accept rule ended rule checks for this transaction
+
+
+@dataclass(slots=True)
+class _Session:
+    """State of one SMTP session (one milter connection)."""
+
+    id: str
+    started: float
+    client_addr: str | None = None
+    client_name: str | None = None
+    hostname: str | None = None
+    helo: str | None = None
+    mta: str | None = None
+    auth_user: str | None = None
+    sticky: PolicyDecision | None = None  # a connect/HELO decision, applied from then on
+    accepted: bool = False  # an accept rule at connect/HELO ended rule checks
+    commands: dict[str, int] = field(default_factory=dict)
+    accepted_rcpts: int = 0
+    rejected_by_mta: int = 0
+    rejected_by_policy: int = 0
+    messages: int = 0
+    aborted: int = 0
+    errors: int = 0
+    queue_ids: list[str] = field(default_factory=list)
+
+
+P = ParamSpec("P")
+_Callback = Callable[Concatenate["PolicyMilter", P], int]
+
+
+def _guarded(stage: str) -> Callable[[_Callback[P]], _Callback[P]]:
+    """Fail open: an exception becomes an error event and CONTINUE; map CONTINUE to NOREPLY."""
+
+    def decorate(func: _Callback[P]) -> _Callback[P]:
+        @functools.wraps(func)
+        def wrapper(self: PolicyMilter, /, *args: P.args, **kwargs: P.kwargs) -> int:
+            try:
+                rc = func(self, *args, **kwargs)
+            except Exception as exc:
+                self.failed(stage, exc)
+                rc = CONTINUE
+            return self.answer(stage, rc)
+
+        return wrapper
+
+    return decorate
+
+
+#: The session served by the current libmilter thread (one thread per MTA connection), for
+#: errors pymilter's C layer raises before any of our code runs (see report_uncaught).
+_current = threading.local()
+
+
+def report_uncaught(exc: BaseException, events: EventWriter) -> None:
+    """Record an exception nobody could catch (``sys.excepthook``), in its session if known."""
+    milter: PolicyMilter | None = getattr(_current, "milter", None)
+    if milter is not None:
+        milter.recover(exc)
+        return
+    text = _one_line(text_of(f"{type(exc).__name__}: {exc}"))
+    last_resort(text)  # outside any session (the main thread): say it where people look
+    try:
+        events.emit(
+            Event(
+                event="error",
+                source=Source.MILTER,
+                ts=datetime.now(UTC),
+                text=text,
+                extra={"exception": type(exc).__name__},
+            )
+        )
+    except Exception:
+        last_resort("and the event stream is broken too")
+
+
+class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type information
+    """One SMTP session as the milter sees it (one instance per MTA connection)."""
+
+    def __init__(
+        self, settings: MilterSettings, on_close: Callable[[], None] | None = None
+    ) -> None:
+        self._settings = settings
+        self._on_close = on_close
+        self._reply_stages = settings.policy.reply_stages()
+        self._s = _Session(id=secrets.token_hex(6), started=time.monotonic())
+        self._tx = _Transaction()
+        self._actions = 0
+        self._protocol = 0
+
+    # -- negotiation -------------------------------------------------------------------------
+
+    def negotiate(self, opts: list[int]) -> int:
+        """Choose steps, no-reply flags, RCPT_REJ, actions and macros (see the module doc)."""
+        _current.milter = self
+        try:
+            self._actions = opts[0] & _ACTIONS
+            self._protocol = opts[1] & ~self.unwanted_steps()
+            opts[0], opts[1], opts[2], opts[3] = self._actions, self._protocol, 0, 0
+            if self._actions & Milter.SETSYMLIST:
+                for stage, macros in SYMLISTS.items():
+                    # pymilter 1.0.5's Base.setsymlist hands its C layer bytes, which it refuses
+                    self._ctx.setsymlist(_MACRO_STAGE[stage], " ".join(macros))
+        except Exception as exc:
+            self.failed("negotiate", exc)
+            return ALL_OPTS
+        return CONTINUE
+
+    def unwanted_steps(self) -> int:
+        """The protocol bits to clear from what the MTA offers."""
+        mask = Milter.P_HDR_LEADSPC | Milter.P_NR_EOH | Milter.P_NR_UNKN
+        content = self._settings.policy.content
+        for stage, (no_reply, skip) in _STEPS.items():
+            if stage in _CONTENT and not content:
+                mask |= no_reply  # not asked for at all: keep the skip bit
+                continue
+            mask |= skip
+            if stage in self._reply_stages or not self._settings.noreply:
+                mask |= no_reply
+        return int(mask)
+
+    def answer(self, stage: str, rc: int) -> int:
+        """The code for libmilter: NOREPLY where that was negotiated."""
+        no_reply = _STEPS.get(stage, (0, 0))[0]
+        if not (no_reply and self._protocol & no_reply):
+            return rc
+        if rc != CONTINUE:
+            self.failed(stage, RuntimeError(f"decision {rc} dropped: {stage} is no-reply"))
+        return NOREPLY
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    @_guarded(CONNECT)
+    def connect(self, hostname: str, family: int, hostaddr: object) -> int:
+        """A client connected: who, and which MTA we serve."""
+        self._count(CONNECT)
+        macros = self.macros(CONNECT)
+        s = self._s
+        s.client_name = text_of(hostname) if hostname else None
+        s.client_addr, port = _peer(hostaddr)
+        s.mta, version = detect_mta(macros)
+        s.hostname = macros.get("j") or macros.get("{daemon_name}")
+        extra: dict[str, object] = {"macros": macros, "client_port": port}
+        if version:
+            extra["mta_version"] = version
+        self._emit_stage(CONNECT, extra)
+        self._decide_early(CONNECT)
+        return CONTINUE
+
+    @_guarded(HELO)
+    def hello(self, hostname: str | bytes) -> int:
+        """HELO/EHLO: the name the client gave (TLS macros once it started TLS)."""
+        self._count(HELO)
+        self._s.helo = text_of(hostname)
+        self._emit_stage(HELO, {"macros": self.macros(HELO)})
+        self._decide_early(HELO)
+        sticky = self._s.sticky
+        return self._enforce(HELO, sticky) if sticky else CONTINUE
+
+    @_guarded(MAIL)
+    def envfrom(self, sender: str, *args: str) -> int:
+        """MAIL FROM: a new transaction."""
+        self._count(MAIL)
+        self._tx = _Transaction(sender=text_of(sender))
+        macros = self.macros(MAIL)
+        self._queue_id(macros)
+        self._s.auth_user = macros.get("{auth_authen}") or self._s.auth_user
+        params = _params(args)
+        size = params.get("SIZE")
+        self._tx.size = int(size) if size and size.isascii() and size.isdigit() else None
+        self._emit_stage(MAIL, {"macros": macros, "params": params})
+        decision = self._s.sticky or self._decide(MAIL)
+        return self._enforce(MAIL, decision) if decision else CONTINUE
+
+    @_guarded(RCPT)
+    def envrcpt(self, recipient: str, *args: str) -> int:
+        """RCPT TO: one recipient, or one the MTA already rejected (SMFIP_RCPT_REJ)."""
+        self._count(RCPT)
+        macros = self.macros(RCPT)
+        self._queue_id(macros)
+        rcpt = text_of(recipient)
+        if macros.get("{rcpt_mailer}") == "error":
+            self._rejected_by_mta(rcpt, macros)
+            return CONTINUE  # the MTA ignores our answer to a recipient it rejected
+        self._emit_stage(RCPT, {"macros": macros, "params": _params(args)}, recipient=rcpt)
+        decision = self._decide(RCPT, recipient=rcpt)
+        if decision and decision.action in (Action.REJECT, Action.TEMPFAIL):
+            self._s.rejected_by_policy += 1
+        else:
+            self._s.accepted_rcpts += 1
+            self._tx.recipients.append(rcpt)
+        return self._enforce(RCPT, decision, rcpt) if decision else CONTINUE
+
+    @_guarded(DATA)
+    def data(self) -> int:
+        """DATA: the client is about to send the message."""
+        self._count(DATA)
+        macros = self.macros(DATA)
+        self._queue_id(macros)
+        self._emit_stage(DATA, {"macros": macros})
+        decision = self._decide(DATA)
+        return self._enforce(DATA, decision) if decision else CONTINUE
+
+    @_guarded("header")
+    def header(self, name: str, value: str) -> int:
+        """A header (only negotiated to measure the message for eom size rules)."""
+        self._tx.measured += len(text_of(name)) + len(text_of(value)) + 4  # ": " and CRLF
+        return CONTINUE
+
+    @_guarded("body")
+    def body(self, chunk: bytes) -> int:
+        """A body chunk (only negotiated to measure the message for eom size rules)."""
+        self._tx.measured += len(chunk)
+        return CONTINUE
+
+    @_guarded(EOM)
+    def eom(self) -> int:
+        """End of message: the last chance to reject, or to put the message on hold."""
+        self._count(EOM)
+        macros = self.macros(EOM)
+        self._queue_id(macros)
+        extra: dict[str, object] = {"macros": macros, "recipients": len(self._tx.recipients)}
+        if self._settings.policy.content:
+            extra["size"] = self._tx.measured + 2  # + the empty line after the headers
+        self._emit_stage(EOM, extra)
+        self._s.messages += 1
+        decision = self._decide(EOM)
+        rc = self._enforce(EOM, decision) if decision else CONTINUE
+        if self._tx.quarantine is not None and rc == CONTINUE:
+            held = self._tx.quarantine
+            self.quarantine(milter_line(clean_text(f"smtp-policy rule {held.rule}")))
+        self._tx = _Transaction()
+        return rc
+
+    @_guarded(ABORT)
+    def abort(self) -> int:
+        """The transaction ended without a message (RSET, a reject, the client left)."""
+        self._count(ABORT)
+        self._s.aborted += 1
+        self._emit_stage(ABORT, {})
+        self._tx = _Transaction()
+        return CONTINUE
+
+    @_guarded(CLOSE)
+    def close(self) -> int:
+        """The connection ended: one summary event for the whole session."""
+        try:
+            self._count(CLOSE)
+            self._emit_session()
+        finally:
+            _current.milter = None
+            if self._on_close is not None:
+                self._on_close()
+                self._on_close = None
+        return CONTINUE
+
+    def recover(self, exc: BaseException) -> None:
+        """pymilter decodes the client name, HELO and header names as strict UTF-8 and calls
+        nothing if that fails: record the error and, for HELO, the stage with bytes escaped."""
+        if self._tx.sender is not None:
+            self.failed("header", exc)
+        elif CONNECT not in self._s.commands:
+            self.failed(CONNECT, exc)
+        else:
+            self.failed(HELO, exc)
+            if isinstance(exc, UnicodeDecodeError):
+                self.hello(exc.object)  # the MTA already had CONTINUE; a decision sticks
+
+    # -- policy ------------------------------------------------------------------------------
+
+    def facts(self, stage: str, recipient: str | None = None) -> dict[str, object]:
+        """What the rules can match on at ``stage``."""
+        s, tx = self._s, self._tx
+        size = tx.measured + 2 if stage == EOM and self._settings.policy.content else tx.size
+        return {
+            "stage": stage,
+            "client_addr": s.client_addr,
+            "client_name": s.client_name,
+            "helo": s.helo,
+            "sender": tx.sender,
+            "recipient": recipient,
+            "recipients": tuple(tx.recipients),
+            "size": size,
+            "authenticated": bool(s.auth_user),
+            "auth_user": s.auth_user,
+            "queue_id": tx.queue_id,
+            "mta": s.mta,
+        }
+
+    def _decide(self, stage: str, recipient: str | None = None) -> PolicyDecision | None:
+        """Ask the rules; an accept decision is recorded and ends the checks it covers."""
+        policy = self._settings.policy
+        if stage not in policy.stages or self._s.accepted or self._tx.accepted:
+            return None
+        decision = policy.decide(stage, self.facts(stage, recipient))
+        if decision is None or decision.action is not Action.ACCEPT:
+            return decision
+        self._emit_decision(stage, decision, None, None, recipient)
+        if stage in (CONNECT, HELO):
+            self._s.accepted = True
+        elif stage != RCPT:
+            self._tx.accepted = True
+        return None
+
+    def _decide_early(self, stage: str) -> None:
+        """Connect and HELO decisions stick: they answer HELO and every MAIL from then on."""
+        decision = self._decide(stage)
+        if decision is not None and self._s.sticky is None:
+            self._s.sticky = decision
+            if stage == CONNECT:  # no reply can be sent at connect: record it now
+                self._emit_decision(stage, decision, None, None)
+
+    def _enforce(self, stage: str, decision: PolicyDecision, recipient: str | None = None) -> int:
+        """Carry a decision out: a reply, a discard, or a hold at end of message."""
+        if decision.action in (Action.REJECT, Action.TEMPFAIL):
+            return self._send_reply(stage, decision, recipient)
+        if stage in (CONNECT, HELO):
+            return CONTINUE  # discard and hold need a transaction: they apply at MAIL
+        if decision.action is Action.DISCARD:
+            self._emit_decision(stage, decision, None, None, recipient)
+            return DISCARD
+        if decision.action is Action.QUARANTINE and self._tx.quarantine is None:
+            self._tx.quarantine = decision  # held at end of message
+            self._emit_decision(stage, decision, None, None, recipient)
+        return CONTINUE
+
+    def _send_reply(self, stage: str, decision: PolicyDecision, recipient: str | None) -> int:
+        context = self._context(recipient)
+        reply, explanation = build_reply(
+            decision, self._settings.kb, self._settings.render, context
+        )
+        enhanced = str(reply.enhanced) if reply.enhanced else None
+        try:
+            self.setreply(str(reply.code), enhanced, *[milter_line(x) for x in reply.lines])
+        except Exception as exc:  # the MTA falls back to its generic text; the verdict stands
+            self.failed(stage, exc)
+        self._emit_decision(stage, decision, reply, explanation, recipient)
+        return REJECT if reply.code >= 500 else TEMPFAIL
+
+    def _context(self, recipient: str | None) -> dict[str, str]:
+        """The session's values for the template placeholders."""
+        return {
+            "recipient": (recipient or "").strip("<>"),
+            "sender": (self._tx.sender or "").strip("<>"),
+            "client_addr": self._s.client_addr or "",
+            "client_name": self._s.client_name or "",
+            "queue_id": self._tx.queue_id or "",
+            "hostname": self._s.hostname or "",
+            "date": format_datetime(datetime.now(UTC)),
+        }
+
+    # -- events ------------------------------------------------------------------------------
+
+    def macros(self, stage: str) -> dict[str, str]:
+        """The requested macros of ``stage`` that have a value."""
+        out = {}
+        for name in SYMLISTS[stage]:
+            try:
+                value = self.getsymval(name)
+            except UnicodeDecodeError as exc:  # pymilter decodes macros as strict UTF-8
+                value = exc.object
+            if value is not None:
+                out[name] = text_of(value)
+        return out
+
+    def _queue_id(self, macros: Mapping[str, str]) -> None:
+        qid = macros.get("i")
+        if qid:
+            self._tx.queue_id = qid
+            if qid not in self._s.queue_ids:
+                self._s.queue_ids.append(qid)
+
+    def _count(self, stage: str) -> None:
+        self._s.commands[stage] = self._s.commands.get(stage, 0) + 1
+
+    def _event(self, event: str, stage: str, **fields: object) -> Event:
+        s, tx = self._s, self._tx
+        base: dict[str, object] = {
+            "session": s.id,
+            "queue_id": tx.queue_id,
+            "client_addr": s.client_addr,
+            "client_name": s.client_name,
+            "helo": s.helo,
+            "sender": tx.sender,
+            "mta": s.mta,
+        }
+        base.update(fields)
+        return Event(event=event, source=Source.MILTER, ts=datetime.now(UTC), stage=stage, **base)  # type: ignore[arg-type]
+
+    def _emit(self, event: Event) -> None:
+        self._settings.events.emit(event)
+
+    def _emit_stage(self, stage: str, extra: Mapping[str, object], **fields: object) -> None:
+        self._emit(self._event("stage", stage, extra=dict(extra), **fields))
+
+    def _rejected_by_mta(self, rcpt: str, macros: Mapping[str, str]) -> None:
+        """Record a recipient the MTA rejected, explained by the core."""
+        self._s.rejected_by_mta += 1
+        host, addr = macros.get("{rcpt_host}", ""), macros.get("{rcpt_addr}", "")
+        explanation = explain_rejected_recipient(host, addr, self._settings.kb)
+        fields = reply_fields(explanation, text=f"{host} {addr}".strip())
+        extra = {"by": "mta", "macros": dict(macros)}
+        self._emit(
+            self._event(
+                "reply",
+                RCPT,
+                direction=Direction.UPSTREAM,
+                recipient=rcpt,
+                extra=extra,
+                **fields,
+            )
+        )
+
+    def _emit_decision(
+        self,
+        stage: str,
+        decision: PolicyDecision,
+        reply: SafeReply | None,
+        explanation: Explanation | None,
+        recipient: str | None = None,
+    ) -> None:
+        """Record a rule's decision: the reply sent (``friendly``: its lines), or the action."""
+        fields: dict[str, object] = dict(reply_fields(explanation))
+        fields["rule"] = decision.rule
+        if explanation is None and decision.reason is not None:
+            fields["reason"] = decision.reason.value
+        if reply is not None:
+            fields["text"] = reply.wire().replace("\r\n", "\n").rstrip("\n")
+            fields["friendly"] = "\n".join(reply.lines)
+        extra = {"by": "policy", "action": decision.action.value}
+        self._emit(
+            self._event(
+                "reply",
+                stage,
+                direction=Direction.UPSTREAM,
+                recipient=recipient,
+                extra=extra,
+                **fields,
+            )
+        )
+
+    def _emit_session(self) -> None:
+        s = self._s
+        extra = {
+            "commands": dict(s.commands),
+            "recipients_accepted": s.accepted_rcpts,
+            "recipients_rejected": s.rejected_by_mta + s.rejected_by_policy,
+            "rejected_by_mta": s.rejected_by_mta,
+            "rejected_by_policy": s.rejected_by_policy,
+            "messages": s.messages,
+            "aborted": s.aborted,
+            "errors": s.errors,
+            "queue_ids": list(s.queue_ids),
+            "duration_ms": round((time.monotonic() - s.started) * 1000, 1),
+        }
+        self._emit(self._event("session", CLOSE, extra=extra))
+
+    def failed(self, stage: str, exc: BaseException) -> None:
+        """Record an exception as an error event; never raises."""
+        try:
+            self._s.errors += 1
+            text = _one_line(text_of(f"{type(exc).__name__}: {exc}"))
+            extra = {"exception": type(exc).__name__}
+            self._emit(self._event("error", stage, text=text, extra=extra))
+        except Exception as inner:  # the event stream itself is broken: one line, no traceback
+            last_resort(f"{stage}: {exc!r} (and recording it failed: {inner!r})")

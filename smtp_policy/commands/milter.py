@@ -1,0 +1,328 @@
+"""Run the milter: one JSON event per SMTP stage, Postfix's own rejected recipients explained,
+and friendly multi-line replies for the policy rules in --config. It always fails open.
+
+Wire it into Postfix's main.cf with a fail-open default, for example:
+  smtpd_milters = { unix:smtp-policy/milter.sock, default_action=accept,
+                    connect_timeout=5s, command_timeout=10s, content_timeout=60s }
+(a unix: path is relative to /var/spool/postfix when smtpd runs chrooted), or over TCP with
+  smtpd_milters = { inet:127.0.0.1:8895, default_action=accept, ... }
+and --listen inet:8895@127.0.0.1. Options override the configuration ([milter] listen and
+timeout, [events] output, [[rules]], [texts]: see config/config.toml). SIGTERM stops it
+cleanly; SIGHUP re-reads the configuration and keeps the running one if the new one is bad.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING
+
+from ..adapters.listen import ListenAddress
+from ..core.errors import ConfigError
+from ..core.events import Event, Source
+from ..emit import EventWriter
+
+if TYPE_CHECKING:
+    from ..adapters.milter import MilterFactory, MilterSettings
+    from ..config import Config
+
+HELP = "run the milter (record every SMTP stage, explain rejections, apply policy replies)"
+
+STOP_GRACE = 10.0  # seconds open sessions get to finish after SIGTERM
+NAME = "smtp-policy"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the milter options."""
+    parser.add_argument(
+        "--listen",
+        help="inet:PORT@HOST, inet:HOST:PORT, inet6:PORT@HOST or unix:/path "
+        "(default: [milter] listen, inet:8895@127.0.0.1)",
+    )
+    parser.add_argument(
+        "--events", metavar="FILE", help="append JSON events to FILE (default: [events] output)"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read the shipped defaults and FILE only "
+        "(default: /etc/smtp-policy/config.toml and conf.d/*.toml)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        metavar="SECONDS",
+        help="drop an MTA connection silent this long (default: [milter] timeout, 600)",
+    )
+    parser.add_argument(
+        "--noreply",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="let the MTA skip waiting for stages no rule replies on: on, off, or auto "
+        "(on for unix sockets, off for TCP, where it costs a delayed-ACK stall)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT; exit 1 if the socket cannot be opened."""
+    from ..config import load_config
+
+    config = load_config(args.config)
+    address = parse_listen(args.listen or config.milter.listen)
+    events = EventWriter.open(args.events or config.events.output)
+    try:
+        settings = _settings(config, events, _noreply(args.noreply, address))
+        return _serve(args, address, args.timeout or config.milter.timeout, settings)
+    finally:
+        events.close()
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """``inet:PORT@HOST``, ``inet6:PORT@HOST``, ``inet:HOST:PORT`` or ``unix:/path``."""
+    kind, _, rest = text.partition(":")
+    if kind == "inet6" and "@" in rest:
+        port, _, host = rest.partition("@")
+        if port.isdigit() and 0 < int(port) < 65536 and host:
+            return ListenAddress("inet6", host=host.strip("[]"), port=int(port))
+    if kind == "local":
+        text = f"unix:{rest}"
+    return ListenAddress.parse(text)
+
+
+def libmilter_socket(address: ListenAddress) -> str:
+    """The address as libmilter spells it: ``inet:PORT@HOST`` or ``unix:/path``."""
+    if address.kind == "unix":
+        return f"unix:{address.path}"
+    return f"{address.kind}:{address.port}@{address.host}"
+
+
+def _noreply(choice: str, address: ListenAddress) -> bool:
+    return choice == "on" or (choice == "auto" and address.kind == "unix")
+
+
+def _settings(config: Config, events: EventWriter, noreply: bool) -> MilterSettings:
+    from ..adapters.milter import MilterSettings, policy_from_rules, texts_renderer
+    from ..knowledge import default_knowledge
+
+    return MilterSettings(
+        events,
+        default_knowledge(),
+        policy_from_rules(config.rules),
+        texts_renderer(config.texts),
+        noreply,
+    )
+
+
+def _serve(
+    args: argparse.Namespace, address: ListenAddress, timeout: int, settings: MilterSettings
+) -> int:
+    import Milter
+
+    from ..adapters.milter import MilterFactory
+
+    events = settings.events
+    factory = MilterFactory(settings)
+    Milter.factory = factory  # set once; a reload swaps the factory's settings
+    Milter.set_exception_policy(Milter.CONTINUE)  # backstop: our callbacks catch everything
+    sys.excepthook = _excepthook(events)  # pymilter prints C-level errors through it
+    if address.kind == "unix":
+        _remove_stale_socket(address.path)
+    failure: list[BaseException] = []
+    worker = threading.Thread(
+        target=_libmilter_main,
+        args=(libmilter_socket(address), timeout, failure),
+        name="libmilter",
+        daemon=True,
+    )
+    flags = _Flags()
+    flags.install()
+    old_umask = os.umask(0o111) if address.kind == "unix" else None  # postfix must connect
+    try:
+        worker.start()
+        _wait_listening(address, worker)
+    finally:
+        if old_umask is not None:
+            os.umask(old_umask)
+    if not worker.is_alive():
+        raise ConfigError([f"cannot listen on {address}: {_describe(failure)}"])
+    _emit(
+        events,
+        "started",
+        listen=libmilter_socket(address),
+        noreply=settings.noreply,
+        config=args.config,
+    )
+    print(f"smtp-policy milter: listening on {address}", file=sys.stderr, flush=True)
+    _loop(args, flags, worker, factory)
+    return _shutdown(address, worker, factory, failure)
+
+
+def _libmilter_main(conn: str, timeout: int, failure: list[BaseException]) -> None:
+    """libmilter's accept loop; it returns after ``Milter.stop()`` (runs in its own thread).
+
+    libmilter blocks SIGHUP/SIGTERM/SIGINT in this thread and its children, so the signals
+    reach the main thread, which handles them.
+    """
+    import Milter
+
+    try:
+        Milter.runmilter(NAME, conn, timeout, rmsock=False)
+    except BaseException as exc:  # reported by the main thread
+        failure.append(exc)
+
+
+class _Flags:
+    """Signals turned into flags the main loop polls."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop.set()
+
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.reload.set()
+
+
+def _loop(
+    args: argparse.Namespace, flags: _Flags, worker: threading.Thread, factory: MilterFactory
+) -> None:
+    """Wait for a signal (or for libmilter to end by itself)."""
+    while worker.is_alive() and not flags.stop.wait(0.2):
+        if flags.reload.is_set():
+            flags.reload.clear()
+            _reload(args.config, factory)
+
+
+def _reload(path: str | None, factory: MilterFactory) -> None:
+    """Re-read the configuration; keep the running one if the new one is bad."""
+    from ..adapters.milter import policy_from_rules, texts_renderer
+    from ..config import load_config
+
+    events = factory.settings.events
+    try:
+        config = load_config(path)
+    except Exception as exc:
+        text = f"reload failed, keeping the running configuration: {exc}"
+        _emit(events, "error", text=" ".join(text.split()), exception=type(exc).__name__)
+        return
+    policy = policy_from_rules(config.rules)
+    render = texts_renderer(config.texts)
+    factory.replace(replace(factory.settings, policy=policy, render=render))
+    _emit(events, "reloaded", config=path, rules=len(config.rules))
+
+
+def _shutdown(
+    address: ListenAddress,
+    worker: threading.Thread,
+    factory: MilterFactory,
+    failure: list[BaseException],
+) -> int:
+    """Stop accepting, give open sessions a moment, record the stop."""
+    if worker.is_alive():
+        _stop_libmilter(address)
+        worker.join(STOP_GRACE)
+    deadline = time.monotonic() + STOP_GRACE
+    while factory.active > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    events = factory.settings.events
+    if failure:
+        _emit(events, "error", text=f"libmilter stopped: {_describe(failure)}")
+        print(f"smtp-policy milter: libmilter stopped: {_describe(failure)}", file=sys.stderr)
+        return 1
+    _emit(events, "stopped", open_sessions=factory.active)
+    return 0
+
+
+def _stop_libmilter(address: ListenAddress) -> None:
+    """``Milter.stop()``; it waits for the accept loop's 5 s poll unless a connection wakes it."""
+    import Milter
+
+    stopper = threading.Thread(target=Milter.stop, name="libmilter-stop", daemon=True)
+    stopper.start()
+    deadline = time.monotonic() + STOP_GRACE
+    while stopper.is_alive() and time.monotonic() < deadline:
+        stopper.join(0.05)
+        _listening(address)
+
+
+def _wait_listening(address: ListenAddress, worker: threading.Thread, timeout: float = 10) -> None:
+    """Return once the socket accepts connections (or libmilter gave up)."""
+    deadline = time.monotonic() + timeout
+    while worker.is_alive() and time.monotonic() < deadline:
+        if _listening(address):
+            return
+        time.sleep(0.02)
+
+
+def _listening(address: ListenAddress) -> bool:
+    """Whether something accepts connections on ``address`` (we connect and hang up)."""
+    target: str | tuple[str, int] = (
+        address.path if address.kind == "unix" else (address.host, address.port)
+    )
+    family = {"unix": socket.AF_UNIX, "inet6": socket.AF_INET6}.get(address.kind, socket.AF_INET)
+    with socket.socket(family) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(target)
+        except OSError:
+            return False
+    return True
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file nobody listens on; refuse a live one or a non-socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError([f"cannot listen on unix:{path}: the file exists and is no socket"])
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale: its milter is gone
+            return
+    raise ConfigError([f"cannot listen on unix:{path}: another process is listening there"])
+
+
+def _describe(failure: list[BaseException]) -> str:
+    if not failure:
+        return "libmilter ended"
+    exc = failure[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _emit(events: EventWriter, name: str, text: str | None = None, **extra: object) -> None:
+    events.emit(
+        Event(event=name, source=Source.MILTER, ts=datetime.now(UTC), text=text, extra=extra)
+    )
+
+
+def _excepthook(
+    events: EventWriter,
+) -> Callable[[type[BaseException], BaseException, TracebackType | None], None]:
+    """Report exceptions raised where we cannot catch them (pymilter's C layer) as events."""
+    from ..adapters.milter import report_uncaught
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        report_uncaught(exc, events)
+
+    return hook
