@@ -1,0 +1,243 @@
+"""Log follower throughput: ``smtp-policy follow`` against pflogsumm on the same log.
+
+Generates a realistic Postfix log (deterministic, seeded) by replaying the shapes of the shared
+3,000-line Postfix 3.7 sample over and over with new queue ids, message ids, addresses,
+recipient domains, process ids and times, so that every copy is a consistent set of messages;
+the messages a copy leaves deferred are retried, delivered and removed at the start of the
+next one, as a real queue would (so the follower's memory stays flat).
+Then times, in alternating rounds on the same file, ``smtp-policy follow --from-start --once
+--events /dev/null`` (a child process; its peak RSS from ``wait4``) and
+``pflogsumm`` (Debian's /usr/sbin/pflogsumm, report to /dev/null). Prints lines/s for each,
+the ratio, and our peak RSS. Nothing is asserted: the machine is shared and noisy.
+
+    .venv/bin/python benchmarks/follow.py [--lines 1000000] [--rounds 3] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT.parent / "shared" / "samples" / "postfix-3.7-maillog-sample.log"
+PFLOGSUMM = shutil.which("pflogsumm") or "/usr/sbin/pflogsumm"
+
+_STAMP = re.compile(r"^(\w{3} [ \d]\d \d\d:\d\d:\d\d) ")
+_QID = re.compile(r"\b[0-9A-F]{10}\b")
+_PID = re.compile(r"\[(\d+)\]: ")
+_LOCAL = re.compile(r"\b(user|sender|nosuchuser|defer|bounce|full|spam|big|policy)(\d+)@")
+_DOMAIN = re.compile(r"@remote\.test\b")
+_HELO = re.compile(r"client(\d+)\.example\.net")
+_REMOTE_ID = re.compile(r"queued as \w+")
+_DOMAINS = (
+    "remote.test",
+    "example.com",
+    "example.org",
+    "mail.example.net",
+    "corp.example",
+    "gmail.example",
+    "outlook.example",
+    "yahoo.example",
+)
+
+
+def generate(lines: int, out: Path, seed: int = 42) -> int:
+    """Write ``lines`` lines to ``out``; return the number written."""
+    sample = SAMPLE.read_text(encoding="utf-8").splitlines()
+    rng = random.Random(seed)
+    start = datetime(2026, 11, 28, 0, 0, 0)
+    written = 0
+    with open(out, "w", encoding="utf-8") as fh:
+        for copy in _copies(sample, rng, start):
+            for line in copy:
+                fh.write(line + "\n")
+                written += 1
+                if written >= lines:
+                    return written
+    return written
+
+
+class _Copy:
+    """How one copy of the sample differs from the others."""
+
+    def __init__(self, n: int, rng: random.Random, counter: int) -> None:
+        self.rng = rng
+        self.counter = counter
+        self.qids: dict[str, str] = {}
+        self.domain = rng.choice(_DOMAINS)
+        self.pid_shift = rng.randint(0, 40000)
+        self.user_shift = n * 10_000
+        self.helo_shift = rng.randint(0, 500)
+
+    def vary(self, body: str) -> str:
+        """The line body with this copy's queue ids, pids, addresses and names."""
+        body = _QID.sub(self._qid, body)
+        body = _PID.sub(self._pid, body, count=1)
+        body = _LOCAL.sub(self._local, body)
+        body = _DOMAIN.sub(f"@{self.domain}", body)
+        body = _HELO.sub(self._helo, body)
+        return _REMOTE_ID.sub(self._remote_id, body)
+
+    def _qid(self, m: re.Match[str]) -> str:
+        if m.group(0) not in self.qids:
+            self.counter += self.rng.randint(1, 64)
+            self.qids[m.group(0)] = f"{self.counter:010X}"
+        return self.qids[m.group(0)]
+
+    def _pid(self, m: re.Match[str]) -> str:
+        return f"[{int(m.group(1)) + self.pid_shift}]: "
+
+    def _local(self, m: re.Match[str]) -> str:
+        return f"{m.group(1)}{int(m.group(2)) + self.user_shift}@"
+
+    def _helo(self, m: re.Match[str]) -> str:
+        return f"client{int(m.group(1)) + self.helo_shift}.example.net"
+
+    def _remote_id(self, m: re.Match[str]) -> str:
+        return "queued as " + "".join(
+            self.rng.choice("0123456789ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(12)
+        )
+
+
+def _copies(sample: list[str], rng: random.Random, start: datetime) -> Iterator[list[str]]:
+    """Endless copies of the sample; each starts with the retries of the last one's deferrals."""
+    first = _time(sample[0])
+    offsets = [_time(line) - first for line in sample]
+    bodies = [_STAMP.sub("", line, count=1) for line in sample]
+    retried = _still_queued(bodies)
+    counter = 0x36B0000000
+    when = start
+    previous: _Copy | None = None
+    n = 0
+    while True:
+        n += 1
+        variation = _Copy(n, rng, counter)
+        stamps = {o: (when + o).strftime("%b %d %H:%M:%S") for o in set(offsets)}
+        lines = [f"{stamps[o]} {variation.vary(b)}" for o, b in zip(offsets, bodies, strict=True)]
+        if previous is not None:
+            retry = [f"{stamps[offsets[0]]} {_delivered(previous.vary(b))}" for b in retried]
+            lines = retry + lines
+        yield lines
+        counter = variation.counter
+        previous = variation
+        when += offsets[-1] + timedelta(seconds=rng.randint(1, 30))
+
+
+def _still_queued(bodies: list[str]) -> list[str]:
+    """For messages the sample leaves deferred: qmgr's line, their deferrals, a "removed"."""
+    removed = {m[1] for b in bodies if (m := re.search(r": ([0-9A-F]{10}): removed$", b))}
+    deferred = [b for b in bodies if "status=deferred" in b]
+    queued = {q[0] for b in deferred if (q := _QID.search(b))} - removed
+    out: list[str] = []
+    for qid in sorted(queued):
+        active = next(b for b in bodies if f"{qid}: from=<" in b)
+        out.append(active)
+        out += [b for b in deferred if f"{qid}: to=<" in b]
+        out.append(active.split(": from=<")[0] + ": removed")
+    return out
+
+
+_DEFERRAL = re.compile(
+    r"relay=[^,]+, delay=[\d.]+, delays=[\d./]+, dsn=4\.\d+\.\d+, status=deferred .*"
+)
+
+
+def _delivered(body: str) -> str:
+    """A deferral line turned into the later retry's success."""
+    return _DEFERRAL.sub(
+        "relay=127.0.0.1[127.0.0.1]:2525, delay=45, delays=44.9/0/0/0.05, dsn=2.0.0, "
+        "status=sent (250 2.0.0 Ok: queued as 4XZR7Q9PLM2K)",
+        body,
+    )
+
+
+def _time(line: str) -> datetime:
+    m = _STAMP.match(line)
+    return (
+        datetime.strptime(f"2026 {m.group(1)}", "%Y %b %d %H:%M:%S") if m else datetime(2026, 1, 1)
+    )
+
+
+def timed(cmd: list[str]) -> tuple[float, int, int]:
+    """Wall seconds, exit status and peak RSS (KiB) of one child process."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        print(f"  {cmd[0]} exited {proc.returncode}: {err.strip()[:300]}", file=sys.stderr)
+    if proc.stderr:
+        proc.stderr.close()
+    return elapsed, proc.returncode, usage.ru_maxrss
+
+
+def main() -> None:
+    """Generate the log, time both tools in alternating rounds, print the numbers."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--keep", type=Path, help="write the log here instead of a temp dir")
+    args = parser.parse_args()
+    if not SAMPLE.exists():
+        sys.exit(f"the shared sample is missing: {SAMPLE}")
+    with tempfile.TemporaryDirectory() as tmp:
+        log = (args.keep or Path(tmp)) / f"maillog-{args.lines}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        n = generate(args.lines, log, args.seed)
+        size = log.stat().st_size / 1e6
+        print(f"generated {n:,} lines ({size:.0f} MB) in {time.perf_counter() - t:.1f} s: {log}")
+        ours_cmd = [
+            sys.executable,
+            "-m",
+            "smtp_policy",
+            "follow",
+            "--log",
+            str(log),
+            "--from-start",
+            "--once",
+            "--events",
+            os.devnull,
+        ]
+        theirs_cmd = [PFLOGSUMM, str(log)]
+        ours, theirs, rss, their_rss = [], [], [], []
+        have_pflogsumm = os.path.exists(PFLOGSUMM)
+        for i in range(args.rounds):
+            secs, _, peak = timed(ours_cmd)
+            ours.append(n / secs)
+            rss.append(peak)
+            line = f"round {i + 1}: smtp-policy follow {n / secs:,.0f} lines/s ({secs:.2f} s)"
+            if have_pflogsumm:
+                secs, _, peak = timed(theirs_cmd)
+                theirs.append(n / secs)
+                their_rss.append(peak)
+                line += f", pflogsumm {n / secs:,.0f} lines/s ({secs:.2f} s)"
+            print(line, flush=True)
+        ours_med = statistics.median(ours)
+        print(f"smtp-policy follow: {ours_med:,.0f} lines/s (median of {args.rounds})")
+        print(f"peak RSS of smtp-policy follow: {max(rss) / 1024:.0f} MB")
+        if theirs:
+            theirs_med = statistics.median(theirs)
+            print(f"pflogsumm:          {theirs_med:,.0f} lines/s (median of {args.rounds})")
+            print(f"peak RSS of pflogsumm: {max(their_rss) / 1024:.0f} MB")
+            print(f"ratio follow/pflogsumm: {ours_med / theirs_med:.2f}x")
+        else:
+            print(f"pflogsumm not found at {PFLOGSUMM}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Summarise mail logs like pflogsumm, but by reason.
+
+Counts messages received, delivered, deferred, bounced and rejected; lists the top reasons
+upstream (why your MTA refused clients) and downstream (why remote servers refused your MTA),
+each with an example reply and a one-line explanation, and the remote domains with the most
+deferrals by reason. Prints text, or --json, or --html: one self-contained page with a chart
+of the reasons over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..report import ReportBuilder, render_html, render_text
+
+HELP = "summarise mail logs by reason (text, --json or --html)"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the report options."""
+    parser.add_argument("files", nargs="+", metavar="FILE", help="mail log files, oldest first")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print the report as JSON")
+    form.add_argument("--html", action="store_true", help="print one self-contained HTML page")
+    parser.add_argument("--top", type=int, default=10, metavar="N", help="rows per table")
+    parser.add_argument("--year", type=int, metavar="YYYY", help="year of timestamps without one")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the files, aggregate, print."""
+    from ..knowledge import default_knowledge
+    from .follow import readable, replay
+
+    if not readable(args.files, "report"):
+        return 2
+    builder = ReportBuilder(top=args.top)
+    builder.add_all(replay(args.files, default_knowledge(), year=args.year))
+    data = builder.result()
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+    elif args.html:
+        sys.stdout.write(render_html(data))
+    else:
+        sys.stdout.write(render_text(data))
+    return 0

@@ -1,0 +1,133 @@
+"""Prometheus metrics of the log follower, with bounded label sets.
+
+Every label value comes from a closed vocabulary (directions, stages, reply classes, reasons,
+the enhanced codes of the IANA registry, the parser's line kinds); anything else is counted as
+"other", so a hostile or broken log cannot create unbounded time series. The delivery delay
+histogram is fed from ``message`` records, so each message counts once when it leaves the
+queue, however many times it was retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from .core.events import Event
+from .core.knowledge import KnowledgeBase
+from .core.model import Reason, ReplyClass
+from .wire.maillog import KINDS
+
+OTHER = "other"
+NONE = "none"
+DIRECTIONS = frozenset({"upstream", "downstream"})
+STAGES = frozenset({"connect", "helo", "mail", "rcpt", "data", "eom"})
+#: The parser's line kinds, "other" (not from Postfix or Sendmail) and "parse_error".
+LINE_KINDS = frozenset({*KINDS, "other", "parse_error"})
+MESSAGE_STATUSES = frozenset(
+    {
+        "delivered",
+        "bounced",
+        "partial",
+        "expired",
+        "rejected",
+        "removed",
+        "incomplete",
+        "not_queued",
+    }
+)
+#: Seconds from arrival to leaving the queue: sub-second local delivery up to a 5-day expiry.
+DELAY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 5 * 86400)
+
+
+def bounded(value: object, allowed: Iterable[str] | frozenset[str]) -> str:
+    """``value`` as a label if it is in ``allowed``, "none" when missing, else "other"."""
+    if value is None or value == "":
+        return NONE
+    text = str(value)
+    return text if text in allowed else OTHER
+
+
+class FollowMetrics:
+    """The follower's counters, gauge and histogram in their own registry."""
+
+    def __init__(self, kb: KnowledgeBase, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self._classes = frozenset(c.value for c in ReplyClass)
+        self._reasons = frozenset(r.value for r in Reason)
+        self._enhanced = _enhanced_codes(kb)
+        self.replies = Counter(
+            "smtp_policy_log_replies",
+            "SMTP replies seen in the mail log",
+            ["direction", "stage", "class", "reason", "enhanced"],
+            registry=self.registry,
+        )
+        self.messages = Counter(
+            "smtp_policy_log_messages",
+            "Messages that left the queue (or were flushed), by final status",
+            ["status"],
+            registry=self.registry,
+        )
+        self.lines = Counter(
+            "smtp_policy_log_lines",
+            "Mail log lines read, by the parser's kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "smtp_policy_log_messages_in_flight",
+            "Messages being tracked (in the queue, as far as the log tells)",
+            registry=self.registry,
+        )
+        self.delay = Histogram(
+            "smtp_policy_log_delivery_delay_seconds",
+            "Time from arrival to leaving the queue, once per message",
+            buckets=DELAY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, event: Event) -> None:
+        """Count a reply event, or a message record (status and delay)."""
+        if event.event == "reply":
+            self.replies.labels(
+                bounded(event.direction, DIRECTIONS),
+                bounded(event.stage, STAGES),
+                bounded(event.klass, self._classes),
+                bounded(event.reason, self._reasons),
+                bounded(event.enhanced, self._enhanced),
+            ).inc()
+        elif event.event == "message":
+            extra: Mapping[str, object] = event.extra
+            self.messages.labels(bounded(extra.get("status"), MESSAGE_STATUSES)).inc()
+            delay = extra.get("delay")
+            if isinstance(delay, int | float) and extra.get("complete"):
+                self.delay.observe(float(delay))
+
+    def count_lines(self, counts: Mapping[str, int]) -> None:
+        """Add a batch's line counts by kind."""
+        for kind, n in counts.items():
+            self.lines.labels(bounded(kind, LINE_KINDS)).inc(n)
+
+
+def _enhanced_codes(kb: KnowledgeBase) -> frozenset[str]:
+    """Every concrete code of the registry: ``X.1.1`` gives 2.1.1, 4.1.1 and 5.1.1."""
+    out: set[str] = set()
+    for key in kb.enhanced:
+        _, subject, detail = key.split(".")
+        out.update(f"{k}.{subject}.{detail}" for k in (2, 4, 5))
+    return frozenset(out)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``127.0.0.1:9150``, ``[::1]:9150`` or ``:9150`` as (address, port); ValueError if not."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected ADDRESS:PORT, not {listen!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def serve(metrics: FollowMetrics, listen: str) -> None:
+    """Serve ``/metrics`` on ``listen`` from a daemon thread (prometheus_client's server)."""
+    host, port = parse_listen(listen)
+    start_http_server(port, addr=host, registry=metrics.registry)

@@ -1,0 +1,854 @@
+"""Turn parsed mail log records into reply events and one record per message.
+
+Theory of operation: a mail log is many processes talking at once about many messages. The
+parser (``smtp_policy.wire.maillog``) reads one line at a time and knows nothing of the others;
+:class:`MessageTracker` is the one place that remembers across lines. It is pure: records in,
+:class:`~smtp_policy.core.events.Event` values out, no I/O and no clock. Time is the log's own
+(each record's timestamp); when a record has none, the caller's ``observed_at`` or the last log
+time stands in.
+
+Every line that carries a reply (an smtpd/postscreen/milter reject upstream; a delivery status,
+a non-final attempt or a connection error downstream; a Sendmail ``stat=``/``reject=``) becomes
+one ``reply`` event at once, explained by the core. Explaining costs tens of microseconds, and
+logs repeat the same few texts with other addresses and queue ids in them, so explanations are
+cached (LRU) by the text with those volatile parts masked; the event keeps the real text.
+
+Alongside, the tracker keeps one entry per queue id in flight: the inbound session (client and
+HELO, from smtpd's ``connect``/``client=`` lines and any reject that names the HELO), the
+message id (cleanup), sender, size and recipient count (qmgr, or Sendmail's ``from=``), each
+delivery attempt per recipient with its reply, and bounce notices (``sender non-delivery
+notification: NEWQID`` links the old message to the new one, both ways). When the message
+leaves the queue it yields one ``message`` event that joins all of that:
+
+- Postfix: qmgr's ``removed`` (after an expiry, ``removed`` follows too), or a reject at
+  END-OF-MESSAGE (the message was never queued, nothing else will be logged);
+- Sendmail (which logs no removal): once every recipient has a final status.
+
+Memory is bounded in log time: an entry (or smtpd session) idle for longer than ``max_idle``
+seconds is flushed as an incomplete record. Recently finished queue ids are remembered (a
+bounded set) so that a late line cannot resurrect a finished message. The whole state is plain
+JSON (:meth:`MessageTracker.to_json`), saved beside the file positions for ``--state``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from functools import lru_cache
+from typing import Any
+
+from .core.events import Direction, Event, Source, reply_fields
+from .core.explain import explain_text
+from .core.knowledge import KnowledgeBase
+from .core.model import Explanation
+from .wire.maillog import LogRecord
+
+STATE_VERSION = 1
+#: Entries idle for longer than this (seconds of log time) are flushed as incomplete. Postfix
+#: retries a deferred message at least every maximal_backoff_time (4000 s) and logs each try,
+#: so a queued message is rarely silent this long (on hold, or its log lines were lost).
+DEFAULT_MAX_IDLE = 3 * 3600.0
+#: Idle entries are looked for at most this often (seconds of log time).
+SWEEP_EVERY = 60.0
+#: How many finished queue ids are remembered, so late lines do not start a new entry.
+FINISHED_MEMORY = 16_384
+#: Explanations cached by masked reply text.
+EXPLAIN_CACHE = 8192
+
+#: Record kinds whose line carries a reply.
+REPLY_KINDS = frozenset(
+    {
+        "smtpd_reject",
+        "postscreen_reject",
+        "milter_reject",
+        "delivery",
+        "attempt",
+        "connection_error",
+        "expired",
+        "sendmail_delivery",
+        "sendmail_ruleset_reject",
+        "sendmail_milter_reject",
+        "sendmail_reject",
+    }
+)
+#: Record kinds that may start an entry for their queue id.
+_STARTS = frozenset(
+    {
+        "client",
+        "message_id",
+        "queued",
+        "delivery",
+        "attempt",
+        "expired",
+        "smtpd_reject",
+        "milter_reject",
+        "sendmail_from",
+        "sendmail_delivery",
+        "sendmail_ruleset_reject",
+        "sendmail_milter_reject",
+        "sendmail_reject",
+        "bounce_notice",
+    }
+)
+_DELIVERIES = frozenset({"delivery", "sendmail_delivery"})
+_UPSTREAM_REJECTS = frozenset(
+    {
+        "smtpd_reject",
+        "milter_reject",
+        "sendmail_ruleset_reject",
+        "sendmail_milter_reject",
+        "sendmail_reject",
+    }
+)
+#: Recipient statuses after which nothing more happens to that recipient.
+FINAL_STATUSES = frozenset({"sent", "bounced", "expired", "deliverable", "undeliverable"})
+_DELIVERED = frozenset({"sent", "deliverable"})
+#: Stages at which a reject ends the whole message (it is not queued).
+_WHOLE_MESSAGE_STAGES = frozenset({"data", "eom"})
+#: Actions that refuse a whole message when taken at DATA or END-OF-MESSAGE (hold keeps it).
+_REFUSING = frozenset({"reject", "milter-reject", "discard", "milter-discard", "proxy-reject"})
+
+_STAGES = {
+    "connect": "connect",
+    "helo": "helo",
+    "ehlo": "helo",
+    "mail": "mail",
+    "mail from": "mail",
+    "rcpt": "rcpt",
+    "rcpt to": "rcpt",
+    "data": "data",
+    "bdat": "data",
+    "end-of-message": "eom",
+    "end of data": "eom",
+    "end-of-data": "eom",
+    "eom": "eom",
+    "cmd=data": "data",
+}
+_VOLATILE = re.compile(
+    r"<[^<>@\s]{0,256}@|queued as [\w.-]+|\b(?:id|ID|Id)[=:]\s?[\w.@-]+"
+    r"|\[\d{1,3}(?:\.\d{1,3}){3}\]"
+)
+
+
+@dataclass(slots=True)
+class _Recipient:
+    address: str
+    orig: str | None = None
+    status: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"address": self.address, "orig": self.orig, "status": self.status,
+                "attempts": self.attempts}  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Message:
+    queue_id: str
+    first_seen: float
+    last_seen: float
+    mta: str | None = None
+    client_name: str | None = None
+    client_addr: str | None = None
+    helo: str | None = None
+    session: str | None = None
+    connected: float | None = None
+    sender: str | None = None
+    message_id: str | None = None
+    size: int | None = None
+    nrcpt: int | None = None
+    queued: bool = False
+    expired: bool = False
+    rejected: bool = False
+    recipients: dict[str, _Recipient] = field(default_factory=dict)
+    upstream: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+    notification_for: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in _MESSAGE_SCALARS}
+        out["recipients"] = [r.to_dict() for r in self.recipients.values()]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _Message:
+        msg = cls(**{k: data[k] for k in _MESSAGE_SCALARS if k in data})
+        for r in data.get("recipients", []):
+            msg.recipients[r["address"]] = _Recipient(**r)
+        return msg
+
+
+_MESSAGE_SCALARS = tuple(
+    n for n in _Message.__dataclass_fields__ if n != "recipients"
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Session:
+    client_name: str | None
+    client_addr: str | None
+    connected: float
+    last_seen: float
+    helo: str | None = None
+    queue_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A cached explanation, with what every event built from it needs, computed once."""
+
+    explanation: Explanation
+    fields: dict[str, Any]  # code, enhanced, klass, reason, summary, rule (not text)
+    stage: str | None  # from "(in reply to RCPT TO command)", when the text says
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class LogClock:
+    """The log's own time. Syslog stamps carry no year: it is ``year`` if the caller fixed it,
+    else the year of the first ``observed_at`` (the year before, if that would put the line in
+    the future); from then on it only moves forward when December is followed by January."""
+
+    tz: tzinfo = UTC
+    year: int | None = None
+    last_month: int | None = None
+    _key: tuple[int, int | None, str | None] | None = None
+    _value: datetime | None = None
+
+    def time_of(self, record: LogRecord, observed_at: datetime | None) -> datetime | None:
+        """An aware timestamp for the record, or None when it has none."""
+        parsed = record.parsed_time
+        if parsed is not None:
+            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=self.tz)
+        month = record.month
+        if month is None:
+            return None
+        key = (month, record.day, record.clock)
+        if key == self._key:
+            return self._value
+        year = self._year_for(record, observed_at)
+        self._key, self._value = key, record.at(year, self.tz)
+        return self._value
+
+    def _year_for(self, record: LogRecord, observed_at: datetime | None) -> int:
+        month = record.month or 1
+        if self.year is None:
+            ref = observed_at or _EPOCH
+            self.year = ref.year
+            guess = record.at(ref.year, self.tz)
+            if guess is not None and guess > ref + timedelta(days=1):
+                self.year -= 1
+        elif self.last_month == 12 and month == 1:
+            self.year += 1
+        self.last_month = month
+        return self.year
+
+
+class MessageTracker:
+    """Consume parsed log records; yield reply events and, per message, one message record."""
+
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        *,
+        max_idle: float = DEFAULT_MAX_IDLE,
+        tz: tzinfo = UTC,
+        year: int | None = None,
+        explain_cache: int = EXPLAIN_CACHE,
+    ) -> None:
+        self._kb = kb
+        self.max_idle = max_idle
+        self._tz = tz
+        self._clock = LogClock(tz, year)
+        self._messages: dict[str, _Message] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._finished: OrderedDict[str, bool] = OrderedDict()  # queue id -> complete
+        self._now = 0.0
+        self._last_sweep = 0.0
+        self._known: Callable[[str], _Known] = lru_cache(maxsize=explain_cache)(self._learn)
+        self._iso_second = -1
+        self._iso_text = ""
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """How many messages are being tracked now."""
+        return len(self._messages)
+
+    def feed(self, record: LogRecord, observed_at: datetime | None = None) -> list[Event]:
+        """Consume one record; the events it completes (replies first, then message records)."""
+        ts, logged = self._time(record, observed_at)
+        now = ts.timestamp()
+        if logged and now > self._now:
+            self._now = now
+        out: list[Event] = []
+        kind = record.kind
+        known = None
+        if kind in REPLY_KINDS:
+            known = self._explain_record(record)
+        msg = self._message_for(record, now)
+        if kind in REPLY_KINDS:
+            out.append(self._reply_event(record, ts, known, msg))
+        if msg is not None:
+            done = self._update(msg, record, ts, known)
+            if done is not None:
+                out.append(done)
+        else:
+            self._session_only(record, now)
+        if self._now - self._last_sweep >= SWEEP_EVERY:
+            self._last_sweep = self._now
+            out += self.flush_idle()
+        return out
+
+    def flush_idle(self) -> list[Event]:
+        """Flush entries idle for longer than ``max_idle`` (log time) as incomplete records."""
+        limit = self._now - self.max_idle
+        stale = [q for q, m in self._messages.items() if m.last_seen < limit]
+        for key in [k for k, s in self._sessions.items() if s.last_seen < limit]:
+            del self._sessions[key]
+        return [self._finish(self._messages[q], self._now, flushed="idle") for q in stale]
+
+    def flush_all(self) -> list[Event]:
+        """The input is over: every message still in flight as an incomplete record."""
+        out = [self._finish(m, self._now, flushed="end") for m in list(self._messages.values())]
+        self._sessions.clear()
+        return out
+
+    def explain(self, text: str) -> Explanation:
+        """The (cached) explanation of a reply text, volatile parts masked."""
+        return self._known(_VOLATILE.sub(_mask, text)).explanation
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole in-flight state as plain JSON data."""
+        return {
+            "version": STATE_VERSION,
+            "now": self._now,
+            "last_sweep": self._last_sweep,
+            "year": self._clock.year,
+            "last_month": self._clock.last_month,
+            "messages": [m.to_dict() for m in self._messages.values()],
+            "sessions": {
+                k: {**{n: getattr(s, n) for n in _Session.__dataclass_fields__}}
+                for k, s in self._sessions.items()
+            },
+            "finished": [[q, c] for q, c in self._finished.items()],
+        }
+
+    @classmethod
+    def from_json(
+        cls,
+        data: Mapping[str, Any],
+        kb: KnowledgeBase,
+        *,
+        max_idle: float = DEFAULT_MAX_IDLE,
+        tz: tzinfo = UTC,
+        year: int | None = None,
+    ) -> MessageTracker:
+        """Rebuild a tracker from :meth:`to_json`; raise ValueError on an unknown version."""
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"unknown tracker state version {data.get('version')!r}")
+        tracker = cls(kb, max_idle=max_idle, tz=tz, year=year or data.get("year"))
+        tracker._clock.last_month = data.get("last_month")
+        tracker._now = float(data.get("now", 0.0))
+        tracker._last_sweep = float(data.get("last_sweep", 0.0))
+        for raw in data.get("messages", []):
+            msg = _Message.from_dict(raw)
+            tracker._messages[msg.queue_id] = msg
+        for key, raw in data.get("sessions", {}).items():
+            tracker._sessions[key] = _Session(**raw)
+        tracker._finished = OrderedDict((str(q), bool(c)) for q, c in data.get("finished", []))
+        return tracker
+
+    # -- replies -------------------------------------------------------------------------------
+
+    def _learn(self, text: str) -> _Known:
+        explanation = explain_text(text, self._kb)
+        fields: dict[str, Any] = dict(reply_fields(explanation))
+        del fields["text"]
+        command = explanation.reply.command
+        stage = _STAGES.get(command.strip().lower(), command.strip().lower()) if command else None
+        return _Known(explanation, fields, stage)
+
+    def _iso(self, epoch: float) -> str:
+        """``2026-11-28T12:31:59Z``; consecutive lines mostly share their second."""
+        second = int(epoch)
+        if second != self._iso_second:
+            self._iso_second = second
+            self._iso_text = _iso(second, UTC)
+        return self._iso_text
+
+    def _explain_record(self, record: LogRecord) -> _Known | None:
+        text = record.reply
+        if not text:
+            if record.kind != "expired":
+                return None
+            text = "message expired, returned to sender"
+        enhanced = _str(record.enhanced) or record.dsn
+        if record.code is None and enhanced and enhanced not in text:
+            text = f"{enhanced} {text}"
+        elif record.kind == "expired" and "4.4.7" not in text:
+            text = f"4.4.7 {text}"
+        return self._known(_VOLATILE.sub(_mask, text))
+
+    def _reply_event(
+        self,
+        record: LogRecord,
+        ts: datetime,
+        known: _Known | None,
+        msg: _Message | None,
+    ) -> Event:
+        fields: dict[str, Any] = {**known.fields} if known is not None else {}
+        fields["text"] = record.reply
+        if record.code is not None:
+            fields["code"] = record.code
+        enhanced = record.enhanced or record.dsn
+        if enhanced:
+            fields["enhanced"] = enhanced
+        extra = {
+            k: v
+            for k, v in (
+                ("kind", record.kind),
+                ("status", record.status),
+                ("action", record.action),
+                ("relay", record.relay),
+                ("delay", record.delay),
+                ("delays", record.delays),
+                ("dsn", record.dsn),
+                ("orig_recipient", _angle(record.orig_recipient)),
+                ("attempt", self._attempt_number(msg, record)),
+                ("host", record.host),
+                ("program", record.program),
+                ("pid", record.pid),
+            )
+            if v is not None
+        }
+        return Event(
+            event="reply",
+            source=Source.LOG,
+            ts=ts,
+            direction=_direction(record),
+            stage=_stage(record, known),
+            queue_id=record.queue_id,
+            client_addr=record.client_addr or (msg.client_addr if msg else None),
+            client_name=record.client_name or (msg.client_name if msg else None),
+            helo=record.helo or (msg.helo if msg else None),
+            sender=_angle(
+                record.sender if record.sender is not None or msg is None else msg.sender
+            ),
+            recipient=_angle(record.recipient),
+            mta=record.mta,
+            extra=extra,
+            **fields,
+        )
+
+    def _attempt_number(self, msg: _Message | None, record: LogRecord) -> int | None:
+        if msg is None or record.kind not in _DELIVERIES:
+            return None
+        rcpts = _recipients(record.recipient)
+        if not rcpts:
+            return None
+        known = msg.recipients.get(rcpts[0])
+        return (len(known.attempts) if known else 0) + 1
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def _message_for(self, record: LogRecord, now: float) -> _Message | None:
+        qid = record.queue_id
+        if not qid or qid == "NOQUEUE":
+            return None
+        msg = self._messages.get(qid)
+        if msg is not None:
+            msg.last_seen = now
+            return msg
+        kind = record.kind
+        if kind not in _STARTS:
+            return None
+        complete = self._finished.get(qid)
+        if complete is not None:
+            if complete and kind not in ("client", "message_id", "sendmail_from"):
+                return None  # a late line about a message already recorded
+            del self._finished[qid]  # a reused queue id, or more of an incomplete record
+        msg = _Message(qid, now, now, mta=record.mta)
+        self._messages[qid] = msg
+        return msg
+
+    def _update(
+        self,
+        msg: _Message,
+        record: LogRecord,
+        ts: datetime,
+        known: _Known | None,
+    ) -> Event | None:
+        """Apply one record to its message; the message record if this finished it."""
+        kind = record.kind
+        now = msg.last_seen
+        self._fill_client(msg, record)
+        if kind == "client":
+            self._link_session(msg, record, now)
+        elif kind == "message_id":
+            msg.message_id = record.message_id or msg.message_id
+        elif kind in ("queued", "sendmail_from"):
+            self._queued(msg, record)
+        elif kind in _DELIVERIES:
+            self._delivered(msg, record, ts, known)
+        elif kind == "attempt":
+            msg.attempts.append(self._attempt(record, ts, known))
+        elif kind == "expired":
+            self._expire(msg, record, ts, known)
+        elif kind == "bounce_notice":
+            self._bounce_notice(msg, record, now)
+        elif kind in _UPSTREAM_REJECTS:
+            self._rejected(msg, record, ts, known)
+        if self._done(msg, kind, record):
+            return self._finish(msg, now, flushed=None)
+        return None
+
+    def _fill_client(self, msg: _Message, record: LogRecord) -> None:
+        msg.client_name = msg.client_name or record.client_name
+        msg.client_addr = msg.client_addr or record.client_addr
+        msg.helo = msg.helo or record.helo
+        msg.mta = msg.mta or record.mta
+        if record.sender is not None and msg.sender is None:
+            msg.sender = record.sender
+
+    def _link_session(self, msg: _Message, record: LogRecord, now: float) -> None:
+        session = self._sessions.get(_session_key(record))
+        if session is None:
+            return
+        session.last_seen = now
+        session.queue_ids.append(msg.queue_id)
+        msg.session = _session_key(record)
+        msg.connected = session.connected
+        msg.helo = msg.helo or session.helo
+        msg.client_name = msg.client_name or session.client_name
+        msg.client_addr = msg.client_addr or session.client_addr
+
+    def _queued(self, msg: _Message, record: LogRecord) -> None:
+        msg.queued = True
+        msg.size = _int(record.extra_value("size")) or msg.size
+        nrcpt = record.extra_value("nrcpt") or record.extra_value("nrcpts")
+        msg.nrcpt = _int(nrcpt) or msg.nrcpt
+        msg.message_id = msg.message_id or record.message_id
+
+    def _delivered(
+        self,
+        msg: _Message,
+        record: LogRecord,
+        ts: datetime,
+        known: _Known | None,
+    ) -> None:
+        msg.queued = True
+        attempt = self._attempt(record, ts, known)
+        for address in _recipients(record.recipient) or ["(unknown)"]:
+            rcpt = msg.recipients.get(address)
+            if rcpt is None:
+                rcpt = msg.recipients[address] = _Recipient(address, record.orig_recipient)
+            rcpt.attempts.append({**attempt, "attempt": len(rcpt.attempts) + 1})
+            rcpt.status = _status(record.status, record.dsn)
+
+    def _expire(self, msg: _Message, record: LogRecord, ts: datetime, known: _Known | None) -> None:
+        msg.expired = True
+        attempt = self._attempt(record, ts, known)
+        for rcpt in msg.recipients.values():
+            if rcpt.status not in FINAL_STATUSES:
+                rcpt.status = "expired"
+                rcpt.attempts.append({**attempt, "attempt": len(rcpt.attempts) + 1})
+
+    def _bounce_notice(self, msg: _Message, record: LogRecord, now: float) -> None:
+        new = record.new_queue_id
+        notice = _compact(queue_id=new, type=record.extra_value("notice"), ts=self._iso(now))
+        msg.notifications.append(notice)
+        if not new:
+            return
+        child = self._messages.get(new)
+        if child is None:
+            child = self._messages[new] = _Message(new, now, now, mta=record.mta)
+        child.notification_for = msg.queue_id
+
+    def _rejected(
+        self, msg: _Message, record: LogRecord, ts: datetime, known: _Known | None
+    ) -> None:
+        entry = self._attempt(record, ts, known)
+        entry["stage"] = _stage(record, known)
+        entry["recipient"] = _angle(record.recipient)
+        entry["action"] = record.action
+        msg.upstream.append(_compact(**entry))
+        refusing = (record.action or "reject") in _REFUSING
+        if entry["stage"] in _WHOLE_MESSAGE_STAGES and refusing:
+            msg.rejected = True
+
+    def _attempt(self, record: LogRecord, ts: datetime, known: _Known | None) -> dict[str, Any]:
+        """One reply as kept in a message record: when, what happened, what it means."""
+        out: dict[str, Any] = {"ts": self._iso(ts.timestamp())}
+        if record.status:
+            out["status"] = _status(record.status, record.dsn)
+        fields = known.fields if known is not None else {}
+        code = record.code if record.code is not None else fields.get("code")
+        for key, value in (
+            ("code", code),
+            ("enhanced", record.enhanced or record.dsn or fields.get("enhanced")),
+            ("dsn", record.dsn),
+            ("relay", record.relay),
+            ("delay", record.delay),
+            ("class", fields.get("klass")),
+            ("reason", fields.get("reason")),
+            ("summary", fields.get("summary")),
+            ("rule", fields.get("rule")),
+            ("text", record.reply),
+        ):
+            if value is not None:
+                out[key] = value
+        return out
+
+    def _done(self, msg: _Message, kind: str, record: LogRecord) -> bool:
+        if kind == "removed" or (kind in _UPSTREAM_REJECTS and msg.rejected):
+            return True
+        if (record.mta or msg.mta) != "sendmail" or kind != "sendmail_delivery":
+            return False
+        statuses = [r.status for r in msg.recipients.values()]
+        enough = msg.nrcpt is None or len(statuses) >= msg.nrcpt
+        return enough and all(s in FINAL_STATUSES for s in statuses)
+
+    def _finish(self, msg: _Message, now: float, flushed: str | None) -> Event:
+        del self._messages[msg.queue_id]
+        self._finished[msg.queue_id] = flushed is None
+        if len(self._finished) > FINISHED_MEMORY:
+            self._finished.popitem(last=False)
+        if msg.session and msg.session in self._sessions:
+            with contextlib.suppress(ValueError):
+                self._sessions[msg.session].queue_ids.remove(msg.queue_id)
+        return _message_event(msg, now, flushed, self._tz, self._iso)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def _session_only(self, record: LogRecord, now: float) -> None:
+        kind = record.kind
+        if kind == "connect":
+            self._sessions[_session_key(record)] = _Session(
+                record.client_name, record.client_addr, now, now
+            )
+        elif kind == "disconnect":
+            self._sessions.pop(_session_key(record), None)
+        elif record.helo and kind in _UPSTREAM_REJECTS:
+            session = self._sessions.get(_session_key(record))
+            if session is not None:
+                session.helo = session.helo or record.helo
+                session.last_seen = now
+                for qid in session.queue_ids:
+                    queued = self._messages.get(qid)
+                    if queued is not None and queued.helo is None:
+                        queued.helo = record.helo
+
+    def _time(self, record: LogRecord, observed_at: datetime | None) -> tuple[datetime, bool]:
+        """The record's time and whether the log said it (else: the last log time, or now)."""
+        ts = self._clock.time_of(record, observed_at)
+        if ts is not None:
+            return ts, True
+        if self._now:
+            return datetime.fromtimestamp(self._now, UTC), False
+        return observed_at or _EPOCH, False
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _mask(match: re.Match[str]) -> str:
+    text = match.group(0)
+    if text.startswith("<"):
+        return "<x@"
+    if text.startswith("["):
+        return "[192.0.2.1]"
+    if text.startswith("queued"):
+        return "queued as X"
+    return text[:3] + "X"
+
+
+def _message_event(
+    msg: _Message, now: float, flushed: str | None, tz: tzinfo, iso: Callable[[float], str]
+) -> Event:
+    status = _message_status(msg, flushed)
+    deciding = _deciding_attempt(msg)
+    fields: dict[str, Any] = {}
+    if deciding is not None:
+        fields = {
+            "code": deciding.get("code"),
+            "enhanced": deciding.get("enhanced"),
+            "klass": deciding.get("class"),
+            "reason": deciding.get("reason"),
+            "text": deciding.get("text"),
+            "summary": deciding.get("summary"),
+            "rule": deciding.get("rule"),
+        }
+    rcpts = list(msg.recipients.values())
+    extra = _compact(
+        status=status,
+        complete=flushed is None,
+        flushed=flushed,
+        message_id=msg.message_id,
+        size=msg.size,
+        nrcpt=msg.nrcpt,
+        received=iso(msg.first_seen),
+        connected=iso(msg.connected) if msg.connected is not None else None,
+        delay=_message_delay(msg, now),
+        recipients=[_recipient_summary(r) for r in rcpts],
+        upstream=msg.upstream or None,
+        attempts=msg.attempts or None,
+        notifications=msg.notifications or None,
+        notification_for=msg.notification_for,
+    )
+    return Event(
+        event="message",
+        source=Source.LOG,
+        ts=datetime.fromtimestamp(now, tz),
+        queue_id=msg.queue_id,
+        client_addr=msg.client_addr,
+        client_name=msg.client_name,
+        helo=msg.helo,
+        sender=_angle(msg.sender),
+        recipient=_angle(rcpts[0].address) if len(rcpts) == 1 else None,
+        mta=msg.mta,
+        extra=extra,
+        **fields,
+    )
+
+
+def _message_status(msg: _Message, flushed: str | None) -> str:
+    if msg.rejected:
+        return "rejected"
+    if flushed is not None:
+        return "incomplete" if msg.queued else "not_queued"
+    if msg.expired:
+        return "expired"
+    finals = {r.status for r in msg.recipients.values()}
+    if not finals:
+        return "removed"
+    if finals <= _DELIVERED:
+        return "delivered"
+    if not finals & _DELIVERED:
+        return "bounced" if finals <= FINAL_STATUSES else "incomplete"
+    return "partial"
+
+
+def _deciding_attempt(msg: _Message) -> dict[str, Any] | None:
+    """The reply that explains the outcome: the first failure, else the last reply."""
+    if msg.rejected and msg.upstream:
+        return msg.upstream[-1]
+    last: dict[str, Any] | None = None
+    for rcpt in msg.recipients.values():
+        if rcpt.attempts:
+            last = rcpt.attempts[-1]
+            if rcpt.status not in _DELIVERED:
+                return last
+    return last or (msg.attempts[-1] if msg.attempts else None)
+
+
+def _message_delay(msg: _Message, now: float) -> float:
+    delays = [_float(r.attempts[-1].get("delay")) for r in msg.recipients.values() if r.attempts]
+    known = [d for d in delays if d is not None]
+    if known:
+        return max(known)
+    return round(max(0.0, now - msg.first_seen), 3)
+
+
+def _recipient_summary(rcpt: _Recipient) -> dict[str, Any]:
+    last = rcpt.attempts[-1] if rcpt.attempts else {}
+    return _compact(
+        recipient=_angle(rcpt.address),
+        orig_recipient=_angle(rcpt.orig),
+        status=rcpt.status,
+        dsn=last.get("dsn"),
+        relay=last.get("relay"),
+        attempts=rcpt.attempts,
+    )
+
+
+def _status(status: str | None, dsn: str | None) -> str:
+    word = (status or "").lower()
+    if word.startswith("sent"):
+        return "sent"
+    if word.startswith("deferred") or word == "softbounce":
+        return "deferred"
+    if word in FINAL_STATUSES:
+        return word
+    if word and dsn and dsn[:1] == "5":
+        return "bounced"
+    return word or "unknown"
+
+
+_DIRECTIONS = {d.value: d for d in Direction}
+
+
+def _direction(record: LogRecord) -> Direction | None:
+    return _DIRECTIONS.get(record.direction) if record.direction else None
+
+
+def _stage(record: LogRecord, known: _Known | None) -> str | None:
+    if record.stage:
+        raw = record.stage
+        return _STAGES.get(raw, raw)
+    command = record.extra_value("in_reply_to") if record.extra else None
+    if command:
+        command = command.strip().lower()
+        return _STAGES.get(command, command)
+    if known is not None and known.stage:
+        return known.stage
+    if record.kind == "connection_error" or (record.reply or "").startswith("connect to "):
+        return "connect"
+    if record.kind == "delivery" and record.code is not None and 200 <= record.code < 300:
+        return "eom"  # "250 2.0.0 Ok: queued as ..." answers the end of DATA
+    return None
+
+
+def _session_key(record: LogRecord) -> str:
+    return f"{record.host or ''}/{record.program or ''}[{record.pid or ''}]"
+
+
+def _recipients(value: str | None) -> list[str]:
+    if not value:
+        return []
+    if "," not in value:
+        return [value.strip("<> ")]
+    return [part.strip("<> ") for part in value.split(",") if part.strip("<> ")]
+
+
+def _angle(address: str | None) -> str | None:
+    """An address as the event schema writes it: in angle brackets, ``<>`` for the null one."""
+    if address is None:
+        return None
+    if address.startswith("<") and address.endswith(">"):
+        return address
+    return f"<{address}>"
+
+
+def _compact(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(str(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _float(value: object) -> float | None:
+    try:
+        return float(str(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _iso(epoch: float, tz: tzinfo) -> str:
+    return datetime.fromtimestamp(epoch, tz).astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,323 @@
+"""follow, report and trace as an operator runs them: real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
+SAMPLE = SAMPLES / "postfix-3.7-maillog-sample.log"
+needs_sample = pytest.mark.skipif(
+    not SAMPLE.exists(), reason=f"the shared samples are not here: {SAMPLES}"
+)
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m smtp_policy ARGS``; never a traceback, whatever happens."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "smtp_policy", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The JSON events in a file."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def removed_ids(text: str) -> set[str]:
+    """Queue ids with a "removed" line."""
+    return {line.split()[5].rstrip(":") for line in text.splitlines() if line.endswith("removed")}
+
+
+@needs_sample
+def test_follow_once_replays_a_whole_file(tmp_path: Path) -> None:
+    """--from-start --once: every reply, one record per removed message, a final stats event."""
+    out = tmp_path / "events.jsonl"
+    proc = cli("follow", "--log", str(SAMPLE), "--from-start", "--once", "--events", str(out))
+    assert proc.returncode == 0, proc.stderr
+    events = read_events(out)
+    names = [e["event"] for e in events]
+    assert names[0] == "started" and names[-1] == "stopped"
+    records = [e for e in events if e["event"] == "message"]
+    complete = [e["queue_id"] for e in records if e["complete"]]
+    assert len(complete) == len(set(complete))
+    assert removed_ids(SAMPLE.read_text()) <= set(complete)
+    stats = [e for e in events if e["event"] == "stats"][-1]
+    assert stats["final"] is True
+    assert stats["lines"] == len(SAMPLE.read_text().splitlines())
+    assert all(e["schema"] == 1 and e["source"] == "log" for e in events)
+
+
+@needs_sample
+def test_resume_with_state_gives_every_event_exactly_once(tmp_path: Path) -> None:
+    """Half a file, stop, the rest appended, restart with --state: the same events as one run."""
+    lines = SAMPLE.read_text().splitlines(keepends=True)
+    log, state = tmp_path / "mail.log", tmp_path / "state"
+    log.write_text("".join(lines[:1234]) + lines[1234][:40])  # ends mid-line
+    out = tmp_path / "events.jsonl"
+    args = ("follow", "--log", str(log), "--from-start", "--once", "--state", str(state))
+    assert cli(*args, "--events", str(out)).returncode == 0
+    with open(log, "a") as fh:
+        fh.write(lines[1234][40:] + "".join(lines[1235:]))
+    assert cli(*args, "--events", str(out)).returncode == 0
+    whole = tmp_path / "whole.jsonl"
+    cli("follow", "--log", str(log), "--from-start", "--once", "--events", str(whole))
+
+    def key(e: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in e.items() if k != "ts"}, sort_keys=True)
+
+    resumed = [key(e) for e in read_events(out) if e["event"] == "reply"]
+    single = [key(e) for e in read_events(whole) if e["event"] == "reply"]
+    assert resumed == single
+
+    def records(path: Path) -> list[str]:
+        return sorted(
+            key(e) for e in read_events(path) if e["event"] == "message" and e["complete"]
+        )
+
+    assert records(out) == records(whole)
+    assert len(records(out)) >= len(removed_ids(SAMPLE.read_text()))
+
+
+@needs_sample
+def test_sigterm_saves_state_and_exits_zero(tmp_path: Path) -> None:
+    """A following daemon stops cleanly on SIGTERM, with its position saved."""
+    out, state = tmp_path / "events.jsonl", tmp_path / "state"
+    command = ["follow", "--from-start", "--log", str(SAMPLE), "--state", str(state)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smtp_policy", *command, "--events", str(out)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (state / "follow-state.json").exists():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
+    saved = json.loads((state / "follow-state.json").read_text())
+    assert saved["files"][str(SAMPLE)]["offset"] == SAMPLE.stat().st_size
+    assert read_events(out)[-1]["event"] == "stopped"
+
+
+def test_follow_reads_standard_input(tmp_path: Path) -> None:
+    """- reads lines from standard input until it ends."""
+    line = (
+        "Nov 28 12:31:59 vm postfix/smtpd[19342]: NOQUEUE: reject: RCPT from unknown[127.0.0.1]: "
+        "550 5.1.1 <x@localhost>: Recipient address rejected: User unknown in local recipient "
+        "table; from=<s@sender.test> to=<x@localhost> proto=ESMTP helo=<client0.example.net>\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "smtp_policy", "follow", "-", "--once"],
+        input=line,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    replies = [json.loads(x) for x in proc.stdout.splitlines() if '"reply"' in x]
+    assert replies[0]["reason"] == "user_unknown"
+    assert replies[0]["direction"] == "upstream"
+
+
+@pytest.mark.parametrize("command", ["follow", "report", "trace"])
+def test_missing_file_is_one_line_not_a_traceback(tmp_path: Path, command: str) -> None:
+    """A file that does not exist: a message naming it, a non-zero exit."""
+    missing = str(tmp_path / "nope.log")
+    args = {
+        "follow": ("follow", "--log", missing, "--from-start", "--once", "--events", os.devnull),
+        "report": ("report", missing),
+        "trace": ("trace", "ABCDEF", missing),
+    }[command]
+    proc = cli(*args)
+    assert proc.returncode != 0
+    assert "nope.log" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["follow", "report", "trace"])
+def test_unreadable_file_is_one_line_not_a_traceback(tmp_path: Path, command: str) -> None:
+    """A directory, or a file we may not read: a message, a non-zero exit."""
+    target = tmp_path / "dir.log"
+    target.mkdir()
+    args = {
+        "follow": ("follow", "--log", str(target), "--from-start", "--once"),
+        "report": ("report", str(target)),
+        "trace": ("trace", "ABCDEF", str(target)),
+    }[command]
+    proc = cli(*args)
+    assert proc.returncode != 0
+    assert "dir.log" in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_file_without_permission(tmp_path: Path) -> None:
+    """chmod 000: report says it cannot read the file."""
+    target = tmp_path / "secret.log"
+    target.write_text("x\n")
+    target.chmod(0)
+    proc = cli("report", str(target))
+    assert proc.returncode == 2 and "secret.log" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["follow", "report", "trace"])
+def test_binary_garbage_is_not_fatal(tmp_path: Path, command: str) -> None:
+    """Random bytes: counted as unknown lines, one UTF-8 warning, no traceback."""
+    garbage = tmp_path / "garbage.log"
+    garbage.write_bytes(os.urandom(200_000) + b"\n\x00\xff\n")
+    out = tmp_path / "events.jsonl"
+    args = {
+        "follow": ("follow", "--log", str(garbage), "--from-start", "--once", "--events", str(out)),
+        "report": ("report", str(garbage)),
+        "trace": ("trace", "ABCDEF", str(garbage)),
+    }[command]
+    proc = cli(*args)
+    assert proc.returncode == (1 if command == "trace" else 0), proc.stderr
+    if command == "follow":
+        events = read_events(out)
+        assert [e["kind"] for e in events if e["event"] == "warning"] == ["invalid_utf8"]
+        assert events[-2]["event"] == "stats" and events[-2]["lines"] > 0
+
+
+@needs_sample
+@pytest.mark.parametrize("form", ["", "--json", "--html"])
+def test_report_cli(form: str) -> None:
+    """report prints text, JSON or one HTML page."""
+    proc = cli("report", *([form] if form else []), str(SAMPLE))
+    assert proc.returncode == 0, proc.stderr
+    if form == "--json":
+        assert json.loads(proc.stdout)["totals"]["delivered"] > 0
+    elif form == "--html":
+        assert proc.stdout.startswith("<!DOCTYPE html>")
+    else:
+        assert "Downstream" in proc.stdout
+
+
+@needs_sample
+@pytest.mark.parametrize("wanted", ["0895436B76", "<20261128123200.0895436B76@vm>"])
+def test_trace_by_queue_id_or_message_id(wanted: str) -> None:
+    """trace shows the bounced message, its attempt and its bounce notice's own record."""
+    proc = cli("trace", wanted, str(SAMPLE))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "Message 0895436B76" in out and "bounced" in out
+    assert "552 5.2.2" in out and "mailbox_full" in out
+    assert "Message 15AC736B7A" in out
+
+
+@needs_sample
+def test_trace_json_and_unknown_id() -> None:
+    """--json prints message records; an id not in the log exits 1 with a message."""
+    proc = cli("trace", "--json", "0895436B76", str(SAMPLE))
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["queue_id"] for r in records] == ["0895436B76", "15AC736B7A"]
+    proc = cli("trace", "FFFFFFFFFF", str(SAMPLE))
+    assert proc.returncode == 1 and "FFFFFFFFFF" in proc.stderr
+
+
+def test_metric_labels_are_bounded() -> None:
+    """Unknown reasons, stages and codes are counted as "other", never as new label values."""
+    from datetime import UTC, datetime
+
+    from smtp_policy.core.events import Direction, Event, Source
+    from smtp_policy.knowledge import default_knowledge
+    from smtp_policy.metrics import FollowMetrics
+
+    metrics = FollowMetrics(default_knowledge())
+    odd = Event(
+        event="reply",
+        source=Source.LOG,
+        ts=datetime.now(UTC),
+        direction=Direction.UPSTREAM,
+        stage="x" * 50,
+        klass="permanent",
+        reason="made_up",
+        enhanced="5.999.999",
+    )
+    for _ in range(3):
+        metrics.observe(odd)
+    value = metrics.registry.get_sample_value(
+        "smtp_policy_log_replies_total",
+        {
+            "direction": "upstream",
+            "stage": "other",
+            "class": "permanent",
+            "reason": "other",
+            "enhanced": "other",
+        },
+    )
+    assert value == 3
+    message = Event(
+        event="message",
+        source=Source.LOG,
+        ts=datetime.now(UTC),
+        extra={"status": "delivered", "complete": True, "delay": 12.5},
+    )
+    metrics.observe(message)
+    assert metrics.registry.get_sample_value("smtp_policy_log_delivery_delay_seconds_count") == 1
+
+
+@needs_sample
+def test_metrics_are_served_while_following(tmp_path: Path) -> None:
+    """--metrics-listen serves Prometheus text: replies by reason, one delay per message."""
+    import urllib.request
+
+    from tests.helpers import free_port
+
+    port = free_port()
+    out = tmp_path / "events.jsonl"
+    command = ["follow", "--from-start", "--log", str(SAMPLE), "--events", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smtp_policy", *command, "--metrics-listen", f"127.0.0.1:{port}"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        text, deadline = "", time.monotonic() + 60
+        want = f'smtp_policy_log_lines_total{{kind="removed"}} {removed_count()}.0'
+        while want not in text and time.monotonic() < deadline:
+            time.sleep(0.1)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+        assert want in text
+        assert 'reason="user_unknown"' in text and 'enhanced="5.1.1"' in text
+        assert "smtp_policy_log_messages_in_flight" in text
+        complete = sum(1 for e in read_events(out) if e["event"] == "message" and e["complete"])
+        assert f"smtp_policy_log_delivery_delay_seconds_count {complete}.0" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and b"Traceback" not in err
+
+
+def removed_count() -> int:
+    """How many "removed" lines the sample has."""
+    return sum(1 for line in SAMPLE.read_text().splitlines() if line.endswith(": removed"))
+
+
+def test_bad_metrics_address_is_one_line() -> None:
+    """A --metrics-listen that is not ADDRESS:PORT is refused with a message, not a traceback."""
+    proc = cli("follow", "-", "--once", "--metrics-listen", "nonsense")
+    assert proc.returncode != 0 and "metrics-listen" in proc.stderr
