@@ -59,12 +59,15 @@ def _class_from_codes(reply: Reply, kb: KnowledgeBase) -> ReplyClass | None:
 
 
 def _best_rule(reply: Reply, klass: ReplyClass | None, kb: KnowledgeBase) -> Rule | None:
-    if not reply.text:
+    if not reply.text and reply.command is None:
         return None
     text = normalize(reply.text[:MAX_MATCH_CHARS])
     best: Rule | None = None
     best_key = (-1, -1)
-    for phrase, rule in kb.index.candidates(text):
+    candidates = kb.index.candidates(text)
+    if reply.command is not None:
+        candidates += [("", rule) for rule in kb.command_rules]
+    for phrase, rule in candidates:
         key = (rule.priority, len(phrase))
         if key <= best_key or not _applies(rule, reply, klass, text):
             continue
@@ -78,6 +81,8 @@ def _applies(rule: Rule, reply: Reply, klass: ReplyClass | None, text: str) -> b
     if rule.classes and klass is not None and klass not in rule.classes:
         return False
     if rule.enhanced and str(reply.enhanced) not in rule.enhanced:
+        return False
+    if rule.commands and (reply.command or "").lower() not in rule.commands:
         return False
     return rule.pattern is None or rule.pattern.search(text) is not None
 

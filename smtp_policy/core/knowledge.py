@@ -78,6 +78,7 @@ class Rule:
     codes: frozenset[int] = frozenset()
     classes: frozenset[ReplyClass] = frozenset()
     enhanced: frozenset[str] = frozenset()
+    commands: frozenset[str] = frozenset()  # lowercase: "rcpt to", "connect", "initial connection"
     klass: ReplyClass | None = None
     priority: int = PRIORITY_RULE
     provider: str | None = None
@@ -100,6 +101,8 @@ class KnowledgeBase:
     codebook: CodeBook
     index: PhraseIndex = field(repr=False)
     rule_by_id: Mapping[str, Rule] = field(repr=False, default_factory=dict)
+    #: Rules that need no phrase: they hold for any reply to their commands.
+    command_rules: tuple[Rule, ...] = ()
 
     @classmethod
     def from_data(
@@ -125,7 +128,18 @@ class KnowledgeBase:
             standard=frozenset(c for c, info in basic.items() if info.standard),
             shorthands={c: info.enhanced for c, info in basic.items() if info.enhanced},
         )
-        return cls(reason_map, basic, enhanced, classes, rules, codebook, PhraseIndex(rules), by_id)
+        command_rules = tuple(r for r in rules if not r.phrases)
+        return cls(
+            reason_map,
+            basic,
+            enhanced,
+            classes,
+            rules,
+            codebook,
+            PhraseIndex(rules),
+            by_id,
+            command_rules,
+        )
 
     def enhanced_info(self, code: EnhancedCode) -> EnhancedCodeInfo | None:
         """The registry entry for a code, falling back to its subject (``X.7.0``)."""
@@ -297,6 +311,7 @@ _RULE_KEYS = {
     "reason",
     "phrases",
     "samples",
+    "commands",
     "pattern",
     "codes",
     "classes",
@@ -319,13 +334,13 @@ def _build_rules(name: str, data: Mapping[str, Any]) -> list[Rule]:
     rules = []
     for i, entry in enumerate(data["rule"]):
         path = f"rule[{i}]"
-        _keys(
-            entry, where, path, required={"id", "phrases", "samples"}, optional=_RULE_KEYS
-        )
+        _keys(entry, where, path, required={"id", "phrases", "samples"}, optional=_RULE_KEYS)
         rid = _str(entry, "id", where, path)
         path = rid
         phrases = tuple(entry["phrases"])
-        if not phrases or any(p != " ".join(p.lower().split()) or not p for p in phrases):
+        if (not phrases and not entry.get("commands")) or any(
+            p != " ".join(p.lower().split()) or not p for p in phrases
+        ):
             raise KnowledgeError(
                 where, f"{path}.phrases", "phrases are lowercase, single-spaced, non-empty"
             )
@@ -354,6 +369,7 @@ def _build_rules(name: str, data: Mapping[str, Any]) -> list[Rule]:
                     _enum(ReplyClass, c, where, f"{path}.classes") for c in entry.get("classes", ())
                 ),
                 enhanced=frozenset(entry.get("enhanced", ())),
+                commands=frozenset(c.lower() for c in entry.get("commands", ())),
                 klass=klass,
                 priority=int(entry.get("priority", PRIORITY_RULE)),
                 provider=entry.get("provider", provider),

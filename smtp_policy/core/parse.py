@@ -73,6 +73,7 @@ _SHORTHAND = re.compile(
     r"(?P<num>[1-5]\d\d|[1-5]\.\d\.\d)(?![\d.])",
     re.IGNORECASE,
 )
+_LEADING_ENHANCED = re.compile(rf"{_ENH}(?![\d.])[ \t:-]*")
 _BARE = re.compile(r"^(?:[1-5]\d\d|[245]\.\d{1,3}\.\d{1,3})$")
 _LOCAL_PREFIXES = (
     "connect to ",
@@ -131,7 +132,8 @@ def _unwrap_postfix(raw: str, body: str, codes: CodeBook) -> Reply | None:
     if m is None:
         return None
     inner = _parse_lines(raw, m["reply"], ReplyForm.POSTFIX, codes)
-    return _with(inner, command=m["cmd"], remote=m["remote"])
+    command = m["cmd"] or ("CONNECT" if "refused to talk to me" in m.group(0) else None)
+    return _with(inner, command=command, remote=m["remote"])
 
 
 def _unwrap_client_report(raw: str, body: str, codes: CodeBook) -> Reply | None:
@@ -233,6 +235,9 @@ def _parse_free_text(raw: str, text: str, codes: CodeBook) -> Reply:
         found = _find_enhanced(text[: short.start()] + " " + text[short.end() :], code)
         return Reply(raw, code, found or enhanced, text, ReplyForm.SHORTHAND)
     enhanced = _find_enhanced(text, None)
+    lead = _LEADING_ENHANCED.match(text)
+    if lead is not None:  # "5.7.1 text", as Postfix logs an end-of-message milter reject
+        text = text[lead.end() :]
     lowered = text.lower()
     form = ReplyForm.LOCAL if lowered.startswith(_LOCAL_PREFIXES) else ReplyForm.TEXT
     return Reply(raw, None, enhanced, text, form)
