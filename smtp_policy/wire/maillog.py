@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A mail log line is ``<timestamp> [<facility.level>] <host> <tag>[<pid>]: [<queue id>: ]<body>``.
-``_PREFIX`` matches all of that once, for the three timestamp forms (classic syslog
+``PREFIX`` matches all of that once, for the three timestamp forms (classic syslog
 ``Dec  4 04:30:09``, Postfix's ``maillog_file`` ``Nov 28 12:19:08`` and RFC 3339
 ``2024-04-25T22:25:16.352700+02:00``) and any Postfix ``syslog_name`` (``postfix/submission/smtpd``,
 ``postfix-out/smtp``) or Sendmail tag (``sendmail``, ``sm-mta``, ``sm-msp-queue``...). The program
@@ -11,17 +11,20 @@ is the tag's last path component. It picks a short, ordered tuple of *shapes* (`
 ``_SENDMAIL``): each shape is one small named regex anchored at the body, a builder that turns its
 match into a record, and a real sample line. The first shape that matches wins; no shape matching
 gives kind ``"unknown"`` (so callers can count what we do not understand), and a line that is not
-from Postfix or Sendmail at all gives ``None``. Shapes of one table never overlap: the tests check
-that every sample matches its own shape and no other (as fail2ban's sample tests do).
+from Postfix or Sendmail at all gives ``None``. No two shapes overlap: the tests check that every
+sample (and every golden line) matches one shape and no other, as fail2ban's sample tests do.
 
 Replies that Postfix logs before ``; from=<...> to=<...> proto=... helo=<...>`` may themselves
 contain ``;``. ``_TAIL`` finds the leftmost ``; `` after which only those keys follow up to the end
-of the line, so the reply is everything before it.
+of the line, so the reply is everything before it. Patterns use possessive or bounded groups, and
+Sendmail's free-text ``key=value`` runs are split with string scans, so no line can make a match
+backtrack for long (tests feed pathological lines).
 
 Speed: one prefix match, one or two body matches, no dicts or intermediate objects beyond the
-record. A frozen dataclass spends most of its construction time in ``object.__setattr__`` (33
-fields), so records are built as an instance of ``_Draft`` (the same slots, not frozen) whose
-class is then switched to :class:`LogRecord`; see :func:`_new`. Nothing here reads a file, the
+record (Sendmail lines excepted). A frozen dataclass spends most of its construction time in
+``object.__setattr__`` (33 fields, ~6x a plain slotted class), so records are built by ``_new``:
+a non-frozen twin with the same slots whose ``__post_init__`` switches the instance's class to
+:class:`LogRecord`. Nothing here reads a file, the
 clock or the environment, and nothing here logs.
 """
 

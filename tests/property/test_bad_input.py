@@ -21,8 +21,13 @@ reply_like = st.builds(
 )
 
 
-@given(st.one_of(st.text(max_size=2000), reply_like,
-                 st.binary(max_size=2000).map(lambda b: b.decode("utf-8", "replace"))))
+@given(
+    st.one_of(
+        st.text(max_size=2000),
+        reply_like,
+        st.binary(max_size=2000).map(lambda b: b.decode("utf-8", "replace")),
+    )
+)
 @settings(max_examples=400, deadline=None)
 def test_anything_explains(text: str) -> None:
     """Any text parses, classifies and explains; failures always carry a reason."""

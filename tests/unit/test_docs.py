@@ -13,7 +13,9 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 def test_every_reason_is_documented_in_one_sentence() -> None:
     """docs/reasons.md has one row per reason, with the description from reasons.toml."""
     kb = default_knowledge()
-    rows = [line for line in (DOCS / "reasons.md").read_text().splitlines() if line.startswith("| `")]
+    rows = [
+        line for line in (DOCS / "reasons.md").read_text().splitlines() if line.startswith("| `")
+    ]
     documented = {row.split("`")[1]: row for row in rows}
     assert set(documented) == {r.value for r in Reason}
     for reason, info in kb.reasons.items():

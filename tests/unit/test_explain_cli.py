@@ -6,13 +6,30 @@ import json
 import subprocess
 import sys
 
-CONTRACT = {"reply", "code", "enhanced", "class", "reason", "summary", "explanation", "action",
-            "actor", "provider", "help_url", "rule"}
+CONTRACT = {
+    "reply",
+    "code",
+    "enhanced",
+    "class",
+    "reason",
+    "summary",
+    "explanation",
+    "action",
+    "actor",
+    "provider",
+    "help_url",
+    "rule",
+}
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "smtp_policy", "explain", *args],
-                          input=stdin, capture_output=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "smtp_policy", "explain", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_json_has_the_contract_fields() -> None:
@@ -26,8 +43,14 @@ def test_json_has_the_contract_fields() -> None:
     assert data["enhanced"] == "5.1.1"
     assert data["class"] == "permanent"
     assert data["reason"] == "user_unknown"
-    assert data["actor"] in {"sender", "sender_admin", "recipient", "recipient_admin",
-                             "postmaster", "nobody"}
+    assert data["actor"] in {
+        "sender",
+        "sender_admin",
+        "recipient",
+        "recipient_admin",
+        "postmaster",
+        "nobody",
+    }
 
 
 def test_text_block_is_plain() -> None:
