@@ -97,7 +97,7 @@ _K = TypeVar("_K")
 class MilterConfig:
     """``[milter]``: ``listen`` in libmilter form (``inet:PORT@HOST``, ``unix:/path``)."""
 
-    listen: str = "inet:8895@127.0.0.1"
+    listen: str = "unix:/var/spool/postfix/smtp-policy/milter.sock"
     timeout: int = 600
 
 

@@ -47,7 +47,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
         help="inet:PORT@HOST, inet:HOST:PORT, inet6:PORT@HOST or unix:/path "
-        "(default: [milter] listen, inet:8895@127.0.0.1)",
+        "(default: [milter] listen, unix:/var/spool/postfix/smtp-policy/milter.sock)",
     )
     parser.add_argument(
         "--events", metavar="FILE", help="append JSON events to FILE (default: [events] output)"

@@ -13,6 +13,7 @@ texts, proxy replies) passes it through here; nothing else builds reply lines. T
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ _REPLACEMENTS = str.maketrans(
 )
 
 
+_CONTROLS = re.compile(r"[^ -~]")
+
+
 @dataclass(frozen=True, slots=True)
 class SafeReply:
     """A reply whose every line is safe to send; build it with :func:`sanitize_reply`."""
@@ -56,12 +60,13 @@ class SafeReply:
 
 def clean_text(text: str) -> str:
     """One line of printable ASCII: controls become spaces, letters lose their accents."""
-    text = text.translate(_REPLACEMENTS)
-    if not text.isascii():
-        text = unicodedata.normalize("NFKD", text)
-        text = "".join(ch for ch in text if not unicodedata.combining(ch))
-        text = text.encode("ascii", "replace").decode("ascii")
-    text = "".join(ch if " " <= ch <= "~" else " " for ch in text)
+    if not (text.isascii() and text.isprintable()):  # the common case needs none of this
+        text = text.translate(_REPLACEMENTS)
+        if not text.isascii():
+            text = unicodedata.normalize("NFKD", text)
+            text = "".join(ch for ch in text if not unicodedata.combining(ch))
+            text = text.encode("ascii", "replace").decode("ascii")
+        text = _CONTROLS.sub(" ", text)
     return " ".join(text.split())
 
 
