@@ -123,6 +123,7 @@ def _pf(
         delivery_status_filter=f"{table}:dsn",
         main_cf={
             "bounce_template_file": str(template),
+            "smtp_rcpt_timeout": "3s",
             "smtpd_helo_restrictions": "reject_invalid_helo_hostname",
             "smtpd_recipient_restrictions": (
                 f"check_policy_service {{ inet:127.0.0.1:{policy.port}, timeout=5s, "
@@ -258,12 +259,37 @@ def test_bounce_is_friendlier_and_keeps_the_diagnostic(
     print(f"--- bounce text part ({local}) ---\n{text_part(bounce)}")
 
 
-def test_deferral_is_logged_with_the_friendly_text(pf: PrivatePostfix) -> None:
-    """A 452 4.2.2 (quota) defers; the log's status text is the filtered, friendlier one."""
-    qid = submit(pf.smtp_port, "full@remote.test")
-    lines = pf.wait_for_log(rf"{qid}: to=<full@remote\.test>, .*dsn=4\.2\.2, status=deferred")
-    assert "mailbox is full" in lines[-1].lower()
-    assert "said: 452 4.2.2" in lines[-1]
+@pytest.mark.parametrize(
+    ("local", "dsn", "friendly", "original"),
+    [
+        pytest.param("full", "4.2.2", "mailbox is full", "said: 452 4.2.2", id="quota-452"),
+        pytest.param(
+            "grey", "4.7.1", "greylisted", "said: 450 4.7.1 Greylisted", id="greylist-450"
+        ),
+        pytest.param("r421", "4.7.0", "", "said: 421 4.7.0 Try again later", id="421-closing"),
+        pytest.param(
+            "timeout",
+            "4.4.2",
+            "could not reach each other",
+            "timed out while sending RCPT TO",
+            id="timeout",
+        ),
+    ],
+)
+def test_deferral_is_logged_with_the_friendly_text(
+    pf: PrivatePostfix, local: str, dsn: str, *, friendly: str, original: str
+) -> None:
+    """A deferral's log text is the filtered one: friendlier words, then the original reply."""
+    qid = submit(pf.smtp_port, f"{local}@remote.test")
+    pattern = (
+        rf"{qid}: to=<{local}@remote\.test>, .*dsn={re.escape(dsn)}, status=deferred \((.*)\)$"
+    )
+    line = pf.wait_for_log(pattern, timeout=30)[-1]
+    text = re.search(pattern, line)
+    assert text is not None
+    assert friendly in text[1].lower()
+    assert original in text[1]
+    assert not text[1].startswith("host ")  # our words come first
     pf.delete_queued(qid)
 
 
