@@ -8,8 +8,12 @@ import os
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, ProtocolError
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -61,3 +65,49 @@ def _remove_stale_socket(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)
+
+
+class Decoder(Protocol[T_co]):
+    """An incremental sans-I/O decoder: bytes in, whole requests out (None: need more)."""
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes."""
+
+    def next(self) -> T_co | None:
+        """The next whole request, or None."""
+
+
+async def serve_requests(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    decoder: Decoder[T],
+    answer: Callable[[T], bytes],
+    *,
+    idle_timeout: float,
+    on_error: Callable[[str], None],
+) -> None:
+    """The request/answer loop of the socketmap and policy servers, for one connection.
+
+    Requests are answered in order as they complete; the connection ends when the peer closes
+    it, stays idle for ``idle_timeout`` seconds, or breaks the protocol (``on_error`` says why:
+    neither protocol can resynchronise after a malformed request).
+    """
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), idle_timeout)
+            if not data:
+                break
+            decoder.feed(data)
+            while (request := decoder.next()) is not None:
+                writer.write(answer(request))
+            await writer.drain()
+    except ProtocolError as exc:
+        on_error(f"closing connection: {exc}")
+    except TimeoutError:
+        on_error(f"closing connection idle for {idle_timeout:.0f} s")
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()

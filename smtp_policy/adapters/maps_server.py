@@ -12,12 +12,10 @@ that, carries on without the footer or filter: both hooks fail open.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from datetime import UTC, datetime
 
 from ..config import Config
-from ..core.errors import ProtocolError
 from ..core.events import Direction, Event, Source, reply_fields
 from ..core.explain import explain_text
 from ..core.knowledge import KnowledgeBase
@@ -27,6 +25,7 @@ from ..emit import EventWriter
 from ..texts import render_reply_text
 from ..wire.netstring import NetstringDecoder
 from ..wire.socketmap import NOT_FOUND, Reply, Request, Status
+from .listen import serve_requests
 
 IDLE_TIMEOUT = 300.0  # Postfix closes idle socketmap connections after 10 s itself
 
@@ -116,23 +115,11 @@ class MapsService:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one Postfix connection until it closes, idles out or misbehaves."""
         session = f"maps-{next(self._ids)}"
-        decoder = NetstringDecoder()
-        try:
-            while True:
-                data = await asyncio.wait_for(reader.read(65536), self._idle_timeout)
-                if not data:
-                    break
-                decoder.feed(data)
-                while (payload := decoder.next()) is not None:
-                    writer.write(self._answer(Request.decode(payload), session).encode())
-                await writer.drain()
-        except ProtocolError as exc:
-            self.error(session, f"closing connection: {exc}")
-        except TimeoutError:
-            self.error(session, f"closing connection idle for {self._idle_timeout:.0f} s")
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        await serve_requests(
+            reader,
+            writer,
+            NetstringDecoder(),
+            lambda payload: self._answer(Request.decode(payload), session).encode(),
+            idle_timeout=self._idle_timeout,
+            on_error=lambda message: self.error(session, message),
+        )

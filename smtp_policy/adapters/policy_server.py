@@ -11,7 +11,6 @@ Postfix applies the service's ``default_action`` (documented as DUNNO: fail open
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Mapping
 from dataclasses import replace
@@ -19,7 +18,6 @@ from datetime import UTC, datetime
 
 from ..config import Config
 from ..core.classify import classify
-from ..core.errors import ProtocolError
 from ..core.events import Event, Source
 from ..core.explain import explain
 from ..core.knowledge import KnowledgeBase
@@ -30,6 +28,7 @@ from ..emit import EventWriter
 from ..rules import PolicyRule, RuleAction, RuleFacts, Stage, match_rules
 from ..texts import TextsConfig, audience_of, render_rule_text
 from ..wire.policy import PolicyDecoder, encode_action
+from .listen import serve_requests
 
 IDLE_TIMEOUT = 330.0  # a little over smtpd_policy_service_max_idle (300 s)
 
@@ -164,23 +163,11 @@ class PolicyService:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one smtpd connection until it closes, idles out or breaks the protocol."""
         session = f"policy-{next(self._ids)}"
-        decoder = PolicyDecoder()
-        try:
-            while True:
-                data = await asyncio.wait_for(reader.read(65536), IDLE_TIMEOUT)
-                if not data:
-                    break
-                decoder.feed(data)
-                while (request := decoder.next()) is not None:
-                    writer.write(encode_action(self.answer(request, session)))
-                await writer.drain()
-        except ProtocolError as exc:
-            self._error(session, f"closing connection: {exc}")
-        except TimeoutError:
-            self._error(session, "closing idle connection")
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        await serve_requests(
+            reader,
+            writer,
+            PolicyDecoder(),
+            lambda request: encode_action(self.answer(request, session)),
+            idle_timeout=IDLE_TIMEOUT,
+            on_error=lambda message: self._error(session, message),
+        )
