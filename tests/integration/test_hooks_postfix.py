@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import smtplib
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -134,10 +136,15 @@ def _pf(
 
 
 def rcpt_reply(
-    port: int, rcpt: str, *, helo: str = "client.test", sender: str = SENDER
+    port: int,
+    rcpt: str,
+    *,
+    helo: str = "client.test",
+    sender: str = SENDER,
+    timeout: float = 20,
 ) -> tuple[int, str]:
     """The reply to RCPT TO, as smtplib sees it (all lines joined by newlines)."""
-    with smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=20) as smtp:
+    with smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=timeout) as smtp:
         smtp.ehlo()
         smtp.mail(sender)
         code, text = smtp.rcpt(rcpt)
@@ -310,4 +317,27 @@ def test_fail_open_without_the_maps_server(
     finally:
         maps.start()
     code, text = rcpt_reply(pf.smtp_port, "nosuchuser3@local.test")
+    assert len(text.splitlines()) >= 2  # footers are back
+
+
+@pytest.mark.slow
+def test_fail_open_with_a_hung_maps_server(pf: PrivatePostfix, maps: Daemon) -> None:
+    """Maps server hung (SIGSTOP): after Postfix's fixed 100 s socketmap timeout the client
+    gets the same rejection without a footer, and accepted mail is still accepted."""
+    assert maps.proc is not None
+    maps.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        code, text = rcpt_reply(pf.smtp_port, "nosuchuser4@local.test", timeout=200)
+        waited = time.monotonic() - started
+        assert code == 550
+        assert len(text.splitlines()) == 1
+        assert "User unknown" in text
+        submit(pf.smtp_port, "alice@local.test")
+        print(f"rejection arrived after {waited:.0f} s with the maps server stopped")
+        assert pf.wait_for_log(r"warning: .*socketmap.*(?:timed out|timeout|error)")
+    finally:
+        maps.proc.send_signal(signal.SIGCONT)
+    code, text = rcpt_reply(pf.smtp_port, "nosuchuser5@local.test")
+    assert code == 550
     assert len(text.splitlines()) >= 2  # footers are back
