@@ -51,7 +51,9 @@ def test_postconf_reads_the_lines(tmp_path: Path) -> None:
     )
     assert "warning" not in got.stderr
     values = dict(line.split(" = ", 1) for line in got.stdout.splitlines())
-    assert values["smtpd_milters"].startswith("{ unix:smtp-policy/milter.sock, default_action=accept")
+    assert values["smtpd_milters"].startswith(
+        "{ unix:smtp-policy/milter.sock, default_action=accept"
+    )
     assert values["smtpd_reject_footer_maps"] == "socketmap:inet:127.0.0.1:8896:footer"
     assert values["smtp_delivery_status_filter"] == "socketmap:inet:127.0.0.1:8896:dsn"
     assert values["smtpd_banner"].startswith("$myhostname ESMTP")
