@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -36,3 +40,28 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert b"Traceback" not in err
+
+
+@contextlib.contextmanager
+def running_daemon(command: str, events: Path, *extra: str) -> Iterator[int]:
+    """``python -m smtp_policy COMMAND`` on a free loopback port; yields the port, stops it after."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smtp_policy",
+            command,
+            "--listen",
+            f"inet:127.0.0.1:{port}",
+            "--events",
+            str(events),
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_port(port, proc)
+        yield port
+    finally:
+        stop(proc)

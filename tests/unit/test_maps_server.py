@@ -7,40 +7,22 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, stop, wait_port
+from tests.helpers import running_daemon
 
 POSTMAP = shutil.which("postmap") or "/usr/sbin/postmap"
 
 
 @pytest.fixture(name="maps", scope="module")
 def _maps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
-    port = free_port()
     events = tmp_path_factory.mktemp("maps") / "events.jsonl"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smtp_policy",
-            "maps",
-            "--listen",
-            f"inet:127.0.0.1:{port}",
-            "--events",
-            str(events),
-        ],
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_port(port, proc)
+    with running_daemon("maps", events) as port:
         yield port, events
-    finally:
-        stop(proc)
 
 
 def _events(path: Path) -> list[dict[str, object]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, stop, wait_port
+from tests.helpers import free_port, running_daemon, stop, wait_port
 
 RCPT = (
     b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
@@ -25,26 +25,9 @@ RCPT = (
 
 @pytest.fixture(name="policy", scope="module")
 def _policy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
-    port = free_port()
     events = tmp_path_factory.mktemp("policy") / "events.jsonl"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smtp_policy",
-            "policy",
-            "--listen",
-            f"inet:127.0.0.1:{port}",
-            "--events",
-            str(events),
-        ],
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_port(port, proc)
+    with running_daemon("policy", events) as port:
         yield port, events
-    finally:
-        stop(proc)
 
 
 def _recv_answer(conn: socket.socket) -> bytes:
