@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from typing import TextIO
 
 import structlog
 
-from .core.events import Event
+from .core.events import Event, Source
 
 
 class EventWriter:
@@ -32,6 +33,12 @@ class EventWriter:
         data = event.to_dict()
         name = data.pop("event")
         self._log.msg(name, **data)
+
+    def error(self, source: Source, text: str, session: str | None = None) -> None:
+        """Write an ``error`` event, stamped now: a problem a daemon handled and went on."""
+        self.emit(
+            Event(event="error", source=source, ts=datetime.now(UTC), session=session, text=text)
+        )
 
     def close(self) -> None:
         """Close the file, unless it is stdout."""

@@ -102,15 +102,7 @@ class MapsService:
 
     def error(self, session: str, message: str) -> None:
         """Record a connection-level problem."""
-        self._events.emit(
-            Event(
-                event="error",
-                source=Source.MAPS,
-                ts=datetime.now(UTC),
-                session=session,
-                text=message,
-            )
-        )
+        self._events.error(Source.MAPS, message, session)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one Postfix connection until it closes, idles out or misbehaves."""

@@ -150,15 +150,7 @@ class PolicyService:
         return action
 
     def _error(self, session: str, message: str) -> None:
-        self._events.emit(
-            Event(
-                event="error",
-                source=Source.POLICY,
-                ts=datetime.now(UTC),
-                session=session,
-                text=message,
-            )
-        )
+        self._events.error(Source.POLICY, message, session)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one smtpd connection until it closes, idles out or breaks the protocol."""

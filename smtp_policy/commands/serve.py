@@ -95,14 +95,7 @@ async def _serve(
         nonlocal config
 
         def refused(exc: ConfigError) -> None:
-            events.emit(
-                Event(
-                    event="error",
-                    source=source,
-                    ts=datetime.now(UTC),
-                    text=f"reload refused, keeping the running configuration: {exc}",
-                )
-            )
+            events.error(source, f"reload refused, keeping the running configuration: {exc}")
 
         fresh = reload_or_keep(config, config_path, refused)
         if fresh is not config:
