@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _pytest.terminal import TerminalReporter
 
 # tests/integration has no __init__.py, so pytest imports this file as a top-level "conftest"
 # with only this directory on sys.path (and `pytest`, unlike `python -m pytest`, does not add
@@ -27,6 +28,31 @@ if _ROOT not in sys.path:
 from tests.integration.postfix import POSTFIX, PostfixFactory, ScriptedServer  # noqa: E402
 
 __all__ = ["PostfixFactory"]  # also imported from here by test modules
+
+
+#: Lines the drills report (``drill_report``), printed in the terminal summary of every run.
+_DRILL_LINES: list[str] = []
+
+
+@pytest.fixture(name="drill_report")
+def _drill_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``drill_report(text)``: a result line shown under "drill results" at the end of the run.
+
+    Drills print their counts this way so ``.ci/run`` shows them without ``-s``.
+    """
+
+    def report(text: str) -> None:
+        _DRILL_LINES.append(f"{request.node.name}: {text}")
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+    """Print what the drills reported."""
+    if _DRILL_LINES:
+        terminalreporter.section("drill results")
+        for line in _DRILL_LINES:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(name="postfix_available", scope="session")
