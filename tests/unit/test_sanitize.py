@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smtp_policy.core.model import EnhancedCode
+from smtp_policy.core.parse import parse_reply
 from smtp_policy.core.sanitize import (
     MAX_LINE_OCTETS,
     MAX_LINES,
@@ -111,3 +112,22 @@ def test_safe_reply_is_a_value() -> None:
     reply = SafeReply(250, None, ("OK",))
     with pytest.raises(AttributeError):
         reply.code = 550  # type: ignore[misc]
+
+
+@given(
+    code=st.integers(min_value=200, max_value=599),
+    enhanced=st.none()
+    | st.builds(EnhancedCode, st.sampled_from([2, 4, 5]), st.integers(0, 99), st.integers(0, 99)),
+    words=st.lists(st.from_regex(r"[A-Za-z][A-Za-z0-9.,]{0,20}", fullmatch=True), max_size=60),
+)
+def test_parse_reads_back_what_sanitize_renders(
+    code: int, enhanced: EnhancedCode | None, words: list[str]
+) -> None:
+    """parse(render(x)) == x: the code, the class-matched enhanced code and every word survive."""
+    reply = sanitize_reply(code, enhanced, " ".join(words))
+    parsed = parse_reply(reply.wire())
+    assert parsed.code == code
+    if reply.enhanced is not None and reply.enhanced.klass == code // 100:
+        assert parsed.enhanced == reply.enhanced
+    assert parsed.text.split() == " ".join(reply.lines).split()
+    assert parsed.lines == len(reply.lines)
