@@ -8,7 +8,7 @@ remote server answered your MTA), one "message" event when a message leaves the 
 With --state DIR (default: $STATE_DIRECTORY, as systemd sets it), file positions, the journal
 cursor and the messages still in flight are saved atomically after every batch, so a restart
 continues exactly where it stopped. SIGTERM and SIGINT finish the batch, save and exit 0;
-SIGHUP is ignored (there is nothing to reload). With --from-start --once, whole files are
+SIGHUP reopens the --events file (for logrotate's rename-and-signal). With --from-start --once, whole files are
 replayed and the command exits at their end; reading only - ends when standard input does.
 Without --log, --journal or -, it follows /var/log/mail.log if it exists, else the journal.
 Syslog timestamps carry no year: it is taken from --year, else from today's date.
@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from ..adapters.logfollow import (
     Batch,
@@ -121,13 +121,12 @@ def run(args: argparse.Namespace) -> int:
     store = StateStore(args.state) if args.state else None
     state = _load_state(store)
     try:
-        stream = _open_events(args.events)
+        writer = EventWriter.open(args.events, line_buffered=False)
     except OSError as exc:
         print(f"smtp-policy follow: cannot write {args.events}: {exc.strerror}", file=sys.stderr)
         return 2
-    writer = EventWriter(stream)
     try:
-        return _follow(args, kb, store=store, state=state, writer=writer, stream=stream)
+        return _follow(args, kb, store=store, state=state, writer=writer)
     finally:
         writer.close()
 
@@ -139,7 +138,6 @@ def _follow(
     store: StateStore | None,
     state: Mapping[str, Any],
     writer: EventWriter,
-    stream: TextIO,
 ) -> int:
     tz = local_timezone()
     from ..wire.maillog import parse_line
@@ -152,7 +150,7 @@ def _follow(
     stop.install()
     pipeline.emit_control("started", {"sources": [s.name for s in tailer.sources]})
     try:
-        loop = Loop(tailer, pipeline, store, stream, stats_interval=args.stats_interval)
+        loop = Loop(tailer, pipeline, store, writer, stats_interval=args.stats_interval)
         loop.run(stop, once=args.once)
         if args.once and store is None:
             pipeline.finish(tailer)
@@ -161,27 +159,34 @@ def _follow(
         tailer.close()
     pipeline.emit_stats(final=True)
     pipeline.emit_control("stopped", {})
-    stream.flush()
+    writer.flush()
     return 1 if args.once and pipeline.unreadable else 0
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT; the loop finishes its batch, saves its state and returns."""
+    """Set by SIGTERM/SIGINT: the loop finishes its batch, saves its state and returns.
+
+    SIGHUP sets ``reopen``: the loop reopens the events file between batches (logrotate).
+    """
 
     def __init__(self) -> None:
         self.stopped = False
+        self.reopen = False
 
     def __call__(self) -> bool:
         return self.stopped
 
     def install(self) -> None:
-        """Catch SIGTERM and SIGINT (and SIGHUP, which only causes a save)."""
+        """Catch SIGTERM, SIGINT and SIGHUP."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, self._reopen)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopped = True
+
+    def _reopen(self, signum: int, frame: FrameType | None) -> None:
+        self.reopen = True
 
 
 class Pipeline:
@@ -287,7 +292,7 @@ class Loop:
         tailer: Tailer,
         pipeline: Pipeline,
         store: StateStore | None,
-        stream: TextIO,
+        writer: EventWriter,
         *,
         stats_interval: float,
         clock: Callable[[], float] = time.monotonic,
@@ -295,25 +300,29 @@ class Loop:
         self.tailer = tailer
         self.pipeline = pipeline
         self.store = store
-        self.stream = stream
+        self.writer = writer
         self.stats_interval = stats_interval
         self._clock = clock
         self._next_stats = clock() + stats_interval
 
-    def run(self, stop: Callable[[], bool], *, once: bool) -> None:
-        """Until ``stop()`` (or the end of the input with ``once``)."""
+    def run(self, stop: StopFlag, *, once: bool) -> None:
+        """Until ``stop()`` (or the end of the input with ``once``); reopen the events on SIGHUP."""
         for round_ in self.tailer.batches(stop, once=once):
             for batch in round_:
                 self.pipeline.batch(batch)
             if round_:
                 self.save()
+            if stop.reopen:
+                stop.reopen = False
+                self.writer.flush()
+                self.writer.reopen(EventSource.LOG)
             if self._clock() >= self._next_stats:
                 self._next_stats = self._clock() + self.stats_interval
                 self.pipeline.emit_stats()
 
     def save(self) -> None:
         """Flush the events, then replace the state file (events first: never lose one)."""
-        self.stream.flush()
+        self.writer.flush()
         if self.store is not None:
             self.store.save(snapshot(self.tailer, self.pipeline.tracker))
 
@@ -445,12 +454,6 @@ def _load_state(store: StateStore | None) -> Mapping[str, Any]:
     if state is None or state.get("version") != STATE_VERSION:
         return {}
     return state
-
-
-def _open_events(path: str | None) -> TextIO:
-    if path is None or path == "-":
-        return sys.stdout
-    return open(path, "a", encoding="utf-8")  # closed by EventWriter.close
 
 
 def _metrics(listen: str | None, kb: KnowledgeBase) -> FollowMetrics | None:

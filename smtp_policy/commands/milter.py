@@ -216,6 +216,7 @@ def _reload(path: str | None, factory: MilterFactory) -> None:
     from ..config import load_config
 
     events = factory.settings.events
+    events.reopen(Source.MILTER)
     try:
         config = load_config(path)
     except Exception as exc:

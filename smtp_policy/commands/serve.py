@@ -1,8 +1,9 @@
 """What the asyncio daemons (maps, policy) share: options, configuration, signals and the loop.
 
 Options override the configuration file; SIGTERM/SIGINT stop cleanly (open connections are
-closed as if the peer had gone); SIGHUP re-reads the configuration and keeps the running one
-when the new one has problems (an error event says why).
+closed as if the peer had gone); SIGHUP reopens the events file (after logrotate renamed it)
+and re-reads the configuration, keeping the running one when the new one has problems (an
+error event says why).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ async def _serve(
 
     def reload() -> None:
         nonlocal config
+        events.reopen(source)
 
         def refused(exc: ConfigError) -> None:
             events.error(source, f"reload refused, keeping the running configuration: {exc}")
