@@ -131,7 +131,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _poll(probe: Callable[[], T | None], timeout: float, what: Callable[[], str]) -> T:
+def poll(probe: Callable[[], T | None], timeout: float, what: Callable[[], str]) -> T:
     """Call ``probe`` until it returns non-None; raise WaitTimeoutError after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -229,7 +229,91 @@ def _inline(entries: Mapping[str, str]) -> str:
     return "inline:{ " + ", ".join(pairs) + " }"
 
 
-class PrivatePostfix:
+class MailLab:
+    """What the Postfix and Sendmail labs share: reading their log, mailboxes and queue.
+
+    A subclass names its ``maillog`` and implements :meth:`mailbox` and :meth:`queue_files`.
+    """
+
+    @property
+    def maillog(self) -> Path:
+        """The instance's mail log (raises RuntimeError before it exists)."""
+        raise NotImplementedError
+
+    def mailbox(self, user: str) -> list[EmailMessage]:
+        """The messages delivered to local ``user``, oldest first."""
+        raise NotImplementedError
+
+    def queue_files(self) -> list[Path]:
+        """The files of every queued message."""
+        raise NotImplementedError
+
+    def maillog_lines(self) -> list[str]:
+        """All lines of the instance's maillog so far."""
+        try:
+            return self.maillog.read_text(errors="replace").splitlines()
+        except (FileNotFoundError, RuntimeError):  # not started yet
+            return []
+
+    def log_matches(self, pattern: str | re.Pattern[str], *, since: int = 0) -> list[str]:
+        """Maillog lines (from line index ``since`` on) in which ``pattern`` is found."""
+        regex = re.compile(pattern)
+        return [line for line in self.maillog_lines()[since:] if regex.search(line)]
+
+    def wait_for_log(
+        self,
+        pattern: str | re.Pattern[str],
+        timeout: float = 30.0,
+        *,
+        count: int = 1,
+        since: int = 0,
+    ) -> list[str]:
+        """Poll the maillog until ``count`` lines match ``pattern`` (``re.search``); return all.
+
+        ``since`` skips earlier lines (take ``len(pf.maillog_lines())`` as a mark).
+        """
+
+        def probe() -> list[str] | None:
+            found = self.log_matches(pattern, since=since)
+            return found if len(found) >= count else None
+
+        return poll(probe, timeout, lambda: f"{count} x /{pattern}/ in the maillog{self._tail()}")
+
+    def wait_for_mail(
+        self,
+        user: str,
+        count: int = 1,
+        timeout: float = 30.0,
+        *,
+        match: Callable[[EmailMessage], bool] | None = None,
+    ) -> list[EmailMessage]:
+        """Poll ``user``'s Maildir until it holds ``count`` messages (that ``match``)."""
+
+        def probe() -> list[EmailMessage] | None:
+            found = [m for m in self.mailbox(user) if match is None or match(m)]
+            return found if len(found) >= count else None
+
+        return poll(probe, timeout, lambda: f"{count} message(s) for {user}{self._tail()}")
+
+    def queue_empty(self) -> bool:
+        """Whether no message is queued (including deferred and held mail)."""
+        return not self.queue_files()
+
+    def wait_queue_empty(self, timeout: float = 30.0) -> None:
+        """Poll until the queue is empty."""
+        poll(
+            lambda: True if self.queue_empty() else None,
+            timeout,
+            lambda: f"an empty queue; left: {[f.name for f in self.queue_files()]}{self._tail()}",
+        )
+
+    def _tail(self, n: int = 25) -> str:
+        """The last ``n`` maillog lines, indented, for error messages."""
+        lines = self.maillog_lines()[-n:]
+        return "\n--- maillog tail ---\n" + "\n".join(lines) if lines else "\n(maillog empty)"
+
+
+class PrivatePostfix(MailLab):
     """One private Postfix instance on 127.0.0.1, built in a temp dir and torn down with it.
 
     Nothing happens until ``start()`` (or ``with PrivatePostfix(...) as pf``).
@@ -499,7 +583,7 @@ class PrivatePostfix:
                     )
             self._running = True
             for port in (self.smtp_port, self.untrusted_port):
-                greeting = _poll(
+                greeting = poll(
                     partial(_greeting, port), timeout, partial("220 on {}".format, port)
                 )
                 if not greeting.startswith("220 "):
@@ -531,7 +615,7 @@ class PrivatePostfix:
             done = _run(POSTFIX, "-c", str(self.config_dir), "stop")
             self._running = False
             try:
-                _poll(lambda: True if not self.processes() else None, timeout, self._describe)
+                poll(lambda: True if not self.processes() else None, timeout, self._describe)
             except WaitTimeoutError as e:
                 problem += f"{e}\n{done.stdout}{done.stderr}"
                 for pid in self.processes():
@@ -610,37 +694,6 @@ class PrivatePostfix:
 
     # -- observation ----------------------------------------------------------------------
 
-    def maillog_lines(self) -> list[str]:
-        """All lines of the instance's maillog so far."""
-        try:
-            return self.maillog.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
-
-    def log_matches(self, pattern: str | re.Pattern[str], *, since: int = 0) -> list[str]:
-        """Maillog lines (from line index ``since`` on) in which ``pattern`` is found."""
-        regex = re.compile(pattern)
-        return [line for line in self.maillog_lines()[since:] if regex.search(line)]
-
-    def wait_for_log(
-        self,
-        pattern: str | re.Pattern[str],
-        timeout: float = 20.0,
-        *,
-        count: int = 1,
-        since: int = 0,
-    ) -> list[str]:
-        """Poll the maillog until ``count`` lines match ``pattern`` (``re.search``); return all.
-
-        ``since`` skips earlier lines (take ``len(pf.maillog_lines())`` as a mark).
-        """
-
-        def probe() -> list[str] | None:
-            found = self.log_matches(pattern, since=since)
-            return found if len(found) >= count else None
-
-        return _poll(probe, timeout, lambda: f"{count} x /{pattern}/ in the maillog{self._tail()}")
-
     def mailbox(self, user: str) -> list[EmailMessage]:
         """The messages in ``user``'s Maildir (new/ and cur/), oldest first."""
         files = [
@@ -655,22 +708,6 @@ class PrivatePostfix:
             for f in files
         ]
 
-    def wait_for_mail(
-        self,
-        user: str,
-        count: int = 1,
-        timeout: float = 20.0,
-        *,
-        match: Callable[[EmailMessage], bool] | None = None,
-    ) -> list[EmailMessage]:
-        """Poll ``user``'s Maildir until it holds ``count`` messages (that ``match``)."""
-
-        def probe() -> list[EmailMessage] | None:
-            found = [m for m in self.mailbox(user) if match is None or match(m)]
-            return found if len(found) >= count else None
-
-        return _poll(probe, timeout, lambda: f"{count} message(s) for {user}{self._tail()}")
-
     def queue_files(self) -> list[Path]:
         """Queue files in incoming/, active/, deferred/, hold/ and maildrop/."""
         queues = ("incoming", "active", "deferred", "hold", "maildrop")
@@ -681,23 +718,6 @@ class PrivatePostfix:
             for f in (self.queue_dir / q).rglob("*")
             if f.is_file()
         ]
-
-    def queue_empty(self) -> bool:
-        """Whether no message is queued (including deferred and held mail)."""
-        return not self.queue_files()
-
-    def wait_queue_empty(self, timeout: float = 20.0) -> None:
-        """Poll until the queue is empty."""
-        _poll(
-            lambda: True if self.queue_empty() else None,
-            timeout,
-            lambda: f"an empty queue; left: {[f.name for f in self.queue_files()]}{self._tail()}",
-        )
-
-    def _tail(self, n: int = 25) -> str:
-        """The last ``n`` maillog lines, indented, for error messages."""
-        lines = self.maillog_lines()[-n:] if self._root else []
-        return "\n--- maillog tail ---\n" + "\n".join(lines) if lines else "\n(maillog empty)"
 
     def _explain(self, what: str, done: subprocess.CompletedProcess[str] | None = None) -> str:
         """An error message: what failed, the command's output and the maillog tail."""
@@ -942,7 +962,7 @@ class ScriptedServer:
 
     def wait_for(self, predicate: Callable[[ScriptedServer], bool], timeout: float = 20.0) -> None:
         """Poll until ``predicate(self)`` holds (e.g. ``lambda s: len(s.messages) == 2``)."""
-        _poll(lambda: True if predicate(self) else None, timeout, lambda: f"{predicate!r}")
+        poll(lambda: True if predicate(self) else None, timeout, lambda: f"{predicate!r}")
 
     def reply_for(self, rcpt: str, command: str) -> Reply | None:
         """The scripted reply to ``command`` for recipient ``rcpt``, if any."""

@@ -17,8 +17,10 @@ Negotiation (:meth:`PolicyMilter.negotiate`) decides the whole conversation up f
   ``{rcpt_mailer}=error``, ``{rcpt_host}`` = the enhanced code and ``{rcpt_addr}`` = the text
   (Postfix drops the 3-digit code and the ``<address>:``; Sendmail sends the whole reply);
 * "no reply" flags: a stage on which no rule can send a reply only observes, so the MTA need
-  not wait for us there (a setting, because over TCP fewer round trips can meet the
-  delayed-ACK stall measured in research/perf-baseline.md);
+  not wait for us there. Off by default (``--noreply on`` turns it on): over TCP fewer round
+  trips can meet the delayed-ACK stall measured in research/perf-baseline.md, and on a unix
+  socket libmilter drops the steps the MTA did not wait for when the client quits right after
+  them (the load drill found a fifth of rejected recipients missing);
 * macros (SMFIR_SETSYMLIST, at most 5 per stage): :data:`SYMLISTS`. The client's address,
   port and name come from the connect callback's arguments.
 
@@ -320,9 +322,18 @@ def explain_rejected_recipient(rcpt_host: str, rcpt_addr: str, kb: KnowledgeBase
     only the text ("Recipient address rejected: ..."), with the enhanced code in
     ``{rcpt_host}``.
     """
+    return explain_text(rejected_text(rcpt_host, rcpt_addr), kb)
+
+
+def rejected_text(rcpt_host: str, rcpt_addr: str) -> str:
+    """The MTA's reply to a rejected recipient, from ``{rcpt_host}`` and ``{rcpt_addr}``.
+
+    Sendmail's ``{rcpt_addr}`` is the whole reply ("550 5.1.1 User unknown", its
+    ``{rcpt_host}`` the same "5.1.1" again); Postfix's is the text after the enhanced code.
+    """
     if rcpt_addr[:3].isdigit() and rcpt_addr[3:4] in ("", " ", "-"):
-        return explain_text(rcpt_addr, kb)
-    return explain_text(f"{rcpt_host} {rcpt_addr}".strip(), kb)
+        return rcpt_addr
+    return f"{rcpt_host} {rcpt_addr}".strip()
 
 
 def detect_mta(macros: Mapping[str, str]) -> tuple[str | None, str | None]:
@@ -798,7 +809,7 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         self._s.rejected_by_mta += 1
         host, addr = macros.get("{rcpt_host}", ""), macros.get("{rcpt_addr}", "")
         explanation = explain_rejected_recipient(host, addr, self._settings.kb)
-        fields = reply_fields(explanation, text=f"{host} {addr}".strip())
+        fields = reply_fields(explanation, text=rejected_text(host, addr))
         extra = {"by": "mta", "macros": dict(macros)}
         self._emit(
             self._event(

@@ -882,7 +882,9 @@ def _smtp_noise(m: re.Match[str], line: str, head: _Head) -> LogRecord:
 
 @_shape(
     "warning",
-    r"(?P<level>warning|error|fatal|panic): (?!(?:header|body|mime-header|nested-header) )"
+    # (Sendmail's startup "error: safesasl(...)" is sendmail_noise)
+    r"(?P<level>warning|error|fatal|panic): "
+    r"(?!(?:header|body|mime-header|nested-header) |safesasl\()"
     r"(?:milter (?P<milter>\S+): )?",
     "Feb 25 15:57:27 mframe1 postfix/smtpd[25140]: warning: Illegal address syntax from "
     "localhost[127.0.0.1] in RCPT command: <name@62.157.140.137>",
@@ -1025,6 +1027,8 @@ def _sendmail_refused_rcpt(to: str, fields: dict[str, str], stat: str, head: _He
     }
     if stat.startswith("timeout waiting for input"):
         return _new("timeout", *head, stage="data", **common)
+    if stat == "aborted by sender":  # RSET or QUIT ended the transaction: no reply in it
+        return _new("noise", *head, recipient=to, extra=common["extra"])
     if stat.startswith(_SM_LOST_TEXTS):
         return _new("lost_connection", *head, stage="data", **common)
     code, esc = _codes(stat, 0)
@@ -1128,7 +1132,7 @@ def _sendmail_ruleset_reject(m: re.Match[str], line: str, head: _Head) -> LogRec
 def _sendmail_milter_reject(m: re.Match[str], line: str, head: _Head) -> LogRecord:
     key, arg, cmd = m["key"], m["arg"], m["cmd"]
     stage = _SM_MILTER_STAGES.get(key or m["connect"] or "") or ("data" if cmd else "eom")
-    code = m["code"]
+    code, reply = m["code"], m["reply"]
     return _new(
         "sendmail_milter_reject",
         *head,
@@ -1137,13 +1141,26 @@ def _sendmail_milter_reject(m: re.Match[str], line: str, head: _Head) -> LogReco
         action=_SM_MILTER_ACTIONS[m["action"]],
         code=int(code) if code else None,
         enhanced=m["esc"],
-        reply=m["reply"],
+        reply=_sm_milter_reply(reply) if reply else reply,
         sender=arg.strip("<>") if key == "from" else None,
         recipient=arg.strip("<>") if key == "to" else None,
         helo=arg if key == "helo" else None,
         client_name=m["host"],
         client_addr=m["addr"],
     )
+
+
+_SM_ESCAPE: Final = re.compile(r"\\(.)")
+_SM_ESCAPES: Final = {"r": "", "n": "\n", "t": "\t", "\\": "\\"}
+
+
+def _sm_milter_reply(text: str) -> str:
+    """A milter's reply as the client got it: Sendmail logs the reply it was handed, with its
+    line breaks as ``\\r\\n`` and libmilter's ``%%`` for ``%`` (it expands them when it sends);
+    the lines are joined by ``\\n`` here, as in the milter's own events."""
+    if "\\" in text:
+        text = _SM_ESCAPE.sub(lambda e: _SM_ESCAPES.get(e[1], e[0]), text)
+    return text.replace("%%", "%")
 
 
 @_shape(
@@ -1246,13 +1263,17 @@ def _sendmail_timeout(m: re.Match[str], line: str, head: _Head) -> LogRecord:
 
 @_shape(
     "sendmail_warning",
-    r"(?:Milter \((?P<milter>[^)]*)\)|SYSERR\((?P<user>[^)]*)\)|Milter): (?!collect: )"
-    r"(?!(?:from|to|helo|cmd)=|connect: |data, |no active filter)",
+    r"(?:Milter \((?P<milter>[^)]*)\)|milter_\w+\((?P<in_milter>[^)]*)\)|SYSERR\((?P<user>[^)]*)\)"
+    r"|Milter): (?!collect: )"
+    r"(?!(?:from|to|helo|cmd)=|connect: |data, |no active filter"
+    r"|(?:init success to negotiate|abort filter|connect to filters)\Z)",
     "Jan  5 00:13:47 a.mx.example.net sm-mta[10890]: jB87DYhq010890: Milter (filter1): "
     "write(Q) returned -1, expected 5: Broken pipe",
 )
 def _sendmail_warning(m: re.Match[str], line: str, head: _Head) -> LogRecord:
-    milter = m["milter"]
+    """A milter or system problem: ``Milter (name): ...`` (``to error state`` when Sendmail
+    goes on without the milter), ``milter_sys_read(name): ...``, ``SYSERR(user): ...``."""
+    milter = m["milter"] or m["in_milter"]
     extra = [("level", "syserr" if m["user"] is not None else "milter")]
     extra.append(("message", line[m.end() :]))
     if milter is not None:
@@ -1266,10 +1287,21 @@ def _sendmail_warning(m: re.Match[str], line: str, head: _Head) -> LogRecord:
     r"|\[[^\]]*\]: possible SMTP attack|AUTH(?:=\w+,| failure)|STARTTLS(?:=\w+,|: )"
     r"|Authentication-Warning|Losing |clone: |starting daemon |alias database "
     r"|Milter: no active filter|Milter (?:add|change|insert|delete|accept|message)\b"
-    r"|(?:discarded|quarantined)\Z)",
+    r"|(?:discarded|quarantined)\Z"
+    # LogLevel 10+ and Milter.LogLevel 10+ lines (8.17): sessions, milter steps, startup
+    r"|connect from (?:[^\s\[\]]+ )?\[[^\]]*\]|AUTH: available mech=|SMTP outgoing connect on "
+    r"|milter=[^,\s]+, action=\w+, "
+    r"|Milter(?: \([^)]*\): (?:init success to negotiate|abort filter)|: connect to filters)\Z"
+    r"|stopping daemon, reason=|started as: |engine=\S*, path=|error: safesasl\("
+    r"|\S+: \d+ aliases, longest )",
     "Apr  2 00:15:25 mta001 sendmail[32302]: u31FFPtp032300: done; delay=00:00:00, ntries=2",
 )
 def _sendmail_noise(m: re.Match[str], line: str, head: _Head) -> LogRecord:
+    """Lines that carry no reply or delivery: session and milter steps, startup, statistics.
+
+    ``milter=NAME, action=rcpt, reject=...`` is noise too: the same reply is logged again as
+    ``Milter: to=<...>, reject=...`` (:func:`_sendmail_milter_reject`).
+    """
     return _new("noise", *head)
 
 

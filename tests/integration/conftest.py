@@ -1,11 +1,15 @@
-"""Fixtures for tests that run a real private Postfix on loopback (the library is postfix.py).
+"""Fixtures for tests that run a real private Postfix (the library is postfix.py) or a real
+private Sendmail (sendmail.py) on loopback.
 
 Skipping is deliberately narrow: a test is skipped only when ``/usr/sbin/postfix`` is missing
 or the run is not root, and ``REQUIRE_POSTFIX=1`` turns even that into a failure (set it in CI).
-Once Postfix is there and we are root, a Postfix that fails to start fails the test.
+Once Postfix is there and we are root, a Postfix that fails to start fails the test. Sendmail
+likewise: skipped when not root or when its .debs are neither cached nor downloadable, a
+failure instead under ``REQUIRE_SENDMAIL=1``.
 
 Tests that start Postfix must carry the ``postfix`` marker (``pytestmark = pytest.mark.postfix``)
-so ``-m "not postfix"`` deselects them; the factories fail a test that lacks it.
+so ``-m "not postfix"`` deselects them, and tests that start Sendmail the ``sendmail`` marker;
+the factories fail a test that lacks it.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.integration.postfix import POSTFIX, PostfixFactory, ScriptedServer  # noqa: E402
+from tests.integration.sendmail import SendmailFactory, availability  # noqa: E402
 
-__all__ = ["PostfixFactory"]  # also imported from here by test modules
+__all__ = ["PostfixFactory", "SendmailFactory"]  # also imported from here by test modules
 
 
 #: Lines the drills report (``drill_report``), printed in the terminal summary of every run.
@@ -70,10 +75,45 @@ def _postfix_available() -> None:
     pytest.skip(reason)
 
 
-def _require_marker(node: pytest.Item | pytest.Collector) -> None:
-    """Fail unless ``node`` carries the ``postfix`` marker."""
-    if node.get_closest_marker("postfix") is None:
-        pytest.fail(f"{node.nodeid} starts Postfix but is not marked @pytest.mark.postfix")
+def _require_marker(node: pytest.Item | pytest.Collector, name: str = "postfix") -> None:
+    """Fail unless ``node`` carries the marker ``name``."""
+    if node.get_closest_marker(name) is None:
+        what = name.capitalize()
+        pytest.fail(f"{node.nodeid} starts {what} but is not marked @pytest.mark.{name}")
+
+
+@pytest.fixture(name="sendmail_available", scope="session")
+def _sendmail_available() -> None:
+    """Skip when this machine cannot run a private Sendmail (fail instead with
+    REQUIRE_SENDMAIL); fetches the .debs with apt-get download when they are not cached."""
+    reason = availability()
+    if reason is None:
+        return
+    if os.environ.get("REQUIRE_SENDMAIL"):
+        pytest.fail(f"REQUIRE_SENDMAIL is set but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(name="make_sendmail")
+def _make_sendmail(
+    request: pytest.FixtureRequest, sendmail_available: None
+) -> Iterator[SendmailFactory]:
+    """``make_sendmail(**options)`` starts a private Sendmail that lives for one test."""
+    _require_marker(request.node, "sendmail")
+    factory = SendmailFactory()
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(name="make_module_sendmail", scope="module")
+def _make_module_sendmail(
+    request: pytest.FixtureRequest, sendmail_available: None
+) -> Iterator[SendmailFactory]:
+    """Like ``make_sendmail``, for one instance shared by the tests of a module."""
+    _require_marker(request.node, "sendmail")
+    factory = SendmailFactory()
+    yield factory
+    factory.close()
 
 
 @pytest.fixture(name="make_postfix")

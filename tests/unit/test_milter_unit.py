@@ -260,6 +260,17 @@ def test_abort_ends_the_transaction(start: Callable[..., FakeMta], events: Recor
         (POSTFIX_CONNECT, ("postfix", "3.7.11")),
         ({"v": "8.17.1.9", "j": "mx", "{if_addr}": "192.0.2.1"}, ("sendmail", "8.17.1.9")),
         ({"j": "mx", "{if_addr}": "192.0.2.1"}, ("sendmail", None)),
+        # what a real Sendmail 8.17.1.9 sent for our SMFIR_SETSYMLIST on a loopback listener
+        # ({if_addr} is never set on loopback): v decides
+        (
+            {
+                "j": "mx.sendmail.test",
+                "v": "8.17.1.9",
+                "{daemon_name}": "MTA-test",
+                "{daemon_addr}": "127.0.0.1",
+            },
+            ("sendmail", "8.17.1.9"),
+        ),
         ({"j": "mx", "{daemon_addr}": "127.0.0.1"}, ("postfix", None)),
         ({"j": "mx"}, ("sendmail", None)),
         ({}, (None, None)),
@@ -302,15 +313,26 @@ def test_recipient_rejected_by_postfix(start: Callable[..., FakeMta], events: Re
     assert (session["rejected_by_mta"], session["recipients_accepted"]) == (1, 0)
 
 
-def test_recipient_rejected_by_sendmail(start: Callable[..., FakeMta], events: Recorder) -> None:
-    """Sendmail: the whole reply in {rcpt_addr}, so the code is known."""
-    ctx = start(macros={"j": "mx.test", "{if_addr}": "192.0.2.1"})
+@pytest.mark.parametrize(
+    "rcpt_addr",
+    [
+        "550 5.1.1 User unknown",  # what Sendmail 8.17.1.9 really sent (tests/integration)
+        "550 5.1.1 <nobody@local.test>... User unknown",
+    ],
+)
+def test_recipient_rejected_by_sendmail(
+    start: Callable[..., FakeMta], events: Recorder, rcpt_addr: str
+) -> None:
+    """Sendmail: the whole reply in {rcpt_addr}, so the code is known; the text is that reply
+    ({rcpt_host} repeats its enhanced code and is not put in front of it)."""
+    ctx = start(macros={"j": "mx.test", "v": "8.17.1.9", "{daemon_addr}": "127.0.0.1"})
     ctx._envfrom("<a@example.com>")
-    rcpt_rejected_by_mta(ctx, "5.1.1", "550 5.1.1 <nobody@local.test>... User unknown")
+    rcpt_rejected_by_mta(ctx, "5.1.1", rcpt_addr)
     ctx._envrcpt("<nobody@local.test>")
     (reply,) = events.kind("reply")
     assert reply["mta"] == "sendmail"
     assert (reply["code"], reply["enhanced"], reply["reason"]) == (550, "5.1.1", "user_unknown")
+    assert reply["text"] == rcpt_addr
 
 
 def test_relay_denied_rejected_by_postfix(start: Callable[..., FakeMta], events: Recorder) -> None:
