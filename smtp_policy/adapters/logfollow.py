@@ -15,6 +15,9 @@ data it checks what is now at the path, like fail2ban's FileContainer:
 - the same inode, but smaller than our offset: it was truncated (copytruncate); start at 0;
 - the same inode, but another first line: it was truncated and has since grown past our
   offset; start at 0 (one ``pread`` of the first 4 KiB per poll, a few microseconds);
+- in both cases, a sibling with the old first line and at least our offset's length is the
+  copy copytruncate made: the lines we had not read yet when the file was truncated are read
+  from it first (from our offset to its end), then the truncated file from 0;
 - another inode at the path: the file was renamed away (rename-and-create rotation). The old
   file is read to its end first (a partial last line is finished there: nothing more will be
   written to it), then the new file is followed from offset 0.
@@ -22,9 +25,10 @@ data it checks what is now at the path, like fail2ban's FileContainer:
 On resume, a saved position whose inode is no longer at the path is looked up among the
 path's siblings (``mail.log.1``); if found, that file is finished from the saved offset before
 the new one is read, so lines written just before a rotation that happened while we were down
-are not lost. Bytes that are not UTF-8 are replaced (``errors="replace"``) and reported once
-per file. Lines longer than :data:`MAX_LINE_BYTES` are cut, so binary garbage cannot grow the
-buffer without bound.
+are not lost. A file truncated while we were down is finished from its copy the same way.
+Bytes that are not UTF-8 are replaced (``errors="replace"``) and reported once per file. Lines
+longer than :data:`MAX_LINE_BYTES` are cut, so binary garbage cannot grow the buffer without
+bound.
 
 :class:`StreamTail` reads a pipe or standard input without blocking; :class:`JournalTail` runs
 ``journalctl -o json`` and turns each entry into a syslog-like line for the same parser,
@@ -39,6 +43,7 @@ import hashlib
 import json
 import os
 import select
+import stat
 import subprocess
 import tempfile
 import time
@@ -321,7 +326,12 @@ class FileTail:
             batch.notices.append(
                 Notice(self.name, "truncated", "the file changed while we were stopped")
             )
-            self._attach(fh, 0)
+            copy = self._find_copy(saved.head, saved.offset, (st.st_dev, st.st_ino))
+            if copy is not None:  # copytruncate: the rest is in the copy, then the path
+                fh.close()
+                self._attach(copy, saved.offset)
+            else:
+                self._attach(fh, 0)
         else:
             self._attach(fh, saved.offset)
         return True
@@ -336,6 +346,38 @@ class FileTail:
         self._split.reset()
         self._split.consumed = 0
         self._head = head_hash(fh.fileno())
+
+    def _find_copy(
+        self, head: str | None, offset: int, exclude: tuple[int, int]
+    ) -> IO[bytes] | None:
+        """The copy a copytruncate rotation made of the file we were reading: a sibling
+        (``mail.log.1``) with the same first line and at least ``offset`` bytes; the newest
+        if several match. Compressed copies cannot match (use logrotate's delaycompress)."""
+        if head is None:
+            return None
+        folder, base = os.path.split(self.path)
+        candidates = []
+        with contextlib.suppress(OSError), os.scandir(folder or ".") as entries:
+            for entry in entries:
+                if not entry.name.startswith(base) or entry.name == base:
+                    continue
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    if (
+                        stat.S_ISREG(st.st_mode)
+                        and st.st_size >= offset
+                        and (st.st_dev, st.st_ino) != exclude
+                    ):
+                        candidates.append((st.st_mtime_ns, entry.path))
+        for _, path in sorted(candidates, reverse=True):
+            try:
+                fh = open(path, "rb", buffering=0)  # noqa: SIM115 - handed to _attach
+            except OSError:
+                continue
+            if head_hash(fh.fileno()) == head:
+                return fh
+            fh.close()
+        return None
 
     def _find_rotated(self, saved: FilePosition) -> IO[bytes] | None:
         folder, base = os.path.split(self.path)
@@ -371,7 +413,13 @@ class FileTail:
         offset = self._base + self._split.consumed
         if size < offset or (self._head is not None and head != self._head):
             batch.notices.append(Notice(self.name, "truncated", "the file was truncated"))
-            self._attach(self._fh, 0)
+            copy = self._find_copy(self._head, offset, (self._dev, self._ino))
+            if copy is not None:
+                # copytruncate: lines we had not read yet are in the copy. Read it from our
+                # offset; at its end _at_end sees another inode at the path and switches.
+                self._attach(copy, offset)
+            else:
+                self._attach(self._fh, 0)
             return True
         self._head = head
         return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -162,6 +163,68 @@ def test_copytruncate_refilled_past_the_offset_is_seen_by_the_first_line(
     lines, kinds = drain(tail)
     assert lines == numbered(0, 3).splitlines()
     assert kinds == ["truncated"]
+
+
+def test_copytruncate_while_behind_reads_the_rest_from_the_copy(
+    tmp_path: Path, tails: list[FileTail]
+) -> None:
+    """Lines written before the copy but not read yet are read from the copy, once each.
+
+    The bug this guards: the truncation was noticed and reading restarted at offset 0 of the
+    truncated file, so every line between our offset and the copy was lost.
+    """
+    log = tmp_path / "mail.log"
+    write(tmp_path / "mail.log.2", numbered(900, 990))  # an older rotation: another first line
+    write(log, numbered(0, 10))
+    tail = keep(tails, FileTail(log, from_start=True))
+    assert drain(tail)[0] == numbered(0, 10).splitlines()
+    write(log, numbered(10, 20))  # not read yet
+    shutil.copyfile(log, tmp_path / "mail.log.1")
+    os.truncate(log, 0)
+    write(log, numbered(20, 25))
+    lines, kinds = drain(tail)
+    assert lines == numbered(10, 25).splitlines()
+    assert kinds[0] == "truncated"
+    write(log, numbered(25, 27))
+    assert drain(tail)[0] == numbered(25, 27).splitlines()
+
+
+def test_copytruncate_while_stopped_resumes_from_the_copy(
+    tmp_path: Path, tails: list[FileTail]
+) -> None:
+    """Stopped, lines added, copied and truncated: the copy's rest, then the truncated file."""
+    log = tmp_path / "mail.log"
+    write(log, numbered(0, 10))
+    first = keep(tails, FileTail(log, from_start=True))
+    seen = drain(first)[0]
+    position = first.position
+    first.close()
+    write(log, numbered(10, 20))
+    shutil.copyfile(log, tmp_path / "mail.log.1")
+    os.truncate(log, 0)
+    write(log, numbered(20, 25))
+    second = keep(tails, FileTail(log, position=position))
+    lines, kinds = drain(second)
+    assert seen + lines == numbered(0, 25).splitlines()
+    assert kinds[0] == "truncated"
+    # Stopped again while reading the copy: the saved position names the copy, found by inode.
+    write(log, numbered(25, 30))
+    third = keep(tails, FileTail(log, position=second.position))
+    assert drain(third)[0] == numbered(25, 30).splitlines()
+
+
+def test_a_copy_shorter_than_the_offset_is_not_taken_for_ours(
+    tmp_path: Path, tails: list[FileTail]
+) -> None:
+    """A sibling with our first line but fewer bytes than we read is not the copy."""
+    log = tmp_path / "mail.log"
+    write(log, numbered(0, 10))
+    tail = keep(tails, FileTail(log, from_start=True))
+    drain(tail)
+    write(tmp_path / "mail.log.1", numbered(0, 5), "w")
+    os.truncate(log, 0)
+    write(log, numbered(50, 52))
+    assert drain(tail) == (numbered(50, 52).splitlines(), ["truncated"])
 
 
 def test_truncation_while_busy_is_seen_before_the_next_chunk(
