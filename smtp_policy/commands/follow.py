@@ -8,8 +8,9 @@ remote server answered your MTA), one "message" event when a message leaves the 
 With --state DIR (default: $STATE_DIRECTORY, as systemd sets it), file positions, the journal
 cursor and the messages still in flight are saved atomically after every batch, so a restart
 continues exactly where it stopped. SIGTERM and SIGINT finish the batch, save and exit 0;
-SIGHUP reopens the --events file (for logrotate's rename-and-signal). With --from-start --once, whole files are
-replayed and the command exits at their end; reading only - ends when standard input does.
+SIGHUP reopens the --events file (for logrotate's rename-and-signal). With --from-start
+--once, whole files are replayed and the command exits at their end; reading only - ends when
+standard input does.
 Without --log, --journal or -, it follows /var/log/mail.log if it exists, else the journal.
 Syslog timestamps carry no year: it is taken from --year, else from today's date.
 """
