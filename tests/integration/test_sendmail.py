@@ -34,6 +34,7 @@ from tests.integration.sendmail import (
     USER,
     PrivateSendmail,
     SendmailFactory,
+    ensure_debs,
     format_syslog,
 )
 from tests.integration.test_milter_postfix import Ev, MilterProcess
@@ -531,3 +532,31 @@ def test_milter_killed_under_load_loses_no_mail(
             )
         finally:
             milter.stop()
+
+
+def test_the_snippet_works_anywhere_in_sendmail_mc(
+    tmp_path: Path, sendmail_available: None
+) -> None:
+    """README says to append the snippet to sendmail.mc: after the MAILER() lines it compiles
+    to the same filter and macro options as before them (where the lab puts it)."""
+    root = tmp_path / "root"
+    for deb in ensure_debs():
+        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+    snippet = (Path(__file__).parents[2] / "config" / "sendmail" / "smtp-policy.mc").read_text()
+    head = (
+        f"divert(-1)\ninclude(`{root}/usr/share/sendmail/cf/m4/cf.m4')\ndivert(0)dnl\n"
+        "OSTYPE(`linux')dnl\ndefine(`confDOMAIN_NAME', `mx.example.test')dnl\n"
+    )
+    mailers = "MAILER(`local')dnl\nMAILER(`smtp')dnl\n"
+    wanted = re.compile(r"^(Xsmtp_policy, .*|O (InputMailFilters|Milter\.macros\.\w+)=.*)$", re.M)
+
+    def options(mc: str) -> list[str]:
+        cf = subprocess.run(
+            [str(root / "usr/bin/m4")], input=mc, capture_output=True, text=True, check=True
+        ).stdout
+        return [m.group(0) for m in wanted.finditer(cf)]
+
+    before, after = options(head + snippet + mailers), options(head + mailers + snippet)
+    assert before == after
+    assert "Xsmtp_policy, S=inet:8895@127.0.0.1, T=C:10s;S:10s;R:10s;E:1m" in after
+    assert any(line.startswith("O Milter.macros.connect=j, _, v, ") for line in after)
