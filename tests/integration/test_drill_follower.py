@@ -51,6 +51,7 @@ import pytest
 
 from smtp_policy.records import REPLY_KINDS
 from smtp_policy.wire.maillog import LogRecord, parse_line
+from tests.helpers import sigstop
 from tests.integration.drills import size
 from tests.integration.postfix import PostfixFactory, PrivatePostfix, ScriptedServer
 
@@ -240,20 +241,13 @@ def postlogd(pf: PrivatePostfix) -> int:
     raise AssertionError("no postlogd")
 
 
-def stopped(pid: int) -> bool:
-    """Whether the kernel shows ``pid`` stopped."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-
-
 def copytruncate(follower: Follower, copy: Path) -> int:
     """Copy the maillog and truncate it in place, postlogd paused in between; return how many
     bytes the follower had not read (by its saved position) when the file was truncated."""
     pf = follower.pf
     pid = postlogd(pf)
-    os.kill(pid, signal.SIGSTOP)
     try:
-        while not stopped(pid):
-            time.sleep(0.005)
+        sigstop(pid)
         shutil.copyfile(pf.maillog, copy)
         position = follower.position()
         os.truncate(pf.maillog, 0)

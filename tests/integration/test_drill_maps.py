@@ -20,7 +20,6 @@ is the recommended per-service ``timeout=5s``: with ``smtpd_policy_service_try_l
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import smtplib
@@ -36,11 +35,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.helpers import free_port, stop, wait_port
+from tests.helpers import DaemonProcess, free_port
 from tests.integration.drills import size
 from tests.integration.postfix import (
     PostfixFactory,
@@ -196,72 +194,6 @@ class Load:
         return out
 
 
-class Daemon:
-    """``smtp-policy maps|policy`` as a real process that can be killed, stopped and resumed."""
-
-    def __init__(self, command: str, port: int, tmp: Path, config: Path) -> None:
-        self.command = command
-        self.port = port
-        self.events = tmp / f"{command}-events.jsonl"
-        self.argv = [
-            sys.executable,
-            "-m",
-            "smtp_policy",
-            command,
-            "--listen",
-            f"inet:127.0.0.1:{port}",
-            "--events",
-            str(self.events),
-            "--config",
-            str(config),
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start the daemon and wait until it listens."""
-        self.proc = subprocess.Popen(self.argv, stderr=subprocess.PIPE)
-        wait_port(self.port, self.proc)
-
-    def kill(self) -> None:
-        """SIGKILL: down without a chance to clean up."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.communicate(timeout=30)
-        self.proc = None
-
-    def pause(self) -> None:
-        """SIGSTOP, and wait until the kernel shows the process stopped."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        stat = Path(f"/proc/{self.proc.pid}/stat")
-        deadline = time.monotonic() + 30
-        while stat.read_text().rsplit(")", 1)[1].split()[0] != "T":
-            assert time.monotonic() < deadline, f"{self.command} did not stop"
-            time.sleep(0.01)
-
-    def resume(self) -> None:
-        """SIGCONT."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        """SIGTERM: it must exit 0 without a traceback."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            stop(self.proc)
-        self.proc = None
-
-    def records(self) -> list[dict[str, Any]]:
-        """The events written so far (a line cut by SIGKILL is skipped)."""
-        out = []
-        for line in self.events.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
-
-
 def recommended_main_cf(tmp: Path, config: Path) -> dict[str, str]:
     """The maps, policy and bounce lines of ``smtp-policy postfix-config --with-policy``."""
     template = tmp / "bounce.cf"
@@ -296,7 +228,7 @@ def recommended_main_cf(tmp: Path, config: Path) -> dict[str, str]:
 
 
 @pytest.fixture(name="daemons")
-def _daemons(tmp_path: Path) -> Iterator[tuple[Daemon, Daemon, Path]]:
+def _daemons(tmp_path: Path) -> Iterator[tuple[DaemonProcess, DaemonProcess, Path]]:
     """The maps and policy servers on free ports, and the config naming them."""
     maps_port, policy_port = free_port(), free_port()
     config = tmp_path / "config.toml"
@@ -304,8 +236,8 @@ def _daemons(tmp_path: Path) -> Iterator[tuple[Daemon, Daemon, Path]]:
         f'[maps]\nlisten = "inet:127.0.0.1:{maps_port}"\n'
         f'[policy]\nlisten = "inet:127.0.0.1:{policy_port}"\n'
     )
-    maps = Daemon("maps", maps_port, tmp_path, config)
-    policy = Daemon("policy", policy_port, tmp_path, config)
+    maps = DaemonProcess("maps", tmp_path, config, maps_port)
+    policy = DaemonProcess("policy", tmp_path, config, policy_port)
     maps.start()
     policy.start()
     try:
@@ -337,7 +269,7 @@ def bounce_text(msg: EmailMessage) -> str:
     return " ".join(str(part.get_content()).split())
 
 
-def lookups(maps: Daemon, policy: Daemon) -> Counter[str]:
+def lookups(maps: DaemonProcess, policy: DaemonProcess) -> Counter[str]:
     """Footer and DSN lookups, and policy requests, recorded so far."""
     counts: Counter[str] = Counter()
     for e in maps.records():
@@ -348,7 +280,7 @@ def lookups(maps: Daemon, policy: Daemon) -> Counter[str]:
 
 
 def test_maps_and_policy_down_and_hung_under_load(
-    daemons: tuple[Daemon, Daemon, Path],
+    daemons: tuple[DaemonProcess, DaemonProcess, Path],
     scripted_server: ScriptedServer,
     make_postfix: PostfixFactory,
     tmp_path: Path,

@@ -9,7 +9,6 @@ fail-open drill: with the maps server stopped, Postfix rejects and bounces exact
 
 from __future__ import annotations
 
-import json
 import re
 import smtplib
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, stop, wait_port
+from tests.helpers import DaemonProcess
 from tests.integration.postfix import (
     PostfixFactory,
     PrivatePostfix,
@@ -48,57 +47,24 @@ text = "We do not accept mail from {sender}."
 """
 
 
-class Daemon:
-    """An smtp_policy daemon started as a real process, with its event file."""
-
-    def __init__(self, command: str, tmp: Path) -> None:
-        self.port = free_port()
-        self.events = tmp / f"{command}-events.jsonl"
-        config = tmp / "config.toml"
-        config.write_text(CONFIG)
-        self.argv = [
-            sys.executable,
-            "-m",
-            "smtp_policy",
-            command,
-            "--listen",
-            f"inet:127.0.0.1:{self.port}",
-            "--events",
-            str(self.events),
-            "--config",
-            str(config),
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, stderr=subprocess.PIPE)
-        wait_port(self.port, self.proc)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            stop(self.proc)
-        self.proc = None
-
-    def records(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.events.read_text().splitlines()]
-
-
 @pytest.fixture(name="tmp", scope="module")
 def _tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("hooks")
+    tmp = tmp_path_factory.mktemp("hooks")
+    (tmp / "config.toml").write_text(CONFIG)
+    return tmp
 
 
 @pytest.fixture(name="maps", scope="module")
-def _maps(tmp: Path) -> Iterator[Daemon]:
-    daemon = Daemon("maps", tmp)
+def _maps(tmp: Path) -> Iterator[DaemonProcess]:
+    daemon = DaemonProcess("maps", tmp, tmp / "config.toml")
     daemon.start()
     yield daemon
     daemon.stop()
 
 
 @pytest.fixture(name="policy", scope="module")
-def _policy(tmp: Path) -> Iterator[Daemon]:
-    daemon = Daemon("policy", tmp)
+def _policy(tmp: Path) -> Iterator[DaemonProcess]:
+    daemon = DaemonProcess("policy", tmp, tmp / "config.toml")
     daemon.start()
     yield daemon
     daemon.stop()
@@ -107,8 +73,8 @@ def _policy(tmp: Path) -> Iterator[Daemon]:
 @pytest.fixture(name="pf", scope="module")
 def _pf(
     tmp: Path,
-    maps: Daemon,
-    policy: Daemon,
+    maps: DaemonProcess,
+    policy: DaemonProcess,
     module_scripted_server: ScriptedServer,
     make_module_postfix: PostfixFactory,
 ) -> PrivatePostfix:
@@ -181,7 +147,7 @@ def text_part(msg: EmailMessage) -> str:
     return str(part.get_content())
 
 
-def test_footer_explains_an_unknown_local_user(pf: PrivatePostfix, maps: Daemon) -> None:
+def test_footer_explains_an_unknown_local_user(pf: PrivatePostfix, maps: DaemonProcess) -> None:
     """Postfix's own 550 5.1.1 gets a second line in plain words with the help link."""
     code, text = rcpt_reply(pf.smtp_port, "nosuchuser@local.test")
     assert code == 550
@@ -210,7 +176,7 @@ def test_footer_on_a_bad_helo(pf: PrivatePostfix) -> None:
     assert len(text.splitlines()) >= 2
 
 
-def test_policy_service_records_and_rejects(pf: PrivatePostfix, policy: Daemon) -> None:
+def test_policy_service_records_and_rejects(pf: PrivatePostfix, policy: DaemonProcess) -> None:
     """Every RCPT reaches the policy service; a rule's rejection reaches the client intact."""
     code, text = rcpt_reply(pf.smtp_port, "alice@local.test", sender="eve@spam.test")
     assert code == 554
@@ -243,7 +209,13 @@ def test_policy_service_records_and_rejects(pf: PrivatePostfix, policy: Daemon) 
     ],
 )
 def test_bounce_is_friendlier_and_keeps_the_diagnostic(
-    pf: PrivatePostfix, maps: Daemon, local: str, status: str, *, friendly: str, diagnostic: str
+    pf: PrivatePostfix,
+    maps: DaemonProcess,
+    local: str,
+    status: str,
+    *,
+    friendly: str,
+    diagnostic: str,
 ) -> None:
     """The real bounce: our prose and per-recipient text; Status, Action, Diagnostic-Code intact."""
     qid = submit(pf.smtp_port, f"{local}@remote.test")
@@ -300,7 +272,7 @@ def test_deferral_is_logged_with_the_friendly_text(
 
 
 def test_fail_open_without_the_maps_server(
-    pf: PrivatePostfix, maps: Daemon, module_scripted_server: ScriptedServer
+    pf: PrivatePostfix, maps: DaemonProcess, module_scripted_server: ScriptedServer
 ) -> None:
     """Maps server stopped: Postfix still rejects (no footer) and bounces (plain text)."""
     maps.stop()
