@@ -25,7 +25,7 @@ from pathlib import Path
 from smtp_policy.core.classify import classify
 from smtp_policy.core.explain import explain_text
 from smtp_policy.core.parse import parse_reply
-from smtp_policy.knowledge import default_knowledge
+from smtp_policy.data import default_knowledge
 
 ROOT = Path(__file__).resolve().parents[1]
 # The Perl side: read the same replies, time Reason->match over them in-process.

@@ -1,4 +1,4 @@
-"""Log line parser throughput: ``smtp_policy.wire.maillog.parse_line`` on the real sample mix.
+"""Log line parser throughput: ``smtp_policy.maillog.parse.parse_line`` on the real sample mix.
 
 Repeats the shared 3,000-line Postfix 3.7 sample until there are ``--lines`` lines (300,000 by
 default), parses them all in one process on one core, and prints lines/s for each round (wall
@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from smtp_policy.wire.maillog import parse_line
+from smtp_policy.maillog.parse import parse_line
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LOG = ROOT.parent / "shared" / "samples" / "postfix-3.7-maillog-sample.log"

@@ -35,7 +35,8 @@ from smtp_policy.wire.smtp import ReplyReader, ServerReply
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the tests' Postfix library importable
     sys.path.insert(0, str(ROOT))
-from tests.integration.postfix import PrivatePostfix, free_port  # noqa: E402
+from smtp_policy.lab.instance import free_port  # noqa: E402
+from smtp_policy.lab.postfix import PrivatePostfix  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 MESSAGE = b"Subject: benchmark\r\n\r\n" + b"x" * 70 + b"\r\n" + b"y" * 900 + b"\r\n.\r\n"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .core.classify import classify
-from .core.explain import explain, explain_text
-from .core.model import (
+from smtp_policy.core.classify import classify
+from smtp_policy.core.explain import explain, explain_text
+from smtp_policy.core.model import (
     Actor,
     Classification,
     EnhancedCode,
@@ -14,7 +14,7 @@ from .core.model import (
     ReplyClass,
     ReplyForm,
 )
-from .core.parse import parse_reply
+from smtp_policy.core.parse import parse_reply
 
 __version__ = "0.1.0"
 

@@ -12,8 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .core.errors import SmtpPolicyError
+from smtp_policy import __version__
+from smtp_policy.core.errors import SmtpPolicyError
 
 #: Subcommand name -> module. Order is the order of ``--help``.
 COMMANDS = {

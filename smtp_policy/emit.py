@@ -9,7 +9,7 @@ from typing import TextIO
 
 import structlog
 
-from .core.events import Event, Source
+from smtp_policy.core.events import Event, Source
 
 
 def _logger(stream: TextIO) -> structlog.typing.FilteringBoundLogger:

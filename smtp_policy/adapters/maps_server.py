@@ -15,17 +15,17 @@ import asyncio
 import itertools
 from datetime import UTC, datetime
 
-from ..config import Config
-from ..core.events import Direction, Event, Source, reply_fields
-from ..core.explain import explain_text
-from ..core.knowledge import KnowledgeBase
-from ..core.model import Explanation
-from ..core.rewrite import dsn_text, footer
-from ..emit import EventWriter
-from ..texts import render_reply_text
-from ..wire.netstring import NetstringDecoder
-from ..wire.socketmap import NOT_FOUND, Reply, Request, Status
-from .listen import serve_requests
+from smtp_policy.adapters._serve import serve_requests
+from smtp_policy.config import Config
+from smtp_policy.core.events import Direction, Event, Source, reply_fields
+from smtp_policy.core.explain import explain_text
+from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.model import Explanation
+from smtp_policy.core.rewrite import dsn_text, footer
+from smtp_policy.core.texts import render_reply_text
+from smtp_policy.emit import EventWriter
+from smtp_policy.wire.netstring import NetstringDecoder
+from smtp_policy.wire.socketmap import NOT_FOUND, Reply, Request, Status
 
 IDLE_TIMEOUT = 300.0  # Postfix closes idle socketmap connections after 10 s itself
 

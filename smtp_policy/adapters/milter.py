@@ -46,17 +46,18 @@ from typing import Concatenate, ParamSpec
 
 import Milter
 
-from ..core.classify import classify
-from ..core.events import Direction, Event, Source, reply_fields
-from ..core.explain import explain, explain_text
-from ..core.knowledge import KnowledgeBase
-from ..core.model import EnhancedCode, Explanation, Reason
-from ..core.parse import parse_reply
-from ..core.rewrite import default_lines
-from ..core.sanitize import SafeReply, clean_text, milter_line, sanitize_reply
-from ..emit import EventWriter
-from ..rules import PolicyRule, RuleAction, RuleFacts, Stage, match_rules
-from ..texts import TextsConfig, audience_of, render_rule_text
+from smtp_policy.core.classify import classify
+from smtp_policy.core.events import Direction, Event, Source, reply_fields
+from smtp_policy.core.explain import explain, explain_text
+from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.model import EnhancedCode, Explanation, Reason
+from smtp_policy.core.parse import parse_reply
+from smtp_policy.core.policy import PolicyRule, RuleAction, RuleFacts, match_rules
+from smtp_policy.core.rewrite import default_lines
+from smtp_policy.core.sanitize import SafeReply, clean_text, milter_line, sanitize_reply
+from smtp_policy.core.stages import Stage
+from smtp_policy.core.texts import TextsConfig, audience_of, render_rule_text
+from smtp_policy.emit import EventWriter
 
 CONNECT, HELO, MAIL, RCPT, DATA, EOM, ABORT, CLOSE = (
     "connect",

@@ -16,19 +16,20 @@ from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from ..config import Config
-from ..core.classify import classify
-from ..core.events import Event, Source
-from ..core.explain import explain
-from ..core.knowledge import KnowledgeBase
-from ..core.model import EnhancedCode
-from ..core.parse import parse_reply
-from ..core.sanitize import sanitize_reply
-from ..emit import EventWriter
-from ..rules import PolicyRule, RuleAction, RuleFacts, Stage, match_rules
-from ..texts import TextsConfig, audience_of, render_rule_text
-from ..wire.policy import PolicyDecoder, encode_action
-from .listen import serve_requests
+from smtp_policy.adapters._serve import serve_requests
+from smtp_policy.config import Config
+from smtp_policy.core.classify import classify
+from smtp_policy.core.events import Event, Source
+from smtp_policy.core.explain import explain
+from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.model import EnhancedCode
+from smtp_policy.core.parse import parse_reply
+from smtp_policy.core.policy import PolicyRule, RuleAction, RuleFacts, match_rules
+from smtp_policy.core.sanitize import sanitize_reply
+from smtp_policy.core.stages import Stage
+from smtp_policy.core.texts import TextsConfig, audience_of, render_rule_text
+from smtp_policy.emit import EventWriter
+from smtp_policy.wire.policy import PolicyDecoder, encode_action
 
 IDLE_TIMEOUT = 330.0  # a little over smtpd_policy_service_max_idle (300 s)
 

@@ -59,16 +59,16 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Protocol
 
-from ..config import BannerConfig, Config
-from ..core.errors import ProtocolError
-from ..core.events import Direction, Event, Source, reply_fields
-from ..core.explain import explain_text
-from ..core.knowledge import KnowledgeBase
-from ..core.model import EnhancedCode, Explanation
-from ..core.sanitize import sanitize_reply
-from ..emit import EventWriter
-from ..texts import TextsConfig, audience_of, render_reply_text, render_template
-from ..wire.smtp import (
+from smtp_policy.config import BannerConfig, Config
+from smtp_policy.core.errors import ProtocolError
+from smtp_policy.core.events import Direction, Event, Source, reply_fields
+from smtp_policy.core.explain import explain_text
+from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.model import EnhancedCode, Explanation
+from smtp_policy.core.sanitize import sanitize_reply
+from smtp_policy.core.texts import TextsConfig, audience_of, render_reply_text, render_template
+from smtp_policy.emit import EventWriter
+from smtp_policy.wire.smtp import (
     Command,
     CommandReader,
     Continuation,

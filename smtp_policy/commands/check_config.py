@@ -9,17 +9,15 @@ it cannot. Daemons reloaded with SIGHUP keep their running configuration in that
 from __future__ import annotations
 
 import argparse
-import string
 
-from ..config import Config, check_config
-from ..core.sanitize import clean_text
-from ..rules import REPLY_ACTIONS, Stage
+from smtp_policy.config import Config, check_config
+from smtp_policy.core.policy import REPLY_ACTIONS
+from smtp_policy.core.stages import Stage
+from smtp_policy.core.texts import POSTFIX_MACROS, SENDMAIL_MACROS, mta_greeting
 
 HELP = "check the configuration files and print every problem"
 
 #: How each MTA's own greeting setting writes our placeholders.
-POSTFIX_MACROS = {"hostname": "$myhostname"}
-SENDMAIL_MACROS = {"hostname": "$j", "date": "$b"}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -79,22 +77,6 @@ def _greeting_notices(template: str) -> list[str]:
         else "banner.greeting: Sendmail's confSMTP_LOGIN_MSG cannot say this "
         "(one line; of the placeholders only {hostname} as $j and {date} as $b)",
     ]
-
-
-def mta_greeting(template: str, macros: dict[str, str]) -> str | None:
-    """``template`` in an MTA's own macro syntax, or None if it cannot be said there."""
-    if "\n" in template.strip() or "$" in template or "`" in template or "'" in template:
-        return None
-    out = []
-    for literal, name, _, _ in string.Formatter().parse(template):
-        lead = " " if literal[:1].isspace() else ""
-        trail = " " if literal[-1:].isspace() else ""
-        out.append(lead + clean_text(literal) + trail)
-        if name is not None:
-            if name not in macros:
-                return None
-            out.append(macros[name])
-    return " ".join("".join(out).split())
 
 
 def _rule_notices(config: Config) -> list[str]:

@@ -30,10 +30,11 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from ..core.explain import explain_text
-from ..knowledge import default_knowledge
-from ..lab import POSTFIX, PostfixError, PrivatePostfix, ScriptedServer, WaitTimeoutError
-from .explain import render_text
+from smtp_policy.core.explain import explain_text, render_explanation
+from smtp_policy.data import default_knowledge
+from smtp_policy.lab.instance import WaitTimeoutError
+from smtp_policy.lab.postfix import POSTFIX, PostfixError, PrivatePostfix
+from smtp_policy.lab.remote import ScriptedServer
 
 HELP = "show smtp_policy explaining real-world replies"
 
@@ -93,7 +94,7 @@ def explain_samples() -> None:
     kb = default_knowledge()
     for i, sample in enumerate(SAMPLES, start=1):
         print(f"--- reply {i} of {len(SAMPLES)}")
-        print(render_text(explain_text(sample, kb)))
+        print(render_explanation(explain_text(sample, kb)))
         print()
     print("--- the same first reply as JSON (smtp-policy explain --json):")
     print(json.dumps(explain_text(SAMPLES[0], kb).to_dict(), indent=2, ensure_ascii=False))

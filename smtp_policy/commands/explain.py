@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import textwrap
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-from ..core.explain import explain_text
-from ..core.knowledge import KnowledgeBase
-from ..core.model import Explanation
-from ..knowledge import default_knowledge
+from smtp_policy.core.explain import explain_text, render_explanation
+from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.data import default_knowledge
 
 HELP = "explain an SMTP reply (or a JSON Lines stream of them)"
 
@@ -69,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(explanation.to_dict(), ensure_ascii=False))
     else:
-        print(render_text(explanation))
+        print(render_explanation(explanation))
     return 0
 
 
@@ -111,46 +109,3 @@ def _explain_stream(src: IO[bytes], out: IO[str], kb: KnowledgeBase) -> None:
     for obj in explain_lines(src, kb):
         out.write(json.dumps(obj, ensure_ascii=False) + "\n")
         out.flush()
-
-
-_LABELS = (
-    ("Reply", "reply"),
-    ("Code", "code"),
-    ("Enhanced", "enhanced"),
-    ("Class", "class"),
-    ("Reason", "reason"),
-    ("Summary", "summary"),
-    ("Explanation", "explanation"),
-    ("What to do", "action"),
-    ("Who acts", "actor"),
-    ("Provider", "provider"),
-    ("Help", "help_url"),
-    ("Rule", "rule"),
-)
-
-
-def render_text(explanation: Explanation) -> str:
-    """A plain, colour-free block a person can paste into a ticket."""
-    data = explanation.to_dict()
-    if explanation.code_title and data["code"] is not None:
-        data["code"] = f"{data['code']} ({explanation.code_title})"
-    if explanation.enhanced_title and data["enhanced"]:
-        data["enhanced"] = f"{data['enhanced']} ({explanation.enhanced_title})"
-    width = max(len(label) for label, _ in _LABELS) + 2
-    out = []
-    for label, key in _LABELS:
-        value = data.get(key)
-        if value is None or value == "":
-            continue
-        text = " ".join(str(value).split())
-        out.append(
-            textwrap.fill(
-                text,
-                width=100,
-                initial_indent=f"{label + ':':<{width}}",
-                subsequent_indent=" " * width,
-                break_long_words=False,
-                break_on_hyphens=False,
-            )
-        )
-    return "\n".join(out)

@@ -18,48 +18,40 @@ Syslog timestamps carry no year: it is taken from --year, else from today's date
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
 import os
-import signal
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, tzinfo
-from types import FrameType
+from collections.abc import Mapping
+from datetime import tzinfo
 from typing import TYPE_CHECKING, Any
 
-from ..adapters.logfollow import (
-    Batch,
-    FilePosition,
+from smtp_policy.adapters.follow.pipeline import (
+    Loop,
+    Pipeline,
+    StopFlag,
+    load_state,
+    local_timezone,
+    position_of,
+)
+from smtp_policy.adapters.follow.tail import (
     FileTail,
     JournalTail,
-    Notice,
     Source,
     StateStore,
     StreamTail,
     Tailer,
 )
-from ..core.errors import ConfigError
-from ..core.events import Event
-from ..core.events import Source as EventSource
-from ..core.knowledge import KnowledgeBase
-from ..emit import EventWriter
-from ..records import DEFAULT_MAX_IDLE, MessageTracker
+from smtp_policy.core.errors import ConfigError
+from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.emit import EventWriter
+from smtp_policy.maillog.tracker import DEFAULT_MAX_IDLE, MessageTracker
 
 if TYPE_CHECKING:
-    from ..metrics import FollowMetrics
-    from ..wire.maillog import LogRecord
+    from smtp_policy.adapters.follow.metrics import FollowMetrics
 
 HELP = "follow mail logs: every reply as an event, one record per message"
 
 DEFAULT_LOG = "/var/log/mail.log"
 DEFAULT_UNIT = "postfix@-.service"
-STATE_VERSION = 1
-#: Notices that mean a source could not be read at all (reported on stderr, too).
-_FATAL_NOTICES = frozenset({"missing", "unreadable", "journal_error"})
-
-Parse = Callable[[str], "LogRecord | None"]
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -116,11 +108,11 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Follow until SIGTERM/SIGINT (or, with --once, the end of the input)."""
-    from ..knowledge import default_knowledge
+    from smtp_policy.data import default_knowledge
 
     kb = default_knowledge()
     store = StateStore(args.state) if args.state else None
-    state = _load_state(store)
+    state = load_state(store)
     try:
         writer = EventWriter.open(args.events, line_buffered=False)
     except OSError as exc:
@@ -141,7 +133,7 @@ def _follow(
     writer: EventWriter,
 ) -> int:
     tz = local_timezone()
-    from ..wire.maillog import parse_line
+    from smtp_policy.maillog.parse import parse_line
 
     tracker = _tracker(state, kb, args, tz)
     metrics = _metrics(args.metrics_listen, kb)
@@ -164,187 +156,6 @@ def _follow(
     return 1 if args.once and pipeline.unreadable else 0
 
 
-class StopFlag:
-    """Set by SIGTERM/SIGINT: the loop finishes its batch, saves its state and returns.
-
-    SIGHUP sets ``reopen``: the loop reopens the events file between batches (logrotate).
-    """
-
-    def __init__(self) -> None:
-        self.stopped = False
-        self.reopen = False
-
-    def __call__(self) -> bool:
-        return self.stopped
-
-    def install(self) -> None:
-        """Catch SIGTERM, SIGINT and SIGHUP."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._stop)
-        signal.signal(signal.SIGHUP, self._reopen)
-
-    def _stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stopped = True
-
-    def _reopen(self, signum: int, frame: FrameType | None) -> None:
-        self.reopen = True
-
-
-class Pipeline:
-    """Lines to records (the parser) to events (the tracker) to the writer and the metrics."""
-
-    def __init__(
-        self,
-        tracker: MessageTracker,
-        emit: Callable[[Event], None],
-        parse: Parse,
-        metrics: FollowMetrics | None = None,
-    ) -> None:
-        self.tracker = tracker
-        self._emit = emit
-        self._parse = parse
-        self._metrics = metrics
-        self.kinds: collections.Counter[str] = collections.Counter()
-        self.events: collections.Counter[str] = collections.Counter()
-        self.lines = 0
-        self.unreadable: set[str] = set()
-
-    def batch(self, batch: Batch) -> None:
-        """Handle one batch: its notices, then its lines in order."""
-        for notice in batch.notices:
-            self.notice(notice)
-        self.feed(batch.lines)
-
-    def feed(self, lines: Sequence[str]) -> None:
-        """Parse and track lines; write every event they complete."""
-        parse, feed, emit = self._parse, self.tracker.feed, self._emit
-        kinds: collections.Counter[str] = collections.Counter()
-        observe = self._metrics.observe if self._metrics is not None else None
-        now = datetime.now(UTC)
-        for line in lines:
-            try:
-                record = parse(line)
-            except Exception:  # a parser bug must not stop the follower: count the line
-                kinds["parse_error"] += 1
-                continue
-            if record is None:
-                kinds["other"] += 1
-                continue
-            kinds[record.kind] += 1
-            for event in feed(record, now):
-                emit(event)
-                self.events[event.event] += 1
-                if observe is not None:
-                    observe(event)
-        self.lines += len(lines)
-        self.kinds.update(kinds)
-        if self._metrics is not None:
-            self._metrics.count_lines(kinds)
-            self._metrics.in_flight.set(self.tracker.in_flight)
-
-    def notice(self, notice: Notice) -> None:
-        """A source's notice becomes a warning event (and a line on stderr when fatal)."""
-        if notice.kind in _FATAL_NOTICES:
-            self.unreadable.add(notice.source)
-            print(f"smtp-policy follow: {notice.message}", file=sys.stderr, flush=True)
-        self._emit(
-            Event(
-                event="warning",
-                source=EventSource.LOG,
-                ts=datetime.now(UTC),
-                text=notice.message,
-                extra={"file": notice.source, "kind": notice.kind},
-            )
-        )
-
-    def finish(self, tailer: Tailer) -> None:
-        """The input is over: partial last lines, then every message still in flight."""
-        for batch in tailer.finish():
-            self.batch(batch)
-        for event in self.tracker.flush_all():
-            self._emit(event)
-            self.events[event.event] += 1
-            if self._metrics is not None:
-                self._metrics.observe(event)
-
-    def emit_stats(self, *, final: bool = False) -> None:
-        """A stats event: lines by kind, events by name, messages in flight."""
-        extra = {
-            "final": final,
-            "lines": self.lines,
-            "kinds": dict(sorted(self.kinds.items())),
-            "unknown": self.kinds.get("unknown", 0),
-            "other": self.kinds.get("other", 0),
-            "events": dict(sorted(self.events.items())),
-            "in_flight": self.tracker.in_flight,
-        }
-        self._emit(Event(event="stats", source=EventSource.LOG, ts=datetime.now(UTC), extra=extra))
-
-    def emit_control(self, name: str, extra: Mapping[str, object]) -> None:
-        """A started/stopped event."""
-        self._emit(Event(event=name, source=EventSource.LOG, ts=datetime.now(UTC), extra=extra))
-
-
-class Loop:
-    """Poll, process, flush, save; a stats event every ``stats_interval`` seconds."""
-
-    def __init__(
-        self,
-        tailer: Tailer,
-        pipeline: Pipeline,
-        store: StateStore | None,
-        writer: EventWriter,
-        *,
-        stats_interval: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.tailer = tailer
-        self.pipeline = pipeline
-        self.store = store
-        self.writer = writer
-        self.stats_interval = stats_interval
-        self._clock = clock
-        self._next_stats = clock() + stats_interval
-
-    def run(self, stop: StopFlag, *, once: bool) -> None:
-        """Until ``stop()`` (or the end of the input with ``once``); reopen the events on SIGHUP."""
-        for round_ in self.tailer.batches(stop, once=once):
-            for batch in round_:
-                self.pipeline.batch(batch)
-            if round_:
-                self.save()
-            if stop.reopen:
-                stop.reopen = False
-                self.writer.flush()
-                self.writer.reopen(EventSource.LOG)
-            if self._clock() >= self._next_stats:
-                self._next_stats = self._clock() + self.stats_interval
-                self.pipeline.emit_stats()
-
-    def save(self) -> None:
-        """Flush the events, then replace the state file (events first: never lose one)."""
-        self.writer.flush()
-        if self.store is not None:
-            self.store.save(snapshot(self.tailer, self.pipeline.tracker))
-
-
-def snapshot(tailer: Tailer, tracker: MessageTracker) -> dict[str, Any]:
-    """Everything a restart needs: file positions, the journal cursor, messages in flight."""
-    files: dict[str, object] = {}
-    cursor = None
-    for source in tailer.sources:
-        if isinstance(source, FileTail) and source.position is not None:
-            files[source.path] = source.position.to_dict()
-        elif isinstance(source, JournalTail):
-            cursor = source.cursor
-    return {
-        "version": STATE_VERSION,
-        "files": files,
-        "journal_cursor": cursor,
-        "tracker": tracker.to_json(),
-    }
-
-
 def build_sources(args: argparse.Namespace, state: Mapping[str, Any]) -> list[Source]:
     """The sources named on the command line (or the default one), positioned from ``state``."""
     paths = [*args.log, *(p for p in args.inputs if p != "-")]
@@ -357,7 +168,7 @@ def build_sources(args: argparse.Namespace, state: Mapping[str, Any]) -> list[So
             journal = True
     positions = state.get("files", {})
     sources: list[Source] = [
-        FileTail(path, position=_position(positions.get(path)), from_start=args.from_start)
+        FileTail(path, position=position_of(positions.get(path)), from_start=args.from_start)
         for path in dict.fromkeys(paths)
     ]
     if stdin:
@@ -374,49 +185,6 @@ def build_sources(args: argparse.Namespace, state: Mapping[str, Any]) -> list[So
     return sources
 
 
-def local_timezone() -> tzinfo:
-    """This machine's UTC offset now, for syslog timestamps that carry no zone."""
-    tz = datetime.now().astimezone().tzinfo
-    return tz if tz is not None else UTC
-
-
-def replay(
-    paths: Sequence[str],
-    kb: KnowledgeBase,
-    *,
-    year: int | None = None,
-    notices: list[Notice] | None = None,
-) -> Iterator[Event]:
-    """Every event of whole files, in order, then the messages still in flight (incomplete)."""
-    from ..wire.maillog import parse_line
-
-    tracker = MessageTracker(kb, tz=local_timezone(), year=year)
-    now = datetime.now(UTC)
-    for path in paths:
-        tail = FileTail(path, from_start=True)
-        try:
-            while True:
-                batch = tail.poll()
-                if notices is not None:
-                    notices += batch.notices
-                yield from _replay_lines(batch.lines, parse_line, tracker, now)
-                if tail.exhausted:
-                    break
-            yield from _replay_lines(tail.finish().lines, parse_line, tracker, now)
-        finally:
-            tail.close()
-    yield from tracker.flush_all()
-
-
-def _replay_lines(
-    lines: Sequence[str], parse: Parse, tracker: MessageTracker, now: datetime
-) -> Iterator[Event]:
-    for line in lines:
-        record = parse(line)
-        if record is not None:
-            yield from tracker.feed(record, now)
-
-
 def _tracker(
     state: Mapping[str, Any], kb: KnowledgeBase, args: argparse.Namespace, tz: tzinfo
 ) -> MessageTracker:
@@ -431,36 +199,10 @@ def _tracker(
     return MessageTracker(kb, max_idle=args.max_idle, tz=tz, year=args.year)
 
 
-def _position(raw: object) -> FilePosition | None:
-    if not isinstance(raw, dict):
-        return None
-    try:
-        return FilePosition.from_dict(raw)
-    except (ValueError, TypeError, KeyError):
-        return None
-
-
-def _load_state(store: StateStore | None) -> Mapping[str, Any]:
-    """The saved state; an unreadable one is moved aside (and reported), not fatal."""
-    if store is None:
-        return {}
-    try:
-        state = store.load()
-    except (OSError, ValueError) as exc:
-        print(f"smtp-policy follow: state {store.path} unreadable ({exc}); starting afresh",
-              file=sys.stderr)  # fmt: skip
-        with contextlib.suppress(OSError):
-            os.replace(store.path, f"{store.path}.corrupt")
-        return {}
-    if state is None or state.get("version") != STATE_VERSION:
-        return {}
-    return state
-
-
 def _metrics(listen: str | None, kb: KnowledgeBase) -> FollowMetrics | None:
     if not listen:
         return None
-    from ..metrics import FollowMetrics, serve
+    from smtp_policy.adapters.follow.metrics import FollowMetrics, serve
 
     metrics = FollowMetrics(kb)
     try:
@@ -468,18 +210,3 @@ def _metrics(listen: str | None, kb: KnowledgeBase) -> FollowMetrics | None:
     except (ValueError, OSError) as exc:
         raise ConfigError([f"--metrics-listen {listen}: {exc}"]) from None
     return metrics
-
-
-def readable(paths: Sequence[str], command: str) -> bool:
-    """True if every path is a readable regular file; else say which is not, on stderr."""
-    ok = True
-    for path in paths:
-        try:
-            with open(path, "rb"):
-                pass
-            if not os.path.isfile(path):
-                raise IsADirectoryError(21, "not a regular file")
-        except OSError as exc:
-            print(f"smtp-policy {command}: cannot read {path}: {exc.strerror}", file=sys.stderr)
-            ok = False
-    return ok

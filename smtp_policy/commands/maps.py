@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.events import Source
-from .serve import add_daemon_options, serve
+from smtp_policy.commands._serve import add_daemon_options, serve
+from smtp_policy.core.events import Source
 
 HELP = "serve Postfix socketmap lookups (reject footers, DSN texts)"
 
@@ -33,8 +33,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT."""
-    from ..adapters.maps_server import MapsService
-    from ..knowledge import default_knowledge
+    from smtp_policy.adapters.maps_server import MapsService
+    from smtp_policy.data import default_knowledge
 
     return serve(
         args,

@@ -27,14 +27,14 @@ from datetime import UTC, datetime
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING
 
-from ..adapters.listen import ListenAddress
-from ..core.errors import ConfigError
-from ..core.events import Event, Source
-from ..emit import EventWriter
+from smtp_policy.config.listen import ListenAddress
+from smtp_policy.core.errors import ConfigError
+from smtp_policy.core.events import Event, Source
+from smtp_policy.emit import EventWriter
 
 if TYPE_CHECKING:
-    from ..adapters.milter import MilterFactory, MilterSettings
-    from ..config import Config
+    from smtp_policy.adapters.milter import MilterFactory, MilterSettings
+    from smtp_policy.config import Config
 
 HELP = "run the milter (record every SMTP stage, explain rejections, apply policy replies)"
 
@@ -76,7 +76,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; exit 1 if the socket cannot be opened."""
-    from ..config import load_config
+    from smtp_policy.config import load_config
 
     config = load_config(args.config)
     address = parse_listen(args.listen or config.milter.listen)
@@ -116,8 +116,8 @@ def _noreply(choice: str) -> bool:
 
 
 def _settings(config: Config, events: EventWriter, noreply: bool) -> MilterSettings:
-    from ..adapters.milter import MilterSettings, policy_from_rules, texts_renderer
-    from ..knowledge import default_knowledge
+    from smtp_policy.adapters.milter import MilterSettings, policy_from_rules, texts_renderer
+    from smtp_policy.data import default_knowledge
 
     return MilterSettings(
         events,
@@ -133,7 +133,7 @@ def _serve(
 ) -> int:
     import Milter
 
-    from ..adapters.milter import MilterFactory
+    from smtp_policy.adapters.milter import MilterFactory
 
     events = settings.events
     factory = MilterFactory(settings)
@@ -217,8 +217,8 @@ def _loop(
 
 def _reload(path: str | None, factory: MilterFactory) -> None:
     """Re-read the configuration; keep the running one if the new one is bad."""
-    from ..adapters.milter import policy_from_rules, texts_renderer
-    from ..config import load_config
+    from smtp_policy.adapters.milter import policy_from_rules, texts_renderer
+    from smtp_policy.config import load_config
 
     events = factory.settings.events
     events.reopen(Source.MILTER)
@@ -326,7 +326,7 @@ def _excepthook(
     events: EventWriter,
 ) -> Callable[[type[BaseException], BaseException, TracebackType | None], None]:
     """Report exceptions raised where we cannot catch them (pymilter's C layer) as events."""
-    from ..adapters.milter import report_uncaught
+    from smtp_policy.adapters.milter import report_uncaught
 
     def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         report_uncaught(exc, events)

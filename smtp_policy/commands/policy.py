@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.events import Source
-from .serve import add_daemon_options, serve
+from smtp_policy.commands._serve import add_daemon_options, serve
+from smtp_policy.core.events import Source
 
 HELP = "serve Postfix policy delegation requests (record every request, apply rules)"
 
@@ -25,8 +25,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT."""
-    from ..adapters.policy_server import PolicyService
-    from ..knowledge import default_knowledge
+    from smtp_policy.adapters.policy_server import PolicyService
+    from smtp_policy.data import default_knowledge
 
     return serve(
         args,

@@ -22,7 +22,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Render and print (or write) the requested file."""
-    from ..bounce import render_bounce_templates
+    from smtp_policy.core.bounce import render_bounce_templates
 
     texts = tomllib.loads(
         (resources.files("smtp_policy") / "data" / "bounce.toml").read_text("utf-8")

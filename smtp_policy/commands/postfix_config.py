@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..adapters.listen import ListenAddress
-from ..config import Config, load_config
-from .check_config import POSTFIX_MACROS, mta_greeting
+from smtp_policy.config import Config, load_config
+from smtp_policy.config.listen import ListenAddress
+from smtp_policy.core.texts import POSTFIX_MACROS, mta_greeting
 
 HELP = "print the Postfix main.cf lines for the milter, maps, policy service and bounces"
 

@@ -19,7 +19,7 @@ import argparse
 import ssl
 import sys
 
-from ..core.errors import ConfigError
+from smtp_policy.core.errors import ConfigError
 
 HELP = "run the SMTP front proxy (custom 220/221 and reject texts, every reply recorded)"
 
@@ -83,12 +83,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, host: str, port: int) -> int:
-    from ..adapters.proxy import ProxyService, ProxySettings, forward_confirmed_name
-    from ..config import Config
-    from ..core.events import Source
-    from ..emit import EventWriter
-    from ..knowledge import default_knowledge
-    from .serve import serve
+    from smtp_policy.adapters.proxy import ProxyService, ProxySettings, forward_confirmed_name
+    from smtp_policy.commands._serve import serve
+    from smtp_policy.config import Config
+    from smtp_policy.core.events import Source
+    from smtp_policy.data import default_knowledge
+    from smtp_policy.emit import EventWriter
 
     listen_host, listen_port = parse_host_port(args.listen, "--listen")
     args.listen = f"inet:{listen_host}:{listen_port}"
@@ -112,7 +112,7 @@ def _serve(args: argparse.Namespace, host: str, port: int) -> int:
 
 def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     """The STARTTLS context from --tls-cert/--tls-key, or None without them."""
-    from ..adapters.proxy import tls_context
+    from smtp_policy.adapters.proxy import tls_context
 
     if not args.tls_cert:
         return None

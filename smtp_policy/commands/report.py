@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from ..report import ReportBuilder, render_html, render_text
+from smtp_policy.maillog.report import ReportBuilder, render_html, render_text
 
 HELP = "summarise mail logs by reason (text, --json or --html)"
 
@@ -30,8 +30,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the files, aggregate, print."""
-    from ..knowledge import default_knowledge
-    from .follow import readable, replay
+    from smtp_policy.adapters.follow.pipeline import readable, replay
+    from smtp_policy.data import default_knowledge
 
     if not readable(args.files, "report"):
         return 2

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from ..core.events import Event
+from smtp_policy.core.events import Event
 
 HELP = "show a message's journey (by queue id or Message-ID) as a timeline"
 
@@ -30,8 +30,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Replay the files, pick the message (and its bounce notices), print."""
-    from ..knowledge import default_knowledge
-    from .follow import readable, replay
+    from smtp_policy.adapters.follow.pipeline import readable, replay
+    from smtp_policy.data import default_knowledge
 
     if not readable(args.files, "trace"):
         return 2

@@ -11,7 +11,7 @@ registry entry, and the basic code's default. Text wins over generic codes, beca
 
 from __future__ import annotations
 
-from .knowledge import (
+from smtp_policy.core.knowledge import (
     PRIORITY_BASIC,
     PRIORITY_ENHANCED,
     PRIORITY_ENHANCED_SUBJECT,
@@ -19,7 +19,7 @@ from .knowledge import (
     Rule,
     normalize,
 )
-from .model import Classification, Reason, Reply, ReplyClass
+from smtp_policy.core.model import Classification, Reason, Reply, ReplyClass
 
 #: Rules are matched against at most this much of the text.
 MAX_MATCH_CHARS = 4096

@@ -14,7 +14,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TypedDict
 
-from .model import Explanation
+from smtp_policy.core.model import Explanation
 
 SCHEMA_VERSION = 1
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from .classify import classify
-from .knowledge import KnowledgeBase
-from .model import Actor, Classification, Explanation, ReplyClass
-from .parse import parse_reply
+import textwrap
+
+from smtp_policy.core.classify import classify
+from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.model import Actor, Classification, Explanation, ReplyClass
+from smtp_policy.core.parse import parse_reply
 
 
 def explain_text(text: str, kb: KnowledgeBase) -> Explanation:
@@ -80,3 +82,46 @@ def _words(
             Actor.POSTMASTER,
         )
     return summary, info.explanation, action, actor
+
+
+_LABELS = (
+    ("Reply", "reply"),
+    ("Code", "code"),
+    ("Enhanced", "enhanced"),
+    ("Class", "class"),
+    ("Reason", "reason"),
+    ("Summary", "summary"),
+    ("Explanation", "explanation"),
+    ("What to do", "action"),
+    ("Who acts", "actor"),
+    ("Provider", "provider"),
+    ("Help", "help_url"),
+    ("Rule", "rule"),
+)
+
+
+def render_explanation(explanation: Explanation) -> str:
+    """A plain, colour-free block a person can paste into a ticket."""
+    data = explanation.to_dict()
+    if explanation.code_title and data["code"] is not None:
+        data["code"] = f"{data['code']} ({explanation.code_title})"
+    if explanation.enhanced_title and data["enhanced"]:
+        data["enhanced"] = f"{data['enhanced']} ({explanation.enhanced_title})"
+    width = max(len(label) for label, _ in _LABELS) + 2
+    out = []
+    for label, key in _LABELS:
+        value = data.get(key)
+        if value is None or value == "":
+            continue
+        text = " ".join(str(value).split())
+        out.append(
+            textwrap.fill(
+                text,
+                width=100,
+                initial_indent=f"{label + ':':<{width}}",
+                subsequent_indent=" " * width,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        )
+    return "\n".join(out)

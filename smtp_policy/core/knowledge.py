@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .errors import KnowledgeError
-from .model import Actor, EnhancedCode, Reason, ReplyClass
-from .parse import CodeBook
+from smtp_policy.core.errors import KnowledgeError
+from smtp_policy.core.model import Actor, EnhancedCode, Reason, ReplyClass
+from smtp_policy.core.parse import CodeBook
 
 _E = TypeVar("_E", Reason, Actor, ReplyClass)
 

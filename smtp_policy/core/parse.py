@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .model import EnhancedCode, Reply, ReplyForm
+from smtp_policy.core.model import EnhancedCode, Reply, ReplyForm
 
 #: Work on at most this much of the input; the rest cannot change what the reply means.
 MAX_PARSE_CHARS = 16_384

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .model import Explanation, ReplyClass
-from .sanitize import clean_text, footer_text
+from smtp_policy.core.model import Explanation, ReplyClass
+from smtp_policy.core.sanitize import clean_text, footer_text
 
 #: postconf(5) asks to keep footers short: they may be cut before reaching a DSN.
 MAX_FOOTER_CHARS = 400

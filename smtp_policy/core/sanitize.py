@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .model import EnhancedCode
+from smtp_policy.core.model import EnhancedCode
 
 MAX_LINE_OCTETS = 512  # including the reply code prefix and the CRLF
 MAX_LINES = 32

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.errors import ProtocolError
+from smtp_policy.core.errors import ProtocolError
 
 #: socketmap_table(5): replies are limited to 100,000 characters; requests get the same bound.
 MAX_PAYLOAD = 100_000

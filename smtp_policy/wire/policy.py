@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from ..core.errors import ProtocolError
+from smtp_policy.core.errors import ProtocolError
 
 MAX_LINE = 8192  # longer than any attribute Postfix sends (a 10 kB address is refused by smtpd)
 MAX_ATTRIBUTES = 128

@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ..core.errors import ProtocolError
+from smtp_policy.core.errors import ProtocolError
 
 #: RFC 5321 §4.5.3.1.4: a command line, CRLF included.
 MAX_COMMAND_LINE = 512

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..core.errors import ProtocolError
-from .netstring import MAX_PAYLOAD, encode
+from smtp_policy.core.errors import ProtocolError
+from smtp_policy.wire.netstring import MAX_PAYLOAD, encode
 
 
 class Status(StrEnum):

@@ -29,8 +29,9 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests.integration.postfix import POSTFIX, PostfixFactory, ScriptedServer  # noqa: E402
-from tests.integration.sendmail import SendmailFactory, availability  # noqa: E402
+from smtp_policy.lab.postfix import POSTFIX, PostfixFactory  # noqa: E402
+from smtp_policy.lab.remote import ScriptedServer  # noqa: E402
+from smtp_policy.lab.sendmail import SendmailFactory, availability  # noqa: E402
 
 __all__ = ["PostfixFactory", "SendmailFactory"]  # also imported from here by test modules
 

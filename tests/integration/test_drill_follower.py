@@ -14,7 +14,7 @@ the follower is stopped (SIGTERM) and started again with the same ``--state`` tw
 4. ``postfix logrotate`` (rename to ``maillog.<date>``, reload, gzip) while it runs.
 
 The expected replies come from the raw log (every piece, the gzipped one unpacked) parsed with
-the product's own parser (``smtp_policy.wire.maillog``); each reply line must give exactly one
+the product's own parser (``smtp_policy.maillog.parse``); each reply line must give exactly one
 reply event, matched by the line's identity (kind, program, pid, queue id, recipient, reply
 text, status, relay, delays). Every queue id that left the queue (qmgr ``removed``) must have
 exactly one complete message record with the recipients and upstream rejects its lines name.
@@ -49,11 +49,12 @@ from typing import Any
 
 import pytest
 
-from smtp_policy.records import REPLY_KINDS
-from smtp_policy.wire.maillog import LogRecord, parse_line
+from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
+from smtp_policy.lab.remote import ScriptedServer
+from smtp_policy.maillog.parse import LogRecord, parse_line
+from smtp_policy.maillog.tracker import REPLY_KINDS
 from tests.helpers import sigstop
 from tests.integration.drills import size
-from tests.integration.postfix import PostfixFactory, PrivatePostfix, ScriptedServer
 
 pytestmark = [pytest.mark.postfix, pytest.mark.slow]
 

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from tests.integration.drills import size
-from tests.integration.postfix import PostfixFactory, PrivatePostfix
 from tests.integration.test_milter_postfix import Ev, MilterProcess
 
 pytestmark = [pytest.mark.postfix, pytest.mark.slow]

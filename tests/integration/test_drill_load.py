@@ -64,8 +64,9 @@ from typing import Any
 
 import pytest
 
+from smtp_policy.lab.instance import free_port
+from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from tests.integration.drills import size
-from tests.integration.postfix import PostfixFactory, PrivatePostfix, free_port
 
 pytestmark = pytest.mark.postfix
 

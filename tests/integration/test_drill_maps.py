@@ -38,14 +38,11 @@ from pathlib import Path
 
 import pytest
 
+from smtp_policy.lab.instance import delivery_report
+from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
+from smtp_policy.lab.remote import ScriptedServer
 from tests.helpers import DaemonProcess, free_port
 from tests.integration.drills import size
-from tests.integration.postfix import (
-    PostfixFactory,
-    PrivatePostfix,
-    ScriptedServer,
-    delivery_report,
-)
 
 pytestmark = [pytest.mark.postfix, pytest.mark.slow]
 

@@ -39,8 +39,9 @@ from pathlib import Path
 
 import pytest
 
+from smtp_policy.lab.instance import free_port
+from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from tests.integration.drills import size
-from tests.integration.postfix import PostfixFactory, PrivatePostfix, free_port
 from tests.integration.test_milter_postfix import Ev, MilterProcess
 
 pytestmark = [pytest.mark.postfix, pytest.mark.slow]

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.postfix import PostfixFactory, PrivatePostfix, ScriptedServer
+from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
+from smtp_policy.lab.remote import ScriptedServer
 
 pytestmark = pytest.mark.postfix
 

@@ -20,13 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from smtp_policy.lab.instance import delivery_report
+from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
+from smtp_policy.lab.remote import ScriptedServer
 from tests.helpers import DaemonProcess
-from tests.integration.postfix import (
-    PostfixFactory,
-    PrivatePostfix,
-    ScriptedServer,
-    delivery_report,
-)
 
 pytestmark = pytest.mark.postfix
 

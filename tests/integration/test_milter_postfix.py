@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.postfix import PostfixFactory, PrivatePostfix, free_port
+from smtp_policy.lab.instance import free_port
+from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 
 pytestmark = pytest.mark.postfix
 

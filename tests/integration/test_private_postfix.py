@@ -15,15 +15,9 @@ from email.message import EmailMessage
 
 import pytest
 
-from tests.integration.postfix import (
-    CLOSE,
-    STALL,
-    PostfixFactory,
-    PrivatePostfix,
-    ScriptedServer,
-    delivery_report,
-    wire_reply,
-)
+from smtp_policy.lab.instance import delivery_report
+from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
+from smtp_policy.lab.remote import CLOSE, STALL, ScriptedServer, wire_reply
 
 pytestmark = pytest.mark.postfix
 

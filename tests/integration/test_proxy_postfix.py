@@ -26,8 +26,9 @@ from typing import Any
 
 import pytest
 
+from smtp_policy.lab.instance import free_port
+from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.wire.smtp import ReplyReader, ServerReply
-from tests.integration.postfix import PostfixFactory, PrivatePostfix, free_port
 
 pytestmark = pytest.mark.postfix
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.drills import size
-from tests.integration.postfix import SAMPLE_SCRIPT, ScriptedServer, delivery_report
-from tests.integration.sendmail import (
+from smtp_policy.lab.instance import delivery_report
+from smtp_policy.lab.remote import SAMPLE_SCRIPT, ScriptedServer
+from smtp_policy.lab.sendmail import (
     DAEMON_NAME,
     HOSTNAME,
     USER,
@@ -37,6 +37,7 @@ from tests.integration.sendmail import (
     ensure_debs,
     format_syslog,
 )
+from tests.integration.drills import size
 from tests.integration.test_milter_postfix import Ev, MilterProcess
 
 pytestmark = pytest.mark.sendmail

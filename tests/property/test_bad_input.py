@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from smtp_policy.core.explain import explain_text
 from smtp_policy.core.model import ReplyClass
 from smtp_policy.core.parse import parse_reply
-from smtp_policy.knowledge import default_knowledge
+from smtp_policy.data import default_knowledge
 
 KB = default_knowledge()
 

@@ -19,8 +19,8 @@ from smtp_policy.adapters.maps_server import MapsService
 from smtp_policy.adapters.policy_server import PolicyService
 from smtp_policy.config import Config, ConfigSource, default_source, validate
 from smtp_policy.core.errors import ProtocolError
+from smtp_policy.data import default_knowledge
 from smtp_policy.emit import EventWriter
-from smtp_policy.knowledge import default_knowledge
 from smtp_policy.wire import netstring, policy, socketmap
 
 #: A rule at every stage the policy server sees, whose reply quotes client-supplied values.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smtp_policy.bounce import render_bounce_templates
+from smtp_policy.core.bounce import render_bounce_templates
 from smtp_policy.core.errors import ConfigError
 
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"

@@ -35,7 +35,8 @@ from smtp_policy.config import (
 )
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.model import EnhancedCode, Reason
-from smtp_policy.rules import RuleAction, RuleFacts, Stage, match_rules
+from smtp_policy.core.policy import RuleAction, RuleFacts, match_rules
+from smtp_policy.core.stages import Stage
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "config.toml"

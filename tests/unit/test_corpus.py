@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smtp_policy.core.explain import explain_text
-from smtp_policy.knowledge import default_knowledge
+from smtp_policy.data import default_knowledge
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 

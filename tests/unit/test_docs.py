@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from smtp_policy.core.model import Reason
-from smtp_policy.knowledge import default_knowledge
+from smtp_policy.data import default_knowledge
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

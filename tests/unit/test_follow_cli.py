@@ -239,9 +239,9 @@ def test_metric_labels_are_bounded() -> None:
     """Unknown reasons, stages and codes are counted as "other", never as new label values."""
     from datetime import UTC, datetime
 
+    from smtp_policy.adapters.follow.metrics import FollowMetrics
     from smtp_policy.core.events import Direction, Event, Source
-    from smtp_policy.knowledge import default_knowledge
-    from smtp_policy.metrics import FollowMetrics
+    from smtp_policy.data import default_knowledge
 
     metrics = FollowMetrics(default_knowledge())
     odd = Event(

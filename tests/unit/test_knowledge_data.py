@@ -10,7 +10,7 @@ import pytest
 from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase, normalize
 from smtp_policy.core.model import Reason, ReplyClass
-from smtp_policy.knowledge import default_knowledge
+from smtp_policy.data import default_knowledge
 
 SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "000_91556c030e87db51.txt"
 

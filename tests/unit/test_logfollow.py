@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from smtp_policy.adapters.logfollow import (
+from smtp_policy.adapters.follow.tail import (
     MAX_LINE_BYTES,
     Batch,
     FilePosition,

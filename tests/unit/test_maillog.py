@@ -1,4 +1,4 @@
-"""smtp_policy.wire.maillog: golden samples, the labelled real lines, the 3,000-line sample,
+"""smtp_policy.maillog.parse: golden samples, the labelled real lines, the 3,000-line sample,
 the shape table, and fuzzing."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smtp_policy.wire.maillog import KINDS, PREFIX, SHAPES, LogRecord, parse_line
+from smtp_policy.maillog.parse import KINDS, PREFIX, SHAPES, LogRecord, parse_line
 
 GOLDEN = Path(__file__).resolve().parents[1] / "samples" / "maillog"
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "samples"

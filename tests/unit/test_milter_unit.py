@@ -36,8 +36,8 @@ from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Reason
 from smtp_policy.core.sanitize import MAX_LINE_OCTETS
+from smtp_policy.data import default_knowledge
 from smtp_policy.emit import EventWriter
-from smtp_policy.knowledge import default_knowledge
 
 Ev = dict[str, Any]
 NR_BITS = (

@@ -29,9 +29,9 @@ from smtp_policy.adapters.proxy import (
     tls_context,
 )
 from smtp_policy.config import BannerConfig
+from smtp_policy.core.texts import TextsConfig, TextSet
+from smtp_policy.data import default_knowledge
 from smtp_policy.emit import EventWriter
-from smtp_policy.knowledge import default_knowledge
-from smtp_policy.texts import TextsConfig, TextSet
 from smtp_policy.wire.smtp import ReplyReader, ServerReply
 
 T = TypeVar("T")

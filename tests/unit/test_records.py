@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from smtp_policy.core.events import Event
 from smtp_policy.core.explain import explain_text
-from smtp_policy.knowledge import default_knowledge
-from smtp_policy.records import REPLY_KINDS, MessageTracker
-from smtp_policy.wire.maillog import parse_line
+from smtp_policy.data import default_knowledge
+from smtp_policy.maillog.parse import parse_line
+from smtp_policy.maillog.tracker import REPLY_KINDS, MessageTracker
 
 SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
 SAMPLE = SAMPLES / "postfix-3.7-maillog-sample.log"

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from smtp_policy.commands.follow import replay
-from smtp_policy.knowledge import default_knowledge
-from smtp_policy.report import ReportBuilder, render_html, render_text
+from smtp_policy.adapters.follow.pipeline import replay
+from smtp_policy.data import default_knowledge
+from smtp_policy.maillog.report import ReportBuilder, render_html, render_text
 
 SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
 SAMPLE = SAMPLES / "postfix-3.7-maillog-sample.log"

@@ -7,16 +7,16 @@ from collections.abc import Sequence
 
 import pytest
 
-from smtp_policy.rules import (
+from smtp_policy.core.policy import (
     PolicyRule,
     RuleAction,
     RuleFacts,
-    Stage,
     compile_pattern,
     known_at,
     match_rules,
     parse_address,
 )
+from smtp_policy.core.stages import Stage
 
 
 def rule(

@@ -20,7 +20,7 @@ from smtp_policy.core.model import (
     ReplyForm,
 )
 from smtp_policy.core.sanitize import MAX_LINE_OCTETS, MAX_LINES
-from smtp_policy.texts import (
+from smtp_policy.core.texts import (
     BANNER_PLACEHOLDERS,
     PLACEHOLDERS,
     TextsConfig,

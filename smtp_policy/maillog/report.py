@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .core.events import Event
+from smtp_policy.core.events import Event
 
 #: Candidate widths of one bar in "reasons over time", smallest first (seconds).
 BUCKET_WIDTHS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)

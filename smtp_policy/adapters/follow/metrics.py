@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from .core.events import Event
-from .core.knowledge import KnowledgeBase
-from .core.model import Reason, ReplyClass
-from .wire.maillog import KINDS
+from smtp_policy.core.events import Event
+from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.model import Reason, ReplyClass
+from smtp_policy.maillog.parse import KINDS
 
 OTHER = "other"
 NONE = "none"

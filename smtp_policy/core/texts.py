@@ -30,10 +30,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .core.errors import ConfigError
-from .core.model import EnhancedCode, Explanation, Reason
-from .core.sanitize import MAX_LINES, clean_text, sanitize_reply
-from .rules import IPNetwork, in_networks
+from smtp_policy.core.errors import ConfigError
+from smtp_policy.core.model import EnhancedCode, Explanation, Reason
+from smtp_policy.core.policy import IPNetwork, in_networks
+from smtp_policy.core.sanitize import MAX_LINES, clean_text, sanitize_reply
 
 Audience = Literal["internal", "external"]
 AUDIENCES: tuple[Audience, ...] = ("external", "internal")
@@ -343,3 +343,24 @@ def help_url_problems(template: str) -> list[str]:
     if not url.startswith(("https://", "http://", "mailto:")):
         return ["must start with https://, http:// or mailto:"]
     return []
+
+
+#: The 220 greeting's placeholders in each MTA's own macro syntax.
+POSTFIX_MACROS = {"hostname": "$myhostname"}
+SENDMAIL_MACROS = {"hostname": "$j", "date": "$b"}
+
+
+def mta_greeting(template: str, macros: dict[str, str]) -> str | None:
+    """``template`` in an MTA's own macro syntax, or None if it cannot be said there."""
+    if "\n" in template.strip() or "$" in template or "`" in template or "'" in template:
+        return None
+    out = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        lead = " " if literal[:1].isspace() else ""
+        trail = " " if literal[-1:].isspace() else ""
+        out.append(lead + clean_text(literal) + trail)
+        if name is not None:
+            if name not in macros:
+                return None
+            out.append(macros[name])
+    return " ".join("".join(out).split())

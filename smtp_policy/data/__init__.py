@@ -7,8 +7,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from .core.errors import KnowledgeError
-from .core.knowledge import KnowledgeBase
+from smtp_policy.core.errors import KnowledgeError
+from smtp_policy.core.knowledge import KnowledgeBase
 
 
 @cache

@@ -18,21 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .core.model import EnhancedCode, Reason
+from smtp_policy.core.model import EnhancedCode, Reason
+from smtp_policy.core.stages import ORDER, Stage
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class Stage(StrEnum):
-    """The SMTP stage a rule is evaluated at (milter callbacks / policy protocol_state)."""
-
-    CONNECT = "connect"
-    HELO = "helo"
-    MAIL = "mail"
-    RCPT = "rcpt"
-    DATA = "data"
-    EOM = "eom"
 
 
 class RuleAction(StrEnum):
@@ -58,12 +48,10 @@ KNOWN_FROM = {
     "recipient": Stage.RCPT,
 }
 
-_STAGE_ORDER = tuple(Stage)
-
 
 def known_at(key: str, stage: Stage) -> bool:
     """Whether the fact behind match key ``key`` can be known at ``stage``."""
-    return _STAGE_ORDER.index(stage) >= _STAGE_ORDER.index(KNOWN_FROM[key])
+    return ORDER.index(stage) >= ORDER.index(KNOWN_FROM[key])
 
 
 @dataclass(frozen=True, slots=True)

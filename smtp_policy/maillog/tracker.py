@@ -1,7 +1,7 @@
 """Turn parsed mail log records into reply events and one record per message.
 
 Theory of operation: a mail log is many processes talking at once about many messages. The
-parser (``smtp_policy.wire.maillog``) reads one line at a time and knows nothing of the others;
+parser (``smtp_policy.maillog.parse``) reads one line at a time and knows nothing of the others;
 :class:`MessageTracker` is the one place that remembers across lines. It is pure: records in,
 :class:`~smtp_policy.core.events.Event` values out, no I/O and no clock. Time is the log's own
 (each record's timestamp); when a record has none, the caller's ``observed_at`` or the last log
@@ -41,11 +41,11 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any
 
-from .core.events import Direction, Event, Source, reply_fields
-from .core.explain import explain_text
-from .core.knowledge import KnowledgeBase
-from .core.model import Explanation
-from .wire.maillog import LogRecord
+from smtp_policy.core.events import Direction, Event, Source, reply_fields
+from smtp_policy.core.explain import explain_text
+from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.model import Explanation
+from smtp_policy.maillog.parse import LogRecord
 
 STATE_VERSION = 1
 #: Entries idle for longer than this (seconds of log time) are flushed as incomplete. Postfix

@@ -32,22 +32,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .adapters.listen import ListenAddress
-from .core.errors import ConfigError
-from .core.model import EnhancedCode, Reason
-from .rules import (
+from smtp_policy.config.listen import ListenAddress
+from smtp_policy.core.errors import ConfigError
+from smtp_policy.core.model import EnhancedCode, Reason
+from smtp_policy.core.policy import (
     KNOWN_FROM,
     REPLY_ACTIONS,
     IPNetwork,
     PolicyRule,
     RuleAction,
     RuleFacts,
-    Stage,
     compile_pattern,
     known_at,
     match_rules,
 )
-from .texts import (
+from smtp_policy.core.stages import Stage
+from smtp_policy.core.texts import (
     BANNER_PLACEHOLDERS,
     TextsConfig,
     TextSet,

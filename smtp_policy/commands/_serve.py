@@ -16,11 +16,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
-from ..adapters.listen import Handler, ListenAddress, start_server
-from ..config import Config, load_config, reload_or_keep
-from ..core.errors import ConfigError
-from ..core.events import Event, Source
-from ..emit import EventWriter
+from smtp_policy.adapters._serve import Handler, start_server
+from smtp_policy.config import Config, load_config, reload_or_keep
+from smtp_policy.config.listen import ListenAddress
+from smtp_policy.core.errors import ConfigError
+from smtp_policy.core.events import Event, Source
+from smtp_policy.emit import EventWriter
 
 
 class Service(Protocol):

@@ -1,7 +1,7 @@
 """Follow mail logs: files (rotation-safe, resumable), standard input and the systemd journal.
 
 Theory of operation: this module only moves lines. It never parses one (that is
-``smtp_policy.wire.maillog``) and never decides what a line means.
+``smtp_policy.maillog.parse``) and never decides what a line means.
 
 A :class:`FileTail` reads one path in binary chunks and hands out complete lines only; a last
 line without its newline stays in a buffer until the writer finishes it. Its *position* is

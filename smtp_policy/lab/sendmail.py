@@ -85,7 +85,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from smtp_policy.lab import MailLab, WaitTimeoutError, free_port, poll
+from smtp_policy.lab.instance import MailLab, WaitTimeoutError, free_port, poll
 
 __all__ = [
     "DAEMON_NAME",

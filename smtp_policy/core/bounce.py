@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .core.errors import ConfigError
+from smtp_policy.core.errors import ConfigError
 
 TEMPLATES = ("failure", "delay", "success", "verify")
 _HEADERS = (
