@@ -21,6 +21,8 @@ ListenKind = Literal["inet", "inet6", "unix"]
 LOOPBACK = "127.0.0.1"
 #: The hint for a spelling that is no address at all.
 EXPECTED = "expected inet:HOST:PORT or unix:/path"
+#: The hint where only TCP will do (the proxy, the metrics endpoint).
+TCP_EXPECTED = "expected inet:HOST:PORT"
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _MAX_PORT_DIGITS = 5
@@ -50,10 +52,13 @@ class ListenAddress:
     @classmethod
     def parse_tcp(cls, text: str, *, default_host: str | None = None) -> ListenAddress:
         """Like :meth:`parse`, but a unix socket is refused: the user needs host and port."""
-        address = cls.parse(text, default_host=default_host)
-        if address.is_unix:
-            raise ConfigError([f"cannot parse {text!r}: expected inet:HOST:PORT (TCP)"])
-        return address
+        parsed = _parse(text, default_host)
+        if isinstance(parsed, ListenAddress) and parsed.is_unix:
+            parsed = f"a unix socket: {TCP_EXPECTED}"
+        if isinstance(parsed, str):
+            why = parsed.replace(EXPECTED, TCP_EXPECTED)
+            raise ConfigError([f"cannot parse {text!r}: {why}"])
+        return parsed
 
     @property
     def is_unix(self) -> bool:
@@ -64,7 +69,7 @@ class ListenAddress:
     def host_port(self) -> tuple[str, int]:
         """``(host, port)`` for a TCP server or client; ConfigError for a unix socket."""
         if self.is_unix:
-            raise ConfigError([f"{self}: expected inet:HOST:PORT (TCP)"])
+            raise ConfigError([f"{self} is a unix socket: {TCP_EXPECTED}"])
         return self.host, self.port
 
     def __str__(self) -> str:
