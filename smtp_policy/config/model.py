@@ -14,7 +14,7 @@ KeyPath = tuple[str | int, ...]
 
 @dataclass(frozen=True, slots=True)
 class MilterConfig:
-    """``[milter]``: ``listen`` in libmilter form (``inet:PORT@HOST``, ``unix:/path``)."""
+    """``[milter]``: ``listen`` kept in libmilter's form (``inet:PORT@HOST``, ``unix:/path``)."""
 
     listen: str = "unix:/var/spool/postfix/smtp-policy/milter.sock"
     timeout: int = 600
