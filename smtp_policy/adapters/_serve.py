@@ -21,14 +21,15 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 async def start_server(address: ListenAddress, handler: Handler) -> asyncio.Server:
     """Start listening; a stale unix socket is replaced, a live one is an error."""
     try:
-        if address.kind == "unix":
+        if address.is_unix:
             _remove_stale_socket(address.path)
             old = os.umask(0o111)  # Postfix daemons run as another user: let them connect
             try:
                 return await asyncio.start_unix_server(handler, path=address.path)
             finally:
                 os.umask(old)
-        return await asyncio.start_server(handler, address.host, address.port, reuse_address=True)
+        host, port = address.host_port
+        return await asyncio.start_server(handler, host, port, reuse_address=True)
     except OSError as exc:
         raise ConfigError([f"cannot listen on {address}: {exc.strerror or exc}"]) from None
 

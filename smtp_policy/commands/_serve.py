@@ -40,7 +40,9 @@ ServiceFactory = Callable[[EventWriter, Config], Service]
 def add_daemon_options(parser: argparse.ArgumentParser, section: str) -> None:
     """--listen, --events and --config, the same for every daemon."""
     parser.add_argument(
-        "--listen", help=f"inet:HOST:PORT or unix:/path (default: [{section}] listen)"
+        "--listen",
+        metavar="ADDRESS",
+        help=f"inet:HOST:PORT, inet:[IPv6]:PORT or unix:/path (default: [{section}] listen)",
     )
     parser.add_argument(
         "--events", metavar="FILE", help="append JSON events to FILE (default: [events] output)"

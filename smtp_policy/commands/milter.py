@@ -6,7 +6,7 @@ Wire it into Postfix's main.cf with a fail-open default, for example:
                     connect_timeout=5s, command_timeout=10s, content_timeout=60s }
 (a unix: path is relative to /var/spool/postfix when smtpd runs chrooted), or over TCP with
   smtpd_milters = { inet:127.0.0.1:8895, default_action=accept, ... }
-and --listen inet:8895@127.0.0.1. Options override the configuration ([milter] listen and
+and --listen inet:127.0.0.1:8895. Options override the configuration ([milter] listen and
 timeout, [events] output, [[rules]], [texts]: see config/config.toml). SIGTERM stops it
 cleanly; SIGHUP re-reads the configuration and keeps the running one if the new one is bad.
 """
@@ -46,7 +46,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the milter options."""
     parser.add_argument(
         "--listen",
-        help="inet:PORT@HOST, inet:HOST:PORT, inet6:PORT@HOST or unix:/path "
+        metavar="ADDRESS",
+        help="inet:HOST:PORT, inet:[IPv6]:PORT or unix:/path "
         "(default: [milter] listen, unix:/var/spool/postfix/smtp-policy/milter.sock)",
     )
     parser.add_argument(
@@ -79,32 +80,13 @@ def run(args: argparse.Namespace) -> int:
     from smtp_policy.config import load_config
 
     config = load_config(args.config)
-    address = parse_listen(args.listen or config.milter.listen)
+    address = ListenAddress.parse(args.listen or config.milter.listen)
     events = EventWriter.open(args.events or config.events.output)
     try:
         settings = _settings(config, events, _noreply(args.noreply))
         return _serve(args, address, args.timeout or config.milter.timeout, settings)
     finally:
         events.close()
-
-
-def parse_listen(text: str) -> ListenAddress:
-    """``inet:PORT@HOST``, ``inet6:PORT@HOST``, ``inet:HOST:PORT`` or ``unix:/path``."""
-    kind, _, rest = text.partition(":")
-    if kind == "inet6" and "@" in rest:
-        port, _, host = rest.partition("@")
-        if port.isdigit() and 0 < int(port) < 65536 and host:
-            return ListenAddress("inet6", host=host.strip("[]"), port=int(port))
-    if kind == "local":
-        text = f"unix:{rest}"
-    return ListenAddress.parse(text)
-
-
-def libmilter_socket(address: ListenAddress) -> str:
-    """The address as libmilter spells it: ``inet:PORT@HOST`` or ``unix:/path``."""
-    if address.kind == "unix":
-        return f"unix:{address.path}"
-    return f"{address.kind}:{address.port}@{address.host}"
 
 
 def _noreply(choice: str) -> bool:
@@ -140,18 +122,18 @@ def _serve(
     Milter.factory = factory  # set once; a reload swaps the factory's settings
     Milter.set_exception_policy(Milter.CONTINUE)  # backstop: our callbacks catch everything
     sys.excepthook = _excepthook(events)  # pymilter prints C-level errors through it
-    if address.kind == "unix":
+    if address.is_unix:
         _remove_stale_socket(address.path)
     failure: list[BaseException] = []
     worker = threading.Thread(
         target=_libmilter_main,
-        args=(libmilter_socket(address), timeout, failure),
+        args=(address.libmilter(), timeout, failure),
         name="libmilter",
         daemon=True,
     )
     flags = _Flags()
     flags.install()
-    old_umask = os.umask(0o111) if address.kind == "unix" else None  # postfix must connect
+    old_umask = os.umask(0o111) if address.is_unix else None  # postfix must connect
     try:
         worker.start()
         _wait_listening(address, worker)
@@ -163,7 +145,7 @@ def _serve(
     _emit(
         events,
         "started",
-        listen=libmilter_socket(address),
+        listen=address.libmilter(),
         noreply=settings.noreply,
         config=args.config,
     )
@@ -279,9 +261,7 @@ def _wait_listening(address: ListenAddress, worker: threading.Thread, timeout: f
 
 def _listening(address: ListenAddress) -> bool:
     """Whether something accepts connections on ``address`` (we connect and hang up)."""
-    target: str | tuple[str, int] = (
-        address.path if address.kind == "unix" else (address.host, address.port)
-    )
+    target: str | tuple[str, int] = address.path if address.is_unix else address.host_port
     family = {"unix": socket.AF_UNIX, "inet6": socket.AF_INET6}.get(address.kind, socket.AF_INET)
     with socket.socket(family) as probe:
         probe.settimeout(1)

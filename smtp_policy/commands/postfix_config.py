@@ -51,7 +51,7 @@ def main_cf_lines(config: Config, bounce_template: str, with_policy: bool = Fals
     """The main.cf lines for ``config``."""
     milter = milter_endpoint(config.milter.listen)
     footer, dsn = (socketmap(config.maps.listen, name) for name in ("footer", "dsn"))
-    policy = ListenAddress.parse(config.policy.listen)
+    policy = ListenAddress.parse(config.policy.listen).postfix()
     banner = mta_greeting(config.banner.greeting, POSTFIX_MACROS)
     policy_line = (
         "smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination,\n"
@@ -84,21 +84,16 @@ def main_cf_lines(config: Config, bounce_template: str, with_policy: bool = Fals
 
 
 def milter_endpoint(listen: str) -> str:
-    """The smtpd_milters form of the milter's listen address."""
+    """The smtpd_milters form of the milter's listen address (spool sockets chroot-relative)."""
     address = ListenAddress.parse(listen)
-    if address.kind == "unix":
-        path = address.path
-        return (
-            f"unix:{path.removeprefix(POSTFIX_SPOOL)}"
-            if path.startswith(POSTFIX_SPOOL)
-            else f"unix:{path}"
-        )
-    return f"inet:{address.host}:{address.port}"
+    if address.is_unix and address.path.startswith(POSTFIX_SPOOL):
+        return f"unix:{address.path.removeprefix(POSTFIX_SPOOL)}"
+    return address.postfix()
 
 
 def socketmap(listen: str, name: str) -> str:
     """A socketmap table for map ``name`` at the maps server's listen address."""
     address = ListenAddress.parse(listen)
-    if address.kind == "unix":
-        return f"proxy:socketmap:unix:{address.path}:{name}"
-    return f"socketmap:inet:{address.host}:{address.port}:{name}"
+    if address.is_unix:
+        return f"proxy:socketmap:{address.postfix()}:{name}"
+    return f"socketmap:{address.postfix()}:{name}"

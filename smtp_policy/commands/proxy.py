@@ -8,7 +8,7 @@ still see the client's address, port and name. It terminates STARTTLS itself (--
 --tls-key) and passes messages through byte for byte; only Postfix ever accepts mail.
 
 Postfix needs a second smtpd listener that trusts the proxy; print its master.cf lines with
-  smtp-policy proxy --print-postfix-config --upstream 127.0.0.1:10026
+  smtp-policy proxy --print-postfix-config --upstream inet:127.0.0.1:10026
 SIGTERM or SIGINT stops the proxy (open sessions are cut); SIGHUP re-reads the configuration
 ([banner], [texts]) for new replies and keeps the running one if the new one has problems.
 """
@@ -19,21 +19,22 @@ import argparse
 import ssl
 import sys
 
+from smtp_policy.config.listen import ListenAddress
 from smtp_policy.core.errors import ConfigError
 
 HELP = "run the SMTP front proxy (custom 220/221 and reject texts, every reply recorded)"
 
-DEFAULT_UPSTREAM = "127.0.0.1:10026"
+DEFAULT_UPSTREAM = "inet:127.0.0.1:10026"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the proxy options."""
     parser.add_argument(
-        "--listen", metavar="ADDR:PORT", help="where clients connect, e.g. 0.0.0.0:25"
+        "--listen", metavar="inet:HOST:PORT", help="where clients connect, e.g. inet:0.0.0.0:25"
     )
     parser.add_argument(
         "--upstream",
-        metavar="HOST:PORT",
+        metavar="inet:HOST:PORT",
         default=DEFAULT_UPSTREAM,
         help=f"the inner Postfix smtpd that trusts the proxy (default {DEFAULT_UPSTREAM})",
     )
@@ -71,18 +72,18 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT (or print the Postfix configuration)."""
-    host, port = parse_host_port(args.upstream, "--upstream")
+    upstream = tcp_option("--upstream", args.upstream)
     if args.print_postfix_config:
-        sys.stdout.write(postfix_config(host, port))
+        sys.stdout.write(postfix_config(upstream))
         return 0
     if not args.listen:
-        raise ConfigError(["--listen ADDR:PORT is required"])
+        raise ConfigError(["--listen inet:HOST:PORT is required"])
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError(["--tls-cert and --tls-key go together"])
-    return _serve(args, host, port)
+    return _serve(args, upstream)
 
 
-def _serve(args: argparse.Namespace, host: str, port: int) -> int:
+def _serve(args: argparse.Namespace, upstream: ListenAddress) -> int:
     from smtp_policy.adapters.proxy import ProxyService, ProxySettings, forward_confirmed_name
     from smtp_policy.commands._serve import serve
     from smtp_policy.config import Config
@@ -90,8 +91,8 @@ def _serve(args: argparse.Namespace, host: str, port: int) -> int:
     from smtp_policy.data import default_knowledge
     from smtp_policy.emit import EventWriter
 
-    listen_host, listen_port = parse_host_port(args.listen, "--listen")
-    args.listen = f"inet:{listen_host}:{listen_port}"
+    args.listen = str(tcp_option("--listen", args.listen))
+    host, port = upstream.host_port
     settings = ProxySettings(
         upstream_host=host,
         upstream_port=port,
@@ -127,26 +128,24 @@ async def _no_name(addr: str) -> str | None:
     return None
 
 
-def parse_host_port(text: str, option: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPv6]:PORT`` or ``inet:HOST:PORT``."""
-    rest = text.removeprefix("inet:")
-    host, sep, port = rest.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError([f"{option} {text!r}: expected HOST:PORT"])
-    return host, int(port)
+def tcp_option(option: str, text: str) -> ListenAddress:
+    """A TCP address option (``inet:HOST:PORT``; bare ``HOST:PORT`` works too)."""
+    try:
+        return ListenAddress.parse_tcp(text)
+    except ConfigError as exc:
+        raise ConfigError([f"{option}: {problem}" for problem in exc.problems]) from None
 
 
-def postfix_config(host: str, port: int) -> str:
+def postfix_config(upstream: ListenAddress) -> str:
     """The master.cf (and main.cf) lines for the inner smtpd the proxy talks to."""
-    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    host = upstream.host
     trusted = f"[{host}]" if ":" in host else host
     return f"""\
 # --- master.cf: the inner smtpd, reachable only by smtp-policy proxy ---------------------
 # The proxy sends XCLIENT ADDR/PORT/NAME, so restrictions, milters, policy services and the
 # maillog see the real client; it fails closed (421) if this smtpd refuses XCLIENT.
 # The proxy terminates STARTTLS itself; this hop is plaintext on loopback.
-{listen} inet n - y - - smtpd
+{upstream.master_cf()} inet n - y - - smtpd
   -o syslog_name=postfix/proxied
   -o smtpd_authorized_xclient_hosts={trusted}
   -o smtpd_client_port_logging=yes

@@ -196,6 +196,31 @@ def test_milter_listen_is_normalised_for_libmilter(
 
 F = "conf.d/10-test.toml"
 
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9150", "inet:127.0.0.1:9150", ":9150", "[::1]:9150"])
+def test_metrics_listen_takes_the_command_line_form(tmp_path: Path, listen: str) -> None:
+    """[metrics] listen accepts what --metrics-listen accepts (``:PORT`` is the loopback)."""
+    own = write(tmp_path, "c.toml", f'[metrics]\nlisten = "{listen}"\n')
+    assert load_config(own).metrics.listen == listen
+
+
+@pytest.mark.parametrize(
+    ("maps", "policy"),
+    [
+        ("inet:127.0.0.1:8896", "inet:8896@127.0.0.1"),
+        ("inet:[::1]:8896", "inet6:8896@::1"),
+        ("unix:/run/smtp-policy/maps.sock", "local:/run/smtp-policy/maps.sock"),
+    ],
+)
+def test_a_listen_clash_is_found_whatever_the_spelling(
+    tmp_path: Path, maps: str, policy: str
+) -> None:
+    text = f'[maps]\nlisten = "{maps}"\n[policy]\nlisten = "{policy}"\n'
+    assert problems_of(tmp_path, text) == [
+        f"{F}:4: policy.listen: {policy!r} is already maps.listen"
+    ]
+
+
 BAD_INPUTS = [
     pytest.param(
         "[milter]\nlisten = 8895\n",
@@ -219,8 +244,8 @@ BAD_INPUTS = [
     ),
     pytest.param(
         '[milter]\nlisten = "inet:99999@127.0.0.1"\n',
-        f"{F}:2: milter.listen: cannot parse 'inet:99999@127.0.0.1': expected inet:PORT@HOST, "
-        "inet6:PORT@HOST, inet:HOST:PORT or unix:/path",
+        f"{F}:2: milter.listen: cannot parse 'inet:99999@127.0.0.1': port 99999 is out of range "
+        "(1-65535)",
         id="milter-listen",
     ),
     pytest.param(

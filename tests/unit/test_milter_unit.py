@@ -31,7 +31,7 @@ from smtp_policy.adapters.milter import (
     texts_renderer,
 )
 from smtp_policy.commands import milter as command
-from smtp_policy.config import load_config
+from smtp_policy.config import ListenAddress, load_config
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Reason
@@ -670,7 +670,7 @@ def test_rule_facts_from_milter_facts() -> None:
     ],
 )
 def test_listen_addresses(text: str, libmilter: str) -> None:
-    assert command.libmilter_socket(command.parse_listen(text)) == libmilter
+    assert ListenAddress.parse(text).libmilter() == libmilter
 
 
 def test_a_stale_socket_is_replaced_a_live_one_refused(tmp_path: Path) -> None:

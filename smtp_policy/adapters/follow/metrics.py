@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from smtp_policy.config.listen import LOOPBACK, ListenAddress
+from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.events import Event
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Reason, ReplyClass
@@ -118,16 +120,11 @@ def _enhanced_codes(kb: KnowledgeBase) -> frozenset[str]:
     return frozenset(out)
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``127.0.0.1:9150``, ``[::1]:9150`` or ``:9150`` as (address, port); ValueError if not."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected ADDRESS:PORT, not {listen!r}")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
-
-
 def serve(metrics: FollowMetrics, listen: str) -> None:
-    """Serve ``/metrics`` on ``listen`` from a daemon thread (prometheus_client's server)."""
-    host, port = parse_listen(listen)
+    """Serve ``/metrics`` on ``listen`` (``inet:HOST:PORT``; ``:PORT`` is on the loopback)
+    from a daemon thread (prometheus_client's server); ValueError if it is no TCP address."""
+    try:
+        host, port = ListenAddress.parse_tcp(listen, default_host=LOOPBACK).host_port
+    except ConfigError as exc:
+        raise ValueError("; ".join(exc.problems)) from None
     start_http_server(port, addr=host, registry=metrics.registry)

@@ -1,0 +1,106 @@
+"""The configuration as types: frozen dataclasses, nothing downstream sees raw TOML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smtp_policy.core.policy import PolicyRule
+from smtp_policy.core.texts import TextsConfig
+
+#: A key's place in the TOML tree: ``("rules", 2, "code")``.
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MilterConfig:
+    """``[milter]``: ``listen`` kept in libmilter's form (``inet:PORT@HOST``, ``unix:/path``)."""
+
+    listen: str = "unix:/var/spool/postfix/smtp-policy/milter.sock"
+    timeout: int = 600
+
+
+@dataclass(frozen=True, slots=True)
+class MapsConfig:
+    """``[maps]``: the socketmap server (reject footers, DSN texts)."""
+
+    listen: str = "inet:127.0.0.1:8896"
+    same_line: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """``[policy]``: the policy delegation server."""
+
+    listen: str = "inet:127.0.0.1:8897"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint; ``listen`` None means off."""
+
+    listen: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """``[events]``: ``output`` is ``"-"`` (standard output) or an absolute file path."""
+
+    output: str = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class FollowConfig:
+    """``[follow]``: the log follower's sources and where it keeps its offsets."""
+
+    logs: tuple[str, ...] = ()
+    journal: bool = False
+    journal_unit: str = "postfix@-.service"
+    state_dir: str = "/var/lib/smtp-policy"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is anything to follow."""
+        return bool(self.logs) or self.journal
+
+
+@dataclass(frozen=True, slots=True)
+class BannerConfig:
+    """``[banner]``: the 220 greeting and 221 goodbye texts (templates)."""
+
+    greeting: str = "{hostname} ESMTP"
+    goodbye: str = "Bye"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration; ``files`` are the admin files it was read from."""
+
+    milter: MilterConfig = MilterConfig()
+    maps: MapsConfig = MapsConfig()
+    policy: PolicyConfig = PolicyConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    events: EventsConfig = EventsConfig()
+    follow: FollowConfig = FollowConfig()
+    rules: tuple[PolicyRule, ...] = ()
+    texts: TextsConfig = field(default_factory=TextsConfig)
+    banner: BannerConfig = BannerConfig()
+    files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """One configuration text: ``label`` names it in problems, ``path`` is None for defaults."""
+
+    label: str
+    text: str
+    path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReport:
+    """What :func:`check_config` found: the config (None on problems) and every problem."""
+
+    config: Config | None
+    problems: list[str]
+    sources: list[ConfigSource] = field(default_factory=list)
