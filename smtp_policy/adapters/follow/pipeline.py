@@ -35,7 +35,7 @@ from smtp_policy.maillog.tracker import MessageTracker
 
 if TYPE_CHECKING:
     from smtp_policy.adapters.follow.metrics import FollowMetrics
-    from smtp_policy.maillog.parse import LogRecord
+    from smtp_policy.maillog.record import LogRecord
 
 STATE_VERSION = 1
 #: Notices that mean a source could not be read at all (reported on stderr, too).
