@@ -21,29 +21,21 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping
-from datetime import tzinfo
 from typing import TYPE_CHECKING, Any
 
-from smtp_policy.adapters.follow.pipeline import (
-    Loop,
-    Pipeline,
-    StopFlag,
-    load_state,
-    local_timezone,
-    position_of,
-)
-from smtp_policy.adapters.follow.tail import (
-    FileTail,
-    JournalTail,
-    Source,
+from smtp_policy.adapters.follow.journal import JournalTail
+from smtp_policy.adapters.follow.pipeline import Loop, Pipeline, StopFlag, local_timezone
+from smtp_policy.adapters.follow.state import (
     StateStore,
-    StreamTail,
-    Tailer,
+    load_state,
+    position_of,
+    restore_tracker,
 )
+from smtp_policy.adapters.follow.tail import FileTail, LineSource, StreamTail, Tailer
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.emit import EventWriter
-from smtp_policy.maillog.tracker import DEFAULT_MAX_IDLE, MessageTracker
+from smtp_policy.maillog.tracker import DEFAULT_MAX_IDLE
 
 if TYPE_CHECKING:
     from smtp_policy.adapters.follow.metrics import FollowMetrics
@@ -135,7 +127,7 @@ def _follow(
     tz = local_timezone()
     from smtp_policy.maillog.parse import parse_line
 
-    tracker = _tracker(state, kb, args, tz)
+    tracker = restore_tracker(state, kb, max_idle=args.max_idle, tz=tz, year=args.year)
     metrics = _metrics(args.metrics_listen, kb)
     pipeline = Pipeline(tracker, writer.emit, parse_line, metrics)
     tailer = Tailer(build_sources(args, state))
@@ -156,7 +148,7 @@ def _follow(
     return 1 if args.once and pipeline.unreadable else 0
 
 
-def build_sources(args: argparse.Namespace, state: Mapping[str, Any]) -> list[Source]:
+def build_sources(args: argparse.Namespace, state: Mapping[str, Any]) -> list[LineSource]:
     """The sources named on the command line (or the default one), positioned from ``state``."""
     paths = [*args.log, *(p for p in args.inputs if p != "-")]
     stdin = "-" in args.inputs
@@ -167,7 +159,7 @@ def build_sources(args: argparse.Namespace, state: Mapping[str, Any]) -> list[So
         else:
             journal = True
     positions = state.get("files", {})
-    sources: list[Source] = [
+    sources: list[LineSource] = [
         FileTail(path, position=position_of(positions.get(path)), from_start=args.from_start)
         for path in dict.fromkeys(paths)
     ]
@@ -183,20 +175,6 @@ def build_sources(args: argparse.Namespace, state: Mapping[str, Any]) -> list[So
             )
         )
     return sources
-
-
-def _tracker(
-    state: Mapping[str, Any], kb: KnowledgeBase, args: argparse.Namespace, tz: tzinfo
-) -> MessageTracker:
-    saved = state.get("tracker")
-    if saved:
-        try:
-            return MessageTracker.from_json(
-                saved, kb, max_idle=args.max_idle, tz=tz, year=args.year
-            )
-        except (ValueError, TypeError, KeyError) as exc:
-            print(f"smtp-policy follow: in-flight state ignored: {exc}", file=sys.stderr)
-    return MessageTracker(kb, max_idle=args.max_idle, tz=tz, year=args.year)
 
 
 def _metrics(listen: str | None, kb: KnowledgeBase) -> FollowMetrics | None:

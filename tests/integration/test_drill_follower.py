@@ -51,7 +51,8 @@ import pytest
 
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from smtp_policy.maillog.parse import LogRecord, parse_line
+from smtp_policy.maillog.parse import parse_line
+from smtp_policy.maillog.record import LogRecord
 from smtp_policy.maillog.tracker import REPLY_KINDS
 from tests.helpers import sigstop
 from tests.integration.drills import size

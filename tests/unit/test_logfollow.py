@@ -12,17 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from smtp_policy.adapters.follow.journal import JournalTail, journal_command, journal_line
+from smtp_policy.adapters.follow.state import StateStore
 from smtp_policy.adapters.follow.tail import (
     MAX_LINE_BYTES,
     Batch,
     FilePosition,
     FileTail,
-    JournalTail,
-    StateStore,
     StreamTail,
     Tailer,
-    journal_command,
-    journal_line,
 )
 
 

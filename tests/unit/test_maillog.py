@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smtp_policy.maillog.parse import KINDS, PREFIX, SHAPES, LogRecord, parse_line
+from smtp_policy.maillog.parse import PREFIX, SHAPES, parse_line
+from smtp_policy.maillog.record import KINDS, LogRecord
 
 GOLDEN = Path(__file__).resolve().parents[1] / "samples" / "maillog"
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "samples"

@@ -18,7 +18,7 @@ from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.events import Event
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Reason, ReplyClass
-from smtp_policy.maillog.parse import KINDS
+from smtp_policy.maillog.record import KINDS
 
 OTHER = "other"
 NONE = "none"

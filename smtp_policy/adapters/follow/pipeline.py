@@ -8,7 +8,6 @@ whole files for ``report`` and ``trace``.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import signal
 import sys
@@ -16,17 +15,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from smtp_policy.adapters.follow.tail import (
-    Batch,
-    FilePosition,
-    FileTail,
-    JournalTail,
-    Notice,
-    StateStore,
-    Tailer,
-)
+from smtp_policy.adapters.follow.state import StateStore, snapshot
+from smtp_policy.adapters.follow.tail import Batch, FileTail, Notice, Tailer
 from smtp_policy.core.events import Event
 from smtp_policy.core.events import Source as EventSource
 from smtp_policy.core.knowledge import KnowledgeBase
@@ -35,9 +27,8 @@ from smtp_policy.maillog.tracker import MessageTracker
 
 if TYPE_CHECKING:
     from smtp_policy.adapters.follow.metrics import FollowMetrics
-    from smtp_policy.maillog.parse import LogRecord
+    from smtp_policy.maillog.record import LogRecord
 
-STATE_VERSION = 1
 #: Notices that mean a source could not be read at all (reported on stderr, too).
 _FATAL_NOTICES = frozenset({"missing", "unreadable", "journal_error"})
 
@@ -208,23 +199,6 @@ class Loop:
             self.store.save(snapshot(self.tailer, self.pipeline.tracker))
 
 
-def snapshot(tailer: Tailer, tracker: MessageTracker) -> dict[str, Any]:
-    """Everything a restart needs: file positions, the journal cursor, messages in flight."""
-    files: dict[str, object] = {}
-    cursor = None
-    for source in tailer.sources:
-        if isinstance(source, FileTail) and source.position is not None:
-            files[source.path] = source.position.to_dict()
-        elif isinstance(source, JournalTail):
-            cursor = source.cursor
-    return {
-        "version": STATE_VERSION,
-        "files": files,
-        "journal_cursor": cursor,
-        "tracker": tracker.to_json(),
-    }
-
-
 def local_timezone() -> tzinfo:
     """This machine's UTC offset now, for syslog timestamps that carry no zone."""
     tz = datetime.now().astimezone().tzinfo
@@ -266,32 +240,6 @@ def _replay_lines(
         record = parse(line)
         if record is not None:
             yield from tracker.feed(record, now)
-
-
-def position_of(raw: object) -> FilePosition | None:
-    if not isinstance(raw, dict):
-        return None
-    try:
-        return FilePosition.from_dict(raw)
-    except (ValueError, TypeError, KeyError):
-        return None
-
-
-def load_state(store: StateStore | None) -> Mapping[str, Any]:
-    """The saved state; an unreadable one is moved aside (and reported), not fatal."""
-    if store is None:
-        return {}
-    try:
-        state = store.load()
-    except (OSError, ValueError) as exc:
-        print(f"smtp-policy follow: state {store.path} unreadable ({exc}); starting afresh",
-              file=sys.stderr)  # fmt: skip
-        with contextlib.suppress(OSError):
-            os.replace(store.path, f"{store.path}.corrupt")
-        return {}
-    if state is None or state.get("version") != STATE_VERSION:
-        return {}
-    return state
 
 
 def readable(paths: Sequence[str], command: str) -> bool:

@@ -1,4 +1,4 @@
-"""Follow mail logs: files (rotation-safe, resumable), standard input and the systemd journal.
+"""Follow mail log files (rotation-safe, resumable) and streams (standard input, pipes).
 
 Theory of operation: this module only moves lines. It never parses one (that is
 ``smtp_policy.maillog.parse``) and never decides what a line means.
@@ -30,27 +30,22 @@ Bytes that are not UTF-8 are replaced (``errors="replace"``) and reported once p
 longer than :data:`MAX_LINE_BYTES` are cut, so binary garbage cannot grow the buffer without
 bound.
 
-:class:`StreamTail` reads a pipe or standard input without blocking; :class:`JournalTail` runs
-``journalctl -o json`` and turns each entry into a syslog-like line for the same parser,
-remembering the journal cursor. :class:`Tailer` polls them all and, when none has data,
-sleeps through an injected ``sleep`` so that tests run in milliseconds.
+:class:`StreamTail` reads a pipe or standard input without blocking (the journal's
+``JournalTail``, in ``journal``, reads journalctl through one). Each is a :class:`LineSource`;
+:class:`Tailer` polls them all and, when none has data, sleeps through an injected ``sleep`` so
+that tests run in milliseconds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import select
 import stat
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import IO, Any, Protocol
 
 #: Bytes read from a file per poll; also the most one source contributes to one batch.
@@ -108,8 +103,8 @@ class Batch:
     notices: list[Notice] = field(default_factory=list)
 
 
-class Source(Protocol):
-    """Anything the :class:`Tailer` can poll."""
+class LineSource(Protocol):
+    """Anything the :class:`Tailer` can poll for lines: a file, a stream, the journal."""
 
     name: str
 
@@ -503,163 +498,12 @@ class StreamTail:
         """Nothing to release: the stream belongs to the caller."""
 
 
-def journal_command(
-    unit: str | None, cursor: str | None, *, follow: bool, from_start: bool
-) -> list[str]:
-    """The journalctl command line for a unit (None: the whole journal)."""
-    cmd = ["journalctl", "-o", "json", "--no-pager"]
-    if follow:
-        cmd.append("-f")
-    if cursor:
-        cmd += ["--after-cursor", cursor]
-    elif from_start:
-        cmd.append("--no-tail")
-    else:
-        cmd += ["--lines", "0"]
-    if unit:
-        cmd += ["-u", unit]
-    return cmd
-
-
-def journal_line(entry: Mapping[str, Any]) -> str:
-    """A journal entry as a syslog line: ``<RFC 3339 time> <host> <ident>[<pid>]: <message>``."""
-    message = _journal_text(entry.get("MESSAGE"))
-    ident = _journal_text(entry.get("SYSLOG_IDENTIFIER")) or "unknown"
-    pid = _journal_text(entry.get("SYSLOG_PID") or entry.get("_PID"))
-    host = _journal_text(entry.get("_HOSTNAME")) or "localhost"
-    try:
-        micros = int(str(entry.get("__REALTIME_TIMESTAMP")))
-        when = datetime.fromtimestamp(micros / 1_000_000, UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        when = datetime.fromtimestamp(0, UTC)
-    stamp = when.isoformat(timespec="microseconds")
-    tag = f"{ident}[{pid}]" if pid else ident
-    return f"{stamp} {host} {tag}: {message}"
-
-
-def _journal_text(value: object) -> str:
-    """journalctl writes non-UTF-8 fields as arrays of byte values."""
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        try:
-            return bytes(int(b) & 0xFF for b in value).decode("utf-8", "replace")
-        except (TypeError, ValueError):
-            return ""
-    return str(value).replace("\n", " ")
-
-
-class JournalTail:
-    """Follow the systemd journal through ``journalctl -o json``, keeping the cursor."""
-
-    def __init__(
-        self,
-        unit: str | None,
-        cursor: str | None = None,
-        *,
-        follow: bool = True,
-        from_start: bool = False,
-        spawn: Callable[[list[str]], subprocess.Popen[bytes]] | None = None,
-    ) -> None:
-        self.name = "journal"
-        self.cursor = cursor
-        self.command = journal_command(unit, cursor, follow=follow, from_start=from_start)
-        self._spawn = spawn or _spawn_journalctl
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stream: StreamTail | None = None
-        self._failed = False
-        self._reported_end = False
-
-    @property
-    def exhausted(self) -> bool:
-        """True once journalctl has ended (only without ``-f``, or on an error)."""
-        return self._failed or (self._stream is not None and self._stream.exhausted)
-
-    @property
-    def ended(self) -> bool:
-        """True once journalctl has ended."""
-        return self.exhausted
-
-    def poll(self) -> Batch:
-        """Read the entries journalctl has written; each becomes one syslog-like line."""
-        batch = Batch(self.name)
-        if self._failed:
-            return batch
-        if self._stream is None and not self._start(batch):
-            return batch
-        assert self._stream is not None
-        raw = self._stream.poll()
-        batch.notices += raw.notices
-        for text in raw.lines:
-            self._add(text, batch)
-        if self._stream.exhausted and not self._reported_end:
-            self._reported_end = True
-            self._report_exit(batch)
-        return batch
-
-    def _report_exit(self, batch: Batch) -> None:
-        assert self._proc is not None
-        status = self._proc.wait()
-        if status != 0:
-            batch.notices.append(
-                Notice(self.name, "journal_error", f"journalctl exited with status {status}")
-            )
-
-    def finish(self) -> Batch:
-        """Entries are whole JSON lines: nothing is held back that could be completed."""
-        return Batch(self.name)
-
-    def close(self) -> None:
-        """Stop journalctl."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        if self._proc is not None and self._proc.stdout is not None:
-            self._proc.stdout.close()
-
-    def _start(self, batch: Batch) -> bool:
-        try:
-            self._proc = self._spawn(self.command)
-        except OSError as exc:
-            self._failed = True
-            batch.notices.append(
-                Notice(self.name, "journal_error", f"cannot run journalctl: {exc.strerror}")
-            )
-            return False
-        assert self._proc.stdout is not None
-        self._stream = StreamTail(self._proc.stdout, self.name)
-        return True
-
-    def _add(self, text: str, batch: Batch) -> None:
-        if not text.strip():
-            return
-        try:
-            entry = json.loads(text)
-        except ValueError:
-            batch.notices.append(Notice(self.name, "journal_error", "an entry was not JSON"))
-            return
-        if not isinstance(entry, dict):
-            return
-        batch.lines.append(journal_line(entry))
-        cursor = entry.get("__CURSOR")
-        if isinstance(cursor, str):
-            self.cursor = cursor
-
-
-def _spawn_journalctl(command: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-
-
 class Tailer:
     """Poll several sources; sleep (injected) when none of them had anything."""
 
     def __init__(
         self,
-        sources: Sequence[Source],
+        sources: Sequence[LineSource],
         *,
         sleep: Sleep = time.sleep,
         poll_interval: float = POLL_INTERVAL,
@@ -707,39 +551,3 @@ class Tailer:
         """Close every source."""
         for source in self.sources:
             source.close()
-
-
-class StateStore:
-    """One JSON document in a state directory, replaced atomically on every save."""
-
-    FILE = "follow-state.json"
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
-        self.path = self.directory / self.FILE
-
-    def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when there is none; raise ValueError if it is unreadable."""
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise ValueError(f"{self.path}: not a JSON object")
-        return data
-
-    def save(self, state: Mapping[str, Any]) -> None:
-        """Write ``state`` to a temporary file, flush it to disk, then rename it into place."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".follow-state.", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(state, fh, separators=(",", ":"))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise

@@ -1,0 +1,120 @@
+"""The follower's saved state: file positions, the journal cursor and the messages in flight,
+one JSON document replaced atomically after every batch."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from datetime import tzinfo
+from pathlib import Path
+from typing import Any
+
+from smtp_policy.adapters.follow.journal import JournalTail
+from smtp_policy.adapters.follow.tail import FilePosition, FileTail, Tailer
+from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.maillog.tracker import MessageTracker
+
+#: The version of the state document; a state of another version is ignored.
+STATE_VERSION = 1
+
+
+class StateStore:
+    """One JSON document in a state directory, replaced atomically on every save."""
+
+    FILE = "follow-state.json"
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / self.FILE
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None when there is none; raise ValueError if it is unreadable."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path}: not a JSON object")
+        return data
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        """Write ``state`` to a temporary file, flush it to disk, then rename it into place."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".follow-state.", dir=self.directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(state, fh, separators=(",", ":"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def snapshot(tailer: Tailer, tracker: MessageTracker) -> dict[str, Any]:
+    """Everything a restart needs: file positions, the journal cursor, messages in flight."""
+    files: dict[str, object] = {}
+    cursor = None
+    for source in tailer.sources:
+        if isinstance(source, FileTail) and source.position is not None:
+            files[source.path] = source.position.to_dict()
+        elif isinstance(source, JournalTail):
+            cursor = source.cursor
+    return {
+        "version": STATE_VERSION,
+        "files": files,
+        "journal_cursor": cursor,
+        "tracker": tracker.to_json(),
+    }
+
+
+def position_of(raw: object) -> FilePosition | None:
+    """A saved file position, or None when ``raw`` is not one."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return FilePosition.from_dict(raw)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def load_state(store: StateStore | None) -> Mapping[str, Any]:
+    """The saved state; an unreadable one is moved aside (and reported), not fatal."""
+    if store is None:
+        return {}
+    try:
+        state = store.load()
+    except (OSError, ValueError) as exc:
+        print(f"smtp-policy follow: state {store.path} unreadable ({exc}); starting afresh",
+              file=sys.stderr)  # fmt: skip
+        with contextlib.suppress(OSError):
+            os.replace(store.path, f"{store.path}.corrupt")
+        return {}
+    if state is None or state.get("version") != STATE_VERSION:
+        return {}
+    return state
+
+
+def restore_tracker(
+    state: Mapping[str, Any],
+    kb: KnowledgeBase,
+    *,
+    max_idle: float,
+    tz: tzinfo,
+    year: int | None,
+) -> MessageTracker:
+    """The tracker with the messages in flight that ``state`` saved (a bad one is ignored)."""
+    saved = state.get("tracker")
+    if saved:
+        try:
+            return MessageTracker.from_json(saved, kb, max_idle=max_idle, tz=tz, year=year)
+        except (ValueError, TypeError, KeyError) as exc:
+            print(f"smtp-policy follow: in-flight state ignored: {exc}", file=sys.stderr)
+    return MessageTracker(kb, max_idle=max_idle, tz=tz, year=year)
