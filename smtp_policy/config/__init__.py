@@ -35,10 +35,10 @@ from typing import Any, TypeVar
 from smtp_policy.config.listen import ListenAddress
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.model import EnhancedCode, Reason
+from smtp_policy.core.networks import IPNetwork
 from smtp_policy.core.policy import (
     KNOWN_FROM,
     REPLY_ACTIONS,
-    IPNetwork,
     PolicyRule,
     RuleAction,
     RuleFacts,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from smtp_policy.core.networks import parse_address
 from smtp_policy.core.policy import (
     PolicyRule,
     RuleAction,
@@ -14,7 +15,6 @@ from smtp_policy.core.policy import (
     compile_pattern,
     known_at,
     match_rules,
-    parse_address,
 )
 from smtp_policy.core.stages import Stage
 
