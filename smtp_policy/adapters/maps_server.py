@@ -25,7 +25,7 @@ from smtp_policy.core.rewrite import dsn_text, footer
 from smtp_policy.core.texts import render_reply_text
 from smtp_policy.emit import EventWriter
 from smtp_policy.wire.netstring import NetstringDecoder
-from smtp_policy.wire.socketmap import NOT_FOUND, Reply, Request, Status
+from smtp_policy.wire.socketmap import NOT_FOUND, Request, SocketmapReply, Status
 
 IDLE_TIMEOUT = 300.0  # Postfix closes idle socketmap connections after 10 s itself
 
@@ -61,7 +61,7 @@ class MapsService:
     def _lines(self, explanation: Explanation, map_name: str) -> list[str]:
         return render_reply_text(self._texts, explanation, {}, AUDIENCE[map_name])
 
-    def lookup(self, request: Request, session: str) -> Reply:
+    def lookup(self, request: Request, session: str) -> SocketmapReply:
         """Answer one lookup and record it as one event."""
         explanation: Explanation | None = None
         text: str | None = None
@@ -74,11 +74,11 @@ class MapsService:
             explanation = explain_text(original, self._kb)
             text = dsn_text(status, original, self._lines(explanation, "dsn")) if original else None
         if explanation is None:
-            reply = Reply(
+            reply = SocketmapReply(
                 Status.PERM, f"unknown map {request.name!r}: smtp-policy serves footer and dsn"
             )
         else:
-            reply = Reply(Status.OK, text) if text else NOT_FOUND
+            reply = SocketmapReply(Status.OK, text) if text else NOT_FOUND
         self._events.emit(
             Event(
                 event="lookup",
@@ -93,12 +93,12 @@ class MapsService:
         )
         return reply
 
-    def _answer(self, request: Request, session: str) -> Reply:
+    def _answer(self, request: Request, session: str) -> SocketmapReply:
         try:
             return self.lookup(request, session)
         except Exception as exc:  # a bug must not cost Postfix more than this one lookup
             self.error(session, f"internal error on {request.name} lookup: {exc!r}")
-            return Reply(Status.TEMP, "smtp-policy internal error")
+            return SocketmapReply(Status.TEMP, "smtp-policy internal error")
 
     def error(self, session: str, message: str) -> None:
         """Record a connection-level problem."""

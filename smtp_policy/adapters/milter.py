@@ -25,8 +25,11 @@ Negotiation (:meth:`PolicyMilter.negotiate`) decides the whole conversation up f
   port and name come from the connect callback's arguments.
 
 Every callback runs inside :func:`_guarded`: an exception becomes an ``error`` event and the
-callback answers CONTINUE, so this milter never blocks mail (fail open). A decision becomes a
-reply through the admin's template and the core's sanitizer, sent with ``setreply``.
+callback answers CONTINUE, so this milter never blocks mail (fail open). The rules are the
+core's (:mod:`smtp_policy.core.policy`, the same decision the policy server makes): a stage's
+matching rule gives a :class:`Verdict` at once, and a reply verdict is worded for the stage
+that sends it (:func:`render_decision`: the admin's template, the core's sanitizer), sent with
+``setreply``. A connect or HELO verdict answers HELO and every MAIL after, each in its words.
 """
 
 from __future__ import annotations
@@ -38,25 +41,31 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from enum import StrEnum
 from typing import Concatenate, ParamSpec
 
 import Milter
 
-from smtp_policy.core.classify import classify
 from smtp_policy.core.events import Direction, Event, Source, reply_fields
-from smtp_policy.core.explain import explain, explain_text
+from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
-from smtp_policy.core.model import EnhancedCode, Explanation, Reason
-from smtp_policy.core.parse import parse_reply
-from smtp_policy.core.policy import PolicyRule, RuleAction, RuleFacts, match_rules
-from smtp_policy.core.rewrite import default_lines
-from smtp_policy.core.sanitize import SafeReply, clean_text, milter_line, sanitize_reply
+from smtp_policy.core.model import Explanation
+from smtp_policy.core.policy import (
+    REPLY_ACTIONS,
+    Decision,
+    PolicyRule,
+    RuleAction,
+    RuleFacts,
+    Verdict,
+    match_rules,
+    render_decision,
+    verdict_of,
+)
+from smtp_policy.core.sanitize import SafeReply, clean_text, milter_line
 from smtp_policy.core.stages import Stage
-from smtp_policy.core.texts import TextsConfig, audience_of, render_rule_text
+from smtp_policy.core.texts import TextsConfig, audience_of
 from smtp_policy.emit import EventWriter
 
 CONNECT, HELO, MAIL, RCPT, DATA, EOM, ABORT, CLOSE = (
@@ -114,130 +123,39 @@ ALL_OPTS: int = Milter.ALL_OPTS
 MAX_VALUE_CHARS = 4096  # longer values (a 10 kB address...) are cut in events
 
 
-class Action(StrEnum):
-    """What a matching rule does (the values of ``rules.RuleAction``)."""
-
-    REJECT = "reject"
-    TEMPFAIL = "tempfail"
-    DISCARD = "discard"
-    QUARANTINE = "quarantine"
-    ACCEPT = "accept"
-
-
-#: The codes used when a decision names none.
-DEFAULT_REPLY = {Action.REJECT: (550, "5.7.1"), Action.TEMPFAIL: (451, "4.7.1")}
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyDecision:
-    """A matching rule's verdict; ``text`` is the admin's template (or plain text)."""
-
-    action: Action
-    rule: str
-    code: int | None = None
-    enhanced: str | None = None
-    text: str = ""
-    reason: Reason | None = None
-    help_url: str | None = None
-
-
-#: The facts of a stage as the rules see them (see :meth:`PolicyMilter.facts`).
-Facts = Mapping[str, object]
-#: The decision of the first matching rule for a stage, or None.
-Decide = Callable[[str, Facts], PolicyDecision | None]
-#: The reply's lines for a decision, its explanation and the session's placeholder values.
-Renderer = Callable[[PolicyDecision, Explanation, Mapping[str, str]], Sequence[str]]
-
-
-def _no_decision(stage: str, facts: Facts) -> PolicyDecision | None:
-    """The decision when no rule is configured: none."""
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class MilterPolicy:
-    """The rules as the milter needs them.
+    """The configured rules, and what they ask of the negotiation.
 
-    ``decide`` is asked at each stage in ``stages``; ``replying`` names the stages where its
-    decision needs the MTA to wait for our answer (reject, tempfail, discard; default: all of
-    ``stages``); ``content`` asks for headers and body to measure the real size at eom.
+    ``stages`` are the stages some rule is decided at; ``replying`` those whose rules need the
+    MTA to wait for our answer (reject, tempfail, discard); ``content`` asks for headers and
+    body to measure the real size at eom.
     """
 
-    decide: Decide = _no_decision
-    stages: frozenset[str] = frozenset()
-    replying: frozenset[str] | None = None
-    content: bool = False
+    rules: tuple[PolicyRule, ...] = ()
+    stages: frozenset[str] = field(init=False)
+    replying: frozenset[str] = field(init=False)
+    content: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        waits = REPLY_ACTIONS | {RuleAction.DISCARD}
+        derived = {
+            "stages": frozenset(r.stage.value for r in self.rules),
+            "replying": frozenset(r.stage.value for r in self.rules if r.action in waits),
+            "content": any(r.stage is Stage.EOM and r.size_over is not None for r in self.rules),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # derived fields of a frozen dataclass
 
     def reply_stages(self) -> frozenset[str]:
         """Steps that must wait for us. Connect/HELO decisions are sent at HELO and MAIL."""
-        stages = self.stages if self.replying is None else self.replying
-        early = {HELO, MAIL} if stages & {CONNECT, HELO} else set()
-        return frozenset((stages - {CONNECT}) | early)
-
-
-def default_reply_lines(
-    decision: PolicyDecision, explanation: Explanation, context: Mapping[str, str]
-) -> list[str]:
-    """Without ``[texts]``: the decision's text as it is, then our summary and help link."""
-    return [*decision.text.splitlines(), *default_lines(explanation)]
-
-
-def texts_renderer(texts: TextsConfig) -> Renderer:
-    """The admin's templates: the rule's own ``text``, else ``[texts]`` by code and reason."""
-
-    def render(
-        decision: PolicyDecision, explanation: Explanation, context: Mapping[str, str]
-    ) -> Sequence[str]:
-        audience = audience_of(context.get("client_addr", ""), texts)
-        return render_rule_text(decision.text or None, texts, explanation, context, audience)
-
-    return render
+        early = {HELO, MAIL} if self.replying & {CONNECT, HELO} else set()
+        return frozenset((self.replying - {CONNECT}) | early)
 
 
 def policy_from_rules(rules: Sequence[PolicyRule]) -> MilterPolicy:
-    """A :class:`MilterPolicy` over configured rules (``rules.match_rules`` decides)."""
-    decisions = {id(rule): _decision_of(rule) for rule in rules}
-
-    def decide(stage: str, facts: Facts) -> PolicyDecision | None:
-        rule = match_rules(rules, stage, rule_facts(facts))
-        return None if rule is None else decisions[id(rule)]
-
-    replies = {RuleAction.REJECT, RuleAction.TEMPFAIL, RuleAction.DISCARD}
-    return MilterPolicy(
-        decide,
-        frozenset(r.stage.value for r in rules),
-        frozenset(r.stage.value for r in rules if r.action in replies),
-        any(r.stage is Stage.EOM and r.size_over is not None for r in rules),
-    )
-
-
-def _decision_of(rule: PolicyRule) -> PolicyDecision:
-    return PolicyDecision(
-        Action(rule.action.value),
-        rule.name,
-        rule.code,
-        str(rule.enhanced) if rule.enhanced else None,
-        rule.text or "",
-        rule.reason,
-    )
-
-
-def rule_facts(facts: Facts) -> RuleFacts:
-    """The milter's facts in the shape ``rules.match_rules`` takes."""
-
-    def text(key: str) -> str | None:
-        value = facts.get(key)
-        return value if isinstance(value, str) else None
-
-    size = facts.get("size")
-    return RuleFacts(
-        client_addr=text("client_addr") or "",
-        sender=text("sender"),
-        recipient=text("recipient"),
-        size=size if isinstance(size, int) else None,
-        authenticated=bool(facts.get("authenticated")),
-        helo=text("helo"),
-    )
+    """A :class:`MilterPolicy` over configured rules."""
+    return MilterPolicy(tuple(rules))
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +165,7 @@ class MilterSettings:
     events: EventWriter
     kb: KnowledgeBase
     policy: MilterPolicy = MilterPolicy()
-    render: Renderer = default_reply_lines
+    texts: TextsConfig | None = None  # None: the rule's text as it is, then our summary
     noreply: bool = True  # negotiate "no reply" where no rule replies
 
 
@@ -284,36 +202,6 @@ class MilterFactory:
     def _closed(self) -> None:
         with self._lock:
             self._active -= 1
-
-
-def build_reply(
-    decision: PolicyDecision,
-    kb: KnowledgeBase,
-    render: Renderer = default_reply_lines,
-    context: Mapping[str, str] | None = None,
-) -> tuple[SafeReply, Explanation]:
-    """The sanitized reply for a reject/tempfail decision, and the core's explanation of it."""
-    kind = Action.TEMPFAIL if decision.action is Action.TEMPFAIL else Action.REJECT
-    default_code, default_enhanced = DEFAULT_REPLY[kind]
-    code = decision.code if decision.code and 400 <= decision.code <= 599 else default_code
-    enhanced = _parse_enhanced(decision.enhanced) or _parse_enhanced(default_enhanced)
-    if enhanced is not None and enhanced.klass != code // 100:  # the code's class wins
-        enhanced = EnhancedCode(code // 100, enhanced.subject, enhanced.detail)
-    explanation = explain_decision(code, enhanced, decision, kb)
-    lines = render(decision, explanation, context or {})
-    return sanitize_reply(code, enhanced, lines), explanation
-
-
-def explain_decision(
-    code: int, enhanced: EnhancedCode | None, decision: PolicyDecision, kb: KnowledgeBase
-) -> Explanation:
-    """Explain our own reply from its codes; the rule's reason and help link win."""
-    classification = classify(parse_reply(f"{code} {enhanced or ''}".strip(), kb.codebook), kb)
-    if decision.reason is not None and decision.reason is not classification.reason:
-        classification = replace(classification, reason=decision.reason, rule=None)
-    if decision.help_url:
-        classification = replace(classification, help_url=decision.help_url)
-    return explain(classification, kb)
 
 
 def explain_rejected_recipient(rcpt_host: str, rcpt_addr: str, kb: KnowledgeBase) -> Explanation:
@@ -364,13 +252,6 @@ def text_of(value: object) -> str:
     return text
 
 
-def _parse_enhanced(text: str | None) -> EnhancedCode | None:
-    try:
-        return EnhancedCode.parse(text) if text else None
-    except ValueError:
-        return None
-
-
 def _peer(hostaddr: object) -> tuple[str | None, int | None]:
     """Client address and port from the connect callback (a tuple for inet, a str otherwise)."""
     if isinstance(hostaddr, tuple) and hostaddr:
@@ -409,7 +290,7 @@ class _Transaction:
     size: int | None = None  # SIZE= from MAIL FROM
     measured: int = 0  # header and body octets, when the content steps are negotiated
     recipients: list[str] = field(default_factory=list)
-    quarantine: PolicyDecision | None = None
+    quarantine: Verdict | None = None
     accepted: bool = False  # an accept rule ended rule checks for this transaction
 
 
@@ -425,7 +306,7 @@ class _Session:
     helo: str | None = None
     mta: str | None = None
     auth_user: str | None = None
-    sticky: PolicyDecision | None = None  # a connect/HELO decision, applied from then on
+    sticky: Verdict | None = None  # a connect/HELO decision, applied from then on
     accepted: bool = False  # an accept rule at connect/HELO ended rule checks
     commands: dict[str, int] = field(default_factory=dict)
     accepted_rcpts: int = 0
@@ -581,8 +462,8 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         size = params.get("SIZE")
         self._tx.size = int(size) if size and size.isascii() and size.isdigit() else None
         self._emit_stage(MAIL, {"macros": macros, "params": params})
-        decision = self._s.sticky or self._decide(MAIL)
-        return self._enforce(MAIL, decision) if decision else CONTINUE
+        verdict = self._s.sticky or self._decide(MAIL)
+        return self._enforce(MAIL, verdict) if verdict else CONTINUE
 
     @_guarded(RCPT)
     def envrcpt(self, recipient: str, *args: str) -> int:
@@ -595,13 +476,13 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
             self._rejected_by_mta(rcpt, macros)
             return CONTINUE  # the MTA ignores our answer to a recipient it rejected
         self._emit_stage(RCPT, {"macros": macros, "params": _params(args)}, recipient=rcpt)
-        decision = self._decide(RCPT, recipient=rcpt)
-        if decision and decision.action in (Action.REJECT, Action.TEMPFAIL):
+        verdict = self._decide(RCPT, recipient=rcpt)
+        if verdict and verdict.action in REPLY_ACTIONS:
             self._s.rejected_by_policy += 1
         else:
             self._s.accepted_rcpts += 1
             self._tx.recipients.append(rcpt)
-        return self._enforce(RCPT, decision, rcpt) if decision else CONTINUE
+        return self._enforce(RCPT, verdict, rcpt) if verdict else CONTINUE
 
     @_guarded(DATA)
     def data(self) -> int:
@@ -610,8 +491,8 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         macros = self.macros(DATA)
         self._queue_id(macros)
         self._emit_stage(DATA, {"macros": macros})
-        decision = self._decide(DATA)
-        return self._enforce(DATA, decision) if decision else CONTINUE
+        verdict = self._decide(DATA)
+        return self._enforce(DATA, verdict) if verdict else CONTINUE
 
     @_guarded("header")
     def header(self, name: str, value: str) -> int:
@@ -636,8 +517,8 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
             extra["size"] = self._tx.measured + 2  # + the empty line after the headers
         self._emit_stage(EOM, extra)
         self._s.messages += 1
-        decision = self._decide(EOM)
-        rc = self._enforce(EOM, decision) if decision else CONTINUE
+        verdict = self._decide(EOM)
+        rc = self._enforce(EOM, verdict) if verdict else CONTINUE
         if self._tx.quarantine is not None and rc == CONTINUE:
             held = self._tx.quarantine
             self.quarantine(milter_line(clean_text(f"smtp-policy rule {held.rule}")))
@@ -676,38 +557,33 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         else:
             self.failed(HELO, exc)
             if isinstance(exc, UnicodeDecodeError):
-                self.hello(exc.object)  # the MTA already had CONTINUE; a decision sticks
+                self.hello(exc.object)  # the MTA already had CONTINUE; a verdict sticks
 
     # -- policy ------------------------------------------------------------------------------
 
-    def facts(self, stage: str, recipient: str | None = None) -> dict[str, object]:
+    def facts(self, stage: str, recipient: str | None = None) -> RuleFacts:
         """What the rules can match on at ``stage``."""
         s, tx = self._s, self._tx
         size = tx.measured + 2 if stage == EOM and self._settings.policy.content else tx.size
-        return {
-            "stage": stage,
-            "client_addr": s.client_addr,
-            "client_name": s.client_name,
-            "helo": s.helo,
-            "sender": tx.sender,
-            "recipient": recipient,
-            "recipients": tuple(tx.recipients),
-            "size": size,
-            "authenticated": bool(s.auth_user),
-            "auth_user": s.auth_user,
-            "queue_id": tx.queue_id,
-            "mta": s.mta,
-        }
+        return RuleFacts(
+            client_addr=s.client_addr or "",
+            sender=tx.sender,
+            recipient=recipient,
+            size=size,
+            authenticated=bool(s.auth_user),
+            helo=s.helo,
+        )
 
-    def _decide(self, stage: str, recipient: str | None = None) -> PolicyDecision | None:
-        """Ask the rules; an accept decision is recorded and ends the checks it covers."""
+    def _decide(self, stage: str, recipient: str | None = None) -> Verdict | None:
+        """Ask the rules; an accept verdict is recorded and ends the checks it covers."""
         policy = self._settings.policy
         if stage not in policy.stages or self._s.accepted or self._tx.accepted:
             return None
-        decision = policy.decide(stage, self.facts(stage, recipient))
-        if decision is None or decision.action is not Action.ACCEPT:
-            return decision
-        self._emit_decision(stage, decision, None, None, recipient)
+        rule = match_rules(policy.rules, stage, self.facts(stage, recipient))
+        verdict = None if rule is None else verdict_of(rule)
+        if verdict is None or verdict.action is not RuleAction.ACCEPT:
+            return verdict
+        self._emit_decision(stage, verdict, None, None, recipient)
         if stage in (CONNECT, HELO):
             self._s.accepted = True
         elif stage != RCPT:
@@ -716,38 +592,46 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
 
     def _decide_early(self, stage: str) -> None:
         """Connect and HELO decisions stick: they answer HELO and every MAIL from then on."""
-        decision = self._decide(stage)
-        if decision is not None and self._s.sticky is None:
-            self._s.sticky = decision
+        verdict = self._decide(stage)
+        if verdict is not None and self._s.sticky is None:
+            self._s.sticky = verdict
             if stage == CONNECT:  # no reply can be sent at connect: record it now
-                self._emit_decision(stage, decision, None, None)
+                self._emit_decision(stage, verdict, None, None)
 
-    def _enforce(self, stage: str, decision: PolicyDecision, recipient: str | None = None) -> int:
-        """Carry a decision out: a reply, a discard, or a hold at end of message."""
-        if decision.action in (Action.REJECT, Action.TEMPFAIL):
-            return self._send_reply(stage, decision, recipient)
+    def _enforce(self, stage: str, verdict: Verdict, recipient: str | None = None) -> int:
+        """Carry a verdict out: a reply, a discard, or a hold at end of message."""
+        if verdict.action in REPLY_ACTIONS:
+            return self._send_reply(stage, verdict, recipient)
         if stage in (CONNECT, HELO):
             return CONTINUE  # discard and hold need a transaction: they apply at MAIL
-        if decision.action is Action.DISCARD:
-            self._emit_decision(stage, decision, None, None, recipient)
+        if verdict.action is RuleAction.DISCARD:
+            self._emit_decision(stage, verdict, None, None, recipient)
             return DISCARD
-        if decision.action is Action.QUARANTINE and self._tx.quarantine is None:
-            self._tx.quarantine = decision  # held at end of message
-            self._emit_decision(stage, decision, None, None, recipient)
+        if verdict.action is RuleAction.QUARANTINE and self._tx.quarantine is None:
+            self._tx.quarantine = verdict  # held at end of message
+            self._emit_decision(stage, verdict, None, None, recipient)
         return CONTINUE
 
-    def _send_reply(self, stage: str, decision: PolicyDecision, recipient: str | None) -> int:
-        context = self._context(recipient)
-        reply, explanation = build_reply(
-            decision, self._settings.kb, self._settings.render, context
-        )
+    def _send_reply(self, stage: str, verdict: Verdict, recipient: str | None) -> int:
+        worded = self._word(verdict, recipient)
+        reply = worded.reply()
+        if reply is None:  # not a reply verdict: nothing to send
+            return CONTINUE
         enhanced = str(reply.enhanced) if reply.enhanced else None
         try:
             self.setreply(str(reply.code), enhanced, *[milter_line(x) for x in reply.lines])
         except Exception as exc:  # the MTA falls back to its generic text; the verdict stands
             self.failed(stage, exc)
-        self._emit_decision(stage, decision, reply, explanation, recipient)
+        self._emit_decision(stage, verdict, reply, worded.explanation, recipient)
         return REJECT if reply.code >= 500 else TEMPFAIL
+
+    def _word(self, verdict: Verdict, recipient: str | None) -> Decision:
+        """The verdict's reply in this stage's words (the admin's texts, for this client)."""
+        texts = self._settings.texts
+        context = self._context(recipient)
+        audience = audience_of(context["client_addr"], texts) if texts else "external"
+        kb = self._settings.kb
+        return render_decision(verdict, kb=kb, texts=texts, context=context, audience=audience)
 
     def _context(self, recipient: str | None) -> dict[str, str]:
         """The session's values for the template placeholders."""
@@ -826,20 +710,20 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
     def _emit_decision(
         self,
         stage: str,
-        decision: PolicyDecision,
+        verdict: Verdict,
         reply: SafeReply | None,
         explanation: Explanation | None,
         recipient: str | None = None,
     ) -> None:
-        """Record a rule's decision: the reply sent (``friendly``: its lines), or the action."""
+        """Record a rule's verdict: the reply sent (``friendly``: its lines), or the action."""
         fields: dict[str, object] = dict(reply_fields(explanation))
-        fields["rule"] = decision.rule
-        if explanation is None and decision.reason is not None:
-            fields["reason"] = decision.reason.value
+        fields["rule"] = verdict.rule
+        if explanation is None and verdict.reason is not None:
+            fields["reason"] = verdict.reason.value
         if reply is not None:
             fields["text"] = reply.wire().replace("\r\n", "\n").rstrip("\n")
             fields["friendly"] = "\n".join(reply.lines)
-        extra = {"by": "policy", "action": decision.action.value}
+        extra = {"by": "policy", "action": verdict.action.value}
         self._emit(
             self._event(
                 "reply",

@@ -3,9 +3,10 @@
 Theory of operation: smtpd sends one attribute block per decision point it reaches (each
 ``protocol_state`` the check is placed at), waits for one ``action=`` line and reuses the
 connection. We record each request as an event with all its attributes, ask the admin's rules
-(if any) for a decision, and otherwise answer ``DUNNO`` so the restriction list goes on as if
-we were not there. On malformed input the protocol wants no reply: we log and disconnect, and
-Postfix applies the service's ``default_action`` (documented as DUNNO: fail open).
+(if any) for the core's decision (:func:`smtp_policy.core.policy.decide`, the one the milter
+makes), and otherwise answer ``DUNNO`` so the restriction list goes on as if we were not there.
+On malformed input the protocol wants no reply: we log and disconnect, and Postfix applies the
+service's ``default_action`` (documented as DUNNO: fail open).
 """
 
 from __future__ import annotations
@@ -13,21 +14,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from smtp_policy.adapters._serve import serve_requests
 from smtp_policy.config import Config
-from smtp_policy.core.classify import classify
 from smtp_policy.core.events import Event, Source
-from smtp_policy.core.explain import explain
 from smtp_policy.core.knowledge import KnowledgeBase
-from smtp_policy.core.model import EnhancedCode
-from smtp_policy.core.parse import parse_reply
-from smtp_policy.core.policy import PolicyRule, RuleAction, RuleFacts, match_rules
-from smtp_policy.core.sanitize import sanitize_reply
-from smtp_policy.core.stages import Stage
-from smtp_policy.core.texts import TextsConfig, audience_of, render_rule_text
+from smtp_policy.core.policy import Decision, RuleAction, RuleFacts, decide
+from smtp_policy.core.stages import stage_of
+from smtp_policy.core.texts import audience_of
 from smtp_policy.emit import EventWriter
 from smtp_policy.wire.policy import PolicyDecoder, encode_action
 
@@ -44,17 +39,6 @@ _FIELDS = {
 }
 
 
-_STATE_TO_STAGE = {
-    "CONNECT": Stage.CONNECT,
-    "EHLO": Stage.HELO,
-    "HELO": Stage.HELO,
-    "MAIL": Stage.MAIL,
-    "RCPT": Stage.RCPT,
-    "DATA": Stage.DATA,
-    "END-OF-MESSAGE": Stage.EOM,
-}
-
-
 def facts_of(request: Mapping[str, str]) -> RuleFacts:
     """What the rules may match on, from a request's attributes."""
     size = request.get("size", "")
@@ -68,37 +52,32 @@ def facts_of(request: Mapping[str, str]) -> RuleFacts:
     )
 
 
-def action_for(
-    rule: PolicyRule, request: Mapping[str, str], kb: KnowledgeBase, texts: TextsConfig
-) -> str:
-    """The access(5) action a matching rule answers with: one line, sanitized.
+#: The access(5) action of a rule that sends no reply ("accept" is DUNNO: a policy OK would
+#: skip the restrictions after ours).
+_NO_REPLY_ACTIONS = {
+    RuleAction.DISCARD: "DISCARD",
+    RuleAction.QUARANTINE: "HOLD",
+    RuleAction.ACCEPT: "DUNNO",
+}
 
-    "accept" answers DUNNO (a policy OK would skip later restrictions), "quarantine" HOLD.
-    """
-    if rule.action is RuleAction.DISCARD:
-        return "DISCARD"
-    if rule.action is RuleAction.QUARANTINE:
-        return "HOLD"
-    if rule.action is RuleAction.ACCEPT:
-        return "DUNNO"
-    tempfail = rule.action is RuleAction.TEMPFAIL
-    code = rule.code or (451 if tempfail else 550)
-    enhanced = rule.enhanced or EnhancedCode(code // 100, 7, 1)
-    classification = classify(parse_reply(f"{code} {enhanced}", kb.codebook), kb)
-    if rule.reason is not None:
-        classification = replace(classification, reason=rule.reason)
-    explanation = explain(classification, kb)
-    context = {
+
+def context_of(request: Mapping[str, str]) -> dict[str, str]:
+    """The request's values for the template placeholders."""
+    return {
         "recipient": request.get("recipient", ""),
         "sender": request.get("sender", ""),
         "client_addr": request.get("client_address", ""),
         "client_name": request.get("client_name", ""),
         "queue_id": request.get("queue_id", ""),
     }
-    audience = audience_of(context["client_addr"], texts)
-    lines = render_rule_text(rule.text, texts, explanation, context, audience)
-    reply = sanitize_reply(code, enhanced, " ".join(lines))
-    return f"{code} {reply.enhanced} {' '.join(reply.lines)}"
+
+
+def action_of(decision: Decision) -> str:
+    """The access(5) action for a decision: ``code enhanced text`` on one line, or a verb."""
+    reply = decision.reply()
+    if reply is None:
+        return _NO_REPLY_ACTIONS[decision.action]
+    return f"{reply.code} {reply.enhanced} {' '.join(reply.lines)}"
 
 
 class PolicyService:
@@ -115,18 +94,29 @@ class PolicyService:
         self._rules = config.rules
         self._texts = config.texts
 
-    def decide(self, request: Mapping[str, str]) -> tuple[str, str | None]:
-        """The action for a request and the name of the rule that decided (or None)."""
-        stage = _STATE_TO_STAGE.get(request.get("protocol_state", ""))
-        rule = match_rules(self._rules, stage, facts_of(request)) if stage else None
-        if rule is None:
-            return "DUNNO", None
-        return action_for(rule, request, self._kb, self._texts), rule.name
+    def decision(self, request: Mapping[str, str]) -> Decision | None:
+        """The rules' decision for a request, or None (no rule for its stage matches)."""
+        stage = stage_of(request.get("protocol_state", ""))
+        if stage is None:
+            return None
+        facts = facts_of(request)
+        audience = audience_of(facts.client_addr, self._texts)
+        return decide(
+            self._rules,
+            stage,
+            facts,
+            kb=self._kb,
+            texts=self._texts,
+            context=context_of(request),
+            audience=audience,
+        )
 
     def answer(self, request: Mapping[str, str], session: str) -> str:
         """The action for one request; DUNNO unless a rule decides (or fails)."""
         try:
-            action, rule = self.decide(request)
+            decision = self.decision(request)
+            action = "DUNNO" if decision is None else action_of(decision)
+            rule = None if decision is None else decision.rule
         except Exception as exc:  # a bug in a rule must not change Postfix's decision
             self._error(session, f"rule evaluation failed: {exc!r}")
             action, rule = "DUNNO", None

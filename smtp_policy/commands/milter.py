@@ -98,14 +98,14 @@ def _noreply(choice: str) -> bool:
 
 
 def _settings(config: Config, events: EventWriter, noreply: bool) -> MilterSettings:
-    from smtp_policy.adapters.milter import MilterSettings, policy_from_rules, texts_renderer
+    from smtp_policy.adapters.milter import MilterSettings, policy_from_rules
     from smtp_policy.data import default_knowledge
 
     return MilterSettings(
         events,
         default_knowledge(),
         policy_from_rules(config.rules),
-        texts_renderer(config.texts),
+        config.texts,
         noreply,
     )
 
@@ -199,7 +199,7 @@ def _loop(
 
 def _reload(path: str | None, factory: MilterFactory) -> None:
     """Re-read the configuration; keep the running one if the new one is bad."""
-    from smtp_policy.adapters.milter import policy_from_rules, texts_renderer
+    from smtp_policy.adapters.milter import policy_from_rules
     from smtp_policy.config import load_config
 
     events = factory.settings.events
@@ -211,8 +211,7 @@ def _reload(path: str | None, factory: MilterFactory) -> None:
         _emit(events, "error", text=" ".join(text.split()), exception=type(exc).__name__)
         return
     policy = policy_from_rules(config.rules)
-    render = texts_renderer(config.texts)
-    factory.replace(replace(factory.settings, policy=policy, render=render))
+    factory.replace(replace(factory.settings, policy=policy, texts=config.texts))
     _emit(events, "reloaded", config=path, rules=len(config.rules))
 
 

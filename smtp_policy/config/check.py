@@ -34,10 +34,10 @@ from smtp_policy.config.model import (
 )
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.model import EnhancedCode, Reason
+from smtp_policy.core.networks import IPNetwork
 from smtp_policy.core.policy import (
     KNOWN_FROM,
     REPLY_ACTIONS,
-    IPNetwork,
     PolicyRule,
     RuleAction,
     compile_pattern,

@@ -1,28 +1,39 @@
-"""Admin policy rules and the pure matcher the milter and policy adapters share.
+"""Admin policy rules and the one pure decision every adapter that applies them shares.
 
 Theory of operation: a :class:`PolicyRule` belongs to one SMTP stage and holds match keys
 (client networks, sender/recipient/HELO patterns, a size threshold, whether the client
 authenticated). All keys a rule has must match (AND); within a key's list any entry may
 match (OR); a key the rule leaves out matches anything. A fact that is not known yet (no
 recipient at MAIL time, no size without SIZE=) makes a key that needs it fail. The first rule
-of the stage that matches wins, in configuration order. No I/O here: the adapters gather the
-facts, :func:`match_rules` decides.
+of the stage that matches wins, in configuration order.
+
+A decision is made in three steps, all pure: :func:`match_rules` finds the rule,
+:func:`verdict_of` settles what it does (a reply code in 400-599, the enhanced code in the
+code's class, the defaults 550 5.7.1 and 451 4.7.1), and :func:`render_decision` words its
+reply (explained by the core; the rule's reason and help link win) and sanitizes it.
+:func:`decide` does all three. No I/O here: the adapters gather the facts and carry the
+:class:`Decision` out.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import ipaddress
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Final
 
-from smtp_policy.core.model import EnhancedCode, Reason
+from smtp_policy.core.classify import classify
+from smtp_policy.core.explain import explain
+from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.model import EnhancedCode, Explanation, Reason
+from smtp_policy.core.networks import IPNetwork, in_networks
+from smtp_policy.core.parse import parse_reply
+from smtp_policy.core.rewrite import default_lines
+from smtp_policy.core.sanitize import SafeReply, sanitize_reply
 from smtp_policy.core.stages import ORDER, Stage
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from smtp_policy.core.texts import Audience, TextsConfig, render_rule_text
 
 
 class RuleAction(StrEnum):
@@ -37,6 +48,11 @@ class RuleAction(StrEnum):
 
 #: Actions that send a 4xx/5xx reply (and so may carry code, enhanced and text).
 REPLY_ACTIONS = frozenset({RuleAction.REJECT, RuleAction.TEMPFAIL})
+#: The reply of a reject or tempfail rule that names no (usable) code.
+DEFAULT_REPLIES: Final = {
+    RuleAction.REJECT: (550, EnhancedCode(5, 7, 1)),
+    RuleAction.TEMPFAIL: (451, EnhancedCode(4, 7, 1)),
+}
 
 #: The first stage at which each match key's fact is known.
 KNOWN_FROM = {
@@ -87,6 +103,7 @@ class PolicyRule:
     enhanced: EnhancedCode | None = None
     reason: Reason | None = None
     text: str | None = None
+    help_url: str | None = None  # a link for this rule's replies, over the knowledge's
 
     def matches(self, facts: RuleFacts) -> bool:
         """Whether every match key of this rule holds for ``facts`` (the stage aside)."""
@@ -111,6 +128,129 @@ def match_rules(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a matched rule does, its reply codes settled; the reply is not worded yet.
+
+    ``code`` and ``enhanced`` are set for reject and tempfail only; ``text`` is the rule's
+    own template (None: ``[texts]`` words the reply).
+    """
+
+    action: RuleAction
+    rule: str
+    code: int | None = None
+    enhanced: EnhancedCode | None = None
+    reason: Reason | None = None
+    text: str | None = None
+    help_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A rule's decision as sent: for a reply, its codes, explanation and sanitized lines.
+
+    ``reason`` is the reply's reason (the rule's when it names one); an action without a
+    reply (discard, quarantine, accept) carries the rule's reason and nothing to send.
+    """
+
+    action: RuleAction
+    rule: str
+    code: int | None = None
+    enhanced: EnhancedCode | None = None
+    reason: Reason | None = None
+    explanation: Explanation | None = None
+    lines: tuple[str, ...] = ()
+
+    def reply(self) -> SafeReply | None:
+        """The reply to send, or None for an action that sends none."""
+        if self.code is None:
+            return None
+        return SafeReply(self.code, self.enhanced, self.lines)
+
+
+def verdict_of(rule: PolicyRule) -> Verdict:
+    """A matched rule's verdict: a code outside 400-599 gives way to the action's default, and
+    the enhanced code takes the code's class (Postfix refuses a reply whose classes differ)."""
+    if rule.action not in REPLY_ACTIONS:
+        return Verdict(rule.action, rule.name, reason=rule.reason)
+    default_code, default_enhanced = DEFAULT_REPLIES[rule.action]
+    code = rule.code if rule.code is not None and 400 <= rule.code <= 599 else default_code
+    enhanced = rule.enhanced or default_enhanced
+    if enhanced.klass != code // 100:
+        enhanced = EnhancedCode(code // 100, enhanced.subject, enhanced.detail)
+    return Verdict(rule.action, rule.name, code, enhanced, rule.reason, rule.text, rule.help_url)
+
+
+def render_decision(
+    verdict: Verdict,
+    *,
+    kb: KnowledgeBase,
+    texts: TextsConfig | None,
+    context: Mapping[str, str],
+    audience: Audience = "external",
+) -> Decision:
+    """Word a verdict's reply for one session: explained, rendered, sanitized.
+
+    ``texts`` None renders :func:`default_reply_lines`; otherwise the rule's own ``text`` or
+    ``[texts]`` for ``audience``, with ``context`` filling the session placeholders.
+    """
+    if verdict.code is None:
+        return Decision(verdict.action, verdict.rule, reason=verdict.reason)
+    explanation = explain_verdict(verdict, kb)
+    if texts is None:
+        lines = default_reply_lines(verdict, explanation)
+    else:
+        lines = render_rule_text(verdict.text or None, texts, explanation, context, audience)
+    reply = sanitize_reply(verdict.code, verdict.enhanced, lines)
+    return Decision(
+        verdict.action,
+        verdict.rule,
+        reply.code,
+        reply.enhanced,
+        explanation.classification.reason,
+        explanation,
+        reply.lines,
+    )
+
+
+def explain_verdict(verdict: Verdict, kb: KnowledgeBase) -> Explanation:
+    """Explain a reply verdict from its codes; the rule's reason and help link win.
+
+    A reason of the rule's own replaces the one the codes gave, and with it the knowledge
+    rule that gave it (its wording would describe another reason).
+    """
+    codes = f"{verdict.code or ''} {verdict.enhanced or ''}".strip()
+    reply = parse_reply(codes, kb.codebook)
+    classification = classify(reply, kb)
+    if verdict.reason is not None and verdict.reason is not classification.reason:
+        classification = replace(classification, reason=verdict.reason, rule=None)
+    if verdict.help_url:
+        classification = replace(classification, help_url=verdict.help_url)
+    return explain(classification, kb)
+
+
+def default_reply_lines(verdict: Verdict, explanation: Explanation) -> list[str]:
+    """Without ``[texts]``: the rule's text as it is, then our summary and help link."""
+    return [*(verdict.text or "").splitlines(), *default_lines(explanation)]
+
+
+def decide(
+    rules: Iterable[PolicyRule],
+    stage: Stage,
+    facts: RuleFacts,
+    *,
+    kb: KnowledgeBase,
+    texts: TextsConfig | None,
+    context: Mapping[str, str],
+    audience: Audience = "external",
+) -> Decision | None:
+    """The decision of the first rule for ``stage`` that matches ``facts``, or None."""
+    rule = match_rules(rules, stage, facts)
+    if rule is None:
+        return None
+    return render_decision(verdict_of(rule), kb=kb, texts=texts, context=context, audience=audience)
+
+
 def compile_pattern(text: str) -> re.Pattern[str]:
     """A sender/recipient/HELO pattern: ``/regex/`` (searched) or a glob (whole value).
 
@@ -119,26 +259,6 @@ def compile_pattern(text: str) -> re.Pattern[str]:
     if len(text) >= 2 and text.startswith("/") and text.endswith("/"):
         return re.compile(text[1:-1], re.IGNORECASE)
     return re.compile(r"\A" + fnmatch.translate(text), re.IGNORECASE)
-
-
-def parse_address(text: str) -> IPAddress | None:
-    """A client address as MTAs write it (``192.0.2.1``, ``IPv6:2001:db8::1``, ``[::1]``)."""
-    text = text.strip().strip("[]")
-    if text[:5].lower() == "ipv6:":
-        text = text[5:]
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
-def in_networks(client_addr: str, networks: Iterable[IPNetwork]) -> bool:
-    """Whether ``client_addr`` parses and lies in one of ``networks``."""
-    addr = parse_address(client_addr)
-    return addr is not None and any(addr in net for net in networks)
 
 
 def _network_ok(networks: tuple[IPNetwork, ...], client_addr: str) -> bool:

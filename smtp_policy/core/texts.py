@@ -32,7 +32,7 @@ from typing import Literal
 
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.model import EnhancedCode, Explanation, Reason
-from smtp_policy.core.policy import IPNetwork, in_networks
+from smtp_policy.core.networks import IPNetwork, in_networks
 from smtp_policy.core.sanitize import MAX_LINES, clean_text, sanitize_reply
 
 Audience = Literal["internal", "external"]

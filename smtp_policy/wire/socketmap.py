@@ -37,7 +37,7 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
+class SocketmapReply:
     """One answer; ``data`` is the value (OK) or the reason (TEMP, TIMEOUT, PERM)."""
 
     status: Status
@@ -50,4 +50,4 @@ class Reply:
         return encode(body[:MAX_PAYLOAD])
 
 
-NOT_FOUND = Reply(Status.NOTFOUND)
+NOT_FOUND = SocketmapReply(Status.NOTFOUND)

@@ -169,14 +169,14 @@ def _unframe(wire: bytes) -> bytes:
 @given(st.sampled_from(list(socketmap.Status)), st.text(max_size=500))
 def test_socketmap_replies_are_framed_and_bounded(status: socketmap.Status, data: str) -> None:
     """Every reply is one netstring within the limit; non-OK reasons stay on one line."""
-    payload = _unframe(socketmap.Reply(status, data).encode())
+    payload = _unframe(socketmap.SocketmapReply(status, data).encode())
     assert len(payload) <= netstring.MAX_PAYLOAD
     assert payload.startswith(status.value.encode() + b" ")
     if status is not socketmap.Status.OK:
         assert not re.search(rb"[\r\n]", payload)
 
 
-def _safe_footer_or_dsn(reply: socketmap.Reply) -> None:
+def _safe_footer_or_dsn(reply: socketmap.SocketmapReply) -> None:
     payload = _unframe(reply.encode())
     assert len(payload) <= netstring.MAX_PAYLOAD
     assert not re.search(r"[\r\n\x00]", reply.data), reply.data

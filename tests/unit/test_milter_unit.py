@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import socket
 from collections.abc import Callable
@@ -16,26 +17,29 @@ from Milter.testctx import TestCtx as FakeMta  # renamed: pytest would collect "
 
 from smtp_policy.adapters import milter as mod
 from smtp_policy.adapters.milter import (
-    Action,
-    Facts,
     MilterFactory,
     MilterPolicy,
     MilterSettings,
-    PolicyDecision,
     PolicyMilter,
-    build_reply,
     detect_mta,
     policy_from_rules,
-    rule_facts,
     text_of,
-    texts_renderer,
 )
 from smtp_policy.commands import milter as command
 from smtp_policy.config import ListenAddress, load_config
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.knowledge import KnowledgeBase
-from smtp_policy.core.model import Reason
+from smtp_policy.core.model import EnhancedCode, Reason
+from smtp_policy.core.policy import (
+    PolicyRule,
+    RuleAction,
+    RuleFacts,
+    compile_pattern,
+    render_decision,
+    verdict_of,
+)
 from smtp_policy.core.sanitize import MAX_LINE_OCTETS
+from smtp_policy.core.stages import Stage
 from smtp_policy.data import default_knowledge
 from smtp_policy.emit import EventWriter
 
@@ -80,15 +84,13 @@ def _fresh_testctx(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(FakeMta, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF & ~NR_BITS, 0, 0])
 
 
-def rule(
-    stage: str, decision: PolicyDecision, when: Callable[[Facts], bool] = lambda f: True
-) -> MilterPolicy:
-    """A policy with one rule at one stage."""
+def rule(stage: str, action: RuleAction = RuleAction.REJECT, **keys: Any) -> MilterPolicy:
+    """A policy with one rule at one stage (``keys``: the rule's other fields; name "r")."""
+    return policy_from_rules([PolicyRule(keys.pop("name", "r"), Stage(stage), action, **keys)])
 
-    def decide(at: str, facts: Facts) -> PolicyDecision | None:
-        return decision if at == stage and when(facts) else None
 
-    return MilterPolicy(decide, frozenset({stage}))
+#: A recipient pattern no test address matches.
+NOBODY = (compile_pattern("nobody@nowhere.test"),)
 
 
 @pytest.fixture(name="start")
@@ -168,11 +170,10 @@ def test_negotiation_observer_only(kb: KnowledgeBase, events: Recorder) -> None:
 
 def test_negotiation_waits_where_rules_decide(kb: KnowledgeBase, events: Recorder) -> None:
     """A rcpt rule: RCPT replies, the rest stays no-reply; connect rules reply at HELO and MAIL."""
-    reject = PolicyDecision(Action.REJECT, "r")
-    _, opts, _ = negotiated(kb, events, policy=rule("rcpt", reject))
+    _, opts, _ = negotiated(kb, events, policy=rule("rcpt"))
     assert not opts[1] & Milter.P_NR_RCPT
     assert opts[1] & (NR_BITS & ~Milter.P_NR_RCPT) == NR_BITS & ~Milter.P_NR_RCPT
-    _, opts, _ = negotiated(kb, events, policy=rule("connect", reject))
+    _, opts, _ = negotiated(kb, events, policy=rule("connect"))
     assert not opts[1] & (Milter.P_NR_HELO | Milter.P_NR_MAIL)
     assert opts[1] & Milter.P_NR_CONN
     _, opts, _ = negotiated(kb, events, noreply=False)
@@ -181,9 +182,7 @@ def test_negotiation_waits_where_rules_decide(kb: KnowledgeBase, events: Recorde
 
 def test_no_reply_stages_answer_noreply(kb: KnowledgeBase, events: Recorder) -> None:
     """Where "no reply" was negotiated the callback returns NOREPLY; elsewhere CONTINUE."""
-    m, _, ctx = negotiated(
-        kb, events, policy=rule("rcpt", PolicyDecision(Action.REJECT, "r"), lambda f: False)
-    )
+    m, _, ctx = negotiated(kb, events, policy=rule("rcpt", recipient=NOBODY))
     ctx._stage = Milter.M_ENVFROM
     assert m.envfrom("<a@b.test>") == Milter.NOREPLY
     ctx._stage = Milter.M_ENVRCPT
@@ -347,13 +346,16 @@ def test_relay_denied_rejected_by_postfix(start: Callable[..., FakeMta], events:
 # -- fail open ------------------------------------------------------------------------------
 
 
-def test_a_raising_rule_fails_open(start: Callable[..., FakeMta], events: Recorder) -> None:
+def test_a_raising_rule_fails_open(
+    start: Callable[..., FakeMta], events: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An exception in a callback: CONTINUE, and an error event with its type and message."""
 
-    def broken(stage: str, facts: Facts) -> PolicyDecision | None:
+    def broken(*args: object) -> PolicyRule | None:
         raise ZeroDivisionError("rule arithmetic")
 
-    ctx = start(policy=MilterPolicy(broken, frozenset({"rcpt"})))
+    monkeypatch.setattr(mod, "match_rules", broken)
+    ctx = start(policy=rule("rcpt"))
     ctx._envfrom("<a@example.com>")
     assert ctx._envrcpt("<b@local.test>") == Milter.CONTINUE
     assert ctx._reply is None
@@ -430,10 +432,16 @@ def test_policy_reject_is_sanitized_multiline(
     start: Callable[..., FakeMta], events: Recorder
 ) -> None:
     """CR/LF start new lines, NUL/controls go, % is doubled for libmilter, the code stays."""
-    decision = PolicyDecision(
-        Action.REJECT, "no-bob", 550, "5.7.1", HOSTILE, help_url="https://help.example/policy"
+    policy = rule(
+        "rcpt",
+        name="no-bob",
+        recipient=(compile_pattern("bob@local.test"),),
+        code=550,
+        enhanced=EnhancedCode(5, 7, 1),
+        text=HOSTILE,
+        help_url="https://help.example/policy",
     )
-    ctx = start(policy=rule("rcpt", decision, lambda f: f["recipient"] == "<bob@local.test>"))
+    ctx = start(policy=policy)
     ctx._envfrom("<a@example.com>")
     assert ctx._envrcpt("<carol@local.test>") == Milter.CONTINUE
     assert ctx._envrcpt("<bob@local.test>") == Milter.REJECT
@@ -466,21 +474,27 @@ def test_policy_reject_is_sanitized_multiline(
 
 
 def test_policy_reply_is_capped_at_32_lines(kb: KnowledgeBase) -> None:
-    decision = PolicyDecision(
-        Action.REJECT, "long", text="\n".join(f"line {i}" for i in range(100))
+    long = PolicyRule(
+        "long", Stage.RCPT, RuleAction.REJECT, text="\n".join(f"line {i}" for i in range(100))
     )
-    reply, _ = build_reply(decision, kb)
-    assert len(reply.lines) == 32
+    decision = render_decision(verdict_of(long), kb=kb, texts=None, context={})
+    assert len(decision.lines) == 32
 
 
 def test_tempfail_with_a_mismatched_enhanced_code(
     start: Callable[..., FakeMta], events: Recorder
 ) -> None:
     """A 4xx code with a 5.x.x enhanced code: the class follows the code (Postfix insists)."""
-    decision = PolicyDecision(
-        Action.TEMPFAIL, "slow-down", 451, "5.7.1", "Try later", reason=Reason.RATE_LIMITED
+    policy = rule(
+        "mail",
+        RuleAction.TEMPFAIL,
+        name="slow-down",
+        code=451,
+        enhanced=EnhancedCode(5, 7, 1),
+        text="Try later",
+        reason=Reason.RATE_LIMITED,
     )
-    ctx = start(policy=rule("mail", decision))
+    ctx = start(policy=policy)
     assert ctx._envfrom("<a@example.com>") == Milter.TEMPFAIL
     assert ctx._reply[:2] == ("451", "4.7.1")
     (reply,) = events.kind("reply")
@@ -489,7 +503,7 @@ def test_tempfail_with_a_mismatched_enhanced_code(
 
 def test_default_codes_and_our_explanation(start: Callable[..., FakeMta], events: Recorder) -> None:
     """No code, no text: 550 5.7.1 with the core's summary and advice."""
-    ctx = start(policy=rule("data", PolicyDecision(Action.REJECT, "bare")))
+    ctx = start(policy=rule("data", name="bare"))
     ctx._envfrom("<a@example.com>")
     ctx._envrcpt("<b@local.test>")
     assert ctx._data() == Milter.REJECT
@@ -501,8 +515,15 @@ def test_default_codes_and_our_explanation(start: Callable[..., FakeMta], events
 
 def test_connect_decision_answers_helo(start: Callable[..., FakeMta], events: Recorder) -> None:
     """No reply can be sent at connect: the decision is recorded, then answers HELO."""
-    decision = PolicyDecision(Action.REJECT, "bad-net", 554, "5.7.1", "Your network is blocked")
-    ctx = start(policy=rule("connect", decision, lambda f: f["client_addr"] == "192.0.2.7"))
+    policy = rule(
+        "connect",
+        name="bad-net",
+        client_network=(ipaddress.ip_network("192.0.2.7/32"),),
+        code=554,
+        enhanced=EnhancedCode(5, 7, 1),
+        text="Your network is blocked",
+    )
+    ctx = start(policy=policy)
     assert ctx.rc == Milter.REJECT  # HELO got the reply
     assert ctx._reply[:3] == ("554", "5.7.1", "Your network is blocked")
     replies = events.kind("reply")
@@ -513,8 +534,15 @@ def test_connect_decision_answers_helo(start: Callable[..., FakeMta], events: Re
 
 def test_connect_decision_answers_mail_without_helo(kb: KnowledgeBase, events: Recorder) -> None:
     """A client that skips HELO meets the connect-time decision at MAIL (and every MAIL)."""
-    decision = PolicyDecision(Action.TEMPFAIL, "busy", 421, "4.7.0", "Too busy")
-    m, _, ctx = negotiated(kb, events, policy=rule("connect", decision))
+    policy = rule(
+        "connect",
+        RuleAction.TEMPFAIL,
+        name="busy",
+        code=421,
+        enhanced=EnhancedCode(4, 7, 0),
+        text="Too busy",
+    )
+    m, _, ctx = negotiated(kb, events, policy=policy)
     ctx._stage = Milter.M_CONNECT
     assert m.connect("client", 2, ("192.0.2.1", 2525)) == Milter.NOREPLY
     ctx._stage = Milter.M_ENVFROM
@@ -525,7 +553,7 @@ def test_connect_decision_answers_mail_without_helo(kb: KnowledgeBase, events: R
 
 
 def test_discard_at_rcpt(start: Callable[..., FakeMta], events: Recorder) -> None:
-    ctx = start(policy=rule("rcpt", PolicyDecision(Action.DISCARD, "blackhole")))
+    ctx = start(policy=rule("rcpt", RuleAction.DISCARD, name="blackhole"))
     ctx._envfrom("<a@example.com>")
     assert ctx._envrcpt("<b@local.test>") == Milter.DISCARD
     (reply,) = events.kind("reply")
@@ -539,10 +567,8 @@ def test_quarantine_holds_at_end_of_message(
     monkeypatch.setattr(
         FakeMta, "quarantine", lambda self, reason: held.append(reason), raising=False
     )
-    decision = PolicyDecision(
-        Action.QUARANTINE, "hold", text="100% suspicious", reason=Reason.SPAM_DETECTED
-    )
-    ctx = start(policy=rule("mail", decision))
+    policy = rule("mail", RuleAction.QUARANTINE, name="hold", reason=Reason.SPAM_DETECTED)
+    ctx = start(policy=policy)
     assert ctx._envfrom("<a@example.com>") == Milter.CONTINUE
     ctx._envrcpt("<b@local.test>")
     assert ctx._eom() == Milter.CONTINUE
@@ -559,7 +585,7 @@ def test_a_failing_setreply_keeps_the_verdict(
     def refuse(self: FakeMta, *args: object) -> None:
         raise Milter.error("cannot set reply")
 
-    ctx = start(policy=rule("rcpt", PolicyDecision(Action.REJECT, "r")))
+    ctx = start(policy=rule("rcpt"))
     monkeypatch.setattr(FakeMta, "setreply", refuse)
     ctx._envfrom("<a@example.com>")
     assert ctx._envrcpt("<b@local.test>") == Milter.REJECT
@@ -620,7 +646,7 @@ def test_policy_from_configured_rules(
     assert policy.stages == {"mail", "connect"}
     assert policy.reply_stages() == {"mail"}  # accept at connect needs no reply
     ctx = start(policy=policy)
-    ctx._priv._settings = replace(ctx._priv._settings, render=texts_renderer(config.texts))
+    ctx._priv._settings = replace(ctx._priv._settings, texts=config.texts)
     assert ctx._envfrom("<eve@spam.example>") == Milter.REJECT
     assert ctx._reply == (
         "554",
@@ -635,13 +661,13 @@ def test_policy_from_configured_rules(
 
 def test_an_accept_rule_shields_the_session(kb: KnowledgeBase, events: Recorder) -> None:
     """accept at connect: recorded, and no later rule of the session applies."""
-    reject = PolicyDecision(Action.REJECT, "no-mail")
-    accept = PolicyDecision(Action.ACCEPT, "trusted")
-
-    def decide(stage: str, facts: Facts) -> PolicyDecision | None:
-        return accept if stage == "connect" else reject
-
-    m, _, ctx = negotiated(kb, events, policy=MilterPolicy(decide, frozenset({"connect", "mail"})))
+    policy = policy_from_rules(
+        [
+            PolicyRule("trusted", Stage.CONNECT, RuleAction.ACCEPT),
+            PolicyRule("no-mail", Stage.MAIL, RuleAction.REJECT),
+        ]
+    )
+    m, _, ctx = negotiated(kb, events, policy=policy)
     ctx._stage = Milter.M_CONNECT
     m.connect("client", 2, ("198.51.100.7", 2525))
     ctx._stage = Milter.M_ENVFROM
@@ -650,10 +676,17 @@ def test_an_accept_rule_shields_the_session(kb: KnowledgeBase, events: Recorder)
     assert (reply["action"], reply["rule"], reply["code"]) == ("accept", "trusted", None)
 
 
-def test_rule_facts_from_milter_facts() -> None:
-    facts = rule_facts({"client_addr": "192.0.2.1", "sender": "<>", "size": 12, "authenticated": 1})
-    assert (facts.client_addr, facts.sender, facts.recipient) == ("192.0.2.1", "<>", None)
-    assert (facts.size, facts.authenticated, facts.helo) == (12, True, None)
+def test_the_rules_see_the_sessions_facts(kb: KnowledgeBase, events: Recorder) -> None:
+    """The milter hands the rules what it knows at each stage, as the core's RuleFacts."""
+    m, _, ctx = negotiated(kb, events, noreply=False)
+    ctx._stage = Milter.M_CONNECT
+    m.connect("client", 2, ("192.0.2.1", 2525))
+    ctx._stage = Milter.M_ENVFROM
+    ctx._setsymval("{auth_authen}", "alice")
+    m.envfrom("<>", "SIZE=12")
+    facts = m.facts("mail")
+    assert facts == RuleFacts(client_addr="192.0.2.1", sender="<>", size=12, authenticated=True)
+    assert m.facts("rcpt", "<b@local.test>").recipient == "<b@local.test>"
 
 
 # -- the command's helpers -------------------------------------------------------------------

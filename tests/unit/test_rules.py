@@ -7,16 +7,22 @@ from collections.abc import Sequence
 
 import pytest
 
+from smtp_policy.core.model import EnhancedCode, Reason
+from smtp_policy.core.networks import parse_address
 from smtp_policy.core.policy import (
     PolicyRule,
     RuleAction,
     RuleFacts,
     compile_pattern,
+    decide,
     known_at,
     match_rules,
-    parse_address,
+    render_decision,
+    verdict_of,
 )
 from smtp_policy.core.stages import Stage
+from smtp_policy.core.texts import TextsConfig
+from smtp_policy.data import default_knowledge
 
 
 def rule(
@@ -178,3 +184,85 @@ def test_parse_address(text: str, expected: str | None) -> None:
     """Addresses as Postfix and Sendmail write them parse; names do not."""
     addr = parse_address(text)
     assert (str(addr) if addr else None) == expected
+
+
+# -- the verdict and the decision -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "code", "enhanced", "settled"),
+    [
+        (RuleAction.REJECT, None, None, (550, "5.7.1")),
+        (RuleAction.TEMPFAIL, None, None, (451, "4.7.1")),
+        (RuleAction.REJECT, 650, None, (550, "5.7.1")),  # not a failure code: the default
+        (RuleAction.TEMPFAIL, 250, "2.0.0", (451, "4.0.0")),
+        (RuleAction.TEMPFAIL, 421, "5.7.0", (421, "4.7.0")),  # the code's class wins
+        (RuleAction.REJECT, 554, None, (554, "5.7.1")),
+        (RuleAction.REJECT, 451, None, (451, "4.7.1")),  # a 4xx reject stays (as configured)
+    ],
+)
+def test_a_reply_verdict_settles_its_codes(
+    action: RuleAction, code: int | None, enhanced: str | None, settled: tuple[int, str]
+) -> None:
+    parsed = EnhancedCode.parse(enhanced) if enhanced else None
+    verdict = verdict_of(PolicyRule("r", Stage.RCPT, action, code=code, enhanced=parsed))
+    assert (verdict.code, str(verdict.enhanced)) == settled
+
+
+def test_a_verdict_without_reply_has_no_codes() -> None:
+    rule = PolicyRule("hold", Stage.MAIL, RuleAction.QUARANTINE, reason=Reason.SPAM_DETECTED)
+    verdict = verdict_of(rule)
+    assert (verdict.code, verdict.enhanced, verdict.reason) == (None, None, Reason.SPAM_DETECTED)
+    decision = render_decision(verdict, kb=default_knowledge(), texts=TextsConfig(), context={})
+    assert decision.reply() is None
+    assert (decision.action, decision.reason, decision.lines) == (
+        RuleAction.QUARANTINE,
+        Reason.SPAM_DETECTED,
+        (),
+    )
+
+
+def test_decide_matches_settles_and_words() -> None:
+    """The one decision: the first matching rule, its codes settled, its text rendered."""
+    kb = default_knowledge()
+    rules = [
+        PolicyRule(
+            "slow",
+            Stage.RCPT,
+            RuleAction.TEMPFAIL,
+            recipient=(compile_pattern("*@busy.test"),),
+            code=451,
+            enhanced=EnhancedCode(5, 1, 1),
+            reason=Reason.RATE_LIMITED,
+            text="Slow down, {recipient} ({reason})\nRetry later",
+        )
+    ]
+    context = {"recipient": "bob@busy.test"}
+    elsewhere = RuleFacts(recipient="<a@x.test>")
+    assert decide(rules, Stage.RCPT, elsewhere, kb=kb, texts=None, context=context) is None
+    decision = decide(
+        rules,
+        Stage.RCPT,
+        RuleFacts(recipient="<bob@busy.test>"),
+        kb=kb,
+        texts=TextsConfig(),
+        context=context,
+    )
+    assert decision is not None
+    assert (decision.rule, decision.code, str(decision.enhanced)) == ("slow", 451, "4.1.1")
+    assert decision.reason is Reason.RATE_LIMITED
+    assert decision.explanation is not None
+    assert decision.explanation.classification.rule is None  # the rule's reason replaced it
+    assert decision.lines == ("Slow down, bob@busy.test (rate_limited)", "Retry later")
+    reply = decision.reply()
+    assert reply is not None
+    assert reply.wire().startswith("451-4.1.1 Slow down")
+
+
+def test_without_texts_the_rules_text_is_kept_and_our_words_follow() -> None:
+    rule = PolicyRule(
+        "plain", Stage.MAIL, RuleAction.REJECT, text="No {sender}", help_url="https://h.test/x"
+    )
+    decision = render_decision(verdict_of(rule), kb=default_knowledge(), texts=None, context={})
+    assert decision.lines[0] == "No {sender}"  # not a template without [texts]
+    assert decision.lines[-1] == "More information: https://h.test/x"

@@ -70,8 +70,11 @@ def test_socketmap_request_and_replies() -> None:
     req = socketmap.Request.decode(b"footer 550 5.1.1 <u@example.com>: User unknown")
     assert req == socketmap.Request("footer", "550 5.1.1 <u@example.com>: User unknown")
     assert socketmap.NOT_FOUND.encode() == b"9:NOTFOUND ,"
-    assert socketmap.Reply(socketmap.Status.OK, "hello").encode() == b"8:OK hello,"
-    assert socketmap.Reply(socketmap.Status.TEMP, "down\r\nnow").encode() == b"13:TEMP down now,"
+    assert socketmap.SocketmapReply(socketmap.Status.OK, "hello").encode() == b"8:OK hello,"
+    assert (
+        socketmap.SocketmapReply(socketmap.Status.TEMP, "down\r\nnow").encode()
+        == b"13:TEMP down now,"
+    )
     with pytest.raises(ProtocolError):
         socketmap.Request.decode(b"nokey")
 
