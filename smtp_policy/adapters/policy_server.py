@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from smtp_policy.adapters._serve import serve_requests
 from smtp_policy.config import Config
 from smtp_policy.core.classify import classify
-from smtp_policy.core.events import Event, Source
+from smtp_policy.core.events import Event, EventKind, Source
 from smtp_policy.core.explain import explain
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import EnhancedCode
@@ -137,7 +137,7 @@ class PolicyService:
         extra = {k: v for k, v in request.items() if k not in _FIELDS}
         self._events.emit(
             Event(
-                event="policy_request",
+                event=EventKind.POLICY_REQUEST,
                 source=Source.POLICY,
                 ts=datetime.now(UTC),
                 stage=_STAGES.get(state, state.lower()) or None,

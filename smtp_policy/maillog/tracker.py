@@ -36,12 +36,22 @@ import contextlib
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any
 
-from smtp_policy.core.events import Direction, Event, Source, reply_fields
+from smtp_policy.core.events import (
+    BounceNotice,
+    Direction,
+    Event,
+    EventKind,
+    MessageReply,
+    MessageSummary,
+    RecipientSummary,
+    Source,
+    reply_fields,
+)
 from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Explanation
@@ -139,11 +149,16 @@ class _Recipient:
     address: str
     orig: str | None = None
     status: str | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[MessageReply] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"address": self.address, "orig": self.orig, "status": self.status,
-                "attempts": self.attempts}  # fmt: skip
+                "attempts": [a.to_dict() for a in self.attempts]}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _Recipient:
+        attempts = [MessageReply.from_dict(a) for a in data.get("attempts", [])]
+        return cls(data["address"], data.get("orig"), data.get("status"), attempts)
 
 
 @dataclass(slots=True)
@@ -165,27 +180,33 @@ class _Message:
     expired: bool = False
     rejected: bool = False
     recipients: dict[str, _Recipient] = field(default_factory=dict)
-    upstream: list[dict[str, Any]] = field(default_factory=list)
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    notifications: list[dict[str, Any]] = field(default_factory=list)
+    upstream: list[MessageReply] = field(default_factory=list)
+    attempts: list[MessageReply] = field(default_factory=list)
+    notifications: list[BounceNotice] = field(default_factory=list)
     notification_for: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {name: getattr(self, name) for name in _MESSAGE_SCALARS}
+        out: dict[str, Any] = {}
+        for name in _MESSAGE_SAVED:
+            value = getattr(self, name)
+            out[name] = [v.to_dict() for v in value] if name in _MESSAGE_LISTS else value
         out["recipients"] = [r.to_dict() for r in self.recipients.values()]
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> _Message:
-        msg = cls(**{k: data[k] for k in _MESSAGE_SCALARS if k in data})
+        msg = cls(**{k: data[k] for k in _MESSAGE_SAVED if k in data and k not in _MESSAGE_LISTS})
+        msg.upstream = [MessageReply.from_dict(u) for u in data.get("upstream", [])]
+        msg.attempts = [MessageReply.from_dict(a) for a in data.get("attempts", [])]
+        msg.notifications = [BounceNotice.from_dict(n) for n in data.get("notifications", [])]
         for r in data.get("recipients", []):
-            msg.recipients[r["address"]] = _Recipient(**r)
+            msg.recipients[r["address"]] = _Recipient.from_dict(r)
         return msg
 
 
-_MESSAGE_SCALARS = tuple(
-    n for n in _Message.__dataclass_fields__ if n != "recipients"
-)  # fmt: skip
+#: The fields saved in the state, in order (recipients follow); the lists hold typed values.
+_MESSAGE_SAVED = tuple(n for n in _Message.__dataclass_fields__ if n != "recipients")
+_MESSAGE_LISTS = frozenset({"upstream", "attempts", "notifications"})
 
 
 @dataclass(slots=True)
@@ -208,6 +229,7 @@ class _Known:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NO_FIELDS: dict[str, Any] = {}
 
 
 @dataclass(slots=True)
@@ -431,7 +453,7 @@ class MessageTracker:
             if v is not None
         }
         return Event(
-            event="reply",
+            event=EventKind.REPLY,
             source=Source.LOG,
             ts=ts,
             direction=_direction(record),
@@ -551,7 +573,7 @@ class MessageTracker:
             rcpt = msg.recipients.get(address)
             if rcpt is None:
                 rcpt = msg.recipients[address] = _Recipient(address, record.orig_recipient)
-            rcpt.attempts.append({**attempt, "attempt": len(rcpt.attempts) + 1})
+            rcpt.attempts.append(replace(attempt, attempt=len(rcpt.attempts) + 1))
             rcpt.status = _status(record.status, record.dsn)
 
     def _expire(self, msg: _Message, record: LogRecord, ts: datetime, known: _Known | None) -> None:
@@ -560,11 +582,11 @@ class MessageTracker:
         for rcpt in msg.recipients.values():
             if rcpt.status not in FINAL_STATUSES:
                 rcpt.status = "expired"
-                rcpt.attempts.append({**attempt, "attempt": len(rcpt.attempts) + 1})
+                rcpt.attempts.append(replace(attempt, attempt=len(rcpt.attempts) + 1))
 
     def _bounce_notice(self, msg: _Message, record: LogRecord, now: float) -> None:
         new = record.new_queue_id
-        notice = _compact(queue_id=new, type=record.extra_value("notice"), ts=self._iso(now))
+        notice = BounceNotice(self._iso(now), new, record.extra_value("notice"))
         msg.notifications.append(notice)
         if not new:
             return
@@ -576,37 +598,32 @@ class MessageTracker:
     def _rejected(
         self, msg: _Message, record: LogRecord, ts: datetime, known: _Known | None
     ) -> None:
+        stage = _stage(record, known)
         entry = self._attempt(record, ts, known)
-        entry["stage"] = _stage(record, known)
-        entry["recipient"] = _angle(record.recipient)
-        entry["action"] = record.action
-        msg.upstream.append(_compact(**entry))
+        msg.upstream.append(
+            replace(entry, stage=stage, recipient=_angle(record.recipient), action=record.action)
+        )
         refusing = (record.action or "reject") in _REFUSING
-        if entry["stage"] in _WHOLE_MESSAGE_STAGES and refusing:
+        if stage in _WHOLE_MESSAGE_STAGES and refusing:
             msg.rejected = True
 
-    def _attempt(self, record: LogRecord, ts: datetime, known: _Known | None) -> dict[str, Any]:
+    def _attempt(self, record: LogRecord, ts: datetime, known: _Known | None) -> MessageReply:
         """One reply as kept in a message record: when, what happened, what it means."""
-        out: dict[str, Any] = {"ts": self._iso(ts.timestamp())}
-        if record.status:
-            out["status"] = _status(record.status, record.dsn)
-        fields = known.fields if known is not None else {}
-        code = record.code if record.code is not None else fields.get("code")
-        for key, value in (
-            ("code", code),
-            ("enhanced", record.enhanced or record.dsn or fields.get("enhanced")),
-            ("dsn", record.dsn),
-            ("relay", record.relay),
-            ("delay", record.delay),
-            ("class", fields.get("klass")),
-            ("reason", fields.get("reason")),
-            ("summary", fields.get("summary")),
-            ("rule", fields.get("rule")),
-            ("text", record.reply),
-        ):
-            if value is not None:
-                out[key] = value
-        return out
+        fields = known.fields if known is not None else _NO_FIELDS
+        return MessageReply(
+            ts=self._iso(ts.timestamp()),
+            status=_status(record.status, record.dsn) if record.status else None,
+            code=record.code if record.code is not None else fields.get("code"),
+            enhanced=record.enhanced or record.dsn or fields.get("enhanced"),
+            dsn=record.dsn,
+            relay=record.relay,
+            delay=record.delay,
+            klass=fields.get("klass"),
+            reason=fields.get("reason"),
+            summary=fields.get("summary"),
+            rule=fields.get("rule"),
+            text=record.reply,
+        )
 
     def _done(self, msg: _Message, kind: str, record: LogRecord) -> bool:
         if kind == "removed" or (kind in _UPSTREAM_REJECTS and msg.rejected):
@@ -674,22 +691,10 @@ def _mask(match: re.Match[str]) -> str:
 def _message_event(
     msg: _Message, now: float, flushed: str | None, tz: tzinfo, iso: Callable[[float], str]
 ) -> Event:
-    status = _message_status(msg, flushed)
     deciding = _deciding_attempt(msg)
-    fields: dict[str, Any] = {}
-    if deciding is not None:
-        fields = {
-            "code": deciding.get("code"),
-            "enhanced": deciding.get("enhanced"),
-            "klass": deciding.get("class"),
-            "reason": deciding.get("reason"),
-            "text": deciding.get("text"),
-            "summary": deciding.get("summary"),
-            "rule": deciding.get("rule"),
-        }
     rcpts = list(msg.recipients.values())
-    extra = _compact(
-        status=status,
+    summary = MessageSummary(
+        status=_message_status(msg, flushed),
         complete=flushed is None,
         flushed=flushed,
         message_id=msg.message_id,
@@ -698,14 +703,14 @@ def _message_event(
         received=iso(msg.first_seen),
         connected=iso(msg.connected) if msg.connected is not None else None,
         delay=_message_delay(msg, now),
-        recipients=[_recipient_summary(r) for r in rcpts],
-        upstream=msg.upstream or None,
-        attempts=msg.attempts or None,
-        notifications=msg.notifications or None,
+        recipients=tuple(_recipient_summary(r) for r in rcpts),
+        upstream=tuple(msg.upstream),
+        attempts=tuple(msg.attempts),
+        notifications=tuple(msg.notifications),
         notification_for=msg.notification_for,
     )
     return Event(
-        event="message",
+        event=EventKind.MESSAGE,
         source=Source.LOG,
         ts=datetime.fromtimestamp(now, tz),
         queue_id=msg.queue_id,
@@ -715,8 +720,14 @@ def _message_event(
         sender=_angle(msg.sender),
         recipient=_angle(rcpts[0].address) if len(rcpts) == 1 else None,
         mta=msg.mta,
-        extra=extra,
-        **fields,
+        code=deciding.code if deciding else None,
+        enhanced=deciding.enhanced if deciding else None,
+        klass=deciding.klass if deciding else None,
+        reason=deciding.reason if deciding else None,
+        text=deciding.text if deciding else None,
+        summary=deciding.summary if deciding else None,
+        rule=deciding.rule if deciding else None,
+        message=summary,
     )
 
 
@@ -737,11 +748,11 @@ def _message_status(msg: _Message, flushed: str | None) -> str:
     return "partial"
 
 
-def _deciding_attempt(msg: _Message) -> dict[str, Any] | None:
+def _deciding_attempt(msg: _Message) -> MessageReply | None:
     """The reply that explains the outcome: the first failure, else the last reply."""
     if msg.rejected and msg.upstream:
         return msg.upstream[-1]
-    last: dict[str, Any] | None = None
+    last: MessageReply | None = None
     for rcpt in msg.recipients.values():
         if rcpt.attempts:
             last = rcpt.attempts[-1]
@@ -751,22 +762,22 @@ def _deciding_attempt(msg: _Message) -> dict[str, Any] | None:
 
 
 def _message_delay(msg: _Message, now: float) -> float:
-    delays = [_float(r.attempts[-1].get("delay")) for r in msg.recipients.values() if r.attempts]
+    delays = [_float(r.attempts[-1].delay) for r in msg.recipients.values() if r.attempts]
     known = [d for d in delays if d is not None]
     if known:
         return max(known)
     return round(max(0.0, now - msg.first_seen), 3)
 
 
-def _recipient_summary(rcpt: _Recipient) -> dict[str, Any]:
-    last = rcpt.attempts[-1] if rcpt.attempts else {}
-    return _compact(
+def _recipient_summary(rcpt: _Recipient) -> RecipientSummary:
+    last = rcpt.attempts[-1] if rcpt.attempts else None
+    return RecipientSummary(
         recipient=_angle(rcpt.address),
         orig_recipient=_angle(rcpt.orig),
         status=rcpt.status,
-        dsn=last.get("dsn"),
-        relay=last.get("relay"),
-        attempts=rcpt.attempts,
+        dsn=last.dsn if last else None,
+        relay=last.relay if last else None,
+        attempts=tuple(rcpt.attempts),
     )
 
 
@@ -826,10 +837,6 @@ def _angle(address: str | None) -> str | None:
     if address.startswith("<") and address.endswith(">"):
         return address
     return f"<{address}>"
-
-
-def _compact(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
 
 
 def _str(value: object) -> str | None:

@@ -27,7 +27,7 @@ from smtp_policy.adapters.follow.tail import (
     StateStore,
     Tailer,
 )
-from smtp_policy.core.events import Event
+from smtp_policy.core.events import Event, EventKind
 from smtp_policy.core.events import Source as EventSource
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.emit import EventWriter
@@ -129,7 +129,7 @@ class Pipeline:
             print(f"smtp-policy follow: {notice.message}", file=sys.stderr, flush=True)
         self._emit(
             Event(
-                event="warning",
+                event=EventKind.WARNING,
                 source=EventSource.LOG,
                 ts=datetime.now(UTC),
                 text=notice.message,
@@ -158,9 +158,11 @@ class Pipeline:
             "events": dict(sorted(self.events.items())),
             "in_flight": self.tracker.in_flight,
         }
-        self._emit(Event(event="stats", source=EventSource.LOG, ts=datetime.now(UTC), extra=extra))
+        self._emit(
+            Event(event=EventKind.STATS, source=EventSource.LOG, ts=datetime.now(UTC), extra=extra)
+        )
 
-    def emit_control(self, name: str, extra: Mapping[str, object]) -> None:
+    def emit_control(self, name: EventKind, extra: Mapping[str, object]) -> None:
         """A started/stopped event."""
         self._emit(Event(event=name, source=EventSource.LOG, ts=datetime.now(UTC), extra=extra))
 
