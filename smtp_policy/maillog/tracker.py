@@ -9,9 +9,13 @@ time stands in.
 
 Every line that carries a reply (an smtpd/postscreen/milter reject upstream; a delivery status,
 a non-final attempt or a connection error downstream; a Sendmail ``stat=``/``reject=``) becomes
-one ``reply`` event at once, explained by the core. Explaining costs tens of microseconds, and
-logs repeat the same few texts with other addresses and queue ids in them, so explanations are
-cached (LRU) by the text with those volatile parts masked; the event keeps the real text.
+one ``reply`` event at once, explained by the core. The parser has already read the reply's
+code (and, for Postfix's ``host ... said: ... (in reply to ... command)``, the command), so the
+reply is built from those parts (``core.parse.reply_from_parts``) instead of parsing the text
+again; texts the parser could not take apart (no code, Sendmail's ``stat=``) are parsed whole.
+Explaining costs tens of microseconds, and logs repeat the same few texts with other addresses
+and queue ids in them, so explanations are cached (LRU) by those parts (or the text) with the
+volatile parts masked; the event keeps the real text.
 
 Alongside, the tracker keeps one entry per queue id in flight: the inbound session (client and
 HELO, from smtpd's ``connect``/``client=`` lines and any reject that names the HELO), the
@@ -41,6 +45,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any
 
+from smtp_policy.core.classify import classify
 from smtp_policy.core.events import (
     BounceNotice,
     Direction,
@@ -52,9 +57,11 @@ from smtp_policy.core.events import (
     Source,
     reply_fields,
 )
-from smtp_policy.core.explain import explain_text
+from smtp_policy.core.explain import explain, explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
-from smtp_policy.core.model import Explanation
+from smtp_policy.core.model import Explanation, ReplyForm
+from smtp_policy.core.parse import MAX_PARSE_CHARS, reply_from_parts
+from smtp_policy.core.stages import stage_of
 from smtp_policy.maillog.parse import LogRecord
 
 STATE_VERSION = 1
@@ -122,22 +129,6 @@ _WHOLE_MESSAGE_STAGES = frozenset({"data", "eom"})
 #: Actions that refuse a whole message when taken at DATA or END-OF-MESSAGE (hold keeps it).
 _REFUSING = frozenset({"reject", "milter-reject", "discard", "milter-discard", "proxy-reject"})
 
-_STAGES = {
-    "connect": "connect",
-    "helo": "helo",
-    "ehlo": "helo",
-    "mail": "mail",
-    "mail from": "mail",
-    "rcpt": "rcpt",
-    "rcpt to": "rcpt",
-    "data": "data",
-    "bdat": "data",
-    "end-of-message": "eom",
-    "end of data": "eom",
-    "end-of-data": "eom",
-    "eom": "eom",
-    "cmd=data": "data",
-}
 _VOLATILE = re.compile(
     r"<[^<>@\s]{0,256}@|queued as [\w.-]+|\b(?:id|ID|Id)[=:]\s?[\w.@-]+"
     r"|\[\d{1,3}(?:\.\d{1,3}){3}\]"
@@ -295,6 +286,9 @@ class MessageTracker:
         self._now = 0.0
         self._last_sweep = 0.0
         self._known: Callable[[str], _Known] = lru_cache(maxsize=explain_cache)(self._learn)
+        self._known_parts: Callable[[_Parts], _Known | None] = lru_cache(maxsize=explain_cache)(
+            self._learn_parts
+        )
         self._iso_second = -1
         self._iso_text = ""
 
@@ -392,12 +386,16 @@ class MessageTracker:
     # -- replies -------------------------------------------------------------------------------
 
     def _learn(self, text: str) -> _Known:
-        explanation = explain_text(text, self._kb)
-        fields: dict[str, Any] = dict(reply_fields(explanation))
-        del fields["text"]
-        command = explanation.reply.command
-        stage = _STAGES.get(command.strip().lower(), command.strip().lower()) if command else None
-        return _Known(explanation, fields, stage)
+        return _known(explain_text(text, self._kb))
+
+    def _learn_parts(self, parts: _Parts) -> _Known | None:
+        code, body, form, command, remote = parts
+        reply = reply_from_parts(
+            body, code, body, form=form, command=command, remote=remote, codes=self._kb.codebook
+        )
+        if reply is None:
+            return None
+        return _known(explain(classify(reply, self._kb), self._kb))
 
     def _iso(self, epoch: float) -> str:
         """``2026-11-28T12:31:59Z``; consecutive lines mostly share their second."""
@@ -413,6 +411,11 @@ class MessageTracker:
             if record.kind != "expired":
                 return None
             text = "message expired, returned to sender"
+        elif record.code is not None and record.kind != "expired":
+            parts = _parts(record, text)
+            known = self._known_parts(parts) if parts is not None else None
+            if known is not None:
+                return known
         enhanced = _str(record.enhanced) or record.dsn
         if record.code is None and enhanced and enhanced not in text:
             text = f"{enhanced} {text}"
@@ -677,6 +680,67 @@ class MessageTracker:
 # -- helpers ------------------------------------------------------------------------------------
 
 
+#: What a reply is explained from when the log parser took it apart: code, the reply itself
+#: (volatile parts masked), the form it was wrapped in, the command it answered, the server.
+_Parts = tuple[int, str, ReplyForm, str | None, str | None]
+_SAID = (" said: ", " refused to talk to me: ")
+
+
+def _parts(record: LogRecord, text: str) -> _Parts | None:
+    """The reply of a line whose parser read its code, as parts; None to parse the whole text.
+
+    Postfix's ``host mx[ip] said: 550 ... (in reply to RCPT TO command)`` is unwrapped with
+    what the parser found (``in_reply_to``) exactly as the core's parser would unwrap it.
+    """
+    code = record.code
+    if code is None or len(text) > MAX_PARSE_CHARS or text != text.strip():
+        return None
+    masked = _VOLATILE.sub(_mask, text)
+    if not masked.startswith("host "):
+        return code, masked, ReplyForm.SMTP, None, None
+    for said in _SAID:
+        head, sep, inner = masked.partition(said)
+        if sep:
+            break
+    else:
+        return None
+    remote = head[5:]
+    if not remote or any(c.isspace() for c in remote):
+        return None
+    command = record.extra_value("in_reply_to") if record.extra else None
+    if command is not None:
+        suffix = f" (in reply to {command} command)"
+        if not command.replace(" ", "").isalpha() or not command.isascii():
+            return None
+        if inner.endswith(suffix + ")"):
+            inner = inner[: -len(suffix) - 1]
+        elif inner.endswith(suffix):
+            inner = inner[: -len(suffix)]
+        else:
+            return None
+    elif "(in reply to " in inner:
+        return None
+    elif inner.endswith(")"):
+        inner = inner[:-1]
+    if command is None and said == " refused to talk to me: ":
+        command = "CONNECT"
+    return code, inner, ReplyForm.POSTFIX, command, remote
+
+
+def _known(explanation: Explanation) -> _Known:
+    """An explanation with the event fields and the stage it gives, computed once."""
+    fields: dict[str, Any] = dict(reply_fields(explanation))
+    del fields["text"]
+    command = explanation.reply.command
+    return _Known(explanation, fields, _stage_name(command) if command else None)
+
+
+def _stage_name(command: str) -> str:
+    """The stage a command names (``RCPT TO`` is ``rcpt``), else the command in lower case."""
+    stage = stage_of(command)
+    return stage.value if stage is not None else command.strip().lower()
+
+
 def _mask(match: re.Match[str]) -> str:
     text = match.group(0)
     if text.startswith("<"):
@@ -803,12 +867,10 @@ def _direction(record: LogRecord) -> Direction | None:
 
 def _stage(record: LogRecord, known: _Known | None) -> str | None:
     if record.stage:
-        raw = record.stage
-        return _STAGES.get(raw, raw)
+        return _stage_name(record.stage)
     command = record.extra_value("in_reply_to") if record.extra else None
     if command:
-        command = command.strip().lower()
-        return _STAGES.get(command, command)
+        return _stage_name(command)
     if known is not None and known.stage:
         return known.stage
     if record.kind == "connection_error" or (record.reply or "").startswith("connect to "):

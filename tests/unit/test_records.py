@@ -307,3 +307,64 @@ def test_lines_after_an_idle_flush_start_a_new_record() -> None:
     second = messages(track(again, tracker))
     assert info(second["1A2B3C4D5E"]).status == "delivered"
     assert info(second["1A2B3C4D5E"]).complete is True
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "form", "command"),
+    [
+        (
+            550,
+            "550 5.1.1 <bob@example.org>: Recipient address rejected: User unknown",
+            "smtp",
+            None,
+        ),
+        (450, "450-4.2.0 Greylisted 450 4.2.0 try again later", "smtp", None),
+        (554, "554 Service unavailable; Client host [192.0.2.1] blocked", "smtp", None),
+        (552, "552 5.2.2 <full@remote.test>: Mailbox full", "postfix", "RCPT TO"),
+        (421, "421 Too many connections", "postfix", "CONNECT"),
+    ],
+)
+def test_reply_from_parts_reads_like_the_parser(
+    code: int, body: str, form: str, command: str | None
+) -> None:
+    """A reply the log parser took apart is read exactly as parse_reply reads the whole text."""
+    from smtp_policy.core.model import ReplyForm
+    from smtp_policy.core.parse import parse_reply, reply_from_parts
+
+    kb = default_knowledge()
+    whole = (
+        body
+        if form == "smtp"
+        else f"host mx[192.0.2.9] said: {body} (in reply to {command} command)"
+    )
+    if command == "CONNECT":
+        whole = f"host mx[192.0.2.9] refused to talk to me: {body}"
+    expected = parse_reply(whole, kb.codebook)
+    got = reply_from_parts(
+        whole,
+        code,
+        body,
+        form=ReplyForm(form),
+        command=expected.command,
+        remote=expected.remote,
+        codes=kb.codebook,
+    )
+    assert got is not None
+    assert (got.code, got.enhanced, got.text, got.form, got.command, got.lines) == (
+        expected.code,
+        expected.enhanced,
+        expected.text,
+        expected.form,
+        expected.command,
+        expected.lines,
+    )
+
+
+@pytest.mark.parametrize(
+    "body", ["550", "stat=Deferred: 451 x", "550 5.1.1 host mx[1.2.3.4] said: 550 x", "a\n550 b"]
+)
+def test_reply_from_parts_leaves_wrapped_texts_to_the_parser(body: str) -> None:
+    """A bare code, a wrapping or several lines: None, the whole text must be parsed."""
+    from smtp_policy.core.parse import reply_from_parts
+
+    assert reply_from_parts(body, 550, body) is None
