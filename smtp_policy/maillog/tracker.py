@@ -40,7 +40,7 @@ import contextlib
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any
@@ -412,10 +412,10 @@ class MessageTracker:
                 return None
             text = "message expired, returned to sender"
         elif record.code is not None and record.kind != "expired":
-            parts = _parts(record, text)
+            masked = _VOLATILE.sub(_mask, text)
+            parts = _parts(record, text, masked)
             known = self._known_parts(parts) if parts is not None else None
-            if known is not None:
-                return known
+            return known if known is not None else self._known(masked)
         enhanced = _str(record.enhanced) or record.dsn
         if record.code is None and enhanced and enhanced not in text:
             text = f"{enhanced} {text}"
@@ -571,21 +571,21 @@ class MessageTracker:
         known: _Known | None,
     ) -> None:
         msg.queued = True
-        attempt = self._attempt(record, ts, known)
         for address in _recipients(record.recipient) or ["(unknown)"]:
             rcpt = msg.recipients.get(address)
             if rcpt is None:
                 rcpt = msg.recipients[address] = _Recipient(address, record.orig_recipient)
-            rcpt.attempts.append(replace(attempt, attempt=len(rcpt.attempts) + 1))
+            rcpt.attempts.append(self._attempt(record, ts, known, attempt=len(rcpt.attempts) + 1))
             rcpt.status = _status(record.status, record.dsn)
 
     def _expire(self, msg: _Message, record: LogRecord, ts: datetime, known: _Known | None) -> None:
         msg.expired = True
-        attempt = self._attempt(record, ts, known)
         for rcpt in msg.recipients.values():
             if rcpt.status not in FINAL_STATUSES:
                 rcpt.status = "expired"
-                rcpt.attempts.append(replace(attempt, attempt=len(rcpt.attempts) + 1))
+                rcpt.attempts.append(
+                    self._attempt(record, ts, known, attempt=len(rcpt.attempts) + 1)
+                )
 
     def _bounce_notice(self, msg: _Message, record: LogRecord, now: float) -> None:
         new = record.new_queue_id
@@ -602,15 +602,25 @@ class MessageTracker:
         self, msg: _Message, record: LogRecord, ts: datetime, known: _Known | None
     ) -> None:
         stage = _stage(record, known)
-        entry = self._attempt(record, ts, known)
+        recipient = _angle(record.recipient)
         msg.upstream.append(
-            replace(entry, stage=stage, recipient=_angle(record.recipient), action=record.action)
+            self._attempt(record, ts, known, stage=stage, recipient=recipient, action=record.action)
         )
         refusing = (record.action or "reject") in _REFUSING
         if stage in _WHOLE_MESSAGE_STAGES and refusing:
             msg.rejected = True
 
-    def _attempt(self, record: LogRecord, ts: datetime, known: _Known | None) -> MessageReply:
+    def _attempt(
+        self,
+        record: LogRecord,
+        ts: datetime,
+        known: _Known | None,
+        *,
+        stage: str | None = None,
+        recipient: str | None = None,
+        action: str | None = None,
+        attempt: int | None = None,
+    ) -> MessageReply:
         """One reply as kept in a message record: when, what happened, what it means."""
         fields = known.fields if known is not None else _NO_FIELDS
         return MessageReply(
@@ -626,6 +636,10 @@ class MessageTracker:
             summary=fields.get("summary"),
             rule=fields.get("rule"),
             text=record.reply,
+            stage=stage,
+            recipient=recipient,
+            action=action,
+            attempt=attempt,
         )
 
     def _done(self, msg: _Message, kind: str, record: LogRecord) -> bool:
@@ -686,7 +700,7 @@ _Parts = tuple[int, str, ReplyForm, str | None, str | None]
 _SAID = (" said: ", " refused to talk to me: ")
 
 
-def _parts(record: LogRecord, text: str) -> _Parts | None:
+def _parts(record: LogRecord, text: str, masked: str) -> _Parts | None:
     """The reply of a line whose parser read its code, as parts; None to parse the whole text.
 
     Postfix's ``host mx[ip] said: 550 ... (in reply to RCPT TO command)`` is unwrapped with
@@ -695,7 +709,6 @@ def _parts(record: LogRecord, text: str) -> _Parts | None:
     code = record.code
     if code is None or len(text) > MAX_PARSE_CHARS or text != text.strip():
         return None
-    masked = _VOLATILE.sub(_mask, text)
     if not masked.startswith("host "):
         return code, masked, ReplyForm.SMTP, None, None
     for said in _SAID:
