@@ -9,7 +9,7 @@ from typing import TextIO
 
 import structlog
 
-from smtp_policy.core.events import Event, Source
+from smtp_policy.core.events import Event, EventKind, Source
 
 
 def _logger(stream: TextIO) -> structlog.typing.FilteringBoundLogger:
@@ -72,7 +72,13 @@ class EventWriter:
     def error(self, source: Source, text: str, session: str | None = None) -> None:
         """Write an ``error`` event, stamped now: a problem a daemon handled and went on."""
         self.emit(
-            Event(event="error", source=source, ts=datetime.now(UTC), session=session, text=text)
+            Event(
+                event=EventKind.ERROR,
+                source=source,
+                ts=datetime.now(UTC),
+                session=session,
+                text=text,
+            )
         )
 
     def flush(self) -> None:

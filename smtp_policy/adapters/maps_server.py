@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from smtp_policy.adapters._serve import serve_requests
 from smtp_policy.config import Config
-from smtp_policy.core.events import Direction, Event, Source, reply_fields
+from smtp_policy.core.events import Direction, Event, EventKind, Source, reply_fields
 from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Explanation
@@ -81,7 +81,7 @@ class MapsService:
             reply = SocketmapReply(Status.OK, text) if text else NOT_FOUND
         self._events.emit(
             Event(
-                event="lookup",
+                event=EventKind.LOOKUP,
                 source=Source.MAPS,
                 ts=datetime.now(UTC),
                 direction=Direction.DOWNSTREAM if request.name == "dsn" else Direction.UPSTREAM,

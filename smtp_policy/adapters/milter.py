@@ -48,7 +48,7 @@ from typing import Concatenate, ParamSpec
 
 import Milter
 
-from smtp_policy.core.events import Direction, Event, Source, reply_fields
+from smtp_policy.core.events import Direction, Event, EventKind, Source, reply_fields
 from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Explanation
@@ -356,7 +356,7 @@ def report_uncaught(exc: BaseException, events: EventWriter) -> None:
     try:
         events.emit(
             Event(
-                event="error",
+                event=EventKind.ERROR,
                 source=Source.MILTER,
                 ts=datetime.now(UTC),
                 text=text,
@@ -669,7 +669,7 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
     def _count(self, stage: str) -> None:
         self._s.commands[stage] = self._s.commands.get(stage, 0) + 1
 
-    def _event(self, event: str, stage: str, **fields: object) -> Event:
+    def _event(self, event: EventKind, stage: str, **fields: object) -> Event:
         s, tx = self._s, self._tx
         base: dict[str, object] = {
             "session": s.id,
@@ -687,7 +687,7 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         self._settings.events.emit(event)
 
     def _emit_stage(self, stage: str, extra: Mapping[str, object], **fields: object) -> None:
-        self._emit(self._event("stage", stage, extra=dict(extra), **fields))
+        self._emit(self._event(EventKind.STAGE, stage, extra=dict(extra), **fields))
 
     def _rejected_by_mta(self, rcpt: str, macros: Mapping[str, str]) -> None:
         """Record a recipient the MTA rejected, explained by the core."""
@@ -698,7 +698,7 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         extra = {"by": "mta", "macros": dict(macros)}
         self._emit(
             self._event(
-                "reply",
+                EventKind.REPLY,
                 RCPT,
                 direction=Direction.UPSTREAM,
                 recipient=rcpt,
@@ -726,7 +726,7 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         extra = {"by": "policy", "action": verdict.action.value}
         self._emit(
             self._event(
-                "reply",
+                EventKind.REPLY,
                 stage,
                 direction=Direction.UPSTREAM,
                 recipient=recipient,
@@ -749,7 +749,7 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
             "queue_ids": list(s.queue_ids),
             "duration_ms": round((time.monotonic() - s.started) * 1000, 1),
         }
-        self._emit(self._event("session", CLOSE, extra=extra))
+        self._emit(self._event(EventKind.SESSION, CLOSE, extra=extra))
 
     def failed(self, stage: str, exc: BaseException) -> None:
         """Record an exception as an error event; never raises."""
@@ -757,6 +757,6 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
             self._s.errors += 1
             text = _one_line(text_of(f"{type(exc).__name__}: {exc}"))
             extra = {"exception": type(exc).__name__}
-            self._emit(self._event("error", stage, text=text, extra=extra))
+            self._emit(self._event(EventKind.ERROR, stage, text=text, extra=extra))
         except Exception as inner:  # the event stream itself is broken: one line, no traceback
             last_resort(f"{stage}: {exc!r} (and recording it failed: {inner!r})")

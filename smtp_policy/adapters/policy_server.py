@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from smtp_policy.adapters._serve import serve_requests
 from smtp_policy.config import Config
-from smtp_policy.core.events import Event, Source
+from smtp_policy.core.events import Event, EventKind, Source
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.policy import Decision, RuleAction, RuleFacts, decide
 from smtp_policy.core.stages import stage_of
@@ -127,7 +127,7 @@ class PolicyService:
         extra = {k: v for k, v in request.items() if k not in _FIELDS}
         self._events.emit(
             Event(
-                event="policy_request",
+                event=EventKind.POLICY_REQUEST,
                 source=Source.POLICY,
                 ts=datetime.now(UTC),
                 stage=_STAGES.get(state, state.lower()) or None,

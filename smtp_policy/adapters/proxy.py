@@ -61,7 +61,7 @@ from typing import Protocol
 
 from smtp_policy.config import BannerConfig, Config
 from smtp_policy.core.errors import ProtocolError
-from smtp_policy.core.events import Direction, Event, Source, reply_fields
+from smtp_policy.core.events import Direction, Event, EventKind, Source, reply_fields
 from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import EnhancedCode, Explanation
@@ -562,7 +562,7 @@ class ProxySession:
                 "tls_cipher": cipher[0] if cipher else None,
             }
         self._peer.helo = self._peer.sender = None  # RFC 3207 §4.2: the client starts over
-        self._emit("tls", stage="starttls", extra={"dropped_plaintext": dropped})
+        self._emit(EventKind.TLS, stage="starttls", extra={"dropped_plaintext": dropped})
 
     # -- the upstream pump ------------------------------------------------------------------
 
@@ -690,7 +690,7 @@ class ProxySession:
             found = _QUEUED_AS.search(reply.text)
             queue_id = found[1] if found else None
         self._emit(
-            "reply",
+            EventKind.REPLY,
             explanation=explanation,
             original=reply.text,
             friendly="\n".join(safe.lines),
@@ -733,7 +733,7 @@ class ProxySession:
 
     def _emit(
         self,
-        event: str,
+        event: EventKind,
         *,
         explanation: Explanation | None = None,
         original: str | None = None,
@@ -750,7 +750,7 @@ class ProxySession:
                 event=event,
                 source=Source.PROXY,
                 ts=datetime.now(UTC),
-                direction=Direction.UPSTREAM if event == "reply" else None,
+                direction=Direction.UPSTREAM if event == EventKind.REPLY else None,
                 stage=stage,
                 session=self._id,
                 queue_id=queue_id,
@@ -766,7 +766,7 @@ class ProxySession:
         )
 
     def _error(self, message: str) -> None:
-        self._emit("error", original=message)
+        self._emit(EventKind.ERROR, original=message)
 
 
 # -- helpers ----------------------------------------------------------------------------------

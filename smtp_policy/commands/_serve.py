@@ -20,7 +20,7 @@ from smtp_policy.adapters._serve import Handler, start_server
 from smtp_policy.config import Config, load_config, reload_or_keep
 from smtp_policy.config.listen import ListenAddress
 from smtp_policy.core.errors import ConfigError
-from smtp_policy.core.events import Event, Source
+from smtp_policy.core.events import Event, EventKind, Source
 from smtp_policy.emit import EventWriter
 
 
@@ -106,7 +106,7 @@ async def _serve(
         if fresh is not config:
             config = fresh
             service.reconfigure(fresh)
-            events.emit(Event(event="reloaded", source=source, ts=datetime.now(UTC)))
+            events.emit(Event(event=EventKind.RELOADED, source=source, ts=datetime.now(UTC)))
 
     handler: Handler = tracked
     server = await start_server(address, handler)
@@ -116,7 +116,12 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
     events.emit(
-        Event(event="started", source=source, ts=datetime.now(UTC), extra={"listen": str(address)})
+        Event(
+            event=EventKind.STARTED,
+            source=source,
+            ts=datetime.now(UTC),
+            extra={"listen": str(address)},
+        )
     )
     print(f"smtp-policy {source.value}: listening on {address}", file=sys.stderr, flush=True)
     await stop.wait()
@@ -125,5 +130,5 @@ async def _serve(
         writer.transport.abort()
     if open_tasks:
         await asyncio.wait(open_tasks, timeout=5)
-    events.emit(Event(event="stopped", source=source, ts=datetime.now(UTC)))
+    events.emit(Event(event=EventKind.STOPPED, source=source, ts=datetime.now(UTC)))
     return 0

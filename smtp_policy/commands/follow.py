@@ -33,6 +33,7 @@ from smtp_policy.adapters.follow.state import (
 )
 from smtp_policy.adapters.follow.tail import FileTail, LineSource, StreamTail, Tailer
 from smtp_policy.core.errors import ConfigError
+from smtp_policy.core.events import EventKind
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.emit import EventWriter
 from smtp_policy.maillog.tracker import DEFAULT_MAX_IDLE
@@ -133,7 +134,7 @@ def _follow(
     tailer = Tailer(build_sources(args, state))
     stop = StopFlag()
     stop.install()
-    pipeline.emit_control("started", {"sources": [s.name for s in tailer.sources]})
+    pipeline.emit_control(EventKind.STARTED, {"sources": [s.name for s in tailer.sources]})
     try:
         loop = Loop(tailer, pipeline, store, writer, stats_interval=args.stats_interval)
         loop.run(stop, once=args.once)
@@ -143,7 +144,7 @@ def _follow(
     finally:
         tailer.close()
     pipeline.emit_stats(final=True)
-    pipeline.emit_control("stopped", {})
+    pipeline.emit_control(EventKind.STOPPED, {})
     writer.flush()
     return 1 if args.once and pipeline.unreadable else 0
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from smtp_policy.config.listen import ListenAddress
 from smtp_policy.core.errors import ConfigError
-from smtp_policy.core.events import Event, Source
+from smtp_policy.core.events import Event, EventKind, Source
 from smtp_policy.emit import EventWriter
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def _serve(
         raise ConfigError([f"cannot listen on {address}: {_describe(failure)}"])
     _emit(
         events,
-        "started",
+        EventKind.STARTED,
         listen=address.libmilter(),
         noreply=settings.noreply,
         config=args.config,
@@ -208,11 +208,11 @@ def _reload(path: str | None, factory: MilterFactory) -> None:
         config = load_config(path)
     except Exception as exc:
         text = f"reload failed, keeping the running configuration: {exc}"
-        _emit(events, "error", text=" ".join(text.split()), exception=type(exc).__name__)
+        _emit(events, EventKind.ERROR, text=" ".join(text.split()), exception=type(exc).__name__)
         return
     policy = policy_from_rules(config.rules)
     factory.replace(replace(factory.settings, policy=policy, texts=config.texts))
-    _emit(events, "reloaded", config=path, rules=len(config.rules))
+    _emit(events, EventKind.RELOADED, config=path, rules=len(config.rules))
 
 
 def _shutdown(
@@ -230,10 +230,10 @@ def _shutdown(
         time.sleep(0.05)
     events = factory.settings.events
     if failure:
-        _emit(events, "error", text=f"libmilter stopped: {_describe(failure)}")
+        _emit(events, EventKind.ERROR, text=f"libmilter stopped: {_describe(failure)}")
         print(f"smtp-policy milter: libmilter stopped: {_describe(failure)}", file=sys.stderr)
         return 1
-    _emit(events, "stopped", open_sessions=factory.active)
+    _emit(events, EventKind.STOPPED, open_sessions=factory.active)
     return 0
 
 
@@ -295,7 +295,7 @@ def _describe(failure: list[BaseException]) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _emit(events: EventWriter, name: str, text: str | None = None, **extra: object) -> None:
+def _emit(events: EventWriter, name: EventKind, text: str | None = None, **extra: object) -> None:
     events.emit(
         Event(event=name, source=Source.MILTER, ts=datetime.now(UTC), text=text, extra=extra)
     )

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Any
 
-from smtp_policy.core.events import Event
+from smtp_policy.core.events import Event, MessageReply, MessageSummary
 
 HELP = "show a message's journey (by queue id or Message-ID) as a timeline"
 
@@ -53,110 +52,100 @@ def find(wanted: str, events: Iterable[Event]) -> list[Event]:
     chosen: dict[str, Event] = {}
     with_notices: dict[str, Event] = {}
     for event in events:
-        if event.event != "message" or event.queue_id is None:
+        record = event.message
+        if record is None or event.queue_id is None:
             continue
-        extra = event.extra
-        parent = extra.get("notification_for")
-        msgid = str(extra.get("message_id") or "").strip("<>")
-        if key in (event.queue_id, msgid) or (parent in chosen and parent is not None):
-            if isinstance(parent, str) and parent in with_notices:
+        parent = record.notification_for
+        msgid = (record.message_id or "").strip("<>")
+        if key in (event.queue_id, msgid) or (parent is not None and parent in chosen):
+            if parent is not None and parent in with_notices:
                 chosen.setdefault(parent, with_notices[parent])
             chosen[event.queue_id] = event
-        elif extra.get("notifications"):
+        elif record.notifications:
             with_notices[event.queue_id] = event
     return sorted(chosen.values(), key=lambda e: e.ts)
 
 
 def render(event: Event) -> str:
     """A message record as a readable timeline."""
-    extra = event.extra
-    out = [_headline(event), *_envelope(event)]
-    for when, what in sorted(_moments(event), key=lambda m: m[0]):
+    record = event.message
+    if record is None:
+        raise ValueError(f"not a message record: {event.event} event")
+    out = [_headline(event, record), *_envelope(event, record)]
+    for when, what in sorted(_moments(event, record), key=lambda m: m[0]):
         stamp = when.astimezone().strftime("%b %d %H:%M:%S")
         out += [f"  {stamp}  {what[0]}", *(f"  {'':15}  {line}" for line in what[1:])]
-    if extra.get("complete") is False:
-        out.append(f"  (incomplete: the log {_why_incomplete(extra.get('flushed'))})")
+    if not record.complete:
+        out.append(f"  (incomplete: the log {_why_incomplete(record.flushed)})")
     return "\n".join(out) + "\n"
 
 
-def _headline(event: Event) -> str:
-    extra = event.extra
-    msgid = extra.get("message_id")
-    status = extra.get("status", "?")
-    return f"Message {event.queue_id}" + (f" <{msgid}>" if msgid else "") + f": {status}"
+def _headline(event: Event, record: MessageSummary) -> str:
+    msgid = record.message_id
+    return f"Message {event.queue_id}" + (f" <{msgid}>" if msgid else "") + f": {record.status}"
 
 
-def _envelope(event: Event) -> list[str]:
-    extra = event.extra
+def _envelope(event: Event, record: MessageSummary) -> list[str]:
     parts = [f"from {event.sender}" if event.sender is not None else "sender unknown"]
-    if extra.get("size") is not None:
-        parts.append(f"{extra['size']} bytes")
-    if extra.get("nrcpt") is not None:
-        parts.append(f"{extra['nrcpt']} recipient(s)")
+    if record.size is not None:
+        parts.append(f"{record.size} bytes")
+    if record.nrcpt is not None:
+        parts.append(f"{record.nrcpt} recipient(s)")
     lines = ["  " + ", ".join(parts)]
     if event.client_name or event.client_addr:
         helo = f", HELO {event.helo}" if event.helo else ""
         lines.append(f"  client {event.client_name or '?'}[{event.client_addr or '?'}]{helo}")
-    if extra.get("notification_for"):
-        lines.append(f"  a bounce notice about message {extra['notification_for']}")
+    if record.notification_for:
+        lines.append(f"  a bounce notice about message {record.notification_for}")
     return lines
 
 
-def _moments(event: Event) -> Iterator[tuple[datetime, list[str]]]:
-    extra = event.extra
-    if extra.get("connected"):
-        yield _at(extra["connected"]), ["client connected"]
-    if extra.get("received"):
-        yield _at(extra["received"]), ["first seen in the log"]
-    for reply in _list(extra.get("upstream")):
-        who = f" for {reply['recipient']}" if reply.get("recipient") else ""
-        yield _at(reply["ts"]), [f"we replied at {reply.get('stage') or '?'}{who}", *_reply(reply)]
-    for attempt in _list(extra.get("attempts")):
-        yield _at(attempt["ts"]), ["delivery attempt (no recipient named)", *_reply(attempt)]
-    for rcpt in _list(extra.get("recipients")):
-        for attempt in _list(rcpt.get("attempts")):
-            head = (
-                f"{rcpt['recipient']} attempt {attempt.get('attempt', '?')}: "
-                f"{attempt.get('status', '?')}"
-                + (f" via {attempt['relay']}" if attempt.get("relay") else "")
+def _moments(event: Event, record: MessageSummary) -> Iterator[tuple[datetime, list[str]]]:
+    if record.connected:
+        yield _at(record.connected), ["client connected"]
+    if record.received:
+        yield _at(record.received), ["first seen in the log"]
+    for reply in record.upstream:
+        who = f" for {reply.recipient}" if reply.recipient else ""
+        yield _at(reply.ts), [f"we replied at {reply.stage or '?'}{who}", *_reply(reply)]
+    for attempt in record.attempts:
+        yield _at(attempt.ts), ["delivery attempt (no recipient named)", *_reply(attempt)]
+    for rcpt in record.recipients:
+        for attempt in rcpt.attempts:
+            head = f"{rcpt.recipient} attempt {attempt.attempt or '?'}: {attempt.status or '?'}" + (
+                f" via {attempt.relay}" if attempt.relay else ""
             )
-            yield _at(attempt["ts"]), [head, *_reply(attempt)]
-    for notice in _list(extra.get("notifications")):
-        kind = notice.get("type") or "bounce"
-        yield event.ts, [f"{kind} notice sent as message {notice.get('queue_id', '?')}"]
-    yield event.ts, [_ending(extra)]
+            yield _at(attempt.ts), [head, *_reply(attempt)]
+    for notice in record.notifications:
+        kind = notice.type or "bounce"
+        yield event.ts, [f"{kind} notice sent as message {notice.queue_id or '?'}"]
+    yield event.ts, [_ending(record)]
 
 
-def _ending(extra: Mapping[str, Any]) -> str:
-    status, delay = extra.get("status", "?"), extra.get("delay")
+def _ending(record: MessageSummary) -> str:
+    status, delay = record.status, record.delay
     if status == "rejected":
         return "refused at the end of data: never queued"
-    if extra.get("complete") is False:
+    if not record.complete:
         return f"last seen, still {status}"
     return f"left the queue: {status}" + (f" after {delay} s" if delay is not None else "")
 
 
-def _reply(entry: Mapping[str, Any]) -> list[str]:
+def _reply(entry: MessageReply) -> list[str]:
     lines = []
-    if entry.get("text"):
-        lines.append(f"  {entry['text']}")
-    meaning = " ".join(
-        str(entry[k]) for k in ("class", "reason") if entry.get(k)
-    )  # e.g. "permanent user_unknown"
-    if entry.get("summary") or meaning:
-        lines.append(f"  = {meaning}: {entry.get('summary') or ''}".rstrip(": "))
+    if entry.text:
+        lines.append(f"  {entry.text}")
+    meaning = " ".join(v for v in (entry.klass, entry.reason) if v)  # "permanent user_unknown"
+    if entry.summary or meaning:
+        lines.append(f"  = {meaning}: {entry.summary or ''}".rstrip(": "))
     return lines
 
 
-def _list(value: object) -> list[Mapping[str, Any]]:
-    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value)
 
 
-def _at(value: object) -> datetime:
-    return datetime.fromisoformat(str(value))
-
-
-def _why_incomplete(flushed: object) -> str:
+def _why_incomplete(flushed: str | None) -> str:
     if flushed == "idle":
         return "said nothing more about it for too long"
     return "ends while it is still in the queue"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from smtp_policy.core.model import Explanation
 
@@ -36,14 +36,178 @@ class Direction(StrEnum):
     DOWNSTREAM = "downstream"
 
 
+class EventKind(StrEnum):
+    """What an event reports; its value is the ``event`` field of the JSON form."""
+
+    STAGE = "stage"
+    REPLY = "reply"
+    TLS = "tls"
+    SESSION = "session"
+    ERROR = "error"
+    WARNING = "warning"
+    STARTED = "started"
+    STOPPED = "stopped"
+    RELOADED = "reloaded"
+    MESSAGE = "message"
+    STATS = "stats"
+    LOOKUP = "lookup"
+    POLICY_REQUEST = "policy_request"
+
+
 _EMPTY: Mapping[str, object] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReply:
+    """One reply in a message record: a delivery attempt's result, or an upstream reject.
+
+    ``stage``, ``recipient`` and ``action`` are set for upstream rejects only; ``attempt`` (the
+    try's number, from 1) for a recipient's delivery attempts only. ``ts`` is ISO 8601 text.
+    """
+
+    ts: str
+    status: str | None = None
+    code: int | None = None
+    enhanced: str | None = None
+    dsn: str | None = None
+    relay: str | None = None
+    delay: float | None = None
+    klass: str | None = None
+    reason: str | None = None
+    summary: str | None = None
+    rule: str | None = None
+    text: str | None = None
+    stage: str | None = None
+    recipient: str | None = None
+    action: str | None = None
+    attempt: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the fields that are known, ``klass`` written as ``class``."""
+        return {
+            _json_name(name): value
+            for name in _REPLY_FIELDS
+            if (value := getattr(self, name)) is not None
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MessageReply:
+        """Read :meth:`to_dict`'s form back."""
+        values: dict[str, Any] = {name: data.get(_json_name(name)) for name in _REPLY_FIELDS}
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class BounceNotice:
+    """A notice (bounce, delay, success) the MTA sent about a message, as a new message."""
+
+    ts: str
+    queue_id: str | None = None
+    type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the fields that are known."""
+        return {
+            k: v for k, v in (("queue_id", self.queue_id), ("type", self.type), ("ts", self.ts))
+            if v is not None
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BounceNotice:
+        """Read :meth:`to_dict`'s form back."""
+        return cls(str(data["ts"]), data.get("queue_id"), data.get("type"))
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientSummary:
+    """What happened to one recipient of a message: its final status and every attempt."""
+
+    recipient: str | None
+    orig_recipient: str | None = None
+    status: str | None = None
+    dsn: str | None = None
+    relay: str | None = None
+    attempts: tuple[MessageReply, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the fields that are known; ``attempts`` always."""
+        out: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("recipient", self.recipient),
+                ("orig_recipient", self.orig_recipient),
+                ("status", self.status),
+                ("dsn", self.dsn),
+                ("relay", self.relay),
+            )
+            if v is not None
+        }
+        out["attempts"] = [a.to_dict() for a in self.attempts]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSummary:
+    """The record of one message that left the queue (or was flushed): a ``message`` event.
+
+    ``status`` is one of delivered, bounced, partial, expired, rejected, removed, incomplete,
+    not_queued; ``complete`` is False when the record was ``flushed`` (``idle`` or ``end``)
+    before the log said the message was gone. Times are ISO 8601 text, ``delay`` seconds.
+    """
+
+    status: str
+    complete: bool
+    received: str
+    delay: float
+    flushed: str | None = None
+    message_id: str | None = None
+    size: int | None = None
+    nrcpt: int | None = None
+    connected: str | None = None
+    recipients: tuple[RecipientSummary, ...] = ()
+    upstream: tuple[MessageReply, ...] = ()
+    attempts: tuple[MessageReply, ...] = ()
+    notifications: tuple[BounceNotice, ...] = ()
+    notification_for: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the ``message`` event's extra fields), in the documented order."""
+        out: dict[str, Any] = {"status": self.status, "complete": self.complete}
+        for key, value in (
+            ("flushed", self.flushed),
+            ("message_id", self.message_id),
+            ("size", self.size),
+            ("nrcpt", self.nrcpt),
+            ("received", self.received),
+            ("connected", self.connected),
+            ("delay", self.delay),
+        ):
+            if value is not None:
+                out[key] = value
+        out["recipients"] = [r.to_dict() for r in self.recipients]
+        if self.upstream:
+            out["upstream"] = [u.to_dict() for u in self.upstream]
+        if self.attempts:
+            out["attempts"] = [a.to_dict() for a in self.attempts]
+        if self.notifications:
+            out["notifications"] = [n.to_dict() for n in self.notifications]
+        if self.notification_for is not None:
+            out["notification_for"] = self.notification_for
+        return out
+
+
+_REPLY_FIELDS = tuple(f.name for f in fields(MessageReply))
+
+
+def _json_name(name: str) -> str:
+    return "class" if name == "klass" else name
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
     """One thing that happened, with the reply and its explanation when there is one."""
 
-    event: str
+    event: EventKind
     source: Source
     ts: datetime
     direction: Direction | None = None
@@ -65,6 +229,8 @@ class Event:
     rule: str | None = None
     mta: str | None = None
     extra: Mapping[str, object] = field(default_factory=lambda: _EMPTY)
+    #: A ``message`` event's record; written after the extras, as extra fields.
+    message: MessageSummary | None = None
 
     def __post_init__(self) -> None:
         if self.ts.tzinfo is None:
@@ -72,6 +238,8 @@ class Event:
         clash = set(self.extra) & FIELD_NAMES
         if clash:
             raise ValueError(f"extra keys shadow schema fields: {sorted(clash)}")
+        if self.message is not None and self.extra:
+            raise ValueError("a message event's fields are its record, not extras")
 
     def to_dict(self) -> dict[str, object]:
         """The JSON form: every schema field (null when unknown), then the extras."""
@@ -86,6 +254,8 @@ class Event:
                 )
             out["class" if name == "klass" else name] = value
         out.update(self.extra)
+        if self.message is not None:
+            out.update(self.message.to_dict())
         return out
 
 
@@ -118,6 +288,6 @@ def reply_fields(explanation: Explanation | None, text: str | None = None) -> Re
     }
 
 
-_ORDER = tuple(f.name for f in fields(Event) if f.name != "extra")
+_ORDER = tuple(f.name for f in fields(Event) if f.name not in ("extra", "message"))
 #: The JSON names of the schema's fields (``klass`` is written as ``class``).
 FIELD_NAMES = frozenset({"schema", *("class" if n == "klass" else n for n in _ORDER)})

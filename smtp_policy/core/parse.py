@@ -109,6 +109,51 @@ def parse_reply(text: str, codes: CodeBook = EMPTY_CODEBOOK) -> Reply:
     return _parse_free_text(raw, stripped, codes)
 
 
+def reply_from_parts(
+    raw: str,
+    code: int,
+    body: str,
+    *,
+    form: ReplyForm = ReplyForm.SMTP,
+    command: str | None = None,
+    remote: str | None = None,
+    codes: CodeBook = EMPTY_CODEBOOK,
+) -> Reply | None:
+    """The reply ``body`` (one line, ``code`` first), already cut out of its wrapping by a log
+    parser that also read ``command`` and ``remote``; read as :func:`parse_reply` reads it.
+
+    ``form`` is SMTP for a whole text, or the form of the wrapping ``body`` came out of (as
+    Postfix's "host ... said: ..."). None when ``body`` is not that: another code first,
+    several lines, or (a whole text) a bare code or a wrapping :func:`parse_reply` would peel;
+    the caller then parses the whole text.
+    """
+    if len(body) > MAX_PARSE_CHARS or "\n" in body or "\r" in body or "\x00" in body:
+        return None
+    if form is ReplyForm.SMTP and (_wrapped(body) or _BARE.match(body.strip())):
+        return None
+    first = _LINE.match(body)
+    if first is None or int(first["code"]) != code:
+        return None
+    enhanced = None
+    if first["enh"]:
+        enhanced = EnhancedCode(int(first["k"]), int(first["s"]), int(first["d"]))
+    text = _strip_joined_prefixes(body[first.end() :].strip(), code, enhanced)
+    if enhanced is None:
+        enhanced = _find_enhanced(text, code) or codes.shorthands.get(code)
+    return Reply(raw, code, enhanced, text, form, command=command, remote=remote)
+
+
+def _wrapped(body: str) -> bool:
+    """Whether :func:`parse_reply` would try to unwrap ``body`` before reading its lines."""
+    if "host " in body and (" said: " in body or " refused to talk to me: " in body):
+        return True
+    if "rror from remote" in body or body.startswith("Deferred: "):
+        return True
+    if "=" in body and ("stat=" in body or "reply=" in body or "reject=" in body):
+        return True
+    return ";" in body and _DIAGNOSTIC.search(body) is not None
+
+
 def _bound(text: str) -> str:
     if len(text) > MAX_PARSE_CHARS:
         text = text[:MAX_PARSE_CHARS]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from smtp_policy.core.events import Event
+from smtp_policy.core.events import Event, EventKind
 
 #: Candidate widths of one bar in "reasons over time", smallest first (seconds).
 BUCKET_WIDTHS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
@@ -69,12 +69,12 @@ class ReportBuilder:
 
     def add(self, event: Event) -> None:
         """Count one event (events other than reply and message are ignored)."""
-        if event.event == "reply":
+        if event.event == EventKind.REPLY:
             self._span(event.ts)
             self._reply(event)
-        elif event.event == "message":
+        elif event.event == EventKind.MESSAGE:
             self._span(event.ts)
-            status = str(event.extra.get("status", "unknown"))
+            status = event.message.status if event.message is not None else "unknown"
             self.statuses[status] += 1
             if status not in _NOT_RECEIVED:
                 self.totals["received"] += 1

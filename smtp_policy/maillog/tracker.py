@@ -9,9 +9,13 @@ time stands in.
 
 Every line that carries a reply (an smtpd/postscreen/milter reject upstream; a delivery status,
 a non-final attempt or a connection error downstream; a Sendmail ``stat=``/``reject=``) becomes
-one ``reply`` event at once, explained by the core. Explaining costs tens of microseconds, and
-logs repeat the same few texts with other addresses and queue ids in them, so explanations are
-cached (LRU) by the text with those volatile parts masked; the event keeps the real text.
+one ``reply`` event at once, explained by the core. The parser has already read the reply's
+code (and, for Postfix's ``host ... said: ... (in reply to ... command)``, the command), so the
+reply is built from those parts (``core.parse.reply_from_parts``) instead of parsing the text
+again; texts the parser could not take apart (no code, Sendmail's ``stat=``) are parsed whole.
+Explaining costs tens of microseconds, and logs repeat the same few texts with other addresses
+and queue ids in them, so explanations are cached (LRU) by those parts (or the text) with the
+volatile parts masked; the event keeps the real text.
 
 Alongside, the tracker keeps one entry per queue id in flight: the inbound session (client and
 HELO, from smtpd's ``connect``/``client=`` lines and any reject that names the HELO), the
@@ -41,10 +45,23 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any
 
-from smtp_policy.core.events import Direction, Event, Source, reply_fields
-from smtp_policy.core.explain import explain_text
+from smtp_policy.core.classify import classify
+from smtp_policy.core.events import (
+    BounceNotice,
+    Direction,
+    Event,
+    EventKind,
+    MessageReply,
+    MessageSummary,
+    RecipientSummary,
+    Source,
+    reply_fields,
+)
+from smtp_policy.core.explain import explain, explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
-from smtp_policy.core.model import Explanation
+from smtp_policy.core.model import Explanation, ReplyForm
+from smtp_policy.core.parse import MAX_PARSE_CHARS, reply_from_parts
+from smtp_policy.core.stages import stage_of
 from smtp_policy.maillog.parse import LogRecord
 
 STATE_VERSION = 1
@@ -112,22 +129,6 @@ _WHOLE_MESSAGE_STAGES = frozenset({"data", "eom"})
 #: Actions that refuse a whole message when taken at DATA or END-OF-MESSAGE (hold keeps it).
 _REFUSING = frozenset({"reject", "milter-reject", "discard", "milter-discard", "proxy-reject"})
 
-_STAGES = {
-    "connect": "connect",
-    "helo": "helo",
-    "ehlo": "helo",
-    "mail": "mail",
-    "mail from": "mail",
-    "rcpt": "rcpt",
-    "rcpt to": "rcpt",
-    "data": "data",
-    "bdat": "data",
-    "end-of-message": "eom",
-    "end of data": "eom",
-    "end-of-data": "eom",
-    "eom": "eom",
-    "cmd=data": "data",
-}
 _VOLATILE = re.compile(
     r"<[^<>@\s]{0,256}@|queued as [\w.-]+|\b(?:id|ID|Id)[=:]\s?[\w.@-]+"
     r"|\[\d{1,3}(?:\.\d{1,3}){3}\]"
@@ -139,11 +140,16 @@ class _Recipient:
     address: str
     orig: str | None = None
     status: str | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[MessageReply] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"address": self.address, "orig": self.orig, "status": self.status,
-                "attempts": self.attempts}  # fmt: skip
+                "attempts": [a.to_dict() for a in self.attempts]}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _Recipient:
+        attempts = [MessageReply.from_dict(a) for a in data.get("attempts", [])]
+        return cls(data["address"], data.get("orig"), data.get("status"), attempts)
 
 
 @dataclass(slots=True)
@@ -165,27 +171,33 @@ class _Message:
     expired: bool = False
     rejected: bool = False
     recipients: dict[str, _Recipient] = field(default_factory=dict)
-    upstream: list[dict[str, Any]] = field(default_factory=list)
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    notifications: list[dict[str, Any]] = field(default_factory=list)
+    upstream: list[MessageReply] = field(default_factory=list)
+    attempts: list[MessageReply] = field(default_factory=list)
+    notifications: list[BounceNotice] = field(default_factory=list)
     notification_for: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {name: getattr(self, name) for name in _MESSAGE_SCALARS}
+        out: dict[str, Any] = {}
+        for name in _MESSAGE_SAVED:
+            value = getattr(self, name)
+            out[name] = [v.to_dict() for v in value] if name in _MESSAGE_LISTS else value
         out["recipients"] = [r.to_dict() for r in self.recipients.values()]
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> _Message:
-        msg = cls(**{k: data[k] for k in _MESSAGE_SCALARS if k in data})
+        msg = cls(**{k: data[k] for k in _MESSAGE_SAVED if k in data and k not in _MESSAGE_LISTS})
+        msg.upstream = [MessageReply.from_dict(u) for u in data.get("upstream", [])]
+        msg.attempts = [MessageReply.from_dict(a) for a in data.get("attempts", [])]
+        msg.notifications = [BounceNotice.from_dict(n) for n in data.get("notifications", [])]
         for r in data.get("recipients", []):
-            msg.recipients[r["address"]] = _Recipient(**r)
+            msg.recipients[r["address"]] = _Recipient.from_dict(r)
         return msg
 
 
-_MESSAGE_SCALARS = tuple(
-    n for n in _Message.__dataclass_fields__ if n != "recipients"
-)  # fmt: skip
+#: The fields saved in the state, in order (recipients follow); the lists hold typed values.
+_MESSAGE_SAVED = tuple(n for n in _Message.__dataclass_fields__ if n != "recipients")
+_MESSAGE_LISTS = frozenset({"upstream", "attempts", "notifications"})
 
 
 @dataclass(slots=True)
@@ -208,6 +220,7 @@ class _Known:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NO_FIELDS: dict[str, Any] = {}
 
 
 @dataclass(slots=True)
@@ -273,6 +286,9 @@ class MessageTracker:
         self._now = 0.0
         self._last_sweep = 0.0
         self._known: Callable[[str], _Known] = lru_cache(maxsize=explain_cache)(self._learn)
+        self._known_parts: Callable[[_Parts], _Known | None] = lru_cache(maxsize=explain_cache)(
+            self._learn_parts
+        )
         self._iso_second = -1
         self._iso_text = ""
 
@@ -370,12 +386,16 @@ class MessageTracker:
     # -- replies -------------------------------------------------------------------------------
 
     def _learn(self, text: str) -> _Known:
-        explanation = explain_text(text, self._kb)
-        fields: dict[str, Any] = dict(reply_fields(explanation))
-        del fields["text"]
-        command = explanation.reply.command
-        stage = _STAGES.get(command.strip().lower(), command.strip().lower()) if command else None
-        return _Known(explanation, fields, stage)
+        return _known(explain_text(text, self._kb))
+
+    def _learn_parts(self, parts: _Parts) -> _Known | None:
+        code, body, form, command, remote = parts
+        reply = reply_from_parts(
+            body, code, body, form=form, command=command, remote=remote, codes=self._kb.codebook
+        )
+        if reply is None:
+            return None
+        return _known(explain(classify(reply, self._kb), self._kb))
 
     def _iso(self, epoch: float) -> str:
         """``2026-11-28T12:31:59Z``; consecutive lines mostly share their second."""
@@ -391,6 +411,11 @@ class MessageTracker:
             if record.kind != "expired":
                 return None
             text = "message expired, returned to sender"
+        elif record.code is not None and record.kind != "expired":
+            masked = _VOLATILE.sub(_mask, text)
+            parts = _parts(record, text, masked)
+            known = self._known_parts(parts) if parts is not None else None
+            return known if known is not None else self._known(masked)
         enhanced = _str(record.enhanced) or record.dsn
         if record.code is None and enhanced and enhanced not in text:
             text = f"{enhanced} {text}"
@@ -431,7 +456,7 @@ class MessageTracker:
             if v is not None
         }
         return Event(
-            event="reply",
+            event=EventKind.REPLY,
             source=Source.LOG,
             ts=ts,
             direction=_direction(record),
@@ -546,25 +571,25 @@ class MessageTracker:
         known: _Known | None,
     ) -> None:
         msg.queued = True
-        attempt = self._attempt(record, ts, known)
         for address in _recipients(record.recipient) or ["(unknown)"]:
             rcpt = msg.recipients.get(address)
             if rcpt is None:
                 rcpt = msg.recipients[address] = _Recipient(address, record.orig_recipient)
-            rcpt.attempts.append({**attempt, "attempt": len(rcpt.attempts) + 1})
+            rcpt.attempts.append(self._attempt(record, ts, known, attempt=len(rcpt.attempts) + 1))
             rcpt.status = _status(record.status, record.dsn)
 
     def _expire(self, msg: _Message, record: LogRecord, ts: datetime, known: _Known | None) -> None:
         msg.expired = True
-        attempt = self._attempt(record, ts, known)
         for rcpt in msg.recipients.values():
             if rcpt.status not in FINAL_STATUSES:
                 rcpt.status = "expired"
-                rcpt.attempts.append({**attempt, "attempt": len(rcpt.attempts) + 1})
+                rcpt.attempts.append(
+                    self._attempt(record, ts, known, attempt=len(rcpt.attempts) + 1)
+                )
 
     def _bounce_notice(self, msg: _Message, record: LogRecord, now: float) -> None:
         new = record.new_queue_id
-        notice = _compact(queue_id=new, type=record.extra_value("notice"), ts=self._iso(now))
+        notice = BounceNotice(self._iso(now), new, record.extra_value("notice"))
         msg.notifications.append(notice)
         if not new:
             return
@@ -576,37 +601,46 @@ class MessageTracker:
     def _rejected(
         self, msg: _Message, record: LogRecord, ts: datetime, known: _Known | None
     ) -> None:
-        entry = self._attempt(record, ts, known)
-        entry["stage"] = _stage(record, known)
-        entry["recipient"] = _angle(record.recipient)
-        entry["action"] = record.action
-        msg.upstream.append(_compact(**entry))
+        stage = _stage(record, known)
+        recipient = _angle(record.recipient)
+        msg.upstream.append(
+            self._attempt(record, ts, known, stage=stage, recipient=recipient, action=record.action)
+        )
         refusing = (record.action or "reject") in _REFUSING
-        if entry["stage"] in _WHOLE_MESSAGE_STAGES and refusing:
+        if stage in _WHOLE_MESSAGE_STAGES and refusing:
             msg.rejected = True
 
-    def _attempt(self, record: LogRecord, ts: datetime, known: _Known | None) -> dict[str, Any]:
+    def _attempt(
+        self,
+        record: LogRecord,
+        ts: datetime,
+        known: _Known | None,
+        *,
+        stage: str | None = None,
+        recipient: str | None = None,
+        action: str | None = None,
+        attempt: int | None = None,
+    ) -> MessageReply:
         """One reply as kept in a message record: when, what happened, what it means."""
-        out: dict[str, Any] = {"ts": self._iso(ts.timestamp())}
-        if record.status:
-            out["status"] = _status(record.status, record.dsn)
-        fields = known.fields if known is not None else {}
-        code = record.code if record.code is not None else fields.get("code")
-        for key, value in (
-            ("code", code),
-            ("enhanced", record.enhanced or record.dsn or fields.get("enhanced")),
-            ("dsn", record.dsn),
-            ("relay", record.relay),
-            ("delay", record.delay),
-            ("class", fields.get("klass")),
-            ("reason", fields.get("reason")),
-            ("summary", fields.get("summary")),
-            ("rule", fields.get("rule")),
-            ("text", record.reply),
-        ):
-            if value is not None:
-                out[key] = value
-        return out
+        fields = known.fields if known is not None else _NO_FIELDS
+        return MessageReply(
+            ts=self._iso(ts.timestamp()),
+            status=_status(record.status, record.dsn) if record.status else None,
+            code=record.code if record.code is not None else fields.get("code"),
+            enhanced=record.enhanced or record.dsn or fields.get("enhanced"),
+            dsn=record.dsn,
+            relay=record.relay,
+            delay=record.delay,
+            klass=fields.get("klass"),
+            reason=fields.get("reason"),
+            summary=fields.get("summary"),
+            rule=fields.get("rule"),
+            text=record.reply,
+            stage=stage,
+            recipient=recipient,
+            action=action,
+            attempt=attempt,
+        )
 
     def _done(self, msg: _Message, kind: str, record: LogRecord) -> bool:
         if kind == "removed" or (kind in _UPSTREAM_REJECTS and msg.rejected):
@@ -660,6 +694,66 @@ class MessageTracker:
 # -- helpers ------------------------------------------------------------------------------------
 
 
+#: What a reply is explained from when the log parser took it apart: code, the reply itself
+#: (volatile parts masked), the form it was wrapped in, the command it answered, the server.
+_Parts = tuple[int, str, ReplyForm, str | None, str | None]
+_SAID = (" said: ", " refused to talk to me: ")
+
+
+def _parts(record: LogRecord, text: str, masked: str) -> _Parts | None:
+    """The reply of a line whose parser read its code, as parts; None to parse the whole text.
+
+    Postfix's ``host mx[ip] said: 550 ... (in reply to RCPT TO command)`` is unwrapped with
+    what the parser found (``in_reply_to``) exactly as the core's parser would unwrap it.
+    """
+    code = record.code
+    if code is None or len(text) > MAX_PARSE_CHARS or text != text.strip():
+        return None
+    if not masked.startswith("host "):
+        return code, masked, ReplyForm.SMTP, None, None
+    for said in _SAID:
+        head, sep, inner = masked.partition(said)
+        if sep:
+            break
+    else:
+        return None
+    remote = head[5:]
+    if not remote or any(c.isspace() for c in remote):
+        return None
+    command = record.extra_value("in_reply_to") if record.extra else None
+    if command is not None:
+        suffix = f" (in reply to {command} command)"
+        if not command.replace(" ", "").isalpha() or not command.isascii():
+            return None
+        if inner.endswith(suffix + ")"):
+            inner = inner[: -len(suffix) - 1]
+        elif inner.endswith(suffix):
+            inner = inner[: -len(suffix)]
+        else:
+            return None
+    elif "(in reply to " in inner:
+        return None
+    elif inner.endswith(")"):
+        inner = inner[:-1]
+    if command is None and said == " refused to talk to me: ":
+        command = "CONNECT"
+    return code, inner, ReplyForm.POSTFIX, command, remote
+
+
+def _known(explanation: Explanation) -> _Known:
+    """An explanation with the event fields and the stage it gives, computed once."""
+    fields: dict[str, Any] = dict(reply_fields(explanation))
+    del fields["text"]
+    command = explanation.reply.command
+    return _Known(explanation, fields, _stage_name(command) if command else None)
+
+
+def _stage_name(command: str) -> str:
+    """The stage a command names (``RCPT TO`` is ``rcpt``), else the command in lower case."""
+    stage = stage_of(command)
+    return stage.value if stage is not None else command.strip().lower()
+
+
 def _mask(match: re.Match[str]) -> str:
     text = match.group(0)
     if text.startswith("<"):
@@ -674,22 +768,10 @@ def _mask(match: re.Match[str]) -> str:
 def _message_event(
     msg: _Message, now: float, flushed: str | None, tz: tzinfo, iso: Callable[[float], str]
 ) -> Event:
-    status = _message_status(msg, flushed)
     deciding = _deciding_attempt(msg)
-    fields: dict[str, Any] = {}
-    if deciding is not None:
-        fields = {
-            "code": deciding.get("code"),
-            "enhanced": deciding.get("enhanced"),
-            "klass": deciding.get("class"),
-            "reason": deciding.get("reason"),
-            "text": deciding.get("text"),
-            "summary": deciding.get("summary"),
-            "rule": deciding.get("rule"),
-        }
     rcpts = list(msg.recipients.values())
-    extra = _compact(
-        status=status,
+    summary = MessageSummary(
+        status=_message_status(msg, flushed),
         complete=flushed is None,
         flushed=flushed,
         message_id=msg.message_id,
@@ -698,14 +780,14 @@ def _message_event(
         received=iso(msg.first_seen),
         connected=iso(msg.connected) if msg.connected is not None else None,
         delay=_message_delay(msg, now),
-        recipients=[_recipient_summary(r) for r in rcpts],
-        upstream=msg.upstream or None,
-        attempts=msg.attempts or None,
-        notifications=msg.notifications or None,
+        recipients=tuple(_recipient_summary(r) for r in rcpts),
+        upstream=tuple(msg.upstream),
+        attempts=tuple(msg.attempts),
+        notifications=tuple(msg.notifications),
         notification_for=msg.notification_for,
     )
     return Event(
-        event="message",
+        event=EventKind.MESSAGE,
         source=Source.LOG,
         ts=datetime.fromtimestamp(now, tz),
         queue_id=msg.queue_id,
@@ -715,8 +797,14 @@ def _message_event(
         sender=_angle(msg.sender),
         recipient=_angle(rcpts[0].address) if len(rcpts) == 1 else None,
         mta=msg.mta,
-        extra=extra,
-        **fields,
+        code=deciding.code if deciding else None,
+        enhanced=deciding.enhanced if deciding else None,
+        klass=deciding.klass if deciding else None,
+        reason=deciding.reason if deciding else None,
+        text=deciding.text if deciding else None,
+        summary=deciding.summary if deciding else None,
+        rule=deciding.rule if deciding else None,
+        message=summary,
     )
 
 
@@ -737,11 +825,11 @@ def _message_status(msg: _Message, flushed: str | None) -> str:
     return "partial"
 
 
-def _deciding_attempt(msg: _Message) -> dict[str, Any] | None:
+def _deciding_attempt(msg: _Message) -> MessageReply | None:
     """The reply that explains the outcome: the first failure, else the last reply."""
     if msg.rejected and msg.upstream:
         return msg.upstream[-1]
-    last: dict[str, Any] | None = None
+    last: MessageReply | None = None
     for rcpt in msg.recipients.values():
         if rcpt.attempts:
             last = rcpt.attempts[-1]
@@ -751,22 +839,22 @@ def _deciding_attempt(msg: _Message) -> dict[str, Any] | None:
 
 
 def _message_delay(msg: _Message, now: float) -> float:
-    delays = [_float(r.attempts[-1].get("delay")) for r in msg.recipients.values() if r.attempts]
+    delays = [_float(r.attempts[-1].delay) for r in msg.recipients.values() if r.attempts]
     known = [d for d in delays if d is not None]
     if known:
         return max(known)
     return round(max(0.0, now - msg.first_seen), 3)
 
 
-def _recipient_summary(rcpt: _Recipient) -> dict[str, Any]:
-    last = rcpt.attempts[-1] if rcpt.attempts else {}
-    return _compact(
+def _recipient_summary(rcpt: _Recipient) -> RecipientSummary:
+    last = rcpt.attempts[-1] if rcpt.attempts else None
+    return RecipientSummary(
         recipient=_angle(rcpt.address),
         orig_recipient=_angle(rcpt.orig),
         status=rcpt.status,
-        dsn=last.get("dsn"),
-        relay=last.get("relay"),
-        attempts=rcpt.attempts,
+        dsn=last.dsn if last else None,
+        relay=last.relay if last else None,
+        attempts=tuple(rcpt.attempts),
     )
 
 
@@ -792,12 +880,10 @@ def _direction(record: LogRecord) -> Direction | None:
 
 def _stage(record: LogRecord, known: _Known | None) -> str | None:
     if record.stage:
-        raw = record.stage
-        return _STAGES.get(raw, raw)
+        return _stage_name(record.stage)
     command = record.extra_value("in_reply_to") if record.extra else None
     if command:
-        command = command.strip().lower()
-        return _STAGES.get(command, command)
+        return _stage_name(command)
     if known is not None and known.stage:
         return known.stage
     if record.kind == "connection_error" or (record.reply or "").startswith("connect to "):
@@ -826,10 +912,6 @@ def _angle(address: str | None) -> str | None:
     if address.startswith("<") and address.endswith(">"):
         return address
     return f"<{address}>"
-
-
-def _compact(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
 
 
 def _str(value: object) -> str | None:

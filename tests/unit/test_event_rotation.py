@@ -15,14 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from smtp_policy.core.events import Event, Source
+from smtp_policy.core.events import Event, EventKind, Source
 from smtp_policy.emit import EventWriter
 from smtp_policy.wire import netstring
 from tests.helpers import free_port, stop, wait_port
 
 
 def _event(n: int) -> Event:
-    return Event(event="test", source=Source.MAPS, ts=datetime.now(UTC), text=str(n))
+    return Event(event=EventKind.LOOKUP, source=Source.MAPS, ts=datetime.now(UTC), text=str(n))
 
 
 def _read(path: Path) -> list[dict[str, Any]]:

@@ -9,7 +9,14 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from smtp_policy.core.events import FIELD_NAMES, SCHEMA_VERSION, Direction, Event, Source
+from smtp_policy.core.events import (
+    FIELD_NAMES,
+    SCHEMA_VERSION,
+    Direction,
+    Event,
+    EventKind,
+    Source,
+)
 from smtp_policy.emit import EventWriter
 
 TS = datetime(2026, 11, 29, 10, 2, 3, 456789, tzinfo=timezone(timedelta(hours=1)))
@@ -18,7 +25,7 @@ TS = datetime(2026, 11, 29, 10, 2, 3, 456789, tzinfo=timezone(timedelta(hours=1)
 def test_json_form_has_every_field_and_utc_time() -> None:
     """to_dict has the schema version, every field (null when unknown) and a UTC 'Z' time."""
     event = Event(
-        event="reply",
+        event=EventKind.REPLY,
         source=Source.MILTER,
         ts=TS,
         direction=Direction.UPSTREAM,
@@ -40,9 +47,9 @@ def test_json_form_has_every_field_and_utc_time() -> None:
 def test_naive_times_and_shadowing_extras_are_refused() -> None:
     """A naive timestamp or an extra named like a schema field is a programming error."""
     with pytest.raises(ValueError, match="timezone-aware"):
-        Event(event="x", source=Source.LOG, ts=datetime(2026, 1, 1))
+        Event(event=EventKind.WARNING, source=Source.LOG, ts=datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="shadow"):
-        Event(event="x", source=Source.LOG, ts=TS, extra={"class": "x"})
+        Event(event=EventKind.WARNING, source=Source.LOG, ts=TS, extra={"class": "x"})
 
 
 def test_writer_keeps_lines_whole_across_threads() -> None:
@@ -54,7 +61,7 @@ def test_writer_keeps_lines_whole_across_threads() -> None:
         for i in range(200):
             writer.emit(
                 Event(
-                    event="reply",
+                    event=EventKind.REPLY,
                     source=Source.MILTER,
                     ts=datetime.now(UTC),
                     session=f"s{n}",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smtp_policy.core.events import FIELD_NAMES, SCHEMA_VERSION
+from smtp_policy.core.events import FIELD_NAMES, SCHEMA_VERSION, EventKind
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 #: The kinds the milter writes; every one must be documented.
@@ -73,6 +73,15 @@ def test_field_list_is_the_schema(doc: str) -> None:
 
 def test_milter_kinds_are_documented(kinds: dict[str, Kind]) -> None:
     assert {kind.name for kind in kinds.values()} >= MILTER_KINDS
+
+
+def test_every_event_kind_is_documented(kinds: dict[str, Kind]) -> None:
+    """Each :class:`EventKind` the code writes has a section, and each section is a kind."""
+    documented = {kind.name for kind in kinds.values()}
+    missing = {k.value for k in EventKind} - documented
+    assert not missing, f"docs/events.md has no ### section for {sorted(missing)}"
+    unknown = documented - {k.value for k in EventKind}
+    assert not unknown, f"docs/events.md documents kinds the code never writes: {sorted(unknown)}"
 
 
 def test_every_kind_has_an_example(kinds: dict[str, Kind]) -> None:

@@ -240,12 +240,12 @@ def test_metric_labels_are_bounded() -> None:
     from datetime import UTC, datetime
 
     from smtp_policy.adapters.follow.metrics import FollowMetrics
-    from smtp_policy.core.events import Direction, Event, Source
+    from smtp_policy.core.events import Direction, Event, EventKind, MessageSummary, Source
     from smtp_policy.data import default_knowledge
 
     metrics = FollowMetrics(default_knowledge())
     odd = Event(
-        event="reply",
+        event=EventKind.REPLY,
         source=Source.LOG,
         ts=datetime.now(UTC),
         direction=Direction.UPSTREAM,
@@ -267,11 +267,11 @@ def test_metric_labels_are_bounded() -> None:
         },
     )
     assert value == 3
+    record = MessageSummary(
+        status="delivered", complete=True, received="2026-11-28T12:00:00Z", delay=12.5
+    )
     message = Event(
-        event="message",
-        source=Source.LOG,
-        ts=datetime.now(UTC),
-        extra={"status": "delivered", "complete": True, "delay": 12.5},
+        event=EventKind.MESSAGE, source=Source.LOG, ts=datetime.now(UTC), message=record
     )
     metrics.observe(message)
     assert metrics.registry.get_sample_value("smtp_policy_log_delivery_delay_seconds_count") == 1

@@ -7,13 +7,12 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtp_policy.core.events import Event
+from smtp_policy.core.events import Event, MessageSummary
 from smtp_policy.core.explain import explain_text
 from smtp_policy.data import default_knowledge
 from smtp_policy.maillog.parse import parse_line
@@ -33,9 +32,10 @@ def track(lines: Iterable[str], tracker: MessageTracker | None = None) -> list[E
     return [event for record in records if record is not None for event in tracker.feed(record)]
 
 
-def info(event: Event) -> Any:
-    """An event's extra fields, typed loosely for nested lookups."""
-    return event.extra
+def info(event: Event) -> MessageSummary:
+    """A message event's record."""
+    assert event.message is not None
+    return event.message
 
 
 def messages(events: Iterable[Event]) -> dict[str, Event]:
@@ -68,7 +68,7 @@ def test_every_removed_queue_id_gets_exactly_one_message_record(
     """Each queue id with a "removed" line has one complete message record, no more."""
     removed = {m[1] for line in sample if (m := re.search(r": ([0-9A-F]+): removed$", line))}
     records = messages(sample_events)
-    complete = {q for q, e in records.items() if e.extra["complete"]}
+    complete = {q for q, e in records.items() if info(e).complete}
     assert removed <= complete
     assert len(removed) == 344
 
@@ -114,13 +114,13 @@ def test_deferral_then_success() -> None:
     """Deferred twice, then delivered: one record, every attempt kept and numbered in order."""
     events = track(DEFER_THEN_SENT.splitlines())
     (record,) = messages(events).values()
-    assert record.extra["status"] == "delivered"
-    assert record.extra["delay"] == 1400
-    greylisted, other = info(record)["recipients"]
-    assert [a["status"] for a in greylisted["attempts"]] == ["deferred", "deferred", "sent"]
-    assert [a["attempt"] for a in greylisted["attempts"]] == [1, 2, 3]
-    assert greylisted["attempts"][0]["reason"] == "greylisting"
-    assert greylisted["status"] == "sent" and other["status"] == "sent"
+    assert info(record).status == "delivered"
+    assert info(record).delay == 1400
+    greylisted, other = info(record).recipients
+    assert [a.status for a in greylisted.attempts] == ["deferred", "deferred", "sent"]
+    assert [a.attempt for a in greylisted.attempts] == [1, 2, 3]
+    assert greylisted.attempts[0].reason == "greylisting"
+    assert greylisted.status == "sent" and other.status == "sent"
     replies = [e for e in events if e.event == "reply"]
     assert [e.extra["attempt"] for e in replies] == [1, 1, 2, 3]
 
@@ -143,15 +143,15 @@ def test_bounce_with_its_notice(sample_events: list[Event]) -> None:
     """A bounced message links to its non-delivery notice, and the notice back to it."""
     records = messages(sample_events)
     bounced = records["0895436B76"]
-    assert bounced.extra["status"] == "bounced"
+    assert info(bounced).status == "bounced"
     assert bounced.reason == "mailbox_full"
     assert bounced.code == 552
     assert bounced.recipient == "<full70@remote.test>"
-    assert [n["queue_id"] for n in info(bounced)["notifications"]] == ["15AC736B7A"]
+    assert [n.queue_id for n in info(bounced).notifications] == ["15AC736B7A"]
     notice = records["15AC736B7A"]
-    assert notice.extra["notification_for"] == "0895436B76"
+    assert info(notice).notification_for == "0895436B76"
     assert notice.sender == "<>"
-    assert notice.extra["status"] == "delivered"
+    assert info(notice).status == "delivered"
 
 
 @needs_sample
@@ -174,10 +174,10 @@ def test_reply_events_carry_the_message_context(sample_events: list[Event]) -> N
 def test_end_of_message_reject_ends_the_message(sample_events: list[Event]) -> None:
     """A milter reject at END-OF-MESSAGE: the message was never queued; one rejected record."""
     record = messages(sample_events)["408E336B80"]
-    assert record.extra["status"] == "rejected"
-    assert record.extra["complete"] is True
+    assert info(record).status == "rejected"
+    assert info(record).complete is True
     assert record.helo == "client6.example.net"
-    assert info(record)["upstream"][0]["stage"] == "eom"
+    assert info(record).upstream[0].stage == "eom"
 
 
 EXPIRED = """\
@@ -199,16 +199,16 @@ def test_expired_message() -> None:
     """Deferred until it expired: one record, status expired, every attempt kept."""
     events = track(EXPIRED.splitlines())
     record = messages(events)["1A2B3C4D5E"]
-    assert record.extra["status"] == "expired"
-    assert record.extra["complete"] is True
-    (rcpt,) = info(record)["recipients"]
-    assert rcpt["status"] == "expired"
-    assert [a["status"] for a in rcpt["attempts"]] == ["deferred", "deferred", "expired"]
+    assert info(record).status == "expired"
+    assert info(record).complete is True
+    (rcpt,) = info(record).recipients
+    assert rcpt.status == "expired"
+    assert [a.status for a in rcpt.attempts] == ["deferred", "deferred", "expired"]
     assert record.helo is None or isinstance(record.helo, str)
     assert record.client_name == "mail.example.org"
-    assert record.extra["message_id"] == "x1@example.org"
-    assert record.extra["size"] == 1234
-    assert [n["queue_id"] for n in info(record)["notifications"]] == ["9F8E7D6C5B"]
+    assert info(record).message_id == "x1@example.org"
+    assert info(record).size == 1234
+    assert [n.queue_id for n in info(record).notifications] == ["9F8E7D6C5B"]
 
 
 def test_idle_messages_are_flushed_as_incomplete() -> None:
@@ -218,8 +218,8 @@ def test_idle_messages_are_flushed_as_incomplete() -> None:
     lines = [*EXPIRED.splitlines()[:4], later]
     events = track(lines, tracker)
     record = messages(events)["1A2B3C4D5E"]
-    assert record.extra["status"] == "incomplete"
-    assert record.extra["complete"] is False
+    assert info(record).status == "incomplete"
+    assert info(record).complete is False
     assert tracker.in_flight == 0
 
 
@@ -229,8 +229,8 @@ def test_flush_all_at_the_end_of_input() -> None:
     track(EXPIRED.splitlines()[:6], tracker)
     assert tracker.in_flight == 1
     (record,) = tracker.flush_all()
-    assert record.extra["status"] == "incomplete"
-    assert record.extra["flushed"] == "end"
+    assert info(record).status == "incomplete"
+    assert info(record).flushed == "end"
 
 
 @needs_sample
@@ -261,7 +261,7 @@ def test_memory_is_bounded_by_finished_messages(sample: list[str]) -> None:
     assert finished > 300
     deferred = {e.queue_id for e in events if e.extra.get("status") == "deferred"}
     assert tracker.in_flight == len(deferred)
-    counts = collections.Counter(e.extra["status"] for e in events if e.event == "message")
+    counts = collections.Counter(info(e).status for e in events if e.event == "message")
     assert counts["delivered"] > counts["bounced"] > 0
 
 
@@ -296,7 +296,7 @@ def test_lines_after_an_idle_flush_start_a_new_record() -> None:
     tracker = MessageTracker(default_knowledge(), max_idle=3600, year=2026)
     later = "Nov 28 13:00:00 vm postfix/smtpd[200]: connect from other.example[192.0.2.8]"
     first = messages(track([*EXPIRED.splitlines()[:4], later], tracker))
-    assert first["1A2B3C4D5E"].extra["complete"] is False
+    assert info(first["1A2B3C4D5E"]).complete is False
     again = [
         "Nov 28 13:05:00 vm postfix/smtp[104]: 1A2B3C4D5E: to=<bob@down.example>, "
         "relay=mx.down.example[198.51.100.9]:25, delay=18300, delays=18299/0/0.5/0.5, "
@@ -305,5 +305,66 @@ def test_lines_after_an_idle_flush_start_a_new_record() -> None:
         "Nov 28 13:05:01 vm postfix/qmgr[102]: 1A2B3C4D5E: removed",
     ]
     second = messages(track(again, tracker))
-    assert second["1A2B3C4D5E"].extra["status"] == "delivered"
-    assert second["1A2B3C4D5E"].extra["complete"] is True
+    assert info(second["1A2B3C4D5E"]).status == "delivered"
+    assert info(second["1A2B3C4D5E"]).complete is True
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "form", "command"),
+    [
+        (
+            550,
+            "550 5.1.1 <bob@example.org>: Recipient address rejected: User unknown",
+            "smtp",
+            None,
+        ),
+        (450, "450-4.2.0 Greylisted 450 4.2.0 try again later", "smtp", None),
+        (554, "554 Service unavailable; Client host [192.0.2.1] blocked", "smtp", None),
+        (552, "552 5.2.2 <full@remote.test>: Mailbox full", "postfix", "RCPT TO"),
+        (421, "421 Too many connections", "postfix", "CONNECT"),
+    ],
+)
+def test_reply_from_parts_reads_like_the_parser(
+    code: int, body: str, form: str, command: str | None
+) -> None:
+    """A reply the log parser took apart is read exactly as parse_reply reads the whole text."""
+    from smtp_policy.core.model import ReplyForm
+    from smtp_policy.core.parse import parse_reply, reply_from_parts
+
+    kb = default_knowledge()
+    whole = (
+        body
+        if form == "smtp"
+        else f"host mx[192.0.2.9] said: {body} (in reply to {command} command)"
+    )
+    if command == "CONNECT":
+        whole = f"host mx[192.0.2.9] refused to talk to me: {body}"
+    expected = parse_reply(whole, kb.codebook)
+    got = reply_from_parts(
+        whole,
+        code,
+        body,
+        form=ReplyForm(form),
+        command=expected.command,
+        remote=expected.remote,
+        codes=kb.codebook,
+    )
+    assert got is not None
+    assert (got.code, got.enhanced, got.text, got.form, got.command, got.lines) == (
+        expected.code,
+        expected.enhanced,
+        expected.text,
+        expected.form,
+        expected.command,
+        expected.lines,
+    )
+
+
+@pytest.mark.parametrize(
+    "body", ["550", "stat=Deferred: 451 x", "550 5.1.1 host mx[1.2.3.4] said: 550 x", "a\n550 b"]
+)
+def test_reply_from_parts_leaves_wrapped_texts_to_the_parser(body: str) -> None:
+    """A bare code, a wrapping or several lines: None, the whole text must be parsed."""
+    from smtp_policy.core.parse import reply_from_parts
+
+    assert reply_from_parts(body, 550, body) is None

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from smtp_policy.config.listen import LOOPBACK, ListenAddress
 from smtp_policy.core.errors import ConfigError
-from smtp_policy.core.events import Event
+from smtp_policy.core.events import Event, EventKind
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Reason, ReplyClass
 from smtp_policy.maillog.record import KINDS
@@ -90,7 +90,7 @@ class FollowMetrics:
 
     def observe(self, event: Event) -> None:
         """Count a reply event, or a message record (status and delay)."""
-        if event.event == "reply":
+        if event.event == EventKind.REPLY:
             self.replies.labels(
                 bounded(event.direction, DIRECTIONS),
                 bounded(event.stage, STAGES),
@@ -98,12 +98,11 @@ class FollowMetrics:
                 bounded(event.reason, self._reasons),
                 bounded(event.enhanced, self._enhanced),
             ).inc()
-        elif event.event == "message":
-            extra: Mapping[str, object] = event.extra
-            self.messages.labels(bounded(extra.get("status"), MESSAGE_STATUSES)).inc()
-            delay = extra.get("delay")
-            if isinstance(delay, int | float) and extra.get("complete"):
-                self.delay.observe(float(delay))
+        elif event.message is not None:
+            record = event.message
+            self.messages.labels(bounded(record.status, MESSAGE_STATUSES)).inc()
+            if record.complete:
+                self.delay.observe(float(record.delay))
 
     def count_lines(self, counts: Mapping[str, int]) -> None:
         """Add a batch's line counts by kind."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from smtp_policy.adapters.follow.state import StateStore, snapshot
 from smtp_policy.adapters.follow.tail import Batch, FileTail, Notice, Tailer
-from smtp_policy.core.events import Event
+from smtp_policy.core.events import Event, EventKind
 from smtp_policy.core.events import Source as EventSource
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.emit import EventWriter
@@ -120,7 +120,7 @@ class Pipeline:
             print(f"smtp-policy follow: {notice.message}", file=sys.stderr, flush=True)
         self._emit(
             Event(
-                event="warning",
+                event=EventKind.WARNING,
                 source=EventSource.LOG,
                 ts=datetime.now(UTC),
                 text=notice.message,
@@ -149,9 +149,11 @@ class Pipeline:
             "events": dict(sorted(self.events.items())),
             "in_flight": self.tracker.in_flight,
         }
-        self._emit(Event(event="stats", source=EventSource.LOG, ts=datetime.now(UTC), extra=extra))
+        self._emit(
+            Event(event=EventKind.STATS, source=EventSource.LOG, ts=datetime.now(UTC), extra=extra)
+        )
 
-    def emit_control(self, name: str, extra: Mapping[str, object]) -> None:
+    def emit_control(self, name: EventKind, extra: Mapping[str, object]) -> None:
         """A started/stopped event."""
         self._emit(Event(event=name, source=EventSource.LOG, ts=datetime.now(UTC), extra=extra))
 
