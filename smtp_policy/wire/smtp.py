@@ -134,6 +134,7 @@ class CommandReader:
     __slots__ = (
         "_buf",
         "_data_state",
+        "_max_continuation",
         "_max_extended",
         "_max_line",
         "_mode",
@@ -146,8 +147,10 @@ class CommandReader:
         max_line: int = MAX_COMMAND_LINE,
         max_extended_line: int = MAX_EXTENDED_LINE,
         server_line_limit: int = SERVER_LINE_LIMIT,
+        max_continuation_line: int = MAX_CONTINUATION_LINE,
     ) -> None:
         self._buf = bytearray()
+        self._max_continuation = max_continuation_line
         self._server_limit = server_line_limit
         self._max_line = max_line
         self._max_extended = max(max_line, max_extended_line)
@@ -218,7 +221,7 @@ class CommandReader:
 
     def _limit(self) -> int:
         if self._mode == _CONTINUATION:
-            return MAX_CONTINUATION_LINE
+            return self._max_continuation
         if bytes(self._buf[:4]).upper() in _EXTENDED_VERBS:
             return self._max_extended
         return self._max_line

@@ -323,7 +323,7 @@ class TestProperties:
     )
     def test_command_reader_never_raises(self, chunks: list[bytes], modes: list[str]) -> None:
         """Random bytes and mode switches never make the command reader raise."""
-        reader = CommandReader(max_line=64, max_extended_line=128)
+        reader = CommandReader(max_line=64, max_extended_line=128, max_continuation_line=128)
         for i, chunk in enumerate(chunks):
             mode = modes[i] if i < len(modes) else "none"
             if mode == "data":
