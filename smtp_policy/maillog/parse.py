@@ -32,10 +32,10 @@ from typing import Final, TypeAlias
 
 from smtp_policy.maillog._shapes import Build, Head, Shape
 from smtp_policy.maillog.postfix import ANY_PROGRAM, BY_PROGRAM, POSTFIX_SHAPES
-from smtp_policy.maillog.record import KINDS, LogRecord, Mta, new_record
+from smtp_policy.maillog.record import LogRecord, Mta, new_record
 from smtp_policy.maillog.sendmail import SENDMAIL_SHAPES
 
-__all__ = ["KINDS", "PREFIX", "SHAPES", "LogRecord", "parse_line"]
+__all__ = ["PREFIX", "SHAPES", "parse_line"]
 
 # --------------------------------------------------------------------------------------------
 # Prefix

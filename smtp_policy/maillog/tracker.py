@@ -62,7 +62,7 @@ from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Explanation, ReplyForm
 from smtp_policy.core.parse import MAX_PARSE_CHARS, reply_from_parts
 from smtp_policy.core.stages import stage_of
-from smtp_policy.maillog.parse import LogRecord
+from smtp_policy.maillog.record import LogRecord
 
 STATE_VERSION = 1
 #: Entries idle for longer than this (seconds of log time) are flushed as incomplete. Postfix
