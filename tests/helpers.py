@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+#: The sample mail logs the tests read (see its README.md).
+SAMPLES = Path(__file__).resolve().parent / "samples"
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""

@@ -13,11 +13,9 @@ from typing import Any
 
 import pytest
 
-SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
+from tests.helpers import SAMPLES
+
 SAMPLE = SAMPLES / "postfix-3.7-maillog-sample.log"
-needs_sample = pytest.mark.skipif(
-    not SAMPLE.exists(), reason=f"the shared samples are not here: {SAMPLES}"
-)
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -44,7 +42,6 @@ def removed_ids(text: str) -> set[str]:
     return {line.split()[5].rstrip(":") for line in text.splitlines() if line.endswith("removed")}
 
 
-@needs_sample
 def test_follow_once_replays_a_whole_file(tmp_path: Path) -> None:
     """--from-start --once: every reply, one record per removed message, a final stats event."""
     out = tmp_path / "events.jsonl"
@@ -63,7 +60,6 @@ def test_follow_once_replays_a_whole_file(tmp_path: Path) -> None:
     assert all(e["schema"] == 1 and e["source"] == "log" for e in events)
 
 
-@needs_sample
 def test_resume_with_state_gives_every_event_exactly_once(tmp_path: Path) -> None:
     """Half a file, stop, the rest appended, restart with --state: the same events as one run."""
     lines = SAMPLE.read_text().splitlines(keepends=True)
@@ -94,7 +90,6 @@ def test_resume_with_state_gives_every_event_exactly_once(tmp_path: Path) -> Non
     assert len(records(out)) >= len(removed_ids(SAMPLE.read_text()))
 
 
-@needs_sample
 def test_sigterm_saves_state_and_exits_zero(tmp_path: Path) -> None:
     """A following daemon stops cleanly on SIGTERM, with its position saved."""
     out, state = tmp_path / "events.jsonl", tmp_path / "state"
@@ -199,7 +194,6 @@ def test_binary_garbage_is_not_fatal(tmp_path: Path, command: str) -> None:
         assert events[-2]["event"] == "stats" and events[-2]["lines"] > 0
 
 
-@needs_sample
 @pytest.mark.parametrize("form", ["", "--json", "--html"])
 def test_report_cli(form: str) -> None:
     """report prints text, JSON or one HTML page."""
@@ -213,7 +207,6 @@ def test_report_cli(form: str) -> None:
         assert "Downstream" in proc.stdout
 
 
-@needs_sample
 @pytest.mark.parametrize("wanted", ["0895436B76", "<20261128123200.0895436B76@vm>"])
 def test_trace_by_queue_id_or_message_id(wanted: str) -> None:
     """trace shows the bounced message, its attempt and its bounce notice's own record."""
@@ -225,7 +218,6 @@ def test_trace_by_queue_id_or_message_id(wanted: str) -> None:
     assert "Message 15AC736B7A" in out
 
 
-@needs_sample
 def test_trace_json_and_unknown_id() -> None:
     """--json prints message records; an id not in the log exits 1 with a message."""
     proc = cli("trace", "--json", "0895436B76", str(SAMPLE))
@@ -277,7 +269,6 @@ def test_metric_labels_are_bounded() -> None:
     assert metrics.registry.get_sample_value("smtp_policy_log_delivery_delay_seconds_count") == 1
 
 
-@needs_sample
 def test_metrics_are_served_while_following(tmp_path: Path) -> None:
     """--metrics-listen serves Prometheus text: replies by reason, one delay per message."""
     import urllib.request
