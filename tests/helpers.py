@@ -99,6 +99,7 @@ class Daemon:
         events: Path | None = None,
     ) -> None:
         self.command = command
+        self.workdir = workdir
         self.name = name or command
         self.port = port
         self.events = EventFile(events or workdir / f"{self.name}-events.jsonl")
