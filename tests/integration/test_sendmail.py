@@ -11,7 +11,6 @@ local mailbox (the senders here use it, so Sendmail's bounces land there).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import smtplib
@@ -37,6 +36,7 @@ from smtp_policy.lab.sendmail import (
     ensure_debs,
     format_syslog,
 )
+from tests.helpers import read_events
 from tests.integration.drills import size
 from tests.integration.test_milter_postfix import Ev, MilterProcess
 
@@ -360,7 +360,7 @@ def follow(log: Path, tmp: Path) -> list[dict[str, Any]]:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    return read_events(out)
 
 
 def test_follower_reads_the_real_sendmail_log(
