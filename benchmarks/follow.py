@@ -1,10 +1,10 @@
 """Log follower throughput: ``smtp-policy follow`` against pflogsumm on the same log.
 
-Generates a realistic Postfix log (deterministic, seeded) by replaying the shapes of the shared
-3,000-line Postfix 3.7 sample over and over with new queue ids, message ids, addresses,
-recipient domains, process ids and times, so that every copy is a consistent set of messages;
-the messages a copy leaves deferred are retried, delivered and removed at the start of the
-next one, as a real queue would (so the follower's memory stays flat).
+Generates a realistic Postfix log (deterministic, seeded) by replaying the shapes of the
+3,000-line Postfix 3.7 sample (tests/samples) over and over with new queue ids, message ids,
+addresses, recipient domains, process ids and times, so that every copy is a consistent set of
+messages; the messages a copy leaves deferred are retried, delivered and removed at the start of
+the next one, as a real queue would (so the follower's memory stays flat).
 Then times, in alternating rounds on the same file, ``smtp-policy follow --from-start --once
 --events /dev/null`` (a child process; its peak RSS from ``wait4``) and
 ``pflogsumm`` (Debian's /usr/sbin/pflogsumm, report to /dev/null). Prints lines/s for each,
@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared" / "samples" / "postfix-3.7-maillog-sample.log"
+SAMPLE = ROOT / "tests" / "samples" / "postfix-3.7-maillog-sample.log"
 PFLOGSUMM = shutil.which("pflogsumm") or "/usr/sbin/pflogsumm"
 
 _STAMP = re.compile(r"^(\w{3} [ \d]\d \d\d:\d\d:\d\d) ")

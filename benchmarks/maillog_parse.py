@@ -1,9 +1,9 @@
 """Log line parser throughput: ``smtp_policy.maillog.parse.parse_line`` on the real sample mix.
 
-Repeats the shared 3,000-line Postfix 3.7 sample until there are ``--lines`` lines (300,000 by
-default), parses them all in one process on one core, and prints lines/s for each round (wall
-clock and process CPU time) plus the best round. Nothing is asserted: the machine is shared and
-noisy, so read the best round and the CPU figure.
+Repeats the 3,000-line Postfix 3.7 sample (tests/samples) until there are ``--lines`` lines
+(300,000 by default), parses them all in one process on one core, and prints lines/s for each
+round (wall clock and process CPU time) plus the best round. Nothing is asserted: the machine is
+shared and noisy, so read the best round and the CPU figure.
 
     .venv/bin/python benchmarks/maillog_parse.py [--lines 300000] [--rounds 5] [--log PATH]
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from smtp_policy.maillog.parse import parse_line
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_LOG = ROOT.parent / "shared" / "samples" / "postfix-3.7-maillog-sample.log"
+DEFAULT_LOG = ROOT / "tests" / "samples" / "postfix-3.7-maillog-sample.log"
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Helpers shared by tests that start smtp_policy daemons as real processes."""
+"""Helpers shared by tests that start smtp_policy daemons as real processes: one daemon
+wrapper, one event-file reader, and where the sample logs are."""
 
 from __future__ import annotations
 
@@ -6,68 +7,65 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+
+from smtp_policy.lab.instance import poll
+
+#: The sample mail logs the tests read (see its README.md).
+SAMPLES = Path(__file__).resolve().parent / "samples"
+
+Event = dict[str, Any]
+
+#: ``--listen`` on a loopback port, as each command spells it (the rest: ``inet:HOST:PORT``).
+_LOOPBACK = {"milter": "inet:{port}@127.0.0.1", "proxy": "127.0.0.1:{port}"}
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class EventFile:
+    """A JSON Lines event file, read incrementally: each read parses only the lines added since
+    the last one. A last line without its newline is still being written and waits; every other
+    line must parse, except after a kill (``torn_lines``: a line cut by SIGKILL). A new file
+    at the path (a rotation) is read from its start."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.torn_lines = False
+        self._events: list[Event] = []
+        self._inode = 0
+        self._offset = 0
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    """Wait until ``proc`` listens on ``port``; fail with its stderr if it exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr else b""
-            raise AssertionError(f"server exited: {err!r}")
+    def read(self) -> list[Event]:
+        """Every event written so far (none before the file exists)."""
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("server did not start listening")
+            with self.path.open("rb") as f:
+                inode = os.fstat(f.fileno()).st_ino
+                if inode != self._inode:
+                    self._inode, self._offset, self._events = inode, 0, []
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self._events
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        for line in data[:end].splitlines():
+            try:
+                self._events.append(json.loads(line))
+            except ValueError:
+                if not self.torn_lines:
+                    raise
+        return self._events
+
+    def of(self, kind: str) -> list[Event]:
+        """The events with ``event == kind`` written so far."""
+        return [e for e in self.read() if e["event"] == kind]
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM a daemon; it must exit 0 without a traceback."""
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err
-    assert b"Traceback" not in err
-
-
-@contextlib.contextmanager
-def running_daemon(command: str, events: Path, *extra: str) -> Iterator[int]:
-    """``python -m smtp_policy COMMAND`` on a free loopback port; yields the port, stops it after."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smtp_policy",
-            command,
-            "--listen",
-            f"inet:127.0.0.1:{port}",
-            "--events",
-            str(events),
-            *extra,
-        ],
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_port(port, proc)
-        yield port
-    finally:
-        stop(proc)
+def read_events(path: Path) -> list[Event]:
+    """Every event in the JSON Lines file ``path`` so far (none before it exists)."""
+    return EventFile(path).read()
 
 
 def is_stopped(pid: int) -> bool:
@@ -78,69 +76,146 @@ def is_stopped(pid: int) -> bool:
 def sigstop(pid: int, timeout: float = 30) -> None:
     """SIGSTOP ``pid`` and wait until the kernel shows it stopped."""
     os.kill(pid, signal.SIGSTOP)
-    deadline = time.monotonic() + timeout
-    while not is_stopped(pid):
-        assert time.monotonic() < deadline, f"process {pid} did not stop"
-        time.sleep(0.005)
+    poll(lambda: is_stopped(pid) or None, timeout, lambda: f"process {pid} to stop")
 
 
-class DaemonProcess:
-    """``smtp-policy maps|policy`` as a real process on loopback: started, stopped, killed,
-    paused and resumed by the test, its events read back."""
+class Daemon:
+    """``python -m smtp_policy COMMAND ARGS --events FILE`` as a real process, stderr kept in a
+    file: started (ready once it wrote its ``started`` event), paused, resumed, signalled,
+    stopped or killed by the test, its events and memory read back.
 
-    def __init__(self, command: str, tmp: Path, config: Path, port: int | None = None) -> None:
+    ``port``: listen on that loopback port (``--listen`` as the command spells it); ``name``
+    tells apart the files of two daemons of one command in one ``workdir``; ``events``: the
+    event file, ``WORKDIR/NAME-events.jsonl`` unless given.
+    """
+
+    def __init__(
+        self,
+        command: str,
+        workdir: Path,
+        *args: str,
+        port: int | None = None,
+        name: str | None = None,
+        events: Path | None = None,
+    ) -> None:
         self.command = command
-        self.port = port or free_port()
-        self.events = tmp / f"{command}-events.jsonl"
-        self.argv = [
-            sys.executable,
-            "-m",
-            "smtp_policy",
-            command,
-            "--listen",
-            f"inet:127.0.0.1:{self.port}",
-            "--events",
-            str(self.events),
-            "--config",
-            str(config),
-        ]
+        self.workdir = workdir
+        self.name = name or command
+        self.port = port
+        self.events = EventFile(events or workdir / f"{self.name}-events.jsonl")
+        self.stderr_path = workdir / f"{self.name}.stderr"
+        listen = []
+        if port is not None:
+            listen = ["--listen", _LOOPBACK.get(command, "inet:127.0.0.1:{port}").format(port=port)]
+        self.argv = [sys.executable, "-m", "smtp_policy", command, *listen, *args,
+                     "--events", str(self.events.path)]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
 
-    def start(self) -> None:
-        """Start the daemon and wait until it listens."""
-        self.proc = subprocess.Popen(self.argv, stderr=subprocess.PIPE)
-        wait_port(self.port, self.proc)
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        assert self.proc is not None, f"{self.name} is not running"
+        return self.proc.pid
 
-    def kill(self) -> None:
-        """SIGKILL: down without a chance to clean up."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.communicate(timeout=30)
-        self.proc = None
+    def start(self, timeout: float = 60) -> Self:
+        """Start it and wait for its ``started`` event; fail with its stderr if it exits."""
+        starts = len(self.events.of("started"))
+        with self.stderr_path.open("ab") as err:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+            )
+        self.wait_for(lambda e: e["event"] == "started", timeout, count=starts + 1)
+        return self
+
+    def wait_for(
+        self, predicate: Callable[[Event], bool], timeout: float = 30, *, count: int = 1
+    ) -> list[Event]:
+        """Poll until ``count`` events match ``predicate``; return all that do. Fails at once
+        if the process exits."""
+
+        def probe() -> list[Event] | None:
+            found = [e for e in self.events.read() if predicate(e)]
+            if len(found) >= count:
+                return found
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited {self.proc.returncode}: {self.stderr()}")
+            return None
+
+        return poll(probe, timeout, lambda: f"{count} {self.name} events; {self.stderr()}")
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` (SIGHUP: reload and reopen the event file)."""
+        assert self.proc is not None, f"{self.name} is not running"
+        self.proc.send_signal(sig)
 
     def pause(self) -> None:
         """SIGSTOP, and wait until the kernel shows the process stopped."""
-        assert self.proc is not None
-        sigstop(self.proc.pid)
+        sigstop(self.pid)
 
     def resume(self) -> None:
         """SIGCONT."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+        self.send_signal(signal.SIGCONT)
 
-    def stop(self) -> None:
-        """SIGTERM (after a SIGCONT, should it be paused): it must exit 0 without a traceback."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            stop(self.proc)
+    def kill(self) -> None:
+        """SIGKILL: down without a chance to clean up (it may leave a torn event line)."""
+        assert self.proc is not None, f"{self.name} is not running"
+        self.proc.kill()
+        self.proc.wait(30)
+        self.returncode = self.proc.returncode
         self.proc = None
+        self.events.torn_lines = True
 
-    def records(self) -> list[dict[str, Any]]:
-        """The events written so far (a line cut by SIGKILL is skipped)."""
-        out = []
-        for line in self.events.read_text().splitlines():
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM (after a SIGCONT, should it be paused): it must exit 0 within ``timeout`` s
+        without a traceback (SIGKILLed and failed if not)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.returncode = self.proc.returncode
+        self.proc = None
+        assert self.returncode == 0, (self.name, self.returncode, self.stderr())
+        assert "Traceback" not in self.stderr(), self.stderr()
+
+    def stderr(self) -> str:
+        """Everything it wrote to stderr."""
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def memory(self) -> tuple[int, int] | None:
+        """Its resident set (VmRSS, kB) and thread count now; None once it is gone."""
+        if self.proc is None:
+            return None
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return None
+        fields = dict(line.split(":", 1) for line in status.splitlines())
+        return int(fields["VmRSS"].split()[0]), int(fields["Threads"])
+
+
+@contextlib.contextmanager
+def running(*daemons: Daemon) -> Iterator[None]:
+    """Start the daemons in order; stop them all in reverse order at the end, whatever happens
+    (the first failure to stop cleanly is raised once all are down)."""
+    started: list[Daemon] = []
+    try:
+        for daemon in daemons:
+            started.append(daemon)
+            daemon.start()
+        yield
+    finally:
+        failures: list[AssertionError] = []
+        for daemon in reversed(started):
+            try:
+                daemon.stop()
+            except AssertionError as failure:
+                failures.append(failure)
+        if failures:
+            raise failures[0]

@@ -38,14 +38,12 @@ import os
 import shutil
 import signal
 import smtplib
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -54,7 +52,7 @@ from smtp_policy.lab.remote import ScriptedServer
 from smtp_policy.maillog.parse import parse_line
 from smtp_policy.maillog.record import LogRecord
 from smtp_policy.maillog.tracker import REPLY_KINDS
-from tests.helpers import sigstop
+from tests.helpers import Daemon, sigstop
 from tests.integration.drills import size
 
 pytestmark = [pytest.mark.postfix, pytest.mark.slow]
@@ -153,51 +151,23 @@ class Sender(threading.Thread):
             time.sleep(0.02)
 
 
-class Follower:
-    """``smtp-policy follow`` on the maillog as a real process, restartable with its state."""
+class Follower(Daemon):
+    """``smtp-policy follow`` on the maillog as a Daemon, restartable with its state."""
 
     def __init__(self, pf: PrivatePostfix, tmp: Path) -> None:
         self.pf = pf
         self.state = tmp / "state"
-        self.events = tmp / "events.jsonl"
-        self.stderr = tmp / "follow.stderr"
-        self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
+        super().__init__(
+            "follow", tmp, "--state", str(self.state), "--log", str(pf.maillog), "--from-start",
+            events=tmp / "events.jsonl",
+        )  # fmt: skip
 
-    def start(self) -> None:
-        """Start following (from the start of the file when there is no state yet)."""
-        with self.stderr.open("ab") as err:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "smtp_policy",
-                    "follow",
-                    "--state",
-                    str(self.state),
-                    "--events",
-                    str(self.events),
-                    "--log",
-                    str(self.pf.maillog),
-                    "--from-start",
-                ],
-                stderr=err,
-            )
+    def start(self, timeout: float = 60) -> Self:
+        """Start following (from the start of the file when there is no state yet); ready (its
+        signal handlers installed) once it has written its ``started`` event."""
         self.runs += 1
-        # Ready (signal handlers installed) once it has written its "started" event.
-        deadline = time.monotonic() + 60
-        while sum(e["event"] == "started" for e in self.records()) < self.runs:
-            assert self.proc.poll() is None, self.stderr.read_text()
-            assert time.monotonic() < deadline, "the follower did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """SIGTERM: it saves its state and exits 0."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=60) == 0, self.stderr.read_text()
-        self.proc = None
-        assert "Traceback" not in self.stderr.read_text()
+        return super().start(timeout)
 
     def position(self) -> dict[str, int] | None:
         """The saved position in the maillog, if any."""
@@ -224,12 +194,6 @@ class Follower:
                 return
             assert time.monotonic() < deadline, f"follower stuck at {pos}, file {st}"
             time.sleep(0.1)
-
-    def records(self) -> list[dict[str, Any]]:
-        """Every event written so far."""
-        if not self.events.exists():
-            return []
-        return [json.loads(line) for line in self.events.read_text().splitlines()]
 
 
 def postlogd(pf: PrivatePostfix) -> int:
@@ -280,9 +244,8 @@ def _follower(
     pf = make_postfix(downstream_port=scripted_server.port)
     follower = Follower(pf, tmp_path)
     yield follower
-    if follower.proc is not None and follower.proc.poll() is None:
-        follower.proc.kill()
-        follower.proc.wait(timeout=30)
+    if follower.proc is not None:  # the test failed before stopping it
+        follower.kill()
 
 
 @pytest.fixture(name="sender")
@@ -353,7 +316,7 @@ def test_follower_across_rotations_and_restarts(
     parsed = [r for r in map(parse_line, raw) if r is not None]
     expected = Counter(record_key(r) for r in parsed if r.kind in REPLY_KINDS)
 
-    events = follower.records()
+    events = follower.events.read()
     got = Counter(event_key(e) for e in events if e["event"] == "reply")
     missing = expected - got
     extra = got - expected  # duplicated, or not in the log at all

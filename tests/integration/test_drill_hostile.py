@@ -70,7 +70,7 @@ def _connect(pf: PrivatePostfix) -> socket.socket:
 
 
 def _no_errors(milter: MilterProcess) -> None:
-    errors = [e for e in milter.events() if e["event"] == "error"]
+    errors = [e for e in milter.events.read() if e["event"] == "error"]
     assert not errors, errors
     assert milter.proc is not None and milter.proc.poll() is None
 

@@ -44,12 +44,9 @@ level; with 5 kB kept per message (a sitecustomize hook) the CI run grew 6 MiB a
 
 from __future__ import annotations
 
-import contextlib
-import json
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -57,15 +54,16 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from smtp_policy.lab.instance import free_port
+from smtp_policy.lab.instance import free_port, poll
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
+from tests.helpers import Daemon, running
 from tests.integration.drills import size
 
 pytestmark = pytest.mark.postfix
@@ -113,84 +111,6 @@ Reply = tuple[int, list[str]]
 
 
 # -- the daemons ------------------------------------------------------------------------------
-
-
-class EventFile:
-    """A JSON Lines event file, read incrementally (a line still being written waits)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.events: list[Ev] = []
-        self._offset = 0
-
-    def refresh(self) -> list[Ev]:
-        """Parse the complete lines added since the last call; return all events."""
-        if self.path.exists():
-            with self.path.open("rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-            end = data.rfind(b"\n") + 1
-            self._offset += end
-            self.events.extend(json.loads(line) for line in data[:end].splitlines())
-        return self.events
-
-    def of(self, kind: str) -> list[Ev]:
-        """Events with ``event == kind`` (after a refresh)."""
-        return [e for e in self.refresh() if e["event"] == kind]
-
-
-class Daemon:
-    """``python -m smtp_policy COMMAND ARGS --events FILE``, stderr to a file."""
-
-    def __init__(self, command: str, workdir: Path, *args: str) -> None:
-        self.name = command
-        self.events = EventFile(workdir / f"{command}.jsonl")
-        self.stderr_path = workdir / f"{command}.stderr"
-        self.argv = [sys.executable, "-m", "smtp_policy", command, *args,
-                     "--events", str(self.events.path)]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.returncode: int | None = None
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> None:
-        """Start and wait for the ``started`` event."""
-        with self.stderr_path.open("ab") as err:
-            self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
-            )
-        wait_until(lambda: bool(self.events.of("started")), 30, f"{self.name} started")
-
-    def stop(self) -> None:
-        """SIGTERM and wait; the exit status is kept in ``returncode``."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.returncode = self.proc.returncode
-        self.proc = None
-
-    def stderr(self) -> str:
-        """What it wrote to stderr."""
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
-
-
-def wait_until(probe: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``probe`` every 0.2 s; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def postfix_config(config: Path, bounce_template: Path) -> dict[str, str]:
@@ -389,8 +309,8 @@ class Load:
 class Sampler:
     """Samples a process's VmRSS (kB) and thread count every SAMPLE_EVERY seconds."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
         self.samples: list[tuple[float, int, int]] = []  # (seconds since start, kB, threads)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
@@ -407,13 +327,11 @@ class Sampler:
 
     def _run(self) -> None:
         while True:
-            try:
-                status = Path(f"/proc/{self.pid}/status").read_text()
-            except OSError:  # the milter is gone: the checks on its exit say why
+            memory = self.daemon.memory()
+            if memory is None:  # the milter is gone: the checks on its exit say why
                 return
-            fields = dict(line.split(":", 1) for line in status.splitlines())
-            rss = int(fields["VmRSS"].split()[0])
-            self.samples.append((time.monotonic() - self._started, rss, int(fields["Threads"])))
+            rss, threads = memory
+            self.samples.append((time.monotonic() - self._started, rss, threads))
             if self._stop.wait(SAMPLE_EVERY):
                 return
 
@@ -434,20 +352,6 @@ ANY_REPLY_LINE = re.compile(r": (?:NOQUEUE|[0-9A-F]+): (?:\S+: )?(?:milter-)?rej
 POSTFIX_TROUBLE = re.compile(
     r"(?:warning|fatal|panic|error): |process limit|too many|timeout|timed out", re.IGNORECASE
 )
-
-
-@contextlib.contextmanager
-def running(*daemons: Daemon) -> Iterator[None]:
-    """Start the daemons in order; stop them in reverse order at the end, whatever happens."""
-    started: list[Daemon] = []
-    try:
-        for daemon in daemons:
-            started.append(daemon)
-            daemon.start()
-        yield
-    finally:
-        for daemon in reversed(started):
-            daemon.stop()
 
 
 @pytest.mark.slow
@@ -483,7 +387,7 @@ def test_load_with_everything_on(
             )  # fmt: skip
             with running(follow):
                 load = Load(pf.untrusted_port, SESSIONS, WARMUP + SECONDS)
-                with Sampler(milter.pid) as rss:
+                with Sampler(milter) as rss:
                     load.run()
                 maillog = _settle(pf, load, milter, follow)
     finally:
@@ -514,22 +418,23 @@ def _settle(pf: PrivatePostfix, load: Load, milter: Daemon, follow: Daemon) -> M
     pf.wait_queue_empty(WAIT)
     sent = r"\]: [0-9A-F]+: to=<alice@local\.test>, relay=none, .*status=sent"
     delivered = len(pf.wait_for_log(sent, WAIT, count=accepted))
-    wait_until(
-        lambda: len([e for e in milter.events.of("session") if e["helo"] in helos]) >= len(helos),
-        WAIT,
-        f"{len(helos)} milter session events",
+    milter.wait_for(
+        lambda e: e["event"] == "session" and e["helo"] in helos, WAIT, count=len(helos)
     )
     pf.wait_queue_empty(WAIT)  # again: notify_classes' transcripts follow the sessions' ends
     lines = pf.maillog_lines()
     replies = Counter(k for line in lines for k, rx in REPLY_LINES.items() if rx.search(line))
     replies["all"] = sum(1 for line in lines if ANY_REPLY_LINE.search(line))
-    wait_until(
+    poll(
         lambda: (
-            len(follow.events.of("reply")) >= replies["all"]
-            and len(follow.events.of("message")) >= accepted
+            (
+                len(follow.events.of("reply")) >= replies["all"]
+                and len(follow.events.of("message")) >= accepted
+            )
+            or None
         ),
         WAIT,
-        f"{replies['all']} follower replies and {accepted} message records",
+        lambda: f"{replies['all']} follower replies and {accepted} message records",
     )
     follow.stop()
     trouble = [line for line in lines if POSTFIX_TROUBLE.search(line)]
@@ -609,7 +514,7 @@ def _check(run: Run) -> None:
     for daemon in (milter, maps, policy, follow):
         assert daemon.returncode == 0, (daemon.name, daemon.stderr())
         assert "Traceback" not in daemon.stderr(), daemon.stderr()
-        problems = [e for e in daemon.events.refresh() if e["event"] in ("error", "warning")]
+        problems = [e for e in daemon.events.read() if e["event"] in ("error", "warning")]
         assert problems == [], (daemon.name, problems[:5])
 
     # the milter: one session summary per connection, with that connection's counts
@@ -707,7 +612,7 @@ def test_steps_right_before_a_quit_are_recorded(
                     "MAIL FROM:<sender@local.test>",
                     f"RCPT TO:<nobody-{n}@local.test>",
                 )
-            wait_until(lambda: len(milter.events.of("session")) >= 3 * rounds, WAIT, "sessions")
+            milter.wait_for(lambda e: e["event"] == "session", WAIT, count=3 * rounds)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     connects = {e["client_port"] for e in milter.events.of("stage") if e["stage"] == "connect"}

@@ -21,7 +21,6 @@ is the recommended per-service ``timeout=5s``: with ``smtpd_policy_service_try_l
 from __future__ import annotations
 
 import re
-import signal
 import smtplib
 import statistics
 import subprocess
@@ -38,10 +37,10 @@ from pathlib import Path
 
 import pytest
 
-from smtp_policy.lab.instance import delivery_report
+from smtp_policy.lab.instance import delivery_report, free_port
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from tests.helpers import DaemonProcess, free_port
+from tests.helpers import Daemon
 from tests.integration.drills import size
 
 pytestmark = [pytest.mark.postfix, pytest.mark.slow]
@@ -225,7 +224,7 @@ def recommended_main_cf(tmp: Path, config: Path) -> dict[str, str]:
 
 
 @pytest.fixture(name="daemons")
-def _daemons(tmp_path: Path) -> Iterator[tuple[DaemonProcess, DaemonProcess, Path]]:
+def _daemons(tmp_path: Path) -> Iterator[tuple[Daemon, Daemon, Path]]:
     """The maps and policy servers on free ports, and the config naming them."""
     maps_port, policy_port = free_port(), free_port()
     config = tmp_path / "config.toml"
@@ -233,19 +232,16 @@ def _daemons(tmp_path: Path) -> Iterator[tuple[DaemonProcess, DaemonProcess, Pat
         f'[maps]\nlisten = "inet:127.0.0.1:{maps_port}"\n'
         f'[policy]\nlisten = "inet:127.0.0.1:{policy_port}"\n'
     )
-    maps = DaemonProcess("maps", tmp_path, config, maps_port)
-    policy = DaemonProcess("policy", tmp_path, config, policy_port)
+    maps = Daemon("maps", tmp_path, "--config", str(config), port=maps_port)
+    policy = Daemon("policy", tmp_path, "--config", str(config), port=policy_port)
     maps.start()
     policy.start()
     try:
         yield maps, policy, config
     finally:
         for daemon in (maps, policy):
-            if daemon.proc is not None:
-                daemon.proc.send_signal(signal.SIGCONT)
-                if daemon.proc.poll() is None:
-                    daemon.proc.kill()
-                daemon.proc.communicate(timeout=30)
+            if daemon.proc is not None:  # the test failed before stopping it
+                daemon.kill()
 
 
 def bounces(pf: PrivatePostfix) -> dict[str, EmailMessage]:
@@ -266,18 +262,18 @@ def bounce_text(msg: EmailMessage) -> str:
     return " ".join(str(part.get_content()).split())
 
 
-def lookups(maps: DaemonProcess, policy: DaemonProcess) -> Counter[str]:
+def lookups(maps: Daemon, policy: Daemon) -> Counter[str]:
     """Footer and DSN lookups, and policy requests, recorded so far."""
     counts: Counter[str] = Counter()
-    for e in maps.records():
+    for e in maps.events.read():
         if e["event"] == "lookup":
             counts[e["map"]] += 1
-    counts["policy"] = sum(e["event"] == "policy_request" for e in policy.records())
+    counts["policy"] = sum(e["event"] == "policy_request" for e in policy.events.read())
     return counts
 
 
 def test_maps_and_policy_down_and_hung_under_load(
-    daemons: tuple[DaemonProcess, DaemonProcess, Path],
+    daemons: tuple[Daemon, Daemon, Path],
     scripted_server: ScriptedServer,
     make_postfix: PostfixFactory,
     tmp_path: Path,
@@ -397,7 +393,7 @@ def test_maps_and_policy_down_and_hung_under_load(
         assert seen[state]["footer"] > 0 and seen[state]["policy"] > 0, (state, seen[state])
     later = [
         e
-        for e in maps.records()
+        for e in maps.events.read()
         if e.get("map") == "dsn" and datetime.fromisoformat(e["ts"]) > cont_at
     ]
     assert later, "no DSN lookup after the maps server resumed"

@@ -483,7 +483,7 @@ def test_milter_killed_under_load_loses_nothing(
             unless=lambda: load.finished,
         )
         kill_from, killed_at = time.monotonic(), time.time()
-        milter.kill9()
+        milter.kill()
         kill_to = time.monotonic()
         completed_at_kill = load.completed
         _wait(
@@ -535,7 +535,7 @@ def test_milter_killed_under_load_loses_nothing(
     assert all(t[0] in open_at_kill for t in transient), transient
     assert len({id(t[0]) for t in transient}) == len(transient), transient
 
-    events = milter.events()
+    events = milter.events.read()
     restarted = [i for i, e in enumerate(events) if e["event"] == "started"][-1]
     sessions_before = sum(e["event"] == "session" for e in events[:restarted])
     sessions_after = sum(e["event"] == "session" for e in events[restarted:])
@@ -618,7 +618,7 @@ def test_milter_hung_postfix_times_out_and_mail_flows(
     for m in warmup:
         expect.check(m, {expect.with_milter[m.kind]})
     milter.wait_for(lambda e: e["event"] == "session" and bool(e["queue_ids"]), timeout=60)
-    sessions_before = len(milter.of_kind("session"))
+    sessions_before = len(milter.events.of("session"))
 
     pending = make_messages("d2-open", OPEN_AT_STOP, kinds=(OK,))
     clients = []
@@ -655,7 +655,7 @@ def test_milter_hung_postfix_times_out_and_mail_flows(
         warnings = pf.wait_for_log(_TIMED_OUT, 60, count=sessions_hung, since=log_mark)
         _wait(lambda: time.monotonic() - stopped >= 3 * HANG_TIMEOUT, "the hang to last")
         assert milter.proc.poll() is None
-        assert len(milter.of_kind("session")) == sessions_before  # it really was stopped
+        assert len(milter.events.of("session")) == sessions_before  # it really was stopped
     finally:
         milter.proc.send_signal(signal.SIGCONT)
     resumed = time.monotonic()
@@ -666,7 +666,7 @@ def test_milter_hung_postfix_times_out_and_mail_flows(
     milter.wait_for(
         lambda e: e["event"] == "session", timeout=60, count=sessions_before + OPEN_AT_STOP
     )
-    abandoned = milter.of_kind("session")[sessions_before:]
+    abandoned = milter.events.of("session")[sessions_before:]
     probes: list[Message] = []  # the first session the milter serves again
     while not probes or probes[-1].verdict != POLICY_VERDICT:
         assert time.monotonic() - resumed < 120, [p.replies for p in probes]
@@ -681,15 +681,15 @@ def test_milter_hung_postfix_times_out_and_mail_flows(
         expect.check(m, {expect.with_milter[m.kind]})
     counts += check_delivered_once(pf, [*probes, *after])
     after_ids = {m.queue_id for m in after if m.accepted}
-    assert after_ids <= eom_queue_ids(milter.events())
+    assert after_ids <= eom_queue_ids(milter.events.read())
     milter.wait_for(lambda e: e["event"] == "session" and bool(set(e["queue_ids"]) & after_ids))
     assert milter.proc.poll() is None, milter.stderr()
     assert "Traceback" not in milter.stderr(), milter.stderr()
-    events = milter.events()
+    events = milter.events.read()
     errors = [e for e in events if e["event"] == "error"]
     sessions_after = sum(e["event"] == "session" for e in events) - sessions_before
     milter.stop()  # SIGTERM: exit 0, no traceback
-    (stopped_event,) = milter.of_kind("stopped")
+    (stopped_event,) = milter.events.of("stopped")
     assert stopped_event["open_sessions"] == 0
     timed_out = Counter(hit[1] for line in warnings if (hit := _TIMED_OUT.search(line)))
     # each timeout met: connect (it covers the negotiation), command, content

@@ -7,7 +7,6 @@ server that defers (greylisting) and then accepts, bounced (Gmail-style 550-5.1.
 
 from __future__ import annotations
 
-import json
 import re
 import smtplib
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
+from tests.helpers import read_events
 
 pytestmark = pytest.mark.postfix
 
@@ -64,7 +64,7 @@ def follow(pf: PrivatePostfix, tmp: Path) -> list[dict[str, Any]]:
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    return read_events(out)
 
 
 def test_follower_on_a_real_maillog(

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from smtp_policy.lab.instance import delivery_report
+from smtp_policy.lab.instance import delivery_report, free_port
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from tests.helpers import DaemonProcess
+from tests.helpers import Daemon
 
 pytestmark = pytest.mark.postfix
 
@@ -52,16 +52,16 @@ def _tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(name="maps", scope="module")
-def _maps(tmp: Path) -> Iterator[DaemonProcess]:
-    daemon = DaemonProcess("maps", tmp, tmp / "config.toml")
+def _maps(tmp: Path) -> Iterator[Daemon]:
+    daemon = Daemon("maps", tmp, "--config", str(tmp / "config.toml"), port=free_port())
     daemon.start()
     yield daemon
     daemon.stop()
 
 
 @pytest.fixture(name="policy", scope="module")
-def _policy(tmp: Path) -> Iterator[DaemonProcess]:
-    daemon = DaemonProcess("policy", tmp, tmp / "config.toml")
+def _policy(tmp: Path) -> Iterator[Daemon]:
+    daemon = Daemon("policy", tmp, "--config", str(tmp / "config.toml"), port=free_port())
     daemon.start()
     yield daemon
     daemon.stop()
@@ -70,8 +70,8 @@ def _policy(tmp: Path) -> Iterator[DaemonProcess]:
 @pytest.fixture(name="pf", scope="module")
 def _pf(
     tmp: Path,
-    maps: DaemonProcess,
-    policy: DaemonProcess,
+    maps: Daemon,
+    policy: Daemon,
     module_scripted_server: ScriptedServer,
     make_module_postfix: PostfixFactory,
 ) -> PrivatePostfix:
@@ -144,7 +144,7 @@ def text_part(msg: EmailMessage) -> str:
     return str(part.get_content())
 
 
-def test_footer_explains_an_unknown_local_user(pf: PrivatePostfix, maps: DaemonProcess) -> None:
+def test_footer_explains_an_unknown_local_user(pf: PrivatePostfix, maps: Daemon) -> None:
     """Postfix's own 550 5.1.1 gets a second line in plain words with the help link."""
     code, text = rcpt_reply(pf.smtp_port, "nosuchuser@local.test")
     assert code == 550
@@ -153,7 +153,7 @@ def test_footer_explains_an_unknown_local_user(pf: PrivatePostfix, maps: DaemonP
     assert footer, text
     assert "address does not exist" in footer[0]
     assert "https://help.local.test/mail-errors#user_unknown" in text
-    lookups = [e for e in maps.records() if e.get("map") == "footer"]
+    lookups = [e for e in maps.events.read() if e.get("map") == "footer"]
     assert any(e["reason"] == "user_unknown" and e["direction"] == "upstream" for e in lookups)
 
 
@@ -173,14 +173,14 @@ def test_footer_on_a_bad_helo(pf: PrivatePostfix) -> None:
     assert len(text.splitlines()) >= 2
 
 
-def test_policy_service_records_and_rejects(pf: PrivatePostfix, policy: DaemonProcess) -> None:
+def test_policy_service_records_and_rejects(pf: PrivatePostfix, policy: Daemon) -> None:
     """Every RCPT reaches the policy service; a rule's rejection reaches the client intact."""
     code, text = rcpt_reply(pf.smtp_port, "alice@local.test", sender="eve@spam.test")
     assert code == 554
     first = text.splitlines()[0]
     assert first.startswith("5.7.1 <alice@local.test>: Recipient address rejected:")
     assert first.endswith("We do not accept mail from eve@spam.test.")
-    requests = [e for e in policy.records() if e["event"] == "policy_request"]
+    requests = [e for e in policy.events.read() if e["event"] == "policy_request"]
     assert any(e["sender"] == "eve@spam.test" and e["rule"] == "no-spam-test" for e in requests)
     assert all(e["stage"] == "rcpt" for e in requests)
 
@@ -207,7 +207,7 @@ def test_policy_service_records_and_rejects(pf: PrivatePostfix, policy: DaemonPr
 )
 def test_bounce_is_friendlier_and_keeps_the_diagnostic(
     pf: PrivatePostfix,
-    maps: DaemonProcess,
+    maps: Daemon,
     local: str,
     status: str,
     *,
@@ -228,7 +228,7 @@ def test_bounce_is_friendlier_and_keeps_the_diagnostic(
     assert rcpt["Status"] == status
     assert rcpt["Action"] == "failed"
     assert rcpt["Diagnostic-Code"] == f"smtp; {diagnostic}"
-    dsn = [e for e in maps.records() if e.get("map") == "dsn" and diagnostic in str(e["text"])]
+    dsn = [e for e in maps.events.read() if e.get("map") == "dsn" and diagnostic in str(e["text"])]
     assert dsn
     assert dsn[-1]["direction"] == "downstream"
     print(f"--- bounce text part ({local}) ---\n{text_part(bounce)}")
@@ -269,7 +269,7 @@ def test_deferral_is_logged_with_the_friendly_text(
 
 
 def test_fail_open_without_the_maps_server(
-    pf: PrivatePostfix, maps: DaemonProcess, module_scripted_server: ScriptedServer
+    pf: PrivatePostfix, maps: Daemon, module_scripted_server: ScriptedServer
 ) -> None:
     """Maps server stopped: Postfix still rejects (no footer) and bounces (plain text)."""
     maps.stop()

@@ -7,16 +7,12 @@ finds its events by them).
 
 from __future__ import annotations
 
-import json
 import re
-import signal
 import smtplib
 import socket
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +20,7 @@ import pytest
 
 from smtp_policy.lab.instance import free_port
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
+from tests.helpers import Daemon
 
 pytestmark = pytest.mark.postfix
 
@@ -31,99 +28,29 @@ SENDER = "sender@local.test"
 Ev = dict[str, Any]
 
 
-class MilterProcess:
-    """``python -m smtp_policy milter`` as a subprocess, on a free loopback port by default."""
+class MilterProcess(Daemon):
+    """``smtp-policy milter`` as a Daemon, on a free loopback port or a unix socket, with the
+    ``smtpd_milters`` value that reaches it."""
 
     def __init__(self, workdir: Path, *extra: str, socket_path: Path | None = None) -> None:
-        self.workdir = workdir
-        self.extra = extra
         self.socket_path = socket_path
-        self.port = 0 if socket_path else free_port()
-        self.events_path = workdir / "events.jsonl"
-        self.stderr_path = workdir / "milter.stderr"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def listen(self) -> str:
-        """The --listen argument."""
-        if self.socket_path:
-            return f"unix:{self.socket_path}"
-        return f"inet:{self.port}@127.0.0.1"
+        if socket_path:
+            super().__init__("milter", workdir, "--listen", f"unix:{socket_path}", *extra)
+        else:
+            super().__init__("milter", workdir, *extra, port=free_port())
 
     @property
     def postfix_milters(self) -> str:
         """The ``smtpd_milters`` value for this milter, failing open (smtpd is not chrooted)."""
-        where = self.listen if self.socket_path else f"inet:127.0.0.1:{self.port}"
+        where = f"unix:{self.socket_path}" if self.socket_path else f"inet:127.0.0.1:{self.port}"
         return (
             f"{{ {where}, default_action=accept, connect_timeout=5s, "
             "command_timeout=10s, content_timeout=30s }"
         )
 
-    def start(self, timeout: float = 20) -> MilterProcess:
-        """Start and wait for its ``started`` event."""
-        starts = len(self.of_kind("started"))
-        with self.stderr_path.open("ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "smtp_policy", "milter",
-                 "--listen", self.listen,
-                 "--events", str(self.events_path), *self.extra],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-            )  # fmt: skip
-        self.wait_for(lambda e: e["event"] == "started", timeout, count=starts + 1)
-        return self
-
-    def stop(self) -> None:
-        """SIGTERM: it must exit 0, with nothing like a traceback on stderr."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(15) == 0, self.stderr()
-        assert "Traceback" not in self.stderr()
-
-    def kill9(self) -> None:
-        """SIGKILL: no chance to clean up."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stderr(self) -> str:
-        """Everything the milter wrote to stderr."""
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
-
-    def events(self) -> list[Ev]:
-        """Every event written so far (a line being written is skipped)."""
-        if not self.events_path.exists():
-            return []
-        out = []
-        for line in self.events_path.read_text(errors="replace").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
-
-    def of_kind(self, kind: str) -> list[Ev]:
-        """Events with ``event == kind``."""
-        return [e for e in self.events() if e["event"] == kind]
-
-    def wait_for(
-        self, predicate: Callable[[Ev], bool], timeout: float = 20, *, count: int = 1
-    ) -> list[Ev]:
-        """Poll until ``count`` events match; return all that match."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [e for e in self.events() if predicate(e)]
-            if len(found) >= count:
-                return found
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"milter exited {self.proc.returncode}: {self.stderr()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{count} events not seen; stderr: {self.stderr()}")
-            time.sleep(0.05)
-
     def session_events(self, session: str) -> list[Ev]:
         """The events of one session, in order."""
-        return [e for e in self.events() if e.get("session") == session]
+        return [e for e in self.events.read() if e.get("session") == session]
 
 
 #: The admin's configuration for the module's milter: a help link, and one rule per kind of
@@ -540,4 +467,4 @@ def test_hostile_sessions_do_not_disturb_the_milter(
     assert gone["messages"] == 0
     assert not pf.log_matches("milter-reject|milter-discard|milter-hold", since=before)
     test_accepted_mail_is_recorded_stage_by_stage(pf, milter)  # and it still serves
-    assert not [e for e in milter.events() if e["event"] == "error" and e["stage"] != "helo"]
+    assert not [e for e in milter.events.read() if e["event"] == "error" and e["stage"] != "helo"]

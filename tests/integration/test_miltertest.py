@@ -127,7 +127,7 @@ expect("eom", SMFIR_CONTINUE)
     assert session["commands"] == {
         "connect": 1, "helo": 1, "mail": 1, "rcpt": 1, "data": 1, "eom": 1, "close": 1
     }  # fmt: skip
-    assert not milter.of_kind("error")
+    assert not milter.events.of("error")
 
 
 def test_policy_rejects_a_recipient_with_its_code(milter: MilterProcess) -> None:

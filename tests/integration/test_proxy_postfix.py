@@ -8,7 +8,6 @@ proxy; the test that stops Postfix under a live session starts its own pair.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import signal
@@ -26,9 +25,10 @@ from typing import Any
 
 import pytest
 
-from smtp_policy.lab.instance import free_port
+from smtp_policy.lab.instance import free_port, poll
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.wire.smtp import ReplyReader, ServerReply
+from tests.helpers import read_events
 
 pytestmark = pytest.mark.postfix
 
@@ -56,20 +56,17 @@ class Proxy:
 
     def events(self, kind: str = "reply") -> list[dict[str, Any]]:
         """The events of one kind written so far."""
-        lines = self.events_file.read_text().splitlines() if self.events_file.exists() else []
-        return [e for e in map(json.loads, lines) if e["event"] == kind]
+        return [e for e in read_events(self.events_file) if e["event"] == kind]
 
     def wait_events(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
     ) -> list[dict[str, Any]]:
         """Poll until some reply event satisfies ``predicate``; return those that do."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [e for e in self.events() if predicate(e)]
-            if found:
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"no matching event in {self.events()}")
+        return poll(
+            lambda: [e for e in self.events() if predicate(e)] or None,
+            timeout,
+            lambda: f"a matching event in {self.events()}",
+        )
 
 
 def inner_listener(port: int) -> list[str]:

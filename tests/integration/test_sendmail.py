@@ -11,7 +11,6 @@ local mailbox (the senders here use it, so Sendmail's bounces land there).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import smtplib
@@ -37,6 +36,7 @@ from smtp_policy.lab.sendmail import (
     ensure_debs,
     format_syslog,
 )
+from tests.helpers import read_events
 from tests.integration.drills import size
 from tests.integration.test_milter_postfix import Ev, MilterProcess
 
@@ -263,7 +263,7 @@ def test_relaying_denied_never_reaches_the_milter(
         assert s.rcpt(local)[0] == 550  # resolved as unknown: this one the milter sees
     milter.wait_for(lambda e: e["event"] == "reply" and e["recipient"] == f"<{local}>")
     sm.wait_for_log(rf"ruleset=check_rcpt, arg1=<{re.escape(victim)}>")
-    assert not [e for e in milter.events() if e["recipient"] == f"<{victim}>"]
+    assert not [e for e in milter.events.read() if e["recipient"] == f"<{victim}>"]
 
 
 # -- (c) policy replies as the client receives them --------------------------------------------
@@ -360,7 +360,7 @@ def follow(log: Path, tmp: Path) -> list[dict[str, Any]]:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    return read_events(out)
 
 
 def test_follower_reads_the_real_sendmail_log(
@@ -503,7 +503,7 @@ def test_milter_killed_under_load_loses_no_mail(
             )  # fmt: skip
             try:
                 milter.wait_for(lambda e: e["stage"] == "eom", timeout=120, count=count // 4)
-                milter.kill9()
+                milter.kill()
                 output, _ = load.communicate(timeout=300)
                 assert load.returncode == 0, output
             finally:
@@ -515,7 +515,7 @@ def test_milter_killed_under_load_loses_no_mail(
                 return sum(rcpt in t.rcpt_tos for t in downstream.messages)
 
             downstream.wait_for(lambda s: delivered() >= count, timeout=300)
-            seen = len([e for e in milter.of_kind("session") if e["commands"].get("eom")])
+            seen = len([e for e in milter.events.of("session") if e["commands"].get("eom")])
             failed_over = len(sm.log_matches(r"Milter \(smtp_policy\): .*to error state"))
             assert delivered() == count  # none lost, none twice
             assert 0 < seen < count  # the milter saw part of the run, Sendmail did the rest

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from smtp_policy.lab.instance import free_port
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -6,10 +6,7 @@ import io
 import json
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,24 +14,17 @@ from typing import Any
 
 from smtp_policy.core.events import Event, EventKind, Source
 from smtp_policy.emit import EventWriter
+from smtp_policy.lab.instance import free_port, poll
 from smtp_policy.wire import netstring
-from tests.helpers import free_port, stop, wait_port
+from tests.helpers import Daemon, read_events
 
 
 def _event(n: int) -> Event:
     return Event(event=EventKind.LOOKUP, source=Source.MAPS, ts=datetime.now(UTC), text=str(n))
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def _wait(probe: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    poll(lambda: probe() or None, timeout, lambda: what)
 
 
 def test_reopen_continues_in_a_new_file(tmp_path: Path) -> None:
@@ -47,8 +37,8 @@ def test_reopen_continues_in_a_new_file(tmp_path: Path) -> None:
     writer.reopen(Source.MAPS)
     writer.emit(_event(3))
     writer.close()
-    assert [e["text"] for e in _read(tmp_path / "events.jsonl.1")] == ["1", "2"]
-    assert [e["text"] for e in _read(path)] == ["3"]
+    assert [e["text"] for e in read_events(tmp_path / "events.jsonl.1")] == ["1", "2"]
+    assert [e["text"] for e in read_events(path)] == ["3"]
 
 
 def test_reopen_failure_keeps_the_old_file_and_says_why(tmp_path: Path) -> None:
@@ -62,7 +52,7 @@ def test_reopen_failure_keeps_the_old_file_and_says_why(tmp_path: Path) -> None:
     writer.reopen(Source.MILTER)
     writer.emit(_event(1))
     writer.close()
-    events = _read(moved / "events.jsonl")
+    events = read_events(moved / "events.jsonl")
     assert events[0]["event"] == "error" and "cannot reopen" in events[0]["text"]
     assert events[1]["text"] == "1"
 
@@ -95,19 +85,8 @@ def test_reopen_under_concurrent_writers_loses_nothing(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     writer.close()
-    texts = [e["text"] for f in tmp_path.iterdir() for e in _read(f)]
+    texts = [e["text"] for f in tmp_path.iterdir() for e in read_events(f)]
     assert sorted(map(int, texts)) == list(range(4 * per_thread))
-
-
-def _daemon(argv: list[str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smtp_policy", *argv],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    wait_port(port, proc)
-    return proc
 
 
 def _lookup(port: int, key: str) -> bytes:
@@ -121,34 +100,35 @@ def _lookup(port: int, key: str) -> bytes:
 
 def test_maps_server_reopens_its_events_on_sighup(tmp_path: Path) -> None:
     """Lookups before the rotation stay in the old file; those after it go to the new one."""
-    path, port = tmp_path / "events.jsonl", free_port()
-    proc = _daemon(["maps", "--listen", f"inet:127.0.0.1:{port}", "--events", str(path)], port)
+    port = free_port()
+    proc = Daemon("maps", tmp_path, port=port, events=tmp_path / "events.jsonl")
+    path = proc.events.path
     try:
+        proc.start()
         assert _lookup(port, "footer 550 5.1.1 <a@b.test>: User unknown").startswith(b"OK ")
         path.rename(tmp_path / "events.jsonl.1")
         proc.send_signal(signal.SIGHUP)
-        _wait(lambda: any(e["event"] == "reloaded" for e in _read(path)), "the reload event")
+        _wait(lambda: any(e["event"] == "reloaded" for e in read_events(path)), "the reload event")
         _lookup(port, "footer 451 4.7.1 Try again later")
     finally:
-        stop(proc)
-    old, new = _read(tmp_path / "events.jsonl.1"), _read(path)
+        proc.stop()
+    old, new = read_events(tmp_path / "events.jsonl.1"), read_events(path)
     assert [e["code"] for e in old if e["event"] == "lookup"] == [550]
     assert [e["code"] for e in new if e["event"] == "lookup"] == [451]
 
 
 def test_milter_reopens_its_events_on_sighup(tmp_path: Path) -> None:
     """The milter's reload event lands in the new file."""
-    path, port = tmp_path / "events.jsonl", free_port()
-    listen = f"inet:{port}@127.0.0.1"
-    proc = _daemon(["milter", "--listen", listen, "--events", str(path)], port)
+    proc = Daemon("milter", tmp_path, port=free_port(), events=tmp_path / "events.jsonl")
+    path = proc.events.path
     try:
-        _wait(lambda: any(e["event"] == "started" for e in _read(path)), "the start event")
+        proc.start()  # waits for the start event
         path.rename(tmp_path / "events.jsonl.1")
         proc.send_signal(signal.SIGHUP)
-        _wait(lambda: any(e["event"] == "reloaded" for e in _read(path)), "the reload event")
+        _wait(lambda: any(e["event"] == "reloaded" for e in read_events(path)), "the reload event")
     finally:
-        stop(proc)
-    assert not any(e["event"] == "reloaded" for e in _read(tmp_path / "events.jsonl.1"))
+        proc.stop()
+    assert not any(e["event"] == "reloaded" for e in read_events(tmp_path / "events.jsonl.1"))
 
 
 SYSLOG = "Nov 29 05:00:{s:02d} mx postfix/smtpd[100]: NOQUEUE: reject: RCPT from c.test[192.0.2.{n}]: 550 5.1.1 <u{n}@local.test>: Recipient address rejected: User unknown in local recipient table; from=<s@c.test> to=<u{n}@local.test> proto=ESMTP helo=<c.test>\n"
@@ -156,22 +136,23 @@ SYSLOG = "Nov 29 05:00:{s:02d} mx postfix/smtpd[100]: NOQUEUE: reject: RCPT from
 
 def test_follower_reopens_its_events_on_sighup(tmp_path: Path) -> None:
     """Lines logged around each events rotation give every reply event exactly once."""
-    log, events = tmp_path / "mail.log", tmp_path / "events.jsonl"
+    log = tmp_path / "mail.log"
     log.write_text("")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smtp_policy", "follow", "--log", str(log), "--events",
-         str(events), "--state", str(tmp_path / "state")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    events = tmp_path / "events.jsonl"
+    proc = Daemon("follow", tmp_path, "--log", str(log), "--state", str(tmp_path / "state"),
+                  events=events)  # fmt: skip
     n = 0
 
     def replies() -> list[dict[str, Any]]:
         return [
-            e for f in tmp_path.glob("events.jsonl*") for e in _read(f) if e["event"] == "reply"
+            e
+            for f in tmp_path.glob("events.jsonl*")
+            for e in read_events(f)
+            if e["event"] == "reply"
         ]
 
     try:
-        _wait(lambda: any(e["event"] == "started" for e in _read(events)), "the follower")
+        proc.start()  # waits for the follower's start event
         for round_ in range(3):
             with open(log, "a") as fh:
                 for _ in range(5):
@@ -183,8 +164,8 @@ def test_follower_reopens_its_events_on_sighup(tmp_path: Path) -> None:
                 proc.send_signal(signal.SIGHUP)
                 _wait(events.exists, "the reopened events file")
     finally:
-        stop(proc)
+        proc.stop()
     recipients = sorted(e["recipient"] for e in replies())
     assert recipients == sorted(f"<u{i}@local.test>" for i in range(1, n + 1))
-    assert all(len([e for e in _read(f) if e["event"] == "reply"]) == 5 for f in
+    assert all(len([e for e in read_events(f) if e["event"] == "reply"]) == 5 for f in
                tmp_path.glob("events.jsonl*"))  # fmt: skip

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
+from smtp_policy.lab.instance import free_port, poll
+from tests.helpers import SAMPLES, Daemon, read_events
+
 SAMPLE = SAMPLES / "postfix-3.7-maillog-sample.log"
-needs_sample = pytest.mark.skipif(
-    not SAMPLE.exists(), reason=f"the shared samples are not here: {SAMPLES}"
-)
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -34,17 +31,11 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """The JSON events in a file."""
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def removed_ids(text: str) -> set[str]:
     """Queue ids with a "removed" line."""
     return {line.split()[5].rstrip(":") for line in text.splitlines() if line.endswith("removed")}
 
 
-@needs_sample
 def test_follow_once_replays_a_whole_file(tmp_path: Path) -> None:
     """--from-start --once: every reply, one record per removed message, a final stats event."""
     out = tmp_path / "events.jsonl"
@@ -63,7 +54,6 @@ def test_follow_once_replays_a_whole_file(tmp_path: Path) -> None:
     assert all(e["schema"] == 1 and e["source"] == "log" for e in events)
 
 
-@needs_sample
 def test_resume_with_state_gives_every_event_exactly_once(tmp_path: Path) -> None:
     """Half a file, stop, the rest appended, restart with --state: the same events as one run."""
     lines = SAMPLE.read_text().splitlines(keepends=True)
@@ -94,27 +84,17 @@ def test_resume_with_state_gives_every_event_exactly_once(tmp_path: Path) -> Non
     assert len(records(out)) >= len(removed_ids(SAMPLE.read_text()))
 
 
-@needs_sample
 def test_sigterm_saves_state_and_exits_zero(tmp_path: Path) -> None:
     """A following daemon stops cleanly on SIGTERM, with its position saved."""
-    out, state = tmp_path / "events.jsonl", tmp_path / "state"
-    command = ["follow", "--from-start", "--log", str(SAMPLE), "--state", str(state)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smtp_policy", *command, "--events", str(out)],
-        stderr=subprocess.PIPE,
-    )
+    state = tmp_path / "state"
+    follow = Daemon("follow", tmp_path, "--from-start", "--log", str(SAMPLE), "--state", str(state))
+    out = follow.events.path
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (state / "follow-state.json").exists():
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        follow.start()
+        saved_state = state / "follow-state.json"
+        poll(lambda: saved_state.exists() or None, 60, lambda: f"{saved_state}")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
-    assert b"Traceback" not in err
+        follow.stop(timeout=30)  # exit 0, no traceback
     saved = json.loads((state / "follow-state.json").read_text())
     assert saved["files"][str(SAMPLE)]["offset"] == SAMPLE.stat().st_size
     assert read_events(out)[-1]["event"] == "stopped"
@@ -199,7 +179,6 @@ def test_binary_garbage_is_not_fatal(tmp_path: Path, command: str) -> None:
         assert events[-2]["event"] == "stats" and events[-2]["lines"] > 0
 
 
-@needs_sample
 @pytest.mark.parametrize("form", ["", "--json", "--html"])
 def test_report_cli(form: str) -> None:
     """report prints text, JSON or one HTML page."""
@@ -213,7 +192,6 @@ def test_report_cli(form: str) -> None:
         assert "Downstream" in proc.stdout
 
 
-@needs_sample
 @pytest.mark.parametrize("wanted", ["0895436B76", "<20261128123200.0895436B76@vm>"])
 def test_trace_by_queue_id_or_message_id(wanted: str) -> None:
     """trace shows the bounced message, its attempt and its bounce notice's own record."""
@@ -225,7 +203,6 @@ def test_trace_by_queue_id_or_message_id(wanted: str) -> None:
     assert "Message 15AC736B7A" in out
 
 
-@needs_sample
 def test_trace_json_and_unknown_id() -> None:
     """--json prints message records; an id not in the log exits 1 with a message."""
     proc = cli("trace", "--json", "0895436B76", str(SAMPLE))
@@ -277,39 +254,33 @@ def test_metric_labels_are_bounded() -> None:
     assert metrics.registry.get_sample_value("smtp_policy_log_delivery_delay_seconds_count") == 1
 
 
-@needs_sample
 def test_metrics_are_served_while_following(tmp_path: Path) -> None:
     """--metrics-listen serves Prometheus text: replies by reason, one delay per message."""
     import urllib.request
 
-    from tests.helpers import free_port
-
     port = free_port()
-    out = tmp_path / "events.jsonl"
-    command = ["follow", "--from-start", "--log", str(SAMPLE), "--events", str(out)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smtp_policy", *command, "--metrics-listen", f"127.0.0.1:{port}"],
-        stderr=subprocess.PIPE,
-    )
+    command = ["--from-start", "--log", str(SAMPLE), "--metrics-listen", f"127.0.0.1:{port}"]
+    follow = Daemon("follow", tmp_path, *command)
+    out = follow.events.path
+    want = f'smtp_policy_log_lines_total{{kind="removed"}} {removed_count()}.0'
+
+    def scrape() -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text: str = r.read().decode()
+        except OSError:
+            return None
+        return text if want in text else None
+
     try:
-        text, deadline = "", time.monotonic() + 60
-        want = f'smtp_policy_log_lines_total{{kind="removed"}} {removed_count()}.0'
-        while want not in text and time.monotonic() < deadline:
-            time.sleep(0.1)
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    text = r.read().decode()
-            except OSError:
-                continue
-        assert want in text
+        follow.start()
+        text = poll(scrape, 60, lambda: want)
         assert 'reason="user_unknown"' in text and 'enhanced="5.1.1"' in text
         assert "smtp_policy_log_messages_in_flight" in text
         complete = sum(1 for e in read_events(out) if e["event"] == "message" and e["complete"])
         assert f"smtp_policy_log_delivery_delay_seconds_count {complete}.0" in text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and b"Traceback" not in err
+        follow.stop(timeout=30)  # exit 0, no traceback
 
 
 def removed_count() -> int:

@@ -8,7 +8,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,11 +16,11 @@ from hypothesis import strategies as st
 
 from smtp_policy.maillog.parse import PREFIX, SHAPES, parse_line
 from smtp_policy.maillog.record import KINDS, LogRecord
+from tests.helpers import SAMPLES
 
-GOLDEN = Path(__file__).resolve().parents[1] / "samples" / "maillog"
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "samples"
-LABELLED = SHARED / "real-maillog-labelled.jsonl"
-SAMPLE_LOG = SHARED / "postfix-3.7-maillog-sample.log"
+GOLDEN = SAMPLES / "maillog"
+LABELLED = SAMPLES / "real-maillog-labelled.jsonl"
+SAMPLE_LOG = SAMPLES / "postfix-3.7-maillog-sample.log"
 EXPECT = "# expect: "
 
 #: Our kinds are finer than the labels; each maps to exactly one label kind.
@@ -126,18 +125,12 @@ def test_golden_kinds_are_known() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared samples (CI copies shared/ beside the clone)
+# The real samples (tests/samples)
 # ---------------------------------------------------------------------------------------------
 
 
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is absent (shared samples not checked out)")
-    return path
-
-
 def _labelled_mismatches() -> tuple[int, list[str]]:
-    rows = [json.loads(line) for line in _need(LABELLED).read_text(encoding="utf-8").splitlines()]
+    rows = [json.loads(line) for line in LABELLED.read_text(encoding="utf-8").splitlines()]
     mismatches = []
     for row in rows:
         record = parse_line(row["line"])
@@ -166,7 +159,7 @@ def test_labelled_real_lines() -> None:
 
 def test_postfix_sample_log_has_few_unknown_lines() -> None:
     """All 3,000 sample lines parse; fewer than 0.5 % are "unknown" and none is dropped."""
-    lines = _need(SAMPLE_LOG).read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = SAMPLE_LOG.read_text(encoding="utf-8", errors="replace").splitlines()
     kinds: Counter[str] = Counter()
     unknown = []
     for line in lines:
@@ -264,9 +257,8 @@ def test_trailing_newlines_and_blanks_are_ignored() -> None:
 
 def _real_lines() -> list[str]:
     lines = [p.values[1] for p in GOLDEN_SAMPLES]
-    if LABELLED.exists():
-        rows = LABELLED.read_text(encoding="utf-8").splitlines()
-        lines += [json.loads(row)["line"] for row in rows]
+    rows = LABELLED.read_text(encoding="utf-8").splitlines()
+    lines += [json.loads(row)["line"] for row in rows]
     return lines
 
 

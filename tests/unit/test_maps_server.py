@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -13,20 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import running_daemon
+from smtp_policy.lab.instance import free_port
+from tests.helpers import Daemon, read_events, running
 
 POSTMAP = shutil.which("postmap") or "/usr/sbin/postmap"
 
 
 @pytest.fixture(name="maps", scope="module")
 def _maps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
-    events = tmp_path_factory.mktemp("maps") / "events.jsonl"
-    with running_daemon("maps", events) as port:
-        yield port, events
-
-
-def _events(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    port = free_port()
+    maps = Daemon("maps", tmp_path_factory.mktemp("maps"), port=port)
+    with running(maps):
+        yield port, maps.events.path
 
 
 def postmap(port: int, name: str, key: str) -> subprocess.CompletedProcess[str]:
@@ -51,7 +48,7 @@ def test_footer_for_a_postfix_rejection(maps: tuple[int, Path]) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "\\n" not in proc.stdout.strip() or proc.stdout.count("\\n") <= 3
     assert "mailbox" in proc.stdout.lower() or "address" in proc.stdout.lower()
-    event = [e for e in _events(events) if e.get("map") == "footer"][-1]
+    event = [e for e in read_events(events) if e.get("map") == "footer"][-1]
     assert event["source"] == "maps"
     assert event["direction"] == "upstream"
     assert event["reason"] == "user_unknown"
@@ -73,7 +70,7 @@ def test_dsn_keeps_status_and_remote_reply(maps: tuple[int, Path]) -> None:
     assert out.startswith("4.2.2 ")
     assert out.endswith(f"({original})")
     assert len(out) > len(original) + 20
-    event = [e for e in _events(events) if e.get("map") == "dsn"][-1]
+    event = [e for e in read_events(events) if e.get("map") == "dsn"][-1]
     assert event["direction"] == "downstream"
     assert event["reason"] == "mailbox_full"
     assert event["friendly"] == out
@@ -111,7 +108,7 @@ def test_bad_clients_do_not_stop_the_server(maps: tuple[int, Path]) -> None:
         reply = good.recv(1000)
         assert reply.split(b":", 1)[1].startswith(b"OK ")
     silent.close()
-    errors = [e for e in _events(events) if e["event"] == "error"]
+    errors = [e for e in read_events(events) if e["event"] == "error"]
     assert any("bad netstring" in str(e["text"]) for e in errors)
     assert any("exceeds" in str(e["text"]) for e in errors)
 

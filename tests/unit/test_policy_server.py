@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, running_daemon, stop, wait_port
+from smtp_policy.lab.instance import free_port
+from tests.helpers import Daemon, read_events, running
 
 RCPT = (
     b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
@@ -25,9 +22,10 @@ RCPT = (
 
 @pytest.fixture(name="policy", scope="module")
 def _policy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
-    events = tmp_path_factory.mktemp("policy") / "events.jsonl"
-    with running_daemon("policy", events) as port:
-        yield port, events
+    port = free_port()
+    policy = Daemon("policy", tmp_path_factory.mktemp("policy"), port=port)
+    with running(policy):
+        yield port, policy.events.path
 
 
 def _recv_answer(conn: socket.socket) -> bytes:
@@ -48,7 +46,7 @@ def test_requests_are_recorded_and_answered_dunno(policy: tuple[int, Path]) -> N
         assert _recv_answer(conn) == b"action=DUNNO\n\n"
         conn.sendall(RCPT.replace(b"RCPT", b"END-OF-MESSAGE"))
         assert _recv_answer(conn) == b"action=DUNNO\n\n"
-    got = [json.loads(line) for line in events.read_text().splitlines()]
+    got = read_events(events)
     requests = [e for e in got if e["event"] == "policy_request"]
     assert [e["stage"] for e in requests[-2:]] == ["rcpt", "eom"]
     last = requests[-2]
@@ -74,7 +72,7 @@ def test_bad_requests_close_only_their_connection(policy: tuple[int, Path]) -> N
     with socket.create_connection(("127.0.0.1", port), timeout=5) as eight_bit:
         eight_bit.sendall(RCPT.replace(b"alice", b"\xe9l\xffce"))
         assert _recv_answer(eight_bit) == b"action=DUNNO\n\n"
-    errors = [json.loads(line) for line in events.read_text().splitlines()]
+    errors = read_events(events)
     assert sum(1 for e in errors if e["event"] == "error") >= 2
 
 
@@ -95,25 +93,10 @@ def test_rules_decide_and_reload(tmp_path: Path) -> None:
     """A matching rule answers its code and sanitized text; SIGHUP with a bad file keeps it."""
     config = tmp_path / "config.toml"
     config.write_text(RULES)
-    events = tmp_path / "events.jsonl"
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smtp_policy",
-            "policy",
-            "--listen",
-            f"inet:127.0.0.1:{port}",
-            "--events",
-            str(events),
-            "--config",
-            str(config),
-        ],
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_port(port, proc)
+    policy = Daemon("policy", tmp_path, "--config", str(config), port=port)
+    events = policy.events.path
+    with running(policy):
         spam = RCPT.replace(b"alice@example.com", b"bob@spam.test")
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
             conn.sendall(spam)
@@ -126,16 +109,12 @@ def test_rules_decide_and_reload(tmp_path: Path) -> None:
             conn.sendall(RCPT)
             assert _recv_answer(conn) == b"action=DUNNO\n\n"
         config.write_text("[[rules]]\nname = 1\n")
-        proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "reload refused" not in events.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        policy.send_signal(signal.SIGHUP)
+        policy.wait_for(lambda e: "reload refused" in str(e.get("text")), 10)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
             conn.sendall(spam)
             assert _recv_answer(conn).startswith(b"action=554 5.7.1")
-    finally:
-        stop(proc)
-    got = [json.loads(line) for line in events.read_text().splitlines()]
+    got = read_events(events)
     decided = [e for e in got if e.get("rule") == "refuse-spam-test"]
     assert len(decided) == 2
     assert any("reload refused" in str(e.get("text")) for e in got)

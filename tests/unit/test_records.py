@@ -6,7 +6,6 @@ import collections
 import json
 import re
 from collections.abc import Iterable
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,12 +16,9 @@ from smtp_policy.core.explain import explain_text
 from smtp_policy.data import default_knowledge
 from smtp_policy.maillog.parse import parse_line
 from smtp_policy.maillog.tracker import REPLY_KINDS, MessageTracker
+from tests.helpers import SAMPLES
 
-SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
 SAMPLE = SAMPLES / "postfix-3.7-maillog-sample.log"
-needs_sample = pytest.mark.skipif(
-    not SAMPLE.exists(), reason=f"the shared samples are not here: {SAMPLES}"
-)
 
 
 def track(lines: Iterable[str], tracker: MessageTracker | None = None) -> list[Event]:
@@ -51,8 +47,6 @@ def messages(events: Iterable[Event]) -> dict[str, Event]:
 
 @pytest.fixture(name="sample", scope="module")
 def _sample() -> list[str]:
-    if not SAMPLE.exists():
-        pytest.skip(f"the shared samples are not here: {SAMPLES}")
     return SAMPLE.read_text(encoding="utf-8").splitlines()
 
 
@@ -61,7 +55,6 @@ def _sample_events(sample: list[str]) -> list[Event]:
     return track(sample)
 
 
-@needs_sample
 def test_every_removed_queue_id_gets_exactly_one_message_record(
     sample: list[str], sample_events: list[Event]
 ) -> None:
@@ -73,7 +66,6 @@ def test_every_removed_queue_id_gets_exactly_one_message_record(
     assert len(removed) == 344
 
 
-@needs_sample
 def test_one_reply_event_per_reply_line(sample: list[str], sample_events: list[Event]) -> None:
     """Every line the parser calls a reply gives one reply event, in order, from the log."""
     kinds = [r.kind for line in sample if (r := parse_line(line)) is not None]
@@ -83,7 +75,6 @@ def test_one_reply_event_per_reply_line(sample: list[str], sample_events: list[E
     assert [e.extra["kind"] for e in replies] == [k for k in kinds if k in REPLY_KINDS]
 
 
-@needs_sample
 def test_masked_cache_explains_like_the_real_text(sample_events: list[Event]) -> None:
     """Masking addresses and ids for the cache never changes the class or the reason."""
     kb = default_knowledge()
@@ -125,7 +116,6 @@ def test_deferral_then_success() -> None:
     assert [e.extra["attempt"] for e in replies] == [1, 1, 2, 3]
 
 
-@needs_sample
 def test_deferred_messages_stay_in_the_queue(sample: list[str]) -> None:
     """A message with a deferred recipient and no "removed" line is still in flight."""
     tracker = MessageTracker(default_knowledge(), year=2026)
@@ -138,7 +128,6 @@ def test_deferred_messages_stay_in_the_queue(sample: list[str]) -> None:
     assert tracker.in_flight >= len(deferred)
 
 
-@needs_sample
 def test_bounce_with_its_notice(sample_events: list[Event]) -> None:
     """A bounced message links to its non-delivery notice, and the notice back to it."""
     records = messages(sample_events)
@@ -154,7 +143,6 @@ def test_bounce_with_its_notice(sample_events: list[Event]) -> None:
     assert info(notice).status == "delivered"
 
 
-@needs_sample
 def test_reply_events_carry_the_message_context(sample_events: list[Event]) -> None:
     """A delivery reply names the client and sender that the earlier lines told."""
     reply = next(
@@ -170,7 +158,6 @@ def test_reply_events_carry_the_message_context(sample_events: list[Event]) -> N
     assert reply.reason == "mailbox_full"
 
 
-@needs_sample
 def test_end_of_message_reject_ends_the_message(sample_events: list[Event]) -> None:
     """A milter reject at END-OF-MESSAGE: the message was never queued; one rejected record."""
     record = messages(sample_events)["408E336B80"]
@@ -233,7 +220,6 @@ def test_flush_all_at_the_end_of_input() -> None:
     assert info(record).flushed == "end"
 
 
-@needs_sample
 @pytest.mark.parametrize("cut", [1, 700, 1500, 2999])
 def test_state_round_trip_changes_nothing(sample: list[str], cut: int) -> None:
     """Stopping anywhere, saving to JSON and resuming gives exactly the same events."""
@@ -252,7 +238,6 @@ def test_unknown_state_version_is_refused() -> None:
         MessageTracker.from_json({"version": 99}, default_knowledge())
 
 
-@needs_sample
 def test_memory_is_bounded_by_finished_messages(sample: list[str]) -> None:
     """After the sample, only messages with a deferred recipient are in flight."""
     tracker = MessageTracker(default_knowledge(), year=2026)
@@ -265,9 +250,7 @@ def test_memory_is_bounded_by_finished_messages(sample: list[str]) -> None:
     assert counts["delivered"] > counts["bounced"] > 0
 
 
-_LINES = (
-    SAMPLE.read_text(encoding="utf-8").splitlines() if SAMPLE.exists() else EXPIRED.splitlines()
-)
+_LINES = SAMPLE.read_text(encoding="utf-8").splitlines()
 
 
 @settings(max_examples=300, deadline=None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,15 +11,13 @@ import pytest
 from smtp_policy.adapters.follow.pipeline import replay
 from smtp_policy.data import default_knowledge
 from smtp_policy.maillog.report import ReportBuilder, render_html, render_text
+from tests.helpers import SAMPLES
 
-SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
 SAMPLE = SAMPLES / "postfix-3.7-maillog-sample.log"
 
 
 @pytest.fixture(name="data", scope="module")
 def _data() -> dict[str, Any]:
-    if not SAMPLE.exists():
-        pytest.skip(f"the shared samples are not here: {SAMPLES}")
     return ReportBuilder().add_all(replay([str(SAMPLE)], default_knowledge())).result()
 
 
