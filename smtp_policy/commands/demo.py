@@ -32,7 +32,7 @@ from typing import Any
 
 from smtp_policy.core.explain import explain_text, render_explanation
 from smtp_policy.data import default_knowledge
-from smtp_policy.lab.instance import WaitTimeoutError
+from smtp_policy.lab.instance import WaitTimeoutError, free_port
 from smtp_policy.lab.postfix import POSTFIX, PostfixError, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
 
@@ -134,12 +134,6 @@ def _check_prerequisites() -> None:
         raise DemoError("not root: the live demo runs a private Postfix (sudo bash scripts/demo)")
     if not Path(POSTFIX).exists():
         raise DemoError("postfix is not installed: run bash scripts/install-deps")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Daemon:
@@ -326,7 +320,7 @@ def _live_demo(tmp: Path, *, keep: bool) -> None:
         [sys.executable, "-m", "smtp_policy", "postfix", "bounce-template", "-o", str(template)],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    mport, sport = _free_port(), _free_port()
+    mport, sport = free_port(), free_port()
     milter = _Daemon("milter", f"inet:{mport}@127.0.0.1", mport, tmp, config)
     maps = _Daemon("maps", f"inet:127.0.0.1:{sport}", sport, tmp, config)
     table = f"socketmap:inet:127.0.0.1:{sport}"
