@@ -32,8 +32,6 @@ from smtp_policy.config.model import (
     MilterConfig,
     PolicyConfig,
 )
-from smtp_policy.core.policy import PolicyRule, RuleFacts, match_rules
-from smtp_policy.core.texts import TextsConfig
 
 __all__ = [
     "DEFAULTS_LABEL",
@@ -49,15 +47,11 @@ __all__ = [
     "MetricsConfig",
     "MilterConfig",
     "PolicyConfig",
-    "PolicyRule",
-    "RuleFacts",
-    "TextsConfig",
     "check_config",
     "config_files",
     "default_source",
     "find_line",
     "load_config",
-    "match_rules",
     "read_sources",
     "reload_or_keep",
     "validate",
