@@ -113,6 +113,12 @@ class Daemon:
         self.returncode: int | None = None
 
     @property
+    def tcp_port(self) -> int:
+        """The loopback port it listens on (the ``port`` it was given)."""
+        assert self.port is not None, f"{self.name} was given no port"
+        return self.port
+
+    @property
     def pid(self) -> int:
         """The process id."""
         assert self.proc is not None, f"{self.name} is not running"

@@ -16,19 +16,17 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from smtp_policy.lab.instance import free_port, poll
+from smtp_policy.lab.instance import free_port
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.wire.smtp import ReplyReader, ServerReply
-from tests.helpers import read_events
+from tests.helpers import Daemon
 
 pytestmark = pytest.mark.postfix
 
@@ -46,29 +44,6 @@ external = "That address does not look right"
 """
 
 
-@dataclass
-class Proxy:
-    """A running ``smtp-policy proxy`` process and where it writes its events."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    events_file: Path
-
-    def events(self, kind: str = "reply") -> list[dict[str, Any]]:
-        """The events of one kind written so far."""
-        return [e for e in read_events(self.events_file) if e["event"] == kind]
-
-    def wait_events(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
-    ) -> list[dict[str, Any]]:
-        """Poll until some reply event satisfies ``predicate``; return those that do."""
-        return poll(
-            lambda: [e for e in self.events() if predicate(e)] or None,
-            timeout,
-            lambda: f"a matching event in {self.events()}",
-        )
-
-
 def inner_listener(port: int) -> list[str]:
     """The master.cf lines of the smtpd that trusts the proxy (as --print-postfix-config)."""
     return [
@@ -79,36 +54,17 @@ def inner_listener(port: int) -> list[str]:
     ]
 
 
-def start_proxy(tmp: Path, inner_port: int, *extra: str) -> Proxy:
+def start_proxy(tmp: Path, inner_port: int, *extra: str) -> Daemon:
     """Start ``smtp-policy proxy`` on a free port in front of ``inner_port``."""
-    port = free_port()
     config = tmp / "config.toml"
     config.write_text(CONFIG)
-    events = tmp / f"events-{port}.jsonl"
-    argv = [sys.executable, "-m", "smtp_policy", "proxy", "--listen", f"127.0.0.1:{port}"]
-    argv += ["--upstream", f"127.0.0.1:{inner_port}", "--events", str(events)]
-    argv += ["--config", str(config), *extra]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"proxy exited: {process.communicate()[1]!r}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        except OSError:
-            time.sleep(0.05)
-            continue
-        return Proxy(process, port, events)
-    stop_proxy(process)
-    raise AssertionError("the proxy did not start listening")
+    upstream = ("--upstream", f"127.0.0.1:{inner_port}", "--config", str(config))
+    return Daemon("proxy", tmp, *upstream, *extra, port=free_port()).start()
 
 
-def stop_proxy(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the proxy: it must exit 0 without a traceback."""
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=15)
-    assert process.returncode == 0, err
-    assert b"Traceback" not in err, err
+def is_reply(predicate: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], bool]:
+    """``predicate`` over the proxy's reply events only."""
+    return lambda e: e["event"] == "reply" and predicate(e)
 
 
 def make_certificate(where: Path) -> tuple[Path, Path]:
@@ -138,14 +94,14 @@ def _pf(make_module_postfix: PostfixFactory, inner_port: int) -> PrivatePostfix:
 @pytest.fixture(name="proxy", scope="module")
 def _proxy(
     pf: PrivatePostfix, inner_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Proxy]:
+) -> Iterator[Daemon]:
     if shutil.which("openssl") is None:
         pytest.fail("openssl is required (scripts/install-deps installs it)")
     tmp = tmp_path_factory.mktemp("proxy")
     cert, key = make_certificate(tmp)
     proxy = start_proxy(tmp, inner_port, "--tls-cert", str(cert), "--tls-key", str(key))
     yield proxy
-    stop_proxy(proxy.process)
+    proxy.stop()
 
 
 class RawClient:
@@ -177,43 +133,47 @@ class RawClient:
         self.sock.close()
 
 
-def test_greeting_and_goodbye_are_the_admins(proxy: Proxy) -> None:
+def test_greeting_and_goodbye_are_the_admins(proxy: Daemon) -> None:
     """The client sees [banner]'s 220 and 221 texts, not Postfix's hard-coded ones."""
-    client = RawClient(proxy.port)
+    client = RawClient(proxy.tcp_port)
     greeting = client.reply()
     assert greeting == ServerReply(220, ("mx.smtp-policy.test ESMTP proxied greeting",))
     client.send(b"QUIT\r\n")
     assert client.reply() == ServerReply(221, ("2.0.0 Goodbye from the proxy",))
     assert client.at_eof()
     client.close()
-    (bye,) = proxy.wait_events(lambda e: e["command"] == "QUIT")
+    (bye,) = proxy.wait_for(is_reply(lambda e: e["command"] == "QUIT"))
     assert bye["text"] == "221 2.0.0 Bye"
     assert bye["friendly"] == "Goodbye from the proxy"
 
 
-def test_503_and_501_are_recorded_and_rewritten(proxy: Proxy) -> None:
+def test_503_and_501_are_recorded_and_rewritten(proxy: Daemon) -> None:
     """Postfix's own protocol errors get the admin's texts; events keep Postfix's originals."""
-    with smtplib.SMTP("127.0.0.1", proxy.port, local_hostname="errors.client.test") as smtp:
+    with smtplib.SMTP("127.0.0.1", proxy.tcp_port, local_hostname="errors.client.test") as smtp:
         smtp.ehlo()
         code, text = smtp.docmd("RCPT", "TO:<alice@local.test>")
         assert (code, text) == (503, b"5.5.1 Commands out of order: say MAIL FROM first")
         code, text = smtp.docmd("MAIL", "FROM:<bad address@@local.test")
         assert (code, text) == (501, b"5.1.7 That address does not look right")
-    (e503,) = proxy.wait_events(lambda e: e["code"] == 503 and e["helo"] == "errors.client.test")
+    (e503,) = proxy.wait_for(
+        is_reply(lambda e: e["code"] == 503 and e["helo"] == "errors.client.test")
+    )
     assert e503["text"] == "503 5.5.1 Error: need MAIL command"
     assert e503["command"] == "RCPT"
     assert e503["rewritten"] is True
-    (e501,) = proxy.wait_events(lambda e: e["code"] == 501 and e["helo"] == "errors.client.test")
+    (e501,) = proxy.wait_for(
+        is_reply(lambda e: e["code"] == 501 and e["helo"] == "errors.client.test")
+    )
     assert e501["text"] == "501 5.1.7 Bad sender address syntax"
     assert e501["friendly"] == "That address does not look right"
 
 
-def test_postfix_sees_the_real_client_through_xclient(proxy: Proxy, pf: PrivatePostfix) -> None:
+def test_postfix_sees_the_real_client_through_xclient(proxy: Daemon, pf: PrivatePostfix) -> None:
     """The maillog shows the client's own port and HELO name, as XCLIENT passed them on."""
     client_port = free_port()
     helo = f"xclient-{uuid.uuid4().hex[:8]}.client.test"
     with smtplib.SMTP(
-        "127.0.0.1", proxy.port, local_hostname=helo, source_address=("127.0.0.1", client_port)
+        "127.0.0.1", proxy.tcp_port, local_hostname=helo, source_address=("127.0.0.1", client_port)
     ) as smtp:
         smtp.ehlo()
         smtp.mail(SENDER)
@@ -234,10 +194,10 @@ def test_postfix_sees_the_real_client_through_xclient(proxy: Proxy, pf: PrivateP
     assert f"from {helo} (localhost [127.0.0.1])" in str(received["Received"])
 
 
-def test_client_xclient_is_refused(proxy: Proxy, pf: PrivatePostfix) -> None:
+def test_client_xclient_is_refused(proxy: Daemon, pf: PrivatePostfix) -> None:
     """A client's own XCLIENT gets 502 5.5.1 and never reaches Postfix."""
     fake = "192.0.2.213"
-    with smtplib.SMTP("127.0.0.1", proxy.port, local_hostname="sneaky.client.test") as smtp:
+    with smtplib.SMTP("127.0.0.1", proxy.tcp_port, local_hostname="sneaky.client.test") as smtp:
         smtp.ehlo()
         assert "xclient" not in smtp.esmtp_features
         code, _ = smtp.docmd("XCLIENT", f"ADDR={fake} NAME=trusted.example")
@@ -255,13 +215,13 @@ def _has_net_ssleay() -> bool:
     return done.returncode == 0
 
 
-def test_starttls_end_to_end_with_swaks(proxy: Proxy, pf: PrivatePostfix) -> None:
+def test_starttls_end_to_end_with_swaks(proxy: Daemon, pf: PrivatePostfix) -> None:
     """swaks --tls: the proxy terminates TLS, Postfix delivers, the event names the cipher."""
     if not _has_net_ssleay():
         pytest.skip("swaks --tls needs Net::SSLeay: apt-get install libnet-ssleay-perl")
     subject = f"tls {uuid.uuid4().hex[:8]}"
     done = subprocess.run(
-        ["swaks", "--server", "127.0.0.1", "--port", str(proxy.port), "--tls",
+        ["swaks", "--server", "127.0.0.1", "--port", str(proxy.tcp_port), "--tls",
          "--ehlo", "tls.client.test", "--from", SENDER, "--to", "bob@local.test",
          "--header", f"Subject: {subject}", "--timeout", "20"],
         capture_output=True, text=True, timeout=60, check=False,
@@ -273,13 +233,13 @@ def test_starttls_end_to_end_with_swaks(proxy: Proxy, pf: PrivatePostfix) -> Non
     _check_tls_events(proxy, "tls.client.test")
 
 
-def test_starttls_end_to_end_with_smtplib(proxy: Proxy, pf: PrivatePostfix) -> None:
+def test_starttls_end_to_end_with_smtplib(proxy: Daemon, pf: PrivatePostfix) -> None:
     """smtplib's starttls(): after TLS the client must EHLO again and no longer sees STARTTLS."""
     subject = f"tls {uuid.uuid4().hex[:8]}"
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    with smtplib.SMTP("127.0.0.1", proxy.port, local_hostname="tls2.client.test") as smtp:
+    with smtplib.SMTP("127.0.0.1", proxy.tcp_port, local_hostname="tls2.client.test") as smtp:
         smtp.ehlo()
         assert smtp.has_extn("starttls")
         assert smtp.starttls(context=context)[0] == 220
@@ -290,13 +250,13 @@ def test_starttls_end_to_end_with_smtplib(proxy: Proxy, pf: PrivatePostfix) -> N
     _check_tls_events(proxy, "tls2.client.test")
 
 
-def _check_tls_events(proxy: Proxy, helo: str) -> None:
+def _check_tls_events(proxy: Daemon, helo: str) -> None:
     """A tls event was written, and the end-of-data reply carries its version and cipher."""
-    (eom,) = proxy.wait_events(lambda e: e["stage"] == "eom" and e["helo"] == helo)
+    (eom,) = proxy.wait_for(is_reply(lambda e: e["stage"] == "eom" and e["helo"] == helo))
     assert eom["tls_version"].startswith("TLSv1.")
     assert eom["tls_cipher"]
     assert eom["code"] == 250
-    versions = {(e["tls_version"], e["tls_cipher"]) for e in proxy.events("tls")}
+    versions = {(e["tls_version"], e["tls_cipher"]) for e in proxy.events.of("tls")}
     assert (eom["tls_version"], eom["tls_cipher"]) in versions
 
 
@@ -333,10 +293,10 @@ def _enhanced(reply: ServerReply) -> str | None:
     return m[0] if m else None
 
 
-def test_pipelining_matches_the_direct_path(proxy: Proxy, pf: PrivatePostfix) -> None:
+def test_pipelining_matches_the_direct_path(proxy: Daemon, pf: PrivatePostfix) -> None:
     """Pipelined transactions with several recipients: reply for reply as straight to Postfix."""
     direct = pipelined_session(pf.smtp_port)
-    proxied = pipelined_session(proxy.port)
+    proxied = pipelined_session(proxy.tcp_port)
     assert [code for code, _ in proxied] == [code for code, _ in direct]
     assert proxied[2:] == direct[2:]
     assert [code for code, _ in direct][2:9] == [250, 250, 550, 250, 554, 354, 250]
@@ -350,7 +310,7 @@ def test_upstream_stopped_mid_session_gives_421(
     pf = make_postfix(master_cf=inner_listener(inner))
     proxy = start_proxy(tmp_path, inner)
     try:
-        client = RawClient(proxy.port)
+        client = RawClient(proxy.tcp_port)
         assert client.reply().code == 220
         client.send(b"EHLO stop.client.test\r\n")
         assert client.reply().code == 250
@@ -360,24 +320,24 @@ def test_upstream_stopped_mid_session_gives_421(
         assert reply.code == 421
         assert client.at_eof()
         client.close()
-        assert proxy.wait_events(lambda e: e["code"] == 421)
+        assert proxy.wait_for(is_reply(lambda e: e["code"] == 421))
     finally:
-        stop_proxy(proxy.process)
+        proxy.stop()
 
 
 def test_upstream_down_gives_421_4_3_0(tmp_path: Path) -> None:
     """Nothing listens upstream: 421 4.3.0, logged as an error event."""
     proxy = start_proxy(tmp_path, free_port())
     try:
-        client = RawClient(proxy.port)
+        client = RawClient(proxy.tcp_port)
         reply = client.reply()
         assert reply.code == 421
         assert reply.lines[0].startswith("4.3.0 ")
         assert client.at_eof()
         client.close()
-        assert proxy.events("error")
+        assert proxy.events.of("error")
     finally:
-        stop_proxy(proxy.process)
+        proxy.stop()
 
 
 def test_print_postfix_config() -> None:
@@ -397,14 +357,12 @@ def test_sighup_rereads_the_texts(pf: PrivatePostfix, inner_port: int, tmp_path:
     try:
         config = tmp_path / "config.toml"
         config.write_text(CONFIG.replace("proxied greeting", "greeting after reload"))
-        proxy.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while not proxy.events("reloaded") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        client = RawClient(proxy.port)
+        proxy.send_signal(signal.SIGHUP)
+        proxy.wait_for(lambda e: e["event"] == "reloaded", 10)
+        client = RawClient(proxy.tcp_port)
         assert client.reply().lines == ("mx.smtp-policy.test ESMTP greeting after reload",)
         client.send(b"QUIT\r\n")
         assert client.reply().code == 221
         client.close()
     finally:
-        stop_proxy(proxy.process)
+        proxy.stop()
