@@ -10,6 +10,9 @@ failure instead under ``REQUIRE_SENDMAIL=1``.
 Tests that start Postfix must carry the ``postfix`` marker (``pytestmark = pytest.mark.postfix``)
 so ``-m "not postfix"`` deselects them, and tests that start Sendmail the ``sendmail`` marker;
 the factories fail a test that lacks it.
+
+The tests here that run only our own commands and daemons (or postconf, postmap, openssl,
+systemd-analyze on their output) use none of these fixtures: no Postfix, no root, no skip.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from smtp_policy.adapters.follow.journal import JournalTail, journal_command, jo
 from smtp_policy.adapters.follow.state import StateStore
 from smtp_policy.adapters.follow.tail import (
     MAX_LINE_BYTES,
-    Batch,
     FilePosition,
     FileTail,
     StreamTail,
@@ -457,31 +456,6 @@ def test_journal_command_keeps_the_cursor_and_the_unit() -> None:
     ]
     assert "--lines" in journal_command(None, None, follow=True, from_start=False)
     assert "--no-tail" in journal_command(None, None, follow=False, from_start=True)
-
-
-def test_journal_tail_maps_entries_and_remembers_the_cursor(tmp_path: Path) -> None:
-    """journalctl's JSON output (here from a stand-in process) becomes lines and a cursor."""
-    entries = [
-        {"__CURSOR": f"c{i}", "__REALTIME_TIMESTAMP": "0", "MESSAGE": f"m{i}", "_PID": "1"}
-        for i in range(3)
-    ]
-    out = tmp_path / "journal.json"
-    out.write_text("".join(json.dumps(e) + "\n" for e in entries) + "not json\n")
-
-    def spawn(command: list[str]) -> subprocess.Popen[bytes]:
-        assert command[0] == "journalctl"
-        return subprocess.Popen(["cat", str(out)], stdout=subprocess.PIPE)
-
-    tail = JournalTail("postfix@-.service", follow=False, spawn=spawn)
-    got = Batch("journal")
-    while not tail.exhausted:
-        batch = tail.poll()
-        got.lines += batch.lines
-        got.notices += batch.notices
-    tail.close()
-    assert [line.rsplit(": ", 1)[1] for line in got.lines] == ["m0", "m1", "m2"]
-    assert tail.cursor == "c2"
-    assert [n.kind for n in got.notices] == ["journal_error"]
 
 
 def test_journal_tail_without_journalctl_is_a_notice(tmp_path: Path) -> None:
