@@ -213,9 +213,10 @@ def test_proxy_binds_port_25_by_capability_and_reads_its_key_as_a_credential() -
     """Only the proxy has a capability, CAP_NET_BIND_SERVICE; its TLS files come through
     LoadCredential= and ExecStart names them in $CREDENTIALS_DIRECTORY."""
     for daemon, unit in units().items():
-        if daemon != "proxy":
-            assert not unit.values("LoadCredential")
-            assert unit.values("AmbientCapabilities") == [""]
+        granted = ["CAP_NET_BIND_SERVICE"] if daemon == "proxy" else [""]
+        assert unit.values("CapabilityBoundingSet") == granted, unit.name
+        assert unit.values("AmbientCapabilities") == granted, unit.name
+        assert daemon == "proxy" or not unit.values("LoadCredential"), unit.name
     proxy = units()["proxy"]
     credentials = dict(line.split(":", 1) for line in proxy.values("LoadCredential"))
     assert set(credentials) == {"tls-cert", "tls-key"}
@@ -227,10 +228,9 @@ def test_proxy_binds_port_25_by_capability_and_reads_its_key_as_a_credential() -
 
 
 def test_proxy_environment_file_example_names_only_what_the_unit_reads() -> None:
-    """smtp-policy-proxy.default sets (commented out) exactly the unit's Environment= names,
-    and the unit reads /etc/default/smtp-policy-proxy, optionally."""
+    """smtp-policy-proxy.default shows (commented out) exactly the unit's Environment=
+    defaults, and the unit reads /etc/default/smtp-policy-proxy, optionally."""
     proxy = units()["proxy"]
     assert proxy.values("EnvironmentFile") == ["-/etc/default/smtp-policy-proxy"]
     example = (SYSTEMD / "smtp-policy-proxy.default").read_text()
-    names = set(re.findall(r"^#(\w+)=", example, re.MULTILINE))
-    assert names == set(proxy.environment())
+    assert dict(re.findall(r"^#(\w+)=(.*)$", example, re.MULTILINE)) == proxy.environment()
