@@ -39,8 +39,9 @@ SESSION_FILLED: Mapping[str, frozenset[str]] = {
     "policy service": CONTEXT_KEYS - {"hostname", "date"},
     "proxy": CONTEXT_KEYS - {"queue_id"},
 }
-#: The hooks that render ``[texts]`` for each audience with no session at all.
-_SESSIONLESS = {"external": "reject footers and DSN texts", "internal": "DSN texts"}
+#: The hooks that render ``[texts]`` with no session, by audience (milter, policy service and
+#: proxy render them too, with one).
+_SESSIONLESS = {"external": ("reject footers", "DSN texts"), "internal": ("DSN texts",)}
 
 _FORMATTER = string.Formatter()
 
@@ -60,10 +61,13 @@ def advise(data: Mapping[str, Any], rules: Sequence[tuple[int, int, Any]]) -> li
     texts = _table(data.get("texts"))
     for path, audience, text in _texts_templates(texts):
         out += _domain_advice(path, text)
+        hooks = _SESSIONLESS[audience]
+        unfilled = CONTEXT_KEYS - frozenset.union(*(SESSION_FILLED[hook] for hook in hooks))
+        where = " and ".join(hooks)
         out += [
-            Advice(path, f"{{{name}}} is always empty in {_SESSIONLESS[audience]}: {_NO_SESSION}")
+            Advice(path, f"{{{name}}} is always empty in {where}: {_NO_SESSION}")
             for name in placeholders(text)
-            if name in CONTEXT_KEYS
+            if name in unfilled
         ]
     help_url = texts.get("help_url")
     if isinstance(help_url, str):
