@@ -3,7 +3,7 @@
 Options override the configuration file; SIGTERM/SIGINT stop cleanly (open connections are
 closed as if the peer had gone); SIGHUP reopens the events file (after logrotate renamed it)
 and re-reads the configuration, keeping the running one when the new one has problems (an
-error event says why).
+error event says why). Configuration warnings are printed at start, one line each on stderr.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def serve(
     args: argparse.Namespace, source: Source, listen: Callable[[Config], str], make: ServiceFactory
 ) -> int:
     """Listen on ``--listen`` (else ``listen`` from the config) until SIGTERM/SIGINT."""
-    config = load_config(args.config)
+    config = load_config(args.config, on_warning=warning_printer(source.value))
     address = ListenAddress.parse(args.listen or listen(config))
     output = args.events or config.events.output
     events = EventWriter.open(output)
@@ -70,6 +70,15 @@ def serve(
         )
     finally:
         events.close()
+
+
+def warning_printer(daemon: str) -> Callable[[str], None]:
+    """Prints a configuration warning as one line on stderr: the daemon starts anyway."""
+
+    def warn(warning: str) -> None:
+        print(f"smtp-policy {daemon}: warning: {warning}", file=sys.stderr, flush=True)
+
+    return warn
 
 
 async def _serve(

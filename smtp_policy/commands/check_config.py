@@ -4,6 +4,8 @@ Reads the shipped defaults, then /etc/smtp-policy/config.toml and /etc/smtp-poli
 in name order; with FILE, the defaults and FILE only. Exits 0 and prints "OK: <files read>"
 (plus notices about what the MTAs let you change) when the configuration can be used, 1 when
 it cannot. Daemons reloaded with SIGHUP keep their running configuration in that case.
+Warnings ("warning: FILE:LINE: key.path: message": an example domain senders would read, a
+placeholder its hook never fills) are printed either way and do not change the exit status.
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ from smtp_policy.core.policy import REPLY_ACTIONS
 from smtp_policy.core.stages import Stage
 from smtp_policy.core.texts import POSTFIX_MACROS, SENDMAIL_MACROS, mta_greeting
 
-HELP = "check the configuration files and print every problem"
-
-#: How each MTA's own greeting setting writes our placeholders.
+HELP = "check the configuration files and print every problem and warning"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -37,12 +37,19 @@ def run(args: argparse.Namespace) -> int:
     if report.config is None:
         for problem in report.problems:
             print(problem)
+        _print_warnings(report.warnings)
         return 1
     read = [str(s.path) if s.path is not None else "shipped defaults" for s in report.sources]
     print("OK: " + ", ".join(read))
+    _print_warnings(report.warnings)
     for notice in notices(report.config):
         print(f"notice: {notice}")
     return 0
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}")
 
 
 def notices(config: Config) -> list[str]:

@@ -77,9 +77,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; exit 1 if the socket cannot be opened."""
+    from smtp_policy.commands._serve import warning_printer
     from smtp_policy.config import load_config
 
-    config = load_config(args.config)
+    config = load_config(args.config, on_warning=warning_printer("milter"))
     address = ListenAddress.parse(args.listen or config.milter.listen)
     events = EventWriter.open(args.events or config.events.output)
     try:

@@ -18,11 +18,13 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from smtp_policy.config.advice import advise
 from smtp_policy.config.lines import find_line
 from smtp_policy.config.listen import LOOPBACK, ListenAddress
 from smtp_policy.config.model import (
     BannerConfig,
     Config,
+    ConfigReport,
     ConfigSource,
     EventsConfig,
     FollowConfig,
@@ -324,6 +326,12 @@ def validate(sources: Sequence[ConfigSource]) -> tuple[Config | None, list[str]]
 
     Problems come sorted by file and line, each as ``FILE:LINE: key.path: message``.
     """
+    report = check_sources(sources)
+    return report.config, report.problems
+
+
+def check_sources(sources: Sequence[ConfigSource]) -> ConfigReport:
+    """:func:`validate`, with the warnings (:mod:`.advice`) in the same form as the problems."""
     ck = _Checker()
     parsed: list[tuple[int, dict[str, Any]]] = []
     syntax: list[tuple[int, int, str]] = []
@@ -335,10 +343,15 @@ def validate(sources: Sequence[ConfigSource]) -> tuple[Config | None, list[str]]
             parsed.append((index, data))
     merged = _merge(parsed, ck)
     config = _build(ck, merged, sources)
-    found = syntax + [_located(p, sources, merged.origins) for p in ck.problems]
-    found.sort(key=lambda item: item[:2])  # stable: same line keeps the order of discovery
-    problems = [text for _, _, text in found]
-    return (None if problems else config), problems
+    problems = _in_order(syntax + [_located(p, sources, merged.origins) for p in ck.problems])
+    advice = [_Problem(a.path, a.message, a.source) for a in advise(merged.data, merged.rules)]
+    warnings = _in_order([_located(p, sources, merged.origins) for p in advice])
+    return ConfigReport(None if problems else config, problems, list(sources), warnings)
+
+
+def _in_order(found: list[tuple[int, int, str]]) -> list[str]:
+    """The texts sorted by file and line (stable: one line keeps the order of discovery)."""
+    return [text for _, _, text in sorted(found, key=lambda item: item[:2])]
 
 
 def _build(ck: _Checker, merged: _Merged, sources: Sequence[ConfigSource]) -> Config:

@@ -8,7 +8,8 @@ The files are read in this order, later ones winning, tables merging deeply (fai
 3. ``/etc/smtp-policy/conf.d/*.toml`` in name order;
 
 or, with an explicit ``--config FILE``, the defaults and that one file only. Turning the texts
-into a Config (parse, merge, check) is :func:`smtp_policy.config.check.validate`'s job.
+into a Config (parse, merge, check, warn) is :func:`smtp_policy.config.check.check_sources`'s
+job.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from smtp_policy.config.check import validate
+from smtp_policy.config.check import check_sources
 from smtp_policy.config.model import Config, ConfigReport, ConfigSource
 from smtp_policy.core.errors import ConfigError
 
@@ -100,16 +101,28 @@ def _relative_label(file: Path, etc_dir: Path) -> str:
 def check_config(path: str | Path | None = None, *, etc_dir: Path = ETC_DIR) -> ConfigReport:
     """Read and validate everything; never raises for bad input."""
     sources, problems = read_sources(path, etc_dir=etc_dir)
-    config, more = validate(sources)
-    problems += more
-    return ConfigReport(None if problems else config, problems, sources)
+    report = check_sources(sources)
+    problems += report.problems
+    return ConfigReport(None if problems else report.config, problems, sources, report.warnings)
 
 
-def load_config(path: str | Path | None = None, *, etc_dir: Path = ETC_DIR) -> Config:
-    """The validated configuration; ConfigError lists every problem at once."""
+def load_config(
+    path: str | Path | None = None,
+    *,
+    etc_dir: Path = ETC_DIR,
+    on_warning: Callable[[str], None] | None = None,
+) -> Config:
+    """The validated configuration; ConfigError lists every problem at once.
+
+    ``on_warning`` is called with each warning (``FILE:LINE: key.path: message``) of a
+    configuration that loads; the daemons log them at start.
+    """
     report = check_config(path, etc_dir=etc_dir)
     if report.config is None:
         raise ConfigError(report.problems)
+    if on_warning is not None:
+        for warning in report.warnings:
+            on_warning(warning)
     return report.config
 
 

@@ -99,8 +99,10 @@ class ConfigSource:
 
 @dataclass(frozen=True, slots=True)
 class ConfigReport:
-    """What :func:`check_config` found: the config (None on problems) and every problem."""
+    """What :func:`check_config` found: the config (None on problems), every problem and
+    every warning (things a valid configuration probably did not mean), one line each."""
 
     config: Config | None
     problems: list[str]
     sources: list[ConfigSource] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)

@@ -81,3 +81,47 @@ def test_check_config_notes_connect_stage_rejects(tmp_path: Path) -> None:
     result = run_check(str(file))
     assert result.returncode == 0
     assert "notice: rules 'nope': at stage connect Postfix answers" in result.stdout
+
+
+def test_check_config_warns_and_exits_0(tmp_path: Path) -> None:
+    """Warnings (an example domain, a placeholder footers never fill) print FILE:LINE, exit 0."""
+    file = write(
+        tmp_path,
+        "w.toml",
+        '[texts]\nhelp_url = "https://help.example.com/e#{reason}"\n'
+        '[texts.reason.user_unknown]\nexternal = "No mailbox {recipient} here."\n',
+    )
+    result = run_check(str(file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"OK: shipped defaults, {file}"
+    assert f"warning: {file}:2: texts.help_url: help.example.com: an example domain" in (
+        result.stdout
+    )
+    assert (
+        f"warning: {file}:4: texts.reason.user_unknown.external: {{recipient}} is always empty "
+        "in reject footers and DSN texts" in result.stdout
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_check_config_prints_warnings_after_problems(tmp_path: Path) -> None:
+    """With problems too: every problem, then the warnings; exit 1 for the problems."""
+    file = write(
+        tmp_path, "b.toml", '[milter]\ntimeout = -1\n[banner]\ngoodbye = "Bye from example.org"\n'
+    )
+    result = run_check(str(file))
+    assert result.returncode == 1
+    first, *rest = result.stdout.splitlines()
+    assert first.startswith(f"{file}:2: milter.timeout:")
+    assert rest == [
+        f"warning: {file}:4: banner.goodbye: example.org: an example domain (RFC 2606), not "
+        "yours, in what people read: write your own, or leave the key out"
+    ]
+
+
+def test_the_shipped_example_checks_clean() -> None:
+    """config/config.toml as shipped: OK, and not one warning."""
+    result = run_check(str(ROOT / "config" / "config.toml"))
+    assert result.returncode == 0, result.stdout
+    assert "warning:" not in result.stdout

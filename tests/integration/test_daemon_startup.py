@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from smtp_policy.lab.instance import free_port
+from tests.helpers import Daemon
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -67,3 +68,18 @@ def test_a_bad_config_stops_the_daemon_with_the_check_config_message(
     problem = check.stdout.strip().splitlines()[0]
     assert "unknown placeholder {rcpt}" in problem
     assert problem in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["maps", "policy", "milter"])
+def test_a_config_warning_is_logged_and_the_daemon_starts(command: str, tmp_path: Path) -> None:
+    """A warning is one line on stderr at start; the daemon serves anyway and stops cleanly."""
+    config = tmp_path / "config.toml"
+    config.write_text('[texts]\nhelp_url = "https://help.example.com/e"\n')
+    daemon = Daemon(command, tmp_path, "--config", str(config), port=free_port()).start()
+    daemon.stop()
+    warnings = [line for line in daemon.stderr().splitlines() if "warning" in line]
+    assert warnings == [
+        f"smtp-policy {command}: warning: {config}:2: texts.help_url: help.example.com: an "
+        "example domain (RFC 2606), not yours, in what people read: write your own, or leave "
+        "the key out"
+    ]

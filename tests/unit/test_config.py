@@ -37,7 +37,6 @@ from smtp_policy.core.policy import RuleAction, RuleFacts, match_rules
 from smtp_policy.core.stages import Stage
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "config" / "config.toml"
 
 
 def write(base: Path, name: str, text: str) -> Path:
@@ -601,37 +600,6 @@ def test_a_problem_is_blamed_on_the_file_that_set_the_key(tmp_path: Path) -> Non
     assert check_config(etc_dir=tmp_path).problems == [
         "conf.d/10.toml:4: texts.code.550.internal: unknown placeholder {bad}"
     ]
-
-
-# --- the example (check-config as a command: tests/integration/test_config_cli.py) -----
-
-
-def test_the_example_config_validates_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
-    """config/config.toml has no problems (write access aside, which depends on the host)."""
-    monkeypatch.setattr(os, "access", lambda *a, **k: True)
-    config = load_config(EXAMPLE)
-    assert config.files == (EXAMPLE,)
-    assert config.follow.enabled
-    assert config.banner.goodbye
-    assert config.texts.help_url
-    assert config.texts.reason[Reason.USER_UNKNOWN].internal
-    (first, *_) = config.rules
-    assert first.action is RuleAction.REJECT and first.sender and first.text
-    assert first.text.count("\n") >= 2  # a multi-line friendly reply
-
-
-def test_the_example_config_covers_every_key() -> None:
-    """Every key of the shipped defaults appears in the example, and every rule key too."""
-    example = tomllib.loads(EXAMPLE.read_text())
-    defaults = tomllib.loads(default_source().text)
-    for section, table in defaults.items():
-        assert set(table) <= set(example[section]), section
-    rule_keys = set().union(*(set(rule) for rule in example["rules"]))
-    rule_keys |= {"helo", "text"}  # documented in the comments; one rule cannot use all keys
-    assert rule_keys >= {
-        "name", "stage", "client_network", "sender", "recipient", "size_over",
-        "authenticated", "action", "code", "enhanced", "reason", "text",
-    }  # fmt: skip
 
 
 # --- reload ------------------------------------------------------------------------------------
