@@ -6,19 +6,19 @@ import tomllib
 from pathlib import Path
 
 from smtp_policy.cli import COMMANDS
-from smtp_policy.manpages import DEFAULT_DIR, render_pages
+from smtp_policy.commands._manpages import DEFAULT_DIR, render_pages
 
 ROOT = Path(__file__).resolve().parents[2]
 MAN_DIR = ROOT / DEFAULT_DIR
 
 
 def test_committed_pages_match_the_parser() -> None:
-    """Regenerate with: python -m smtp_policy.manpages (from the repository root)."""
+    """Regenerate with: python -m smtp_policy.commands._manpages (from the repository root)."""
     pages = render_pages()
     committed = {p.name: p.read_text(encoding="utf-8") for p in MAN_DIR.glob("*.1")}
-    assert sorted(committed) == sorted(pages), "python -m smtp_policy.manpages"
+    assert sorted(committed) == sorted(pages), "python -m smtp_policy.commands._manpages"
     for name, text in pages.items():
-        assert committed[name] == text, f"{name} drifted: python -m smtp_policy.manpages"
+        assert committed[name] == text, f"{name} drifted: python -m smtp_policy.commands._manpages"
 
 
 def test_one_page_per_subcommand_and_one_for_the_command() -> None:
