@@ -8,7 +8,10 @@ Part 2 (root and Postfix needed; ``bash scripts/demo`` installs both) builds a p
 on loopback (:mod:`smtp_policy.lab`) with the milter, the maps server and a scripted remote
 server, sends a few messages, shows the replies and the bounce as a client and a sender see
 them, runs the log follower over the maillog, and prints the events of all three daemons.
-Everything it starts is stopped again, also on Ctrl-C or an error.
+Everything it starts is stopped again, also on Ctrl-C or an error. It says what it creates
+before it starts, and it leaves /etc/postfix untouched: its Postfix has its own config dir and
+is not registered in the system's ``alternate_config_directories`` (it needs no non-root
+Postfix command).
 """
 
 from __future__ import annotations
@@ -310,8 +313,24 @@ def live_demo(*, keep: bool) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _live_demo(tmp: Path, *, keep: bool) -> None:
+WHAT_PART_2_CREATES = """\
+What this part creates (/etc/postfix is not changed):
+  {tmp}: the configuration and the daemons' event files
+  /tmp/smtp-policy-postfix-*: a private Postfix (its own main.cf, queue, mailboxes, maillog)
+  loopback listeners only: that Postfix, the milter, the maps server, a scripted remote server
+Everything is stopped at the end{removed}.
+"""
+
+
+def _announce(tmp: Path, *, keep: bool) -> None:
+    """Part 2's heading, and what it creates, before it creates anything more."""
     heading("Part 2: a private Postfix on loopback with the milter and the maps server")
+    removed = ", and the temp dirs are kept (--keep)" if keep else " and both temp dirs removed"
+    print(WHAT_PART_2_CREATES.format(tmp=tmp, removed=removed), flush=True)
+
+
+def _live_demo(tmp: Path, *, keep: bool) -> None:
+    _announce(tmp, keep=keep)
     config = tmp / "config.toml"
     config.write_text(DEMO_CONFIG)
     print(f"Configuration ({config}):{DEMO_CONFIG}")
@@ -338,6 +357,7 @@ def _live_demo(tmp: Path, *, keep: bool) -> None:
             delivery_status_filter=f"{table}:dsn",
             main_cf={"bounce_template_file": str(template)},
             keep=keep,
+            register=False,  # nothing here runs a Postfix command as non-root: /etc stays as is
         )
         pf.start()
         stack.callback(pf.stop)

@@ -40,8 +40,10 @@ code that handles each):
   write; a start takes ~0.3 s.
 * ``alternate_config_directories`` in the default main.cf: as root, ``postfix -c DIR`` works
   without it; non-root callers of the set-gid tools need it (``postqueue -c DIR`` as nobody:
-  "unauthorized configuration directory name"). Instances register anyway, under a file lock
-  (several may start at once), keep other entries, and remove themselves at stop.
+  "unauthorized configuration directory name"). Instances register unless ``register=False``
+  (the demo: it runs nothing as non-root), under a file lock (several may start at once), keep
+  other entries, and remove themselves at stop; the last one out gives main.cf back
+  byte-identical, times included (``postconf -X`` when the parameter was not there before).
 * ``data_directory`` must belong to ``postfix`` (``fatal: open lock file .../master.lock:
   cannot create file exclusively: Permission denied``), and the temp dir must be searchable by
   others: mkdtemp's 0700 gives ``.../master.lock: cannot open file: Permission denied``.
@@ -80,6 +82,8 @@ from __future__ import annotations
 import contextlib
 import email.policy
 import fcntl
+import hashlib
+import json
 import os
 import pwd
 import re
@@ -101,7 +105,8 @@ from smtp_policy.lab.instance import MailLab, WaitTimeoutError, free_port, poll
 
 POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"
-DEFAULT_MAIN_CF = Path("/etc/postfix/main.cf")
+DEFAULT_CONFIG_DIR = Path("/etc/postfix")
+REGISTRY = "alternate_config_directories"
 MYHOSTNAME = "mx.smtp-policy.test"
 LOCAL_DOMAIN = "local.test"
 REMOTE_DOMAIN = "remote.test"
@@ -137,33 +142,95 @@ def _greeting(port: int) -> str | None:
         return None
 
 
-def _edit_registry(*, add: Path | None = None, remove: Path | None = None) -> None:
+def _ours(entry: str) -> bool:
+    """An ``alternate_config_directories`` entry made by this module (any instance)."""
+    return entry.startswith(str(Path(tempfile.gettempdir()) / TEMP_PREFIX))
+
+
+def _registry_dirs(value: str) -> list[str]:
+    return [d for d in re.split(r"[\s,]+", value.strip()) if d]
+
+
+def _postconf_edit(config_dir: Path, *args: str) -> None:
+    done = _run(POSTCONF, "-c", str(config_dir), *args)
+    if done.returncode != 0:
+        raise PostfixError(f"postconf {' '.join(args)} failed: {done.stderr.strip()}")
+
+
+def _edit_registry(
+    *,
+    add: Path | None = None,
+    remove: Path | None = None,
+    config_dir: Path = DEFAULT_CONFIG_DIR,
+    lock_path: Path = _REGISTRY_LOCK,
+) -> None:
     """Add/remove a config dir in the default instance's ``alternate_config_directories``.
 
     TRAP: non-root ``postqueue -c DIR`` / ``sendmail -C DIR`` accept DIR only when the default
     main.cf lists it. Existing entries are kept; entries left behind by crashed runs of this
     module (our prefix, directory gone) are pruned. A file lock serialises concurrent instances.
+
+    The first of our entries to arrive saves main.cf as it was (whether the parameter was set,
+    its value, the file's digest and times) beside the lock; the last to leave gives that back:
+    ``postconf -X`` when the parameter was not set, the saved value otherwise, and the saved
+    times when the bytes are the same again. So a run leaves main.cf byte-identical, unless
+    someone else changed it meanwhile (then their values are kept and only ours go).
     """
-    with _REGISTRY_LOCK.open("a") as lock:
+    main_cf = config_dir / "main.cf"
+    saved_path = lock_path.with_suffix(".json")
+    with lock_path.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        current = _run(POSTCONF, "-h", "alternate_config_directories").stdout
-        dirs = [d for d in re.split(r"[\s,]+", current.strip()) if d]
-        ours = str(Path(tempfile.gettempdir()) / TEMP_PREFIX)
-        wanted = [
-            d
-            for d in dirs
-            if d != str(remove) and not (d.startswith(ours) and not Path(d).exists())
-        ]
+        explicit = bool(_run(POSTCONF, "-c", str(config_dir), "-n", REGISTRY).stdout.strip())
+        current = _run(POSTCONF, "-c", str(config_dir), "-h", REGISTRY).stdout.strip()
+        dirs = _registry_dirs(current)
+        wanted = [d for d in dirs if d != str(remove) and not (_ours(d) and not Path(d).exists())]
         if add is not None and str(add) not in wanted:
             wanted.append(str(add))
-        if wanted != dirs:
-            done = _run(POSTCONF, "-e", f"alternate_config_directories = {', '.join(wanted)}")
-            if done.returncode != 0:
-                raise PostfixError(f"postconf -e failed: {done.stderr.strip()}")
+        if wanted == dirs:
+            return
+        if not any(_ours(d) for d in dirs):
+            raw = main_cf.read_bytes()
+            if raw and not raw.endswith(b"\n"):
+                # TRAP: postconf -e appends to the last line when the file lacks a final newline.
+                raise PostfixError(f"{main_cf} does not end with a newline: not registering")
+            stat = main_cf.stat()
+            saved = {
+                "explicit": explicit,
+                "value": current,
+                "sha256": hashlib.sha256(raw).hexdigest(),
+                "times_ns": [stat.st_atime_ns, stat.st_mtime_ns],
+            }
+            saved_path.write_text(json.dumps(saved))
+        if any(_ours(d) for d in wanted):
+            _postconf_edit(config_dir, "-e", f"{REGISTRY} = {', '.join(wanted)}")
             # TRAP: postfix-script reads the default main.cf several times per command, and a
             # just-written file makes each read sleep up to ~2.4 s (see _backdate_config).
             past = time.time() - 10
-            os.utime(DEFAULT_MAIN_CF, (past, past))
+            os.utime(main_cf, (past, past))
+            return
+        _give_back_registry(config_dir, saved_path, wanted)
+
+
+def _give_back_registry(config_dir: Path, saved_path: Path, wanted: list[str]) -> None:
+    """The last of our entries leaves: restore what main.cf had before the first arrived."""
+    main_cf = config_dir / "main.cf"
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, ValueError):
+        saved = None  # no record (e.g. /tmp was cleaned): keep the other entries, drop ours
+    if isinstance(saved, dict) and wanted == _registry_dirs(str(saved.get("value", ""))):
+        if saved.get("explicit"):
+            _postconf_edit(config_dir, "-e", f"{REGISTRY} = {saved['value']}")
+        else:
+            _postconf_edit(config_dir, "-X", REGISTRY)
+        if hashlib.sha256(main_cf.read_bytes()).hexdigest() == saved.get("sha256"):
+            atime, mtime = saved["times_ns"]
+            os.utime(main_cf, ns=(int(atime), int(mtime)))
+    elif wanted:
+        _postconf_edit(config_dir, "-e", f"{REGISTRY} = {', '.join(wanted)}")
+    else:
+        _postconf_edit(config_dir, "-X", REGISTRY)
+    saved_path.unlink(missing_ok=True)
 
 
 def instance_processes(root: Path) -> list[int]:
@@ -220,6 +287,8 @@ class PrivatePostfix(MailLab):
         maximal_queue_lifetime: how long deferred mail is retried (``0`` = one attempt).
         bounce_queue_lifetime: the same for bounces.
         keep: keep the temp dir after ``stop()``; default: env ``KEEP_POSTFIX`` is set.
+        register: list the instance in /etc/postfix/main.cf's ``alternate_config_directories``
+            while it runs (needed only by non-root ``postqueue -c``/``sendmail -C``).
     """
 
     def __init__(
@@ -236,6 +305,7 @@ class PrivatePostfix(MailLab):
         maximal_queue_lifetime: str = "1h",
         bounce_queue_lifetime: str = "1h",
         keep: bool | None = None,
+        register: bool = True,
     ) -> None:
         self.downstream_port = downstream_port
         self.extra_main_cf = dict(main_cf or {})
@@ -248,6 +318,7 @@ class PrivatePostfix(MailLab):
         self.maximal_queue_lifetime = maximal_queue_lifetime
         self.bounce_queue_lifetime = bounce_queue_lifetime
         self.keep = bool(os.environ.get("KEEP_POSTFIX")) if keep is None else keep
+        self.register = register
         self._root: Path | None = None
         self._ports: tuple[int, int] | None = None
         self._running = False
@@ -440,7 +511,7 @@ class PrivatePostfix(MailLab):
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> Self:
-        """Build, register and start the instance; return once both listeners greet.
+        """Build, register (see ``register``) and start the instance; return once both greet.
 
         Raises:
             PostfixError: Postfix did not start; the message holds its output and maillog tail.
@@ -450,7 +521,8 @@ class PrivatePostfix(MailLab):
         self._make_tree()
         self._dead_port = free_port()
         try:
-            _edit_registry(add=self.config_dir)
+            if self.register:
+                _edit_registry(add=self.config_dir)
             for attempt in range(3):
                 self._ports = (free_port(), free_port())
                 self._write_config()
@@ -510,8 +582,9 @@ class PrivatePostfix(MailLab):
                 for pid in self.processes():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(PostfixError):
-            _edit_registry(remove=self.config_dir)
+        if self.register:
+            with contextlib.suppress(PostfixError):
+                _edit_registry(remove=self.config_dir)
         root, self._root, self._ports = self._root, None, None
         if self.keep:
             print(f"KEEP_POSTFIX: private Postfix kept in {root}")
