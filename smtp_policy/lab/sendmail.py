@@ -100,6 +100,7 @@ from smtp_policy.lab.instance import MailLab, WaitTimeoutError, free_port, poll
 
 __all__ = [
     "DAEMON_NAME",
+    "FALLBACK",
     "HOSTNAME",
     "NO_NAMESPACES_ENV",
     "PACKAGES",

@@ -28,12 +28,15 @@ from smtp_policy.lab.instance import delivery_report
 from smtp_policy.lab.remote import SAMPLE_SCRIPT, ScriptedServer
 from smtp_policy.lab.sendmail import (
     DAEMON_NAME,
+    FALLBACK,
     HOSTNAME,
+    NO_NAMESPACES_ENV,
     USER,
     PrivateSendmail,
     SendmailFactory,
     ensure_debs,
     format_syslog,
+    namespaces_permitted,
 )
 from tests.helpers import read_events
 from tests.integration.drills import size
@@ -137,6 +140,20 @@ def test_syslog_lines_are_written_as_rsyslog_would() -> None:
     assert format_syslog(b"<22>Nov  9 05:36:10 x[1]: a\tb", "h") == "Nov  9 05:36:10 h x[1]: a#011b"
     now = datetime(2024, 3, 5, 1, 2, 3)
     assert format_syslog(b"x[1]: y", "h", now) == "Mar  5 01:02:03 h x[1]: y"
+
+
+def test_the_switch_forces_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$SMTP_POLICY_SENDMAIL_NO_NAMESPACES`` set: no namespaces, whatever unshare can do;
+    "" or "0" leaves the choice to the probe."""
+    monkeypatch.setenv(NO_NAMESPACES_ENV, "1")
+    assert not namespaces_permitted()
+    lab = PrivateSendmail(downstream_port=25)
+    assert (lab.namespaced, lab.degraded) == (False, FALLBACK)
+    monkeypatch.setenv(NO_NAMESPACES_ENV, "0")
+    probed = namespaces_permitted()
+    monkeypatch.delenv(NO_NAMESPACES_ENV)
+    assert namespaces_permitted() is probed
+    assert PrivateSendmail(downstream_port=25).degraded == (None if probed else FALLBACK)
 
 
 #: What the lab's wrapper must give a program: the host name, 127.0.0.1's name, syslog(3).
