@@ -16,6 +16,7 @@ builds one whole instance in a temp dir (``smtp-policy-sendmail-*``, mode 0755):
     run/                   pid file, statistics, log.sock (root-owned: see the traps)
     log/maillog            what Sendmail sent to syslog, as traditional syslog file lines
     bin/smns, bin/deliver  the namespace wrapper and the local mailer
+    bin/smlab, smlab.so    the fallback wrapper and its LD_PRELOAD library (without namespaces)
 
 Sendmail listens on a free port of 127.0.0.1 (``DAEMON_OPTIONS`` ``Name=MTA-test``), relays
 every non-local domain to ``[127.0.0.1]:<downstream_port>`` (a ``ScriptedServer``) and
@@ -32,17 +33,26 @@ That socket is a :class:`SyslogSink` owned by the test: it writes every datagram
 outside the namespaces changes; the host has no ``/dev/log`` and gets none. Every step of
 ``smns`` is an ``exec``, so the ``Popen`` pid is the daemon's own.
 
-Where ``unshare`` is not permitted (no CAP_SYS_ADMIN), Sendmail runs directly, each start pays
-the 60 s host name sleep (below) unless the host name has a dot, and the log goes to
-``log/sendmail.debug`` through ``-D FILE -d89.8`` (bare ``QUEUEID: text`` lines, no syslog
-prefix): ``PrivateSendmail.syslog`` is then False and ``degraded`` says why.
+Where ``unshare`` is not permitted (no CAP_SYS_ADMIN), or ``$SMTP_POLICY_SENDMAIL_NO_NAMESPACES``
+forces it, the fallback runs Sendmail in ``bin/smlab`` instead: ``LD_PRELOAD=bin/smlab.so``, a
+small library built here with ``cc`` that gives the same three things for the calls Sendmail
+makes. ``uname``/``gethostname`` answer the dotted lab host name (no 60 s sleep, below);
+``gethostbyname``/``gethostbyname2``/``gethostbyaddr`` read only the lab's hosts file (as
+``hosts: files`` would; IPv4 only); ``openlog``/``syslog`` send glibc's datagram to the same
+:class:`SyslogSink` (a socket per line: Sendmail closes descriptors it does not know). So both
+paths write the same ``log/maillog`` and pass the same tests; ``degraded`` says which one ran.
+The lab's copy of the binary loses its setgid bit there (the loader ignores ``LD_PRELOAD`` for
+set-id programs). The fallback needs a C compiler (``scripts/install-deps`` installs gcc).
 
 Sendmail traps met while building this (Debian 12, Sendmail 8.17.1.9; research:
 sendmail-test-instance.md):
 
 * A host name without a dot makes Sendmail sleep 60 s ("My unqualified host name (vm)
-  unknown; sleeping for retry") before it even reads the .cf, so ``confDOMAIN_NAME`` and the
-  hosts file do not help; the UTS namespace does.
+  unknown; sleeping for retry") before it even reads the .cf, so ``confDOMAIN_NAME``,
+  ``HostsFile`` and ``ServiceSwitchFile`` (in the .cf or as ``-O``) do not help: the name comes
+  from ``gethostname()``, glibc's lookup of it fails or stays undotted, and Sendmail's built-in
+  switch (``dns`` first; NXDOMAIN or a timeout ends the search) finds no dotted name either.
+  The UTS namespace helps, or (fallback) the preload library's ``gethostname``.
 * Wrong m4 names are silently ignored (``confQUEUE_DIR`` gives ``/var/spool/mqueue``): the
   right ones are ``QUEUE_DIR``, ``HELP_FILE``, ``STATUS_FILE``, ``ALIAS_FILE``, ``confPID_FILE``.
   :meth:`PrivateSendmail.start` checks the compiled options.
@@ -55,8 +65,9 @@ sendmail-test-instance.md):
   another loopback address (127.0.0.2).
 * Load average: Sendmail only queues above ``QueueLA`` and refuses connections above
   ``RefuseLA`` (8 and 12 per CPU); a busy test machine passes that, so both are set high.
-* ``-d89.8`` without ``-D FILE`` writes the log lines to stdout, which in an SMTP child is the
-  client's socket.
+* Debian's binary is setgid (group mail): ``LD_PRELOAD`` is ignored until the lab's copy is
+  ``chmod 0755`` (it runs as root; the bit is of no use here).
+* ``uname`` must be wrapped besides ``gethostname``: glibc's ``gethostname`` calls it internally.
 * ``sendmail-bin`` links against libwrap0, which a Postfix machine lacks (install-deps adds it).
 * A deferred message is retried with a one-shot queue run, ``-qI<queue id>``
   (:meth:`PrivateSendmail.run_queue`); the daemon itself runs no queue.
@@ -89,7 +100,9 @@ from smtp_policy.lab.instance import MailLab, WaitTimeoutError, free_port, poll
 
 __all__ = [
     "DAEMON_NAME",
+    "FALLBACK",
     "HOSTNAME",
+    "NO_NAMESPACES_ENV",
     "PACKAGES",
     "USER",
     "PrivateSendmail",
@@ -111,6 +124,14 @@ PACKAGES = ("sendmail-bin", "sendmail-cf", "m4")
 #: Where scripts/install-deps leaves the .debs; the environment variable overrides it.
 DEB_CACHE_ENV = "SMTP_POLICY_SENDMAIL_DEBS"
 DEFAULT_DEB_CACHE = Path("/var/cache/smtp-policy/sendmail-debs")
+#: Set (to anything but "" or "0") to force the fallback path: no namespaces, even where
+#: ``unshare`` works (CI runs the Sendmail tests once this way).
+NO_NAMESPACES_ENV = "SMTP_POLICY_SENDMAIL_NO_NAMESPACES"
+#: What :attr:`PrivateSendmail.degraded` says on the fallback path.
+FALLBACK = (
+    "no UTS and mount namespaces (unshare is not permitted here, or "
+    f"${NO_NAMESPACES_ENV} is set): Sendmail runs with the bin/smlab.so preload library instead"
+)
 #: The unprivileged user: RunAsUser, DefaultUser and the one local mailbox (bounces land here).
 USER = "smtest"
 #: The lab's host name and local domain (the UTS namespace's host name).
@@ -210,10 +231,18 @@ def ensure_user(name: str = USER) -> pwd.struct_passwd:
         return pwd.getpwnam(name)
 
 
-@cache
 def namespaces_permitted() -> bool:
-    """Whether this process may create the UTS and mount namespaces ``smns`` uses (and mount
-    a tmpfs in them)."""
+    """Whether the lab runs Sendmail in the UTS and mount namespaces of ``smns``: this process
+    may create them (and mount a tmpfs in them), and ``$SMTP_POLICY_SENDMAIL_NO_NAMESPACES``
+    does not force the fallback."""
+    if os.environ.get(NO_NAMESPACES_ENV, "") not in ("", "0"):
+        return False
+    return _unshare_works()
+
+
+@cache
+def _unshare_works() -> bool:
+    """Whether ``unshare --uts --mount`` (and a tmpfs mount inside) works here."""
     if shutil.which("unshare") is None:
         return False
     with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as probe:
@@ -236,6 +265,8 @@ def availability() -> str | None:
     for tool in ("dpkg", "m4"):
         if shutil.which(tool) is None:
             return f"{tool} is missing (scripts/install-deps installs it)"
+    if not namespaces_permitted() and not (shutil.which("cc") or shutil.which("gcc")):
+        return f"{FALLBACK}, and there is no C compiler (cc) to build it (install gcc)"
     try:
         ensure_debs()
     except SendmailUnavailableError as exc:
@@ -363,6 +394,193 @@ exec unshare --uts --mount --propagation private -- /bin/sh -ec '
   exec "$@"' smns {lab} "$@"
 """
 
+_SMLAB = """#!/bin/sh
+# Run a command as the lab's Sendmail needs it where namespaces are not permitted: with
+# {lab}/bin/smlab.so preloaded (host name {hostname}, the lab's hosts file, syslog to the lab's
+# socket). exec: the caller's pid is the command's. Nothing outside the process changes.
+LD_PRELOAD={lab}/bin/smlab.so
+export LD_PRELOAD
+exec "$@"
+"""
+
+_SMLAB_C = r"""/* bin/smlab.so: the lab's Sendmail without namespaces (LD_PRELOAD). The host name,
+   the hosts file and /dev/log it would have in smns; built by sendmail.py per instance. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/utsname.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LAB_HOSTNAME "@HOSTNAME@"
+#define LAB_HOSTS "@HOSTS@"
+#define LAB_LOG "@LOG@"
+
+int uname(struct utsname *buf) {
+    int (*real)(struct utsname *) = (int (*)(struct utsname *))dlsym(RTLD_NEXT, "uname");
+    int rc = real(buf);
+    if (rc == 0)
+        snprintf(buf->nodename, sizeof buf->nodename, "%s", LAB_HOSTNAME);
+    return rc;
+}
+
+int gethostname(char *name, size_t len) {
+    if (len < sizeof LAB_HOSTNAME) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(name, LAB_HOSTNAME, sizeof LAB_HOSTNAME);
+    return 0;
+}
+
+/* -- "hosts: files" with the lab's hosts file, IPv4 only ------------------------------- */
+
+static struct hostent entry;
+static char line[1024];
+static char *aliases[16];
+static struct in_addr address;
+static char *addresses[2] = {(char *)&address, NULL};
+
+static struct hostent *found_entry(char *canonical) {
+    entry.h_name = canonical;
+    entry.h_aliases = aliases;
+    entry.h_addrtype = AF_INET;
+    entry.h_length = sizeof address;
+    entry.h_addr_list = addresses;
+    return &entry;
+}
+
+static struct hostent *find_host(const char *name, const struct in_addr *addr) {
+    if (name != NULL && inet_pton(AF_INET, name, &address) == 1) {
+        snprintf(line, sizeof line, "%s", name); /* a literal address names itself */
+        aliases[0] = NULL;
+        return found_entry(line);
+    }
+    FILE *hosts = fopen(LAB_HOSTS, "re");
+    if (hosts == NULL) {
+        h_errno = NO_RECOVERY;
+        return NULL;
+    }
+    while (fgets(line, sizeof line, hosts) != NULL) {
+        line[strcspn(line, "#\n")] = '\0';
+        char *save = NULL, *field = strtok_r(line, " \t", &save);
+        if (field == NULL || inet_pton(AF_INET, field, &address) != 1)
+            continue;
+        char *canonical = strtok_r(NULL, " \t", &save);
+        if (canonical == NULL)
+            continue;
+        int found = addr != NULL ? address.s_addr == addr->s_addr
+                                 : strcasecmp(canonical, name) == 0;
+        size_t n = 0;
+        while ((field = strtok_r(NULL, " \t", &save)) != NULL && n + 1 < 16) {
+            aliases[n++] = field;
+            if (addr == NULL && strcasecmp(field, name) == 0)
+                found = 1;
+        }
+        aliases[n] = NULL;
+        if (!found)
+            continue;
+        fclose(hosts);
+        return found_entry(canonical);
+    }
+    fclose(hosts);
+    h_errno = HOST_NOT_FOUND;
+    return NULL;
+}
+
+struct hostent *gethostbyname2(const char *name, int family) {
+    if (family != AF_INET) {
+        h_errno = HOST_NOT_FOUND;
+        return NULL;
+    }
+    return find_host(name, NULL);
+}
+
+struct hostent *gethostbyname(const char *name) { return gethostbyname2(name, AF_INET); }
+
+struct hostent *gethostbyaddr(const void *addr, socklen_t len, int family) {
+    if (family != AF_INET || len != sizeof(struct in_addr)) {
+        h_errno = HOST_NOT_FOUND;
+        return NULL;
+    }
+    return find_host(NULL, (const struct in_addr *)addr);
+}
+
+/* -- syslog(3) to the lab's socket, as glibc would send it to /dev/log --------------------- */
+
+static char ident[64] = "syslog";
+static int options, facility = LOG_USER;
+
+void openlog(const char *name, int option, int fac) {
+    if (name != NULL)
+        snprintf(ident, sizeof ident, "%s", name);
+    options = option;
+    if (fac != 0)
+        facility = fac;
+}
+
+void closelog(void) {}
+
+void vsyslog(int priority, const char *format, va_list args) {
+    int saved = errno;
+    char datagram[8192];
+    if ((priority & LOG_FACMASK) == 0)
+        priority |= facility;
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    int n = snprintf(datagram, sizeof datagram, "<%d>", priority);
+    n += (int)strftime(datagram + n, sizeof datagram - n, "%h %e %T ", &tm);
+    if (options & LOG_PID)
+        n += snprintf(datagram + n, sizeof datagram - n, "%s[%d]: ", ident, (int)getpid());
+    else
+        n += snprintf(datagram + n, sizeof datagram - n, "%s: ", ident);
+    errno = saved; /* for %m */
+    if (n < (int)sizeof datagram)
+        n += vsnprintf(datagram + n, sizeof datagram - n, format, args);
+    if (n >= (int)sizeof datagram)
+        n = sizeof datagram - 1;
+    struct sockaddr_un to = {.sun_family = AF_UNIX};
+    snprintf(to.sun_path, sizeof to.sun_path, "%s", LAB_LOG);
+    /* a socket per line: Sendmail closes descriptors it does not know about */
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        sendto(fd, datagram, (size_t)n, 0, (struct sockaddr *)&to, sizeof to);
+        close(fd);
+    }
+    errno = saved;
+}
+
+void syslog(int priority, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsyslog(priority, format, args);
+    va_end(args);
+}
+
+void __vsyslog_chk(int priority, int flag, const char *format, va_list args) {
+    (void)flag;
+    vsyslog(priority, format, args);
+}
+
+void __syslog_chk(int priority, int flag, const char *format, ...) {
+    va_list args;
+    (void)flag;
+    va_start(args, format);
+    vsyslog(priority, format, args);
+    va_end(args);
+}
+"""
+
 _DELIVER = """#!/bin/sh
 # The local mailer: one file per message in {mail}/USER/ (runs as {user}).
 set -e
@@ -444,12 +662,7 @@ class PrivateSendmail(MailLab):
         self.keep = keep or bool(os.environ.get("KEEP_SENDMAIL"))
         self.namespaced = namespaces_permitted()
         #: Why this instance runs without the namespace wrapper (None when it has it).
-        self.degraded: str | None = (
-            None
-            if self.namespaced
-            else "unshare (UTS and mount namespaces) is not permitted here: Sendmail runs "
-            "directly, waits 60 s on an undotted host name, and logs through -D FILE -d89.8"
-        )
+        self.degraded: str | None = None if self.namespaced else FALLBACK
         self.startup_seconds: float | None = None
         self._root: Path | None = None
         self._port: int | None = None
@@ -487,13 +700,13 @@ class PrivateSendmail(MailLab):
 
     @property
     def maillog(self) -> Path:
-        """The log: syslog file lines, or (degraded) the -d89.8 debug output."""
-        return self.root / "log" / ("maillog" if self.namespaced else "sendmail.debug")
+        """The log: what Sendmail sent to syslog, as syslog file lines."""
+        return self.root / "log" / "maillog"
 
     @property
-    def syslog(self) -> bool:
-        """Whether :attr:`maillog` holds real syslog lines (``... sendmail[pid]: ...``)."""
-        return self.namespaced
+    def wrapper(self) -> Path:
+        """What every sendmail command runs in: ``bin/smns``, or ``bin/smlab`` (fallback)."""
+        return self.root / "bin" / ("smns" if self.namespaced else "smlab")
 
     @property
     def smtp_port(self) -> int:
@@ -524,6 +737,26 @@ class PrivateSendmail(MailLab):
         for deb in ensure_debs():
             _run("dpkg", "-x", deb, root / "root")
         self._write_support_files()
+        if not self.namespaced:
+            self._build_preload()
+
+    def _build_preload(self) -> None:
+        """The fallback: compile bin/smlab.so; clear the binary's setgid bit (TRAP: set-id
+        programs ignore LD_PRELOAD)."""
+        bin_dir = self.root / "bin"
+        source = _SMLAB_C
+        for name, value in (
+            ("@HOSTNAME@", HOSTNAME),
+            ("@HOSTS@", str(self.root / "etc" / "hosts")),
+            ("@LOG@", str(self.root / "run" / "log.sock")),
+        ):
+            source = source.replace(name, value)
+        (bin_dir / "smlab.c").write_text(source)
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            raise SendmailError(f"{FALLBACK}, and there is no C compiler (cc) to build it")
+        _run(compiler, "-shared", "-fPIC", "-O2", "-o", bin_dir / "smlab.so", bin_dir / "smlab.c")
+        self.binary.chmod(0o755)
 
     def _write_support_files(self) -> None:
         root, etc = self.root, self.root / "etc"
@@ -538,7 +771,7 @@ class PrivateSendmail(MailLab):
             f"postmaster: {USER}\nMAILER-DAEMON: postmaster\nroot: {USER}\n"
         )
         (etc / "helpfile").write_text("smtp_policy test instance\n")
-        for name, template in (("smns", _SMNS), ("deliver", _DELIVER)):
+        for name, template in (("smns", _SMNS), ("smlab", _SMLAB), ("deliver", _DELIVER)):
             script = root / "bin" / name
             script.write_text(
                 template.format(
@@ -589,9 +822,8 @@ class PrivateSendmail(MailLab):
             raise SendmailError("the milter line has an F= flag: it would not fail open")
 
     def command(self, *args: str) -> list[str]:
-        """The argv that runs the lab's sendmail binary with ``args`` (in the namespaces)."""
-        argv = [str(self.binary), "-C", str(self.cf), *args]
-        return [str(self.root / "bin" / "smns"), *argv] if self.namespaced else argv
+        """The argv that runs the lab's sendmail binary with ``args`` (in its wrapper)."""
+        return [str(self.wrapper), str(self.binary), "-C", str(self.cf), *args]
 
     def sendmail(self, *args: str, timeout: float = 120) -> str:
         """Run the binary once in the foreground (``-bi``, ``-qI<qid>``...); its stdout."""
@@ -608,12 +840,9 @@ class PrivateSendmail(MailLab):
         if self._proc is not None:
             return self
         started = time.monotonic()
-        if not self.namespaced:
-            timeout += 70  # TRAP: the 60 s host name sleep, once for -bi and once here
         try:
             self._make_tree()
-            if self.namespaced:
-                self._sink = SyslogSink(self.root / "run" / "log.sock", self.maillog).start()
+            self._sink = SyslogSink(self.root / "run" / "log.sock", self.maillog).start()
             for attempt in range(3):
                 # a port probed free can be taken before Sendmail binds it: then another
                 # server greets there, and the next try takes another port
@@ -642,10 +871,9 @@ class PrivateSendmail(MailLab):
 
     def _spawn(self) -> None:
         """Start ``sendmail -bD`` (foreground daemon) in its own session."""
-        debug = () if self.namespaced else ("-D", str(self.maillog), "-d89.8")
         with (self.root / "log" / "sendmail.stdout").open("ab") as out:
             self._proc = subprocess.Popen(
-                self.command("-bD", *debug),
+                self.command("-bD"),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -5,7 +5,9 @@ Skipping is deliberately narrow: a test is skipped only when ``/usr/sbin/postfix
 or the run is not root, and ``REQUIRE_POSTFIX=1`` turns even that into a failure (set it in CI).
 Once Postfix is there and we are root, a Postfix that fails to start fails the test. Sendmail
 likewise: skipped when not root or when its .debs are neither cached nor downloadable, a
-failure instead under ``REQUIRE_SENDMAIL=1``.
+failure instead under ``REQUIRE_SENDMAIL=1``. ``SMTP_POLICY_SENDMAIL_NO_NAMESPACES=1`` runs the
+Sendmail tests on the lab's fallback path (no ``unshare``: an LD_PRELOAD library instead), as
+``scripts/test`` does once after the main run.
 
 Tests that start Postfix must carry the ``postfix`` marker (``pytestmark = pytest.mark.postfix``)
 so ``-m "not postfix"`` deselects them, and tests that start Sendmail the ``sendmail`` marker;

@@ -11,7 +11,6 @@ local mailbox (the senders here use it, so Sendmail's bounces land there).
 
 from __future__ import annotations
 
-import os
 import re
 import smtplib
 import socket
@@ -29,12 +28,15 @@ from smtp_policy.lab.instance import delivery_report
 from smtp_policy.lab.remote import SAMPLE_SCRIPT, ScriptedServer
 from smtp_policy.lab.sendmail import (
     DAEMON_NAME,
+    FALLBACK,
     HOSTNAME,
+    NO_NAMESPACES_ENV,
     USER,
     PrivateSendmail,
     SendmailFactory,
     ensure_debs,
     format_syslog,
+    namespaces_permitted,
 )
 from tests.helpers import read_events
 from tests.integration.drills import size
@@ -140,19 +142,58 @@ def test_syslog_lines_are_written_as_rsyslog_would() -> None:
     assert format_syslog(b"x[1]: y", "h", now) == "Mar  5 01:02:03 h x[1]: y"
 
 
-def test_the_namespaces_leave_the_host_alone(sm: PrivateSendmail) -> None:
-    """Inside ``smns`` the host name, /etc/hosts and /dev/log are the lab's; outside, nothing
-    changed (the host keeps its name and gets no /dev/log)."""
-    if not sm.namespaced:
-        pytest.skip(sm.degraded or "no namespaces")
+def test_the_switch_forces_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$SMTP_POLICY_SENDMAIL_NO_NAMESPACES`` set: no namespaces, whatever unshare can do;
+    "" or "0" leaves the choice to the probe."""
+    monkeypatch.setenv(NO_NAMESPACES_ENV, "1")
+    assert not namespaces_permitted()
+    lab = PrivateSendmail(downstream_port=25)
+    assert (lab.namespaced, lab.degraded) == (False, FALLBACK)
+    monkeypatch.setenv(NO_NAMESPACES_ENV, "0")
+    probed = namespaces_permitted()
+    monkeypatch.delenv(NO_NAMESPACES_ENV)
+    assert namespaces_permitted() is probed
+    assert PrivateSendmail(downstream_port=25).degraded == (None if probed else FALLBACK)
+
+
+#: What the lab's wrapper must give a program: the host name, 127.0.0.1's name, syslog(3).
+PROBE = """
+import ctypes, socket, sys, syslog
+libc = ctypes.CDLL(None)
+libc.gethostbyaddr.restype = ctypes.POINTER(ctypes.c_char_p)  # h_name comes first
+entry = libc.gethostbyaddr(socket.inet_aton("127.0.0.1"), 4, socket.AF_INET)
+print(socket.gethostname())
+print(entry[0].decode() if entry else "")
+syslog.openlog("lab-probe", syslog.LOG_PID, syslog.LOG_MAIL)
+syslog.syslog(sys.argv[1])
+"""
+
+
+def test_the_wrapper_gives_the_lab_and_leaves_the_host_alone(sm: PrivateSendmail) -> None:
+    """In the lab's wrapper (``smns``, or ``smlab`` without namespaces) the host name, the
+    hosts file and syslog are the lab's; outside, nothing changed (the host keeps its name
+    and gets no /dev/log)."""
+    token = unique("probe")
     inside = subprocess.run(
-        [str(sm.root / "bin" / "smns"), "sh", "-c",
-         "hostname; readlink /dev/log; cat /etc/hosts; echo x > /dev/null; ls /dev"],
+        [str(sm.wrapper), sys.executable, "-c", PROBE, token],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout.splitlines()  # fmt: skip
-    assert inside[:2] == [HOSTNAME, str(sm.root / "run" / "log.sock")]
-    assert inside[2].startswith(f"127.0.0.1\t{HOSTNAME} ")
-    assert {"null", "urandom", "log", "fd"} <= set(inside[3:])
+    assert inside == [HOSTNAME, HOSTNAME]  # 127.0.0.1's name in the lab's hosts file
+    (line,) = sm.wait_for_log(rf"lab-probe\[\d+\]: {token}$")
+    assert re.fullmatch(
+        rf"\w{{3}} [ \d]\d \d\d:\d\d:\d\d {HOSTNAME} lab-probe\[\d+\]: {token}", line
+    )
+    if sm.namespaced:
+        inside = subprocess.run(
+            [str(sm.wrapper), "sh", "-c",
+             "hostname; readlink /dev/log; cat /etc/hosts; echo x > /dev/null; ls /dev"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.splitlines()  # fmt: skip
+        assert inside[:2] == [HOSTNAME, str(sm.root / "run" / "log.sock")]
+        assert inside[2].startswith(f"127.0.0.1\t{HOSTNAME} ")
+        assert {"null", "urandom", "log", "fd"} <= set(inside[3:])
+    else:
+        assert sm.degraded
     assert socket.gethostname() != HOSTNAME
     assert HOSTNAME not in Path("/etc/hosts").read_text()
     assert not Path("/dev/log").is_symlink()
@@ -374,11 +415,6 @@ def test_follower_reads_the_real_sendmail_log(
     the sender), deferred (450: stat=Deferred) then sent on a queue run, relaying denied
     (ruleset=check_rcpt), a local unknown user and a milter reject: each an explained reply
     event from the syslog lines Sendmail wrote, and one message record each."""
-    if not sm.syslog:
-        why = f"no syslog lines to follow: {sm.degraded}"
-        if os.environ.get("REQUIRE_SENDMAIL"):
-            pytest.fail(why)
-        pytest.skip(why)
     downstream = module_scripted_server
     ok = f"{unique('ok')}@remote.test"
     gone_local, slow_local = unique("nouser"), unique("slow")
