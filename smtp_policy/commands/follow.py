@@ -12,7 +12,7 @@ Options override the configuration ([follow] logs, journal, journal_unit and sta
 cursor and the messages still in flight are saved atomically after every batch, so a restart
 continues exactly where it stopped; without it, [follow] state_dir keeps the state of the
 [follow] sources, and $STATE_DIRECTORY (as systemd sets it) that of the others.
-With --metrics-listen (or [metrics] listen) it serves Prometheus metrics over HTTP.
+With --metrics-listen (or [metrics] listen) it serves Prometheus metrics (docs/metrics.md).
 SIGTERM and SIGINT finish the batch, save and exit 0; SIGHUP reopens the events file (for
 logrotate's rename-and-signal); other configuration changes take a restart. With --from-start
 --once, whole files are replayed and the command exits at their end; reading only - ends when
