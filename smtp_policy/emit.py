@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from datetime import UTC, datetime
@@ -41,12 +42,14 @@ class EventWriter:
 
     @classmethod
     def open(cls, path: str | None, *, line_buffered: bool = True) -> EventWriter:
-        """Events to ``path`` (appended), or to stdout when it is None or "-".
+        """Events to ``path`` (appended; missing directories are created, as [events] output
+        promises), or to stdout when it is None or "-".
 
         Daemons write line-buffered; the follower buffers and calls :meth:`flush` per batch.
         """
         if path is None or path == "-":
             return cls(sys.stdout)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         return cls(_append(path, line_buffered), path, line_buffered=line_buffered)
 
     def emit(self, event: Event) -> None:

@@ -62,7 +62,10 @@ def serve(
     config = load_config(args.config, on_warning=warning_printer(source.value))
     address = ListenAddress.parse(args.listen or listen(config))
     output = args.events or config.events.output
-    events = EventWriter.open(output)
+    try:
+        events = EventWriter.open(output)
+    except OSError as exc:
+        raise ConfigError([f"cannot write events to {output}: {exc.strerror or exc}"]) from None
     try:
         service = make(events, config)
         return asyncio.run(

@@ -5,14 +5,19 @@ Reads log files (rotation-safe), standard input (-) or the systemd journal, and 
 remote server answered your MTA), one "message" event when a message leaves the queue, and
 "stats" events (lines read, by kind; unknown lines are counted, never fatal).
 
-With --state DIR (default: $STATE_DIRECTORY, as systemd sets it), file positions, the journal
+Options override the configuration ([follow] logs, journal, journal_unit and state_dir,
+[events] output, [metrics] listen: see config/config.toml). The sources are the files, - or
+--journal named on the command line; without any, those of [follow]; without those,
+/var/log/mail.log if it exists, else the journal. With --state DIR, file positions, the journal
 cursor and the messages still in flight are saved atomically after every batch, so a restart
-continues exactly where it stopped. SIGTERM and SIGINT finish the batch, save and exit 0;
-SIGHUP reopens the --events file (for logrotate's rename-and-signal). With --from-start
+continues exactly where it stopped; without it, [follow] state_dir keeps the state of the
+[follow] sources, and $STATE_DIRECTORY (as systemd sets it) that of the others.
+With --metrics-listen (or [metrics] listen) it serves Prometheus metrics (docs/metrics.md).
+SIGTERM and SIGINT finish the batch, save and exit 0; SIGHUP reopens the events file (for
+logrotate's rename-and-signal); other configuration changes take a restart. With --from-start
 --once, whole files are replayed and the command exits at their end; reading only - ends when
-standard input does.
-Without --log, --journal or -, it follows /var/log/mail.log if it exists, else the journal.
-Syslog timestamps carry no year: it is taken from --year, else from today's date.
+standard input does. Syslog timestamps carry no year: it is taken from --year, else from
+today's date.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from smtp_policy.adapters.follow.journal import JournalTail
@@ -32,6 +38,7 @@ from smtp_policy.adapters.follow.state import (
     restore_tracker,
 )
 from smtp_policy.adapters.follow.tail import FileTail, LineSource, StreamTail, Tailer
+from smtp_policy.config.listen import LOOPBACK, ListenAddress
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.events import EventKind
 from smtp_policy.core.knowledge import KnowledgeBase
@@ -40,11 +47,14 @@ from smtp_policy.maillog.tracker import DEFAULT_MAX_IDLE
 
 if TYPE_CHECKING:
     from smtp_policy.adapters.follow.metrics import FollowMetrics
+    from smtp_policy.config import Config
 
 HELP = "follow mail logs: every reply as an event, one record per message"
 
 DEFAULT_LOG = "/var/log/mail.log"
 DEFAULT_UNIT = "postfix@-.service"
+#: The metrics address the help shows, in the canonical form.
+METRICS_EXAMPLE = "inet:127.0.0.1:9150"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -58,18 +68,24 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--journal", action="store_true", help="read the systemd journal")
     parser.add_argument(
         "--journal-unit",
-        default=DEFAULT_UNIT,
         metavar="UNIT",
-        help=f"journal unit to read (default {DEFAULT_UNIT}; '' for the whole journal)",
+        help="journal unit to read ('' for the whole journal; "
+        f"default: [follow] journal_unit, {DEFAULT_UNIT})",
     )
     parser.add_argument(
-        "--events", metavar="FILE", help="append JSON events to FILE instead of standard output"
+        "--events", metavar="FILE", help="append JSON events to FILE (default: [events] output)"
     )
     parser.add_argument(
         "--state",
         metavar="DIR",
-        default=os.environ.get("STATE_DIRECTORY") or None,
-        help="keep positions and in-flight messages in DIR (default: $STATE_DIRECTORY)",
+        help="keep positions and in-flight messages in DIR "
+        "(default: [follow] state_dir for the [follow] sources, else $STATE_DIRECTORY)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read the shipped defaults and FILE only "
+        "(default: /etc/smtp-policy/config.toml and conf.d/*.toml)",
     )
     parser.add_argument(
         "--from-start", action="store_true", help="read files from their start, not their end"
@@ -80,8 +96,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--metrics-listen",
-        metavar="ADDR:PORT",
-        help="serve Prometheus metrics, e.g. 127.0.0.1:9150",
+        metavar="ADDRESS",
+        help=f"serve Prometheus metrics on inet:HOST:PORT, e.g. {METRICS_EXAMPLE} "
+        "('' for none; default: [metrics] listen)",
     )
     parser.add_argument(
         "--max-idle",
@@ -99,26 +116,105 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class FollowSettings:
+    """What the follower does: the command line over the configuration.
+
+    ``journal_unit`` None reads the whole journal; ``state_dir`` None keeps no state;
+    ``events`` is a file path or "-"; ``metrics`` None serves none.
+    """
+
+    logs: tuple[str, ...] = ()
+    stdin: bool = False
+    journal: bool = False
+    journal_unit: str | None = DEFAULT_UNIT
+    state_dir: str | None = None
+    events: str = "-"
+    metrics: ListenAddress | None = None
+    from_start: bool = False
+    once: bool = False
+    year: int | None = None
+    max_idle: float = DEFAULT_MAX_IDLE
+    stats_interval: float = 300.0
+
+
+def follow_settings(
+    args: argparse.Namespace,
+    config: Config,
+    environ: Mapping[str, str],
+    *,
+    exists: Callable[[str], bool] = os.path.exists,
+) -> FollowSettings:
+    """The options over the configuration; ConfigError for a bad --metrics-listen.
+
+    Sources named on the command line replace [follow]'s, and then [follow] state_dir is not
+    used (a run by hand never touches the daemon's state); ``exists`` tells whether
+    /var/log/mail.log is there when nothing names a source.
+    """
+    logs = tuple(dict.fromkeys([*args.log, *(p for p in args.inputs if p != "-")]))
+    stdin = "-" in args.inputs
+    journal: bool = args.journal
+    state_dir = args.state or environ.get("STATE_DIRECTORY") or None
+    if not (logs or stdin or journal):
+        if config.follow.enabled:
+            logs, journal = tuple(dict.fromkeys(config.follow.logs)), config.follow.journal
+            state_dir = args.state or config.follow.state_dir or None
+        elif exists(DEFAULT_LOG):
+            logs = (DEFAULT_LOG,)
+        else:
+            journal = True
+    unit = config.follow.journal_unit if args.journal_unit is None else args.journal_unit
+    return FollowSettings(
+        logs=logs,
+        stdin=stdin,
+        journal=journal,
+        journal_unit=unit or None,
+        state_dir=state_dir,
+        events=args.events or config.events.output,
+        metrics=_metrics_address(args.metrics_listen, config.metrics.listen),
+        from_start=args.from_start,
+        once=args.once,
+        year=args.year,
+        max_idle=args.max_idle,
+        stats_interval=args.stats_interval,
+    )
+
+
+def _metrics_address(option: str | None, configured: str | None) -> ListenAddress | None:
+    """--metrics-listen ('' turns metrics off), else [metrics] listen, parsed."""
+    text, name = (configured, "metrics.listen") if option is None else (option, "--metrics-listen")
+    if not text:
+        return None
+    try:
+        return ListenAddress.parse_tcp(text, default_host=LOOPBACK)
+    except ConfigError as exc:
+        raise ConfigError([f"{name}: {problem}" for problem in exc.problems]) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Follow until SIGTERM/SIGINT (or, with --once, the end of the input)."""
+    from smtp_policy.config import load_config
     from smtp_policy.data import default_knowledge
 
+    settings = follow_settings(args, load_config(args.config), os.environ)
     kb = default_knowledge()
-    store = StateStore(args.state) if args.state else None
+    store = StateStore(settings.state_dir) if settings.state_dir else None
     state = load_state(store)
     try:
-        writer = EventWriter.open(args.events, line_buffered=False)
+        writer = EventWriter.open(settings.events, line_buffered=False)
     except OSError as exc:
-        print(f"smtp-policy follow: cannot write {args.events}: {exc.strerror}", file=sys.stderr)
+        print(
+            f"smtp-policy follow: cannot write {settings.events}: {exc.strerror}", file=sys.stderr
+        )
         return 2
     try:
-        return _follow(args, kb, store=store, state=state, writer=writer)
+        return _follow(settings, kb, store=store, state=state, writer=writer)
     finally:
         writer.close()
 
 
 def _follow(
-    args: argparse.Namespace,
+    settings: FollowSettings,
     kb: KnowledgeBase,
     *,
     store: StateStore | None,
@@ -128,17 +224,20 @@ def _follow(
     tz = local_timezone()
     from smtp_policy.maillog.parse import parse_line
 
-    tracker = restore_tracker(state, kb, max_idle=args.max_idle, tz=tz, year=args.year)
-    metrics = _metrics(args.metrics_listen, kb)
+    tracker = restore_tracker(state, kb, max_idle=settings.max_idle, tz=tz, year=settings.year)
+    metrics = _metrics(settings.metrics, kb)
     pipeline = Pipeline(tracker, writer.emit, parse_line, metrics)
-    tailer = Tailer(build_sources(args, state))
+    tailer = Tailer(build_sources(settings, state))
     stop = StopFlag()
     stop.install()
-    pipeline.emit_control(EventKind.STARTED, {"sources": [s.name for s in tailer.sources]})
+    started: dict[str, object] = {"sources": [s.name for s in tailer.sources]}
+    if settings.metrics is not None:
+        started["metrics"] = str(settings.metrics)
+    pipeline.emit_control(EventKind.STARTED, started)
     try:
-        loop = Loop(tailer, pipeline, store, writer, stats_interval=args.stats_interval)
-        loop.run(stop, once=args.once)
-        if args.once and store is None:
+        loop = Loop(tailer, pipeline, store, writer, stats_interval=settings.stats_interval)
+        loop.run(stop, once=settings.once)
+        if settings.once and store is None:
             pipeline.finish(tailer)
         loop.save()
     finally:
@@ -146,46 +245,43 @@ def _follow(
     pipeline.emit_stats(final=True)
     pipeline.emit_control(EventKind.STOPPED, {})
     writer.flush()
-    return 1 if args.once and pipeline.unreadable else 0
+    return 1 if settings.once and pipeline.unreadable else 0
 
 
-def build_sources(args: argparse.Namespace, state: Mapping[str, Any]) -> list[LineSource]:
-    """The sources named on the command line (or the default one), positioned from ``state``."""
-    paths = [*args.log, *(p for p in args.inputs if p != "-")]
-    stdin = "-" in args.inputs
-    journal = args.journal
-    if not paths and not stdin and not journal:
-        if os.path.exists(DEFAULT_LOG):
-            paths = [DEFAULT_LOG]
-        else:
-            journal = True
+def build_sources(settings: FollowSettings, state: Mapping[str, Any]) -> list[LineSource]:
+    """The sources of ``settings``, positioned from ``state``."""
     positions = state.get("files", {})
     sources: list[LineSource] = [
-        FileTail(path, position=position_of(positions.get(path)), from_start=args.from_start)
-        for path in dict.fromkeys(paths)
+        FileTail(path, position=position_of(positions.get(path)), from_start=settings.from_start)
+        for path in settings.logs
     ]
-    if stdin:
+    if settings.stdin:
         sources.append(StreamTail(sys.stdin.buffer))
-    if journal:
+    if settings.journal:
         sources.append(
             JournalTail(
-                args.journal_unit or None,
+                settings.journal_unit,
                 state.get("journal_cursor"),
-                follow=not args.once,
-                from_start=args.from_start,
+                follow=not settings.once,
+                from_start=settings.from_start,
             )
         )
     return sources
 
 
-def _metrics(listen: str | None, kb: KnowledgeBase) -> FollowMetrics | None:
-    if not listen:
+def _metrics(address: ListenAddress | None, kb: KnowledgeBase) -> FollowMetrics | None:
+    if address is None:
         return None
     from smtp_policy.adapters.follow.metrics import FollowMetrics, serve
 
     metrics = FollowMetrics(kb)
     try:
-        serve(metrics, listen)
-    except (ValueError, OSError) as exc:
-        raise ConfigError([f"--metrics-listen {listen}: {exc}"]) from None
+        serve(metrics, address)
+    except OSError as exc:
+        raise ConfigError([f"metrics {address}: cannot listen: {exc.strerror or exc}"]) from None
+    print(
+        f"smtp-policy follow: metrics on http://{address.master_cf()}/metrics",
+        file=sys.stderr,
+        flush=True,
+    )
     return metrics

@@ -82,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, on_warning=warning_printer("milter"))
     address = ListenAddress.parse(args.listen or config.milter.listen)
-    events = EventWriter.open(args.events or config.events.output)
+    output = args.events or config.events.output
+    try:
+        events = EventWriter.open(output)
+    except OSError as exc:
+        raise ConfigError([f"cannot write events to {output}: {exc.strerror or exc}"]) from None
     try:
         settings = _settings(config, events, _noreply(args.noreply))
         return _serve(args, address, args.timeout or config.milter.timeout, settings)

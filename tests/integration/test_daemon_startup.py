@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from smtp_policy.lab.instance import free_port
+from smtp_policy.lab.instance import free_port, poll
 from tests.helpers import Daemon
 
 
@@ -53,7 +54,7 @@ def test_a_used_port_is_one_clear_line(command: str, listen: str, tmp_path: Path
     assert str(port) in lines[0]
 
 
-@pytest.mark.parametrize("command", ["maps", "policy", "milter"])
+@pytest.mark.parametrize("command", ["maps", "policy", "milter", "proxy", "follow"])
 def test_a_bad_config_stops_the_daemon_with_the_check_config_message(
     command: str, tmp_path: Path
 ) -> None:
@@ -61,7 +62,8 @@ def test_a_bad_config_stops_the_daemon_with_the_check_config_message(
     bad = tmp_path / "config.toml"
     bad.write_text('[texts.reason.user_unknown]\ninternal = "hi {rcpt}"\n')
     check = run("check-config", str(bad))
-    proc = run(command, "--config", str(bad), "--listen", "inet:127.0.0.1:1")
+    where = ("--once", "-") if command == "follow" else ("--listen", "inet:127.0.0.1:1")
+    proc = run(command, "--config", str(bad), *where)
     assert check.returncode == 1
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
@@ -83,3 +85,58 @@ def test_a_config_warning_is_logged_and_the_daemon_starts(command: str, tmp_path
         "example domain (RFC 2606), not yours, in what people read: write your own, or leave "
         "the key out"
     ]
+
+
+@pytest.mark.parametrize(
+    ("command", "section", "options"),
+    [
+        pytest.param("maps", '[maps]\nlisten = "inet:127.0.0.1:{port}"\n', (), id="maps"),
+        pytest.param("policy", '[policy]\nlisten = "inet:127.0.0.1:{port}"\n', (), id="policy"),
+        pytest.param("milter", '[milter]\nlisten = "inet:127.0.0.1:{port}"\n', (), id="milter"),
+        pytest.param("proxy", "", ("--listen", "inet:127.0.0.1:{port}"), id="proxy"),
+    ],
+)
+def test_every_daemon_writes_its_events_where_the_config_says(
+    command: str, section: str, options: tuple[str, ...], tmp_path: Path
+) -> None:
+    """[events] output, with no --events: the started and stopped events land in that file."""
+    port = free_port()
+    events = tmp_path / "events" / "daemon.jsonl"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[events]\noutput = "{events}"\n\n' + section.format(port=port))
+    argv = [sys.executable, "-m", "smtp_policy", command, "--config", str(config)]
+    argv += [option.format(port=port) for option in options]
+    err = tmp_path / "stderr"
+    with err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
+        )
+    try:
+        poll(lambda: '"started"' in _text(events) or None, 60, err.read_text)
+    finally:
+        proc.terminate()
+        stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.read_text()
+    assert stdout == b""
+    names = [json.loads(line)["event"] for line in _text(events).splitlines()]
+    assert names[0] == "started" and names[-1] == "stopped"
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+@pytest.mark.parametrize("command", ["maps", "policy", "milter", "follow"])
+def test_an_events_file_that_cannot_be_written_is_one_line(command: str, tmp_path: Path) -> None:
+    """--events under a regular file: one line naming it, a non-zero exit."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    target = blocker / "events.jsonl"
+    where = (
+        ("--once", "-") if command == "follow" else ("--listen", f"inet:127.0.0.1:{free_port()}")
+    )
+    proc = run(command, "--config", "/dev/null", "--events", str(target), *where)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(target) in lines[0], proc.stderr

@@ -250,3 +250,127 @@ def test_bad_metrics_address_is_one_line() -> None:
     """A --metrics-listen that is not ADDRESS:PORT is refused with a message, not a traceback."""
     proc = cli("follow", "-", "--once", "--metrics-listen", "nonsense")
     assert proc.returncode != 0 and "metrics-listen" in proc.stderr
+
+
+# --- the configuration: [follow], [events], [metrics] ------------------------------------------
+
+
+def follow_config(tmp_path: Path, port: int) -> Path:
+    """A config file naming a copy of the sample log, a state dir, an events file and metrics."""
+    log = tmp_path / "mail.log"
+    log.write_bytes(SAMPLE.read_bytes())
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[follow]\nlogs = ["{log}"]\nstate_dir = "{tmp_path / "state"}"\n\n'
+        f'[events]\noutput = "{tmp_path / "configured-events.jsonl"}"\n\n'
+        f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    return config
+
+
+def scrape(port: int, want: str) -> str | None:
+    """The metrics page on the loopback ``port`` once it holds ``want``, else None."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text: str = r.read().decode()
+    except OSError:
+        return None
+    return text if want in text else None
+
+
+def test_follow_runs_from_its_configuration(tmp_path: Path) -> None:
+    """--config alone: [follow] log and state_dir, [events] output and [metrics] listen used."""
+    port = free_port()
+    config = follow_config(tmp_path, port)
+    out, state = tmp_path / "configured-events.jsonl", tmp_path / "state"
+    err = tmp_path / "follow.stderr"
+    want = f'smtp_policy_log_lines_total{{kind="removed"}} {removed_count()}.0'
+    argv = [sys.executable, "-m", "smtp_policy", "follow", "--config", str(config), "--from-start"]
+    with err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
+        )
+    try:
+        text = poll(lambda: scrape(port, want), 60, lambda: f"{want}; {err.read_text()}")
+        poll(lambda: (state / "follow-state.json").exists() or None, 60, lambda: str(state))
+    finally:
+        proc.terminate()
+        stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.read_text()
+    assert "Traceback" not in err.read_text()
+    assert stdout == b""  # every event went where [events] output says
+    assert 'reason="user_unknown"' in text
+    events = read_events(out)
+    started = events[0]
+    assert started["event"] == "started"
+    assert started["sources"] == [str(tmp_path / "mail.log")]
+    assert started["metrics"] == f"inet:127.0.0.1:{port}"
+    assert events[-1]["event"] == "stopped"
+    saved = json.loads((state / "follow-state.json").read_text())
+    assert saved["files"][str(tmp_path / "mail.log")]["offset"] == SAMPLE.stat().st_size
+
+
+def test_follow_once_with_a_configuration_and_overriding_flags(tmp_path: Path) -> None:
+    """--once with the configuration's sources; --events and --state override the file."""
+    port = free_port()
+    config = follow_config(tmp_path, port)
+    out, state = tmp_path / "flag-events.jsonl", tmp_path / "flag-state"
+    args = ("follow", "--config", str(config), "--once", "--from-start")
+    proc = cli(*args, "--events", str(out), "--state", str(state))
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "configured-events.jsonl").exists()
+    assert not (tmp_path / "state").exists()
+    assert (state / "follow-state.json").exists()
+    events = read_events(out)
+    assert events[0]["metrics"] == f"inet:127.0.0.1:{port}"
+    assert sum(1 for e in events if e["event"] == "reply") > 0
+    proc = cli(*args, "--metrics-listen", "")  # '' turns the configured metrics off
+    assert proc.returncode == 0, proc.stderr
+    configured = read_events(tmp_path / "configured-events.jsonl")
+    assert "metrics" not in configured[0]
+    assert (tmp_path / "state" / "follow-state.json").exists()
+    assert len([e for e in configured if e["event"] == "reply"]) == len(
+        [e for e in events if e["event"] == "reply"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[metrics]\nlisten = "nonsense"\n', ":2: metrics.listen: cannot parse 'nonsense'"),
+        ('[follow]\nlogs = ["relative.log"]\n', ":2: follow.logs[0]: 'relative.log'"),
+        ('[events]\noutput = "events.jsonl"\n', ":2: events.output: 'events.jsonl'"),
+        ("[follow\n", ":1"),
+    ],
+)
+def test_a_bad_configuration_is_one_line_and_exit_1(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    """A config that cannot be used: FILE:LINE: key: message, exit 1, nothing read."""
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    proc = cli("follow", "--config", str(config), "--once", "-")
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"smtp-policy follow: {config}{expected}"), lines[0]
+    assert proc.stdout == ""
+
+
+def test_metrics_address_in_use_is_one_line(tmp_path: Path) -> None:
+    """[metrics] listen on a port already taken: one line naming it, exit 1."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "config.toml"
+        config.write_text(f'[metrics]\nlisten = "inet:127.0.0.1:{port}"\n')
+        proc = cli("follow", "--config", str(config), "--once", "-", "--events", os.devnull)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"smtp-policy follow: metrics inet:127.0.0.1:{port}: cannot listen: Address already in use"
+    ], proc.stderr

@@ -77,3 +77,12 @@ def test_reopen_under_concurrent_writers_loses_nothing(tmp_path: Path) -> None:
     writer.close()
     texts = [e["text"] for f in tmp_path.iterdir() for e in read_events(f)]
     assert sorted(map(int, texts)) == list(range(4 * per_thread))
+
+
+def test_open_creates_the_missing_directories(tmp_path: Path) -> None:
+    """[events] output may name a directory that does not exist yet: open creates it."""
+    path = tmp_path / "new" / "dir" / "events.jsonl"
+    writer = EventWriter.open(str(path))
+    writer.emit(_event(1))
+    writer.close()
+    assert [e["text"] for e in read_events(path)] == ["1"]

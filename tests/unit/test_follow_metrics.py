@@ -43,3 +43,27 @@ def test_metric_labels_are_bounded() -> None:
     )
     metrics.observe(message)
     assert metrics.registry.get_sample_value("smtp_policy_log_delivery_delay_seconds_count") == 1
+
+
+def test_docs_metrics_lists_every_family_and_closed_label_list() -> None:
+    """docs/metrics.md: one row per metric family with its type, and every closed label value."""
+    from pathlib import Path
+
+    from smtp_policy.adapters.follow.metrics import (
+        DIRECTIONS,
+        MESSAGE_STATUSES,
+        STAGES,
+        FollowMetrics,
+    )
+    from smtp_policy.core.model import ReplyClass
+    from smtp_policy.data import default_knowledge
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    rows = {line.split("`")[1]: line for line in doc.splitlines() if line.startswith("| `")}
+    families = list(FollowMetrics(default_knowledge()).registry.collect())
+    shown = {f.name + ("_total" if f.type == "counter" else ""): f.type for f in families}
+    assert set(rows) == set(shown)
+    for name, kind in shown.items():
+        assert f"| {kind} |" in rows[name]
+    closed = [*DIRECTIONS, *STAGES, *MESSAGE_STATUSES, *(c.value for c in ReplyClass)]
+    assert [v for v in closed if f"`{v}`" not in doc] == []

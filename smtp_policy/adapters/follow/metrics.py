@@ -13,8 +13,7 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from smtp_policy.config.listen import LOOPBACK, ListenAddress
-from smtp_policy.core.errors import ConfigError
+from smtp_policy.config.listen import ListenAddress
 from smtp_policy.core.events import Event, EventKind
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Reason, ReplyClass
@@ -119,11 +118,8 @@ def _enhanced_codes(kb: KnowledgeBase) -> frozenset[str]:
     return frozenset(out)
 
 
-def serve(metrics: FollowMetrics, listen: str) -> None:
-    """Serve ``/metrics`` on ``listen`` (``inet:HOST:PORT``; ``:PORT`` is on the loopback)
-    from a daemon thread (prometheus_client's server); ValueError if it is no TCP address."""
-    try:
-        host, port = ListenAddress.parse_tcp(listen, default_host=LOOPBACK).host_port
-    except ConfigError as exc:
-        raise ValueError("; ".join(exc.problems)) from None
+def serve(metrics: FollowMetrics, address: ListenAddress) -> None:
+    """Serve ``/metrics`` on the TCP ``address`` from a daemon thread (prometheus_client's
+    server); ConfigError for a unix socket, OSError when the address cannot be bound."""
+    host, port = address.host_port
     start_http_server(port, addr=host, registry=metrics.registry)
