@@ -95,13 +95,13 @@ def run(args: argparse.Namespace) -> int:
         return _remove(directory)
     if not args.apply:
         plan, _ = _plan(directory, config, args)
-        _print_plan(directory, plan, "plan (nothing written; --apply writes it)")
         _refuse(plan)
+        _print_plan(directory, plan, "plan (nothing written; --apply writes it)")
         return 0
     with directory.locked():
         plan, current = _plan(directory, config, args)
-        _print_plan(directory, plan, "apply")
         _refuse(plan)
+        _print_plan(directory, plan, "apply")
         if not plan.changes:
             print("nothing to change: smtp_policy is wired in already")
             return 0
@@ -160,8 +160,8 @@ def _remove(directory: PostfixDir) -> int:
 def _refuse(plan: Plan) -> None:
     """Raise the plan's refusals (one line each)."""
     if plan.refusals:
-        lines = [f"{r.parameter}: {r.why}" for r in plan.refusals]
-        raise PostconfError("\n".join([*lines, "nothing was written"]))
+        lines = [f"{r.parameter}: {r.why} (nothing written)" for r in plan.refusals]
+        raise PostconfError("\n".join(lines))
 
 
 def _reload(directory: PostfixDir) -> str:
