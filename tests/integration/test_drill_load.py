@@ -1,9 +1,9 @@
 """Drill 7 of issue 7, load: SESSIONS concurrent SMTP sessions for SECONDS s against one
 private Postfix with the milter, the maps server, the policy server and the follower all on.
 
-Wiring: exactly the main.cf lines ``smtp-policy postfix-config --with-policy --print-snippet`` prints for this
-test's config.toml (parsed and used as printed): the milter on a unix socket with its fail-open
-timeouts, footer and DSN socketmaps, the bounce template, and ``check_policy_service`` after
+Wiring: exactly the main.cf lines ``smtp-policy postfix-config --with-policy --print-snippet``
+prints for this test's config.toml (parsed and used as printed): the milter on a unix socket
+with its fail-open timeouts, footer and DSN socketmaps, the bounce template, and ``check_policy_service`` after
 ``permit_mynetworks, reject_unauth_destination``. The load therefore goes to the instance's
 untrusted listener (empty ``mynetworks``), as internet mail would: a trusted client is
 permitted before it ever reaches the policy service. Accepted mail goes to ``discard:``.

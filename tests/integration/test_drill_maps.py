@@ -1,8 +1,8 @@
 """Drill 3 (issue 7): the maps server and the policy server down and hung under load.
 
-Postfix runs with the lines ``smtp-policy postfix-config --with-policy --print-snippet`` recommends (footer and
-DSN socketmaps, ``check_policy_service { ..., timeout=5s, default_action=DUNNO }``, the bounce
-template) while a steady stream of messages flows: unknown users (trusted and untrusted
+Postfix runs with the lines ``smtp-policy postfix-config --with-policy --print-snippet``
+recommends (footer and DSN socketmaps,
+``check_policy_service { ..., timeout=5s, default_action=DUNNO }``, the bounce template) while a steady stream of messages flows: unknown users (trusted and untrusted
 clients), relaying denied, local deliveries (one kind through the policy service), mail relayed
 to a scripted downstream server, and mail that server bounces.
 
