@@ -70,7 +70,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     action = parser.add_mutually_exclusive_group()
     action.add_argument(
-        "--apply", action="store_true", help="write the plan (backup and record first)"
+        "--apply", action="store_true", help="write the plan (main.cf is backed up first)"
     )
     action.add_argument(
         "--remove", action="store_true", help="take out what --apply added, give back the rest"
@@ -103,12 +103,12 @@ def run(args: argparse.Namespace) -> int:
         _refuse(plan)
         _print_plan(directory, plan, "apply")
         if not plan.changes:
-            print("nothing to change: smtp_policy is wired in already")
+            say("nothing to change: smtp_policy is wired in already")
             return 0
         record = record_after_apply(directory.read_record(), plan)
         backup = commit(directory, plan, current, record)
-    print(f"applied {len(plan.changes)} change(s); main.cf was backed up to {backup}")
-    print(f"record: {directory.record_path} (--remove reads it); now run: {_reload(directory)}")
+    say(f"applied {len(plan.changes)} change(s); main.cf was backed up to {backup}")
+    say(f"record: {directory.record_path} (--remove reads it); now run: {_reload(directory)}")
     return 0
 
 
@@ -141,7 +141,7 @@ def _remove(directory: PostfixDir) -> int:
     with directory.locked():
         record = directory.read_record()
         if not record:
-            print(f"nothing to remove: {directory.path} has no {RECORD_NAME} (no --apply to undo)")
+            say(f"nothing to remove: {directory.path} has no {RECORD_NAME} (no --apply to undo)")
             return 0
         current, _ = directory.read()
         plan = plan_remove(record, current)
@@ -149,7 +149,7 @@ def _remove(directory: PostfixDir) -> int:
         left = record_after_remove(record, plan)
         if plan.changes:
             backup = commit(directory, plan, current, left)
-            print(f"removed; main.cf was backed up to {backup}; now run: {_reload(directory)}")
+            say(f"removed; main.cf was backed up to {backup}; now run: {_reload(directory)}")
         else:
             directory.write_record(left)
     for refusal in plan.refusals:
@@ -176,16 +176,21 @@ def _reload(directory: PostfixDir) -> str:
 
 def _print_plan(directory: PostfixDir, plan: Plan, what: str) -> None:
     """Each parameter: current value, new value, why; then the warnings."""
-    print(f"# {directory.main_cf}: {what}")
+    say(f"{directory.main_cf}: {what}")
     for change in plan.changes:
-        print(f"change {change.parameter}")
-        print(f"    now: {_shown(change.current)}")
-        print(f"    new: {_shown(change.new)}")
-        print(f"    why: {change.why}")
+        say(f"change {change.parameter}")
+        say(f"    now: {_shown(change.current)}")
+        say(f"    new: {_shown(change.new)}")
+        say(f"    why: {change.why}")
     for kept in plan.kept:
-        print(f"keep   {kept.parameter}: {kept.why}")
+        say(f"keep   {kept.parameter}: {kept.why}")
     for warning in plan.warnings:
-        print(f"warning: {warning}")
+        say(f"warning: {warning}")
+
+
+def say(line: str) -> None:
+    """Print one line as a main.cf comment: appended to main.cf by mistake, it changes nothing."""
+    print(f"# {line}")
 
 
 def _shown(value: str | None) -> str:

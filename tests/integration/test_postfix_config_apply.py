@@ -104,6 +104,12 @@ def test_plan_changes_nothing_and_names_every_parameter(prod: Path) -> None:
     assert "now: inet:127.0.0.1:8891, inet:127.0.0.1:8893" in done.stdout
     assert "milter_default_action = tempfail" in done.stdout
     assert (prod / "main.cf").read_bytes() == before
+    assert all(line.startswith("# ") for line in done.stdout.splitlines())
+    original = postconf_n(prod)
+    with (prod / "main.cf").open("a") as main_cf:  # what the old README said to do
+        main_cf.write(done.stdout)
+    assert postconf_n(prod) == original
+    (prod / "main.cf").write_bytes(before)
     assert sorted(p.name for p in prod.iterdir()) == [
         "main.cf", "master.cf", "smtp-policy-bounce.cf",
     ]  # fmt: skip
@@ -149,7 +155,7 @@ def test_apply_merges_is_idempotent_and_remove_restores(prod: Path) -> None:
 
     nothing = smtp_policy("--postfix-dir", str(prod), "--remove")
     assert nothing.returncode == 0
-    assert nothing.stdout.startswith("nothing to remove:")
+    assert nothing.stdout.startswith("# nothing to remove:")
     assert nothing.stdout.count("\n") == 1
 
 
