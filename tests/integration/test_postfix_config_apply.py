@@ -260,3 +260,19 @@ def test_applied_config_passes_mail_through_both_milters(
             milter.wait_for(lambda e: e["event"] == "session" and e["messages"] == 1)
         assert smtp_policy("--postfix-dir", str(pf.config_dir), "--remove").returncode == 0
         assert pf.postconf("-h", "smtpd_milters").strip() == admin_entry
+
+
+def test_remove_refuses_a_banner_changed_since_with_one_line(prod: Path, tmp_path: Path) -> None:
+    """The rest comes back; the banner the admin changed stays, named in one line, exit 1."""
+    config = tmp_path / "config.toml"
+    config.write_text('[banner]\ngreeting = "{hostname} ESMTP ready"\n')
+    original = values(prod)
+    assert (
+        smtp_policy("--postfix-dir", str(prod), "--config", str(config), "--apply").returncode == 0
+    )
+    assert values(prod)["smtpd_banner"] == "$myhostname ESMTP ready"
+    subprocess.run([POSTCONF, "-c", str(prod), "-e", "smtpd_banner = $myhostname hi"], check=True)
+    line = one_error_line(smtp_policy("--postfix-dir", str(prod), "--remove"))
+    assert line.startswith("smtp-policy postfix-config: smtpd_banner: changed since --apply")
+    assert values(prod) == original | {"smtpd_banner": "$myhostname hi"}
+    assert '"smtpd_banner"' in (prod / "smtp-policy.applied.json").read_text()
