@@ -1,9 +1,9 @@
 """Drill 7 of issue 7, load: SESSIONS concurrent SMTP sessions for SECONDS s against one
 private Postfix with the milter, the maps server, the policy server and the follower all on.
 
-Wiring: exactly the main.cf lines ``smtp-policy postfix-config --with-policy`` prints for this
-test's config.toml (parsed and used as printed): the milter on a unix socket with its fail-open
-timeouts, footer and DSN socketmaps, the bounce template, and ``check_policy_service`` after
+Wiring: exactly the main.cf lines ``smtp-policy postfix-config --with-policy --print-snippet``
+prints for this test's config.toml (parsed and used as printed): the milter on a unix socket
+with its fail-open timeouts, footer and DSN socketmaps, the bounce template, and ``check_policy_service`` after
 ``permit_mynetworks, reject_unauth_destination``. The load therefore goes to the instance's
 untrusted listener (empty ``mynetworks``), as internet mail would: a trusted client is
 permitted before it ever reaches the policy service. Accepted mail goes to ``discard:``.
@@ -114,10 +114,10 @@ Reply = tuple[int, list[str]]
 
 
 def postfix_config(config: Path, bounce_template: Path) -> dict[str, str]:
-    """The main.cf settings ``smtp-policy postfix-config --with-policy`` prints for ``config``."""
+    """The main.cf settings ``smtp-policy postfix-config --with-policy --print-snippet`` prints for ``config``."""
     done = subprocess.run(
         [sys.executable, "-m", "smtp_policy", "postfix-config", "--config", str(config),
-         "--with-policy", "--bounce-template", str(bounce_template)],
+         "--with-policy", "--print-snippet", "--bounce-template", str(bounce_template)],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     settings: dict[str, str] = {}

@@ -1,8 +1,8 @@
 """Drill 3 (issue 7): the maps server and the policy server down and hung under load.
 
-Postfix runs with the lines ``smtp-policy postfix-config --with-policy`` recommends (footer and
-DSN socketmaps, ``check_policy_service { ..., timeout=5s, default_action=DUNNO }``, the bounce
-template) while a steady stream of messages flows: unknown users (trusted and untrusted
+Postfix runs with the lines ``smtp-policy postfix-config --with-policy --print-snippet``
+recommends (footer and DSN socketmaps,
+``check_policy_service { ..., timeout=5s, default_action=DUNNO }``, the bounce template) while a steady stream of messages flows: unknown users (trusted and untrusted
 clients), relaying denied, local deliveries (one kind through the policy service), mail relayed
 to a scripted downstream server, and mail that server bounces.
 
@@ -191,7 +191,7 @@ class Load:
 
 
 def recommended_main_cf(tmp: Path, config: Path) -> dict[str, str]:
-    """The maps, policy and bounce lines of ``smtp-policy postfix-config --with-policy``."""
+    """The maps, policy and bounce lines of ``smtp-policy postfix-config --with-policy --print-snippet``."""
     template = tmp / "bounce.cf"
     smtp_policy = [sys.executable, "-m", "smtp_policy"]
     subprocess.run([*smtp_policy, "postfix", "bounce-template", "-o", str(template)], check=True)
@@ -202,6 +202,7 @@ def recommended_main_cf(tmp: Path, config: Path) -> dict[str, str]:
             "--config",
             str(config),
             "--with-policy",
+            "--print-snippet",
             "--bounce-template",
             str(template),
         ],

@@ -1,4 +1,4 @@
-"""`smtp-policy postfix-config` prints main.cf lines Postfix's own postconf accepts."""
+"""`smtp-policy postfix-config --print-snippet` prints main.cf lines Postfix's own postconf accepts."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def test_postconf_reads_the_lines(tmp_path: Path) -> None:
             "--config",
             str(config),
             "--with-policy",
+            "--print-snippet",
         ],
         capture_output=True,
         text=True,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from smtp_policy.commands.postfix_config import milter_endpoint, socketmap
 from smtp_policy.commands.proxy import postfix_config, tcp_option
 from smtp_policy.config import ListenAddress
 from smtp_policy.config.listen import LOOPBACK
+from smtp_policy.config.postfix import milter_endpoint, socketmap
 from smtp_policy.core.errors import ConfigError
 
 V4 = ListenAddress("inet", host="127.0.0.1", port=8895)

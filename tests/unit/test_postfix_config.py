@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from smtp_policy.commands.postfix_config import milter_endpoint, socketmap
+from smtp_policy.config.postfix import milter_endpoint, socketmap
 
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 
