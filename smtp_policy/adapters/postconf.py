@@ -97,6 +97,22 @@ class PostfixDir:
         except OSError as exc:
             raise PostconfError(f"cannot read {self.main_cf}: {exc.strerror}") from exc
 
+    def check_final_newline(self) -> None:
+        """PostconfError if main.cf does not end with a newline: ``postconf -e`` would append
+        our first parameter to the admin's last line and corrupt both."""
+        try:
+            with self.main_cf.open("rb") as main_cf:
+                size = main_cf.seek(0, os.SEEK_END)
+                last = main_cf.seek(size - 1) if size else None
+                ends = main_cf.read(1) if last is not None else b"\n"
+        except OSError as exc:
+            raise PostconfError(f"cannot read {self.main_cf}: {exc.strerror}") from exc
+        if ends != b"\n":
+            raise PostconfError(
+                f"{self.main_cf} does not end with a newline: postconf would join its last line "
+                "with ours; add one (echo >> main.cf) and run this again"
+            )
+
     def read(self) -> tuple[dict[str, str], list[str]]:
         """The parameters main.cf sets (``postconf -n``, without config_directory) and what
         postconf warns about it (``overriding earlier entry`` and the like)."""
@@ -232,6 +248,7 @@ def commit(
 ) -> Path:
     """Apply ``plan`` to main.cf and save ``record``, all or nothing (call it under
     :meth:`PostfixDir.locked`). Returns the backup of main.cf taken first."""
+    directory.check_final_newline()
     backup = directory.backup()
     try:
         directory.write(plan, before)

@@ -208,6 +208,17 @@ def test_half_written_main_cf_is_refused(prod: Path) -> None:
     assert "missing '='" in line
 
 
+def test_main_cf_without_a_final_newline_is_refused_before_any_write(prod: Path) -> None:
+    """postconf -e would glue our parameter to the admin's last line: one line, no backup."""
+    main_cf = prod / "main.cf"
+    main_cf.write_bytes(main_cf.read_bytes().rstrip(b"\n"))
+    before = main_cf.read_bytes()
+    line = one_error_line(smtp_policy("--postfix-dir", str(prod), "--apply"))
+    assert "does not end with a newline" in line
+    assert main_cf.read_bytes() == before
+    assert not list(prod.glob("main.cf.smtp-policy-*"))
+
+
 def test_unreadable_main_cf_and_not_a_postfix_dir(tmp_path: Path, prod: Path) -> None:
     line = one_error_line(smtp_policy("--postfix-dir", str(tmp_path / "nowhere")))
     assert "is not a directory" in line
