@@ -43,16 +43,17 @@ def explain(classification: Classification, kb: KnowledgeBase) -> Explanation:
 def _words(
     c: Classification, kb: KnowledgeBase, code_meaning: str | None
 ) -> tuple[str, str, str, Actor]:
+    code_summary = _code_summary(c, kb)
     if c.klass is ReplyClass.SUCCESS:
         return (
-            "The server accepted the command",
+            code_summary or "The server accepted the command",
             code_meaning or "The reply reports success.",
             "Nothing to do.",
             Actor.NOBODY,
         )
     if c.klass is ReplyClass.INTERMEDIATE:
         return (
-            "The server waits for more input",
+            code_summary or "The server waits for more input",
             code_meaning or "The reply asks the client to go on.",
             "Nothing to do: the client sends what the server asked for.",
             Actor.NOBODY,
@@ -64,7 +65,7 @@ def _words(
     transient = c.klass is ReplyClass.TRANSIENT
     action = info.transient_action if transient and info.transient_action else info.action
     actor = info.transient_actor if transient and info.transient_actor else info.actor
-    summary = info.summary
+    summary = code_summary or info.summary
     if rule is not None:
         summary = rule.summary or summary
         action = rule.action or action
@@ -82,6 +83,16 @@ def _words(
             Actor.POSTMASTER,
         )
     return summary, info.explanation, action, actor
+
+
+def _code_summary(c: Classification, kb: KnowledgeBase) -> str | None:
+    """The basic code's own summary when the code alone decided: no rule, no other enhanced code."""
+    info = kb.basic.get(c.reply.code) if c.reply.code is not None else None
+    if info is None or c.rule is not None:
+        return None
+    if c.reply.enhanced is not None and c.reply.enhanced != info.enhanced:
+        return None
+    return info.summary
 
 
 _LABELS = (

@@ -52,6 +52,7 @@ class BasicCodeInfo:
     standard: bool
     enhanced: EnhancedCode | None
     samples: tuple[str, ...]
+    summary: str | None = None  # what the code usually means, shown when the code alone decided
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +249,7 @@ def _build_basic(data: Mapping[str, Any]) -> dict[int, BasicCodeInfo]:
             where,
             path,
             required={"title", "meaning", "class", "samples"},
-            optional={"reason", "standard", "enhanced"},
+            optional={"reason", "standard", "enhanced", "summary"},
         )
         enhanced = None
         if "enhanced" in entry:
@@ -267,6 +268,7 @@ def _build_basic(data: Mapping[str, Any]) -> dict[int, BasicCodeInfo]:
             standard=bool(entry.get("standard", True)),
             enhanced=enhanced,
             samples=tuple(entry["samples"]),
+            summary=_str(entry, "summary", where, path) if "summary" in entry else None,
         )
     return out
 

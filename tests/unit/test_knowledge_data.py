@@ -214,3 +214,43 @@ def test_following_addresses_phrase_is_explained(kb: KnowledgeBase) -> None:
     got = explain_text("The following addresses had permanent delivery errors", kb)
     assert got.classification.rule is not None
     assert got.classification.klass is ReplyClass.PERMANENT
+
+
+def test_every_seed_code_has_a_summary_of_its_own(kb: KnowledgeBase) -> None:
+    """Each seed code carries its own summary, said as the usual meaning; no two are alike."""
+    summaries = {code: kb.basic[code].summary for code in SEED_CODES}
+    assert [code for code, text in summaries.items() if not text] == []
+    assert len(set(summaries.values())) == len(SEED_CODES)
+    for code, text in summaries.items():
+        assert text is not None
+        assert text.startswith(f"Code {code} usually means "), text
+        assert not text.endswith("."), text
+
+
+@pytest.mark.parametrize("code", SEED_CODES)
+def test_a_bare_seed_code_shows_its_own_summary(code: int, kb: KnowledgeBase) -> None:
+    """A bare code is explained with what it usually means, not a reason's certain words."""
+    assert explain_text(str(code), kb).summary == kb.basic[code].summary
+
+
+def test_a_rule_or_an_explicit_enhanced_code_decides_over_the_code_summary(
+    kb: KnowledgeBase,
+) -> None:
+    """The code's summary is shown only when the code alone decided."""
+    assert explain_text("550 5.1.1 no", kb).summary == kb.reasons[Reason.USER_UNKNOWN].summary
+    ruled = explain_text("554 5.7.1 <smtp@example.com>: Relay access denied", kb)
+    assert ruled.classification.rule is not None
+    assert ruled.summary != kb.basic[554].summary
+
+
+#: Words of our sources that mean nothing to a user.
+SOURCE_WORDS = ("seed", "guide ", "answersthatwork", ".txt", ".toml", "shared/")
+
+
+def test_no_code_text_mentions_our_sources(kb: KnowledgeBase) -> None:
+    """Titles, meanings and summaries of basic and enhanced codes never cite where facts came from."""
+    texts = [t for i in kb.basic.values() for t in (i.title, i.meaning, i.summary or "")]
+    texts += [t for i in kb.enhanced.values() for t in (i.title, i.meaning)]
+    texts += [t for pair in kb.enhanced_classes.values() for t in pair]
+    leaks = [t for t in texts for w in SOURCE_WORDS if w in t.lower()]
+    assert leaks == []
