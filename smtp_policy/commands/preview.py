@@ -66,9 +66,10 @@ def parse_postfix_reply(text: str) -> PostfixReply:
                 "(for example: 550 5.1.1 <bob@example.net>: User unknown)"
             )
         last = number == len(lines) - 1
-        if (match.group(2) == "-") == last and len(lines) > 1:
+        if (match.group(2) == "-") == last:
             raise NotAReplyError(
-                "not an SMTP reply: only its last line may have no dash after the code"
+                "not an SMTP reply: every line but the last has a dash after the code (550-...), "
+                "the last has none (550 ...)"
             )
         codes.append(int(match.group(1)))
         texts.append(line[4:].strip())
