@@ -18,6 +18,8 @@ from smtp_policy.core.errors import SmtpPolicyError
 #: Subcommand name -> module. Order is the order of ``--help``.
 COMMANDS = {
     "explain": "smtp_policy.commands.explain",
+    "preview": "smtp_policy.commands.preview",
+    "rules": "smtp_policy.commands.rules",
     "demo": "smtp_policy.commands.demo",
     "maps": "smtp_policy.commands.maps",
     "policy": "smtp_policy.commands.policy",

@@ -18,19 +18,13 @@ from datetime import UTC, datetime
 from smtp_policy.adapters._serve import serve_requests
 from smtp_policy.config import Config
 from smtp_policy.core.events import Direction, Event, EventKind, Source, reply_fields
-from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
-from smtp_policy.core.model import Explanation
-from smtp_policy.core.rewrite import dsn_text, footer
-from smtp_policy.core.texts import render_reply_text
+from smtp_policy.core.rewrite import answer_lookup
 from smtp_policy.emit import EventWriter
 from smtp_policy.wire.netstring import NetstringDecoder
 from smtp_policy.wire.socketmap import NOT_FOUND, Request, SocketmapReply, Status
 
 IDLE_TIMEOUT = 300.0  # Postfix closes idle socketmap connections after 10 s itself
-
-#: Who reads the text: a footer goes to the connecting client, a DSN to our own sender.
-AUDIENCE = {"footer": "external", "dsn": "internal"}
 
 
 class MapsService:
@@ -58,21 +52,13 @@ class MapsService:
         option = self._same_line_option
         self._same_line = config.maps.same_line if option is None else option
 
-    def _lines(self, explanation: Explanation, map_name: str) -> list[str]:
-        return render_reply_text(self._texts, explanation, {}, AUDIENCE[map_name])
-
     def lookup(self, request: Request, session: str) -> SocketmapReply:
         """Answer one lookup and record it as one event."""
-        explanation: Explanation | None = None
-        text: str | None = None
-        if request.name == "footer":
-            explanation = explain_text(request.key, self._kb)
-            lines = self._lines(explanation, "footer")
-            text = footer(explanation, lines, same_line=self._same_line)
-        elif request.name == "dsn":
-            status, _, original = request.key.partition(" ")
-            explanation = explain_text(original, self._kb)
-            text = dsn_text(status, original, self._lines(explanation, "dsn")) if original else None
+        answer = answer_lookup(
+            request.name, request.key, self._kb, self._texts, same_line=self._same_line
+        )
+        explanation = None if answer is None else answer.explanation
+        text = None if answer is None else answer.text
         if explanation is None:
             reply = SocketmapReply(
                 Status.PERM, f"unknown map {request.name!r}: smtp-policy serves footer and dsn"

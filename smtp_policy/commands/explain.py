@@ -1,14 +1,23 @@
 """Explain SMTP replies: what they mean, why they happened, who must act and what to do.
 
-Give the reply as arguments (its words are joined with spaces), or on standard input. With
---jsonl, read JSON Lines (each a JSON string or an object with "reply") and write exactly one
-JSON object per input line, in order; a bad line gets an object with "error".
+Give the reply as arguments (its words are joined with spaces), or on standard input. Standard
+input may hold several replies: each line that starts with a 3-digit code (followed by a space
+or nothing) starts a new one, unless it continues a multi-line reply (NNN- lines and their
+final NNN line), and a blank line ends one. Each reply gets its own answer; with --json, one
+JSON object per line. The text answer is wrapped to the terminal's width (100 columns when
+not on a terminal) and has bold labels on a terminal unless NO_COLOR is set. No reply at all
+is a usage error (exit 2). With --jsonl, read JSON Lines (each a JSON string or an object with
+"reply") and write exactly one JSON object per input line, in order; a bad line gets an object
+with "error".
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from typing import IO
@@ -21,6 +30,11 @@ HELP = "explain an SMTP reply (or a JSON Lines stream of them)"
 
 #: A reply longer than this is explained from its first part only (parse bounds it too).
 MAX_INPUT_CHARS = 1_048_576
+#: The text answer's width: the terminal's, kept within these bounds; 100 off a terminal.
+MIN_WIDTH, MAX_WIDTH, PIPE_WIDTH = 40, 120, 100
+
+#: A line that starts a reply: a 3-digit code, then a space, a dash or nothing.
+_CODE_LINE = re.compile(r"(\d{3})([ -]|$)")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -58,17 +72,62 @@ def run(args: argparse.Namespace) -> int:
                 )
                 return 2
         return 0
-    text = (
-        " ".join(args.text)
-        if args.text
-        else sys.stdin.buffer.read(MAX_INPUT_CHARS).decode("utf-8", "replace")
-    )
-    explanation = explain_text(text, kb)
-    if args.json:
-        print(json.dumps(explanation.to_dict(), ensure_ascii=False))
+    if args.text:
+        replies = [" ".join(args.text).strip()]
     else:
-        print(render_explanation(explanation))
+        text = sys.stdin.buffer.read(MAX_INPUT_CHARS).decode("utf-8", "replace")
+        replies = split_replies(text)
+        if len(replies) == 1:
+            replies = [text]  # one reply is explained as it came, line endings and all
+    if not any(replies):
+        raise_usage("no reply given: pass it as arguments or on standard input")
+    explanations = [explain_text(reply, kb) for reply in replies]
+    if args.json:
+        for explanation in explanations:
+            print(json.dumps(explanation.to_dict(), ensure_ascii=False))
+        return 0
+    tty = sys.stdout.isatty()
+    width = text_width(tty, shutil.get_terminal_size((PIPE_WIDTH, 24)).columns)
+    colour = use_colour(tty, os.environ.get("NO_COLOR"))
+    blocks = [render_explanation(e, width=width, colour=colour) for e in explanations]
+    print("\n\n".join(blocks))
     return 0
+
+
+def text_width(isatty: bool, columns: int) -> int:
+    """The width to wrap at: the terminal's ``columns`` within bounds, or 100 off a terminal."""
+    if not isatty or columns <= 0:
+        return PIPE_WIDTH
+    return max(MIN_WIDTH, min(MAX_WIDTH, columns))
+
+
+def use_colour(isatty: bool, no_color: str | None) -> bool:
+    """Colour only on a terminal, and never when ``NO_COLOR`` is set to anything but ""."""
+    return isatty and not no_color
+
+
+def split_replies(text: str) -> list[str]:
+    """The replies in ``text``, one string each (their lines joined with ``\\n``).
+
+    A line starting with a 3-digit code starts a new reply unless the line before was a
+    ``NNN-`` continuation of the same code; a blank line ends a reply; any other line
+    continues the reply before it.
+    """
+    replies: list[list[str]] = []
+    current: list[str] | None = None
+    continued: str | None = None  # the code of a NNN- line just read
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            current, continued = None, None
+            continue
+        match = _CODE_LINE.match(line)
+        if current is None or (match is not None and match.group(1) != continued):
+            current = []
+            replies.append(current)
+        current.append(line)
+        continued = match.group(1) if match is not None and match.group(2) == "-" else None
+    return ["\n".join(lines) for lines in replies]
 
 
 def raise_usage(message: str) -> None:

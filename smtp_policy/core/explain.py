@@ -95,44 +95,79 @@ def _code_summary(c: Classification, kb: KnowledgeBase) -> str | None:
     return info.summary
 
 
+#: The labelled lines, in reading order: what happened and what to do first, then the codes.
 _LABELS = (
+    ("Summary", "summary"),
+    ("Who acts", "actor"),
+    ("What to do", "action"),
+    ("Explanation", "explanation"),
+    ("Help", "help_url"),
     ("Reply", "reply"),
     ("Code", "code"),
     ("Enhanced", "enhanced"),
     ("Class", "class"),
     ("Reason", "reason"),
-    ("Summary", "summary"),
-    ("Explanation", "explanation"),
-    ("What to do", "action"),
-    ("Who acts", "actor"),
     ("Provider", "provider"),
-    ("Help", "help_url"),
     ("Rule", "rule"),
+    ("Decided by", "decided_by"),
 )
 
+#: Who acts, in words (the reason vocabulary's value follows in brackets).
+ACTOR_WORDS = {
+    Actor.SENDER: "the sender",
+    Actor.SENDER_ADMIN: "the sender's mail administrator",
+    Actor.RECIPIENT: "the recipient",
+    Actor.RECIPIENT_ADMIN: "the recipient's mail administrator",
+    Actor.POSTMASTER: "the postmaster",
+    Actor.NOBODY: "nobody",
+}
 
-def render_explanation(explanation: Explanation) -> str:
-    """A plain, colour-free block a person can paste into a ticket."""
+#: ANSI styles for a terminal: bold labels, the class in a colour of its own.
+_BOLD, _RESET = "\x1b[1m", "\x1b[0m"
+_CLASS_STYLE = {
+    ReplyClass.SUCCESS.value: "\x1b[32m",
+    ReplyClass.INTERMEDIATE.value: "\x1b[36m",
+    ReplyClass.TRANSIENT.value: "\x1b[33m",
+    ReplyClass.PERMANENT.value: "\x1b[31m",
+}
+
+
+def render_explanation(explanation: Explanation, *, width: int = 100, colour: bool = False) -> str:
+    """A labelled block a person can paste into a ticket, wrapped at ``width`` columns.
+
+    The summary, who acts and what to do come first, then the reply and its codes. With
+    ``colour`` the labels are bold and the class is coloured (ANSI); the words do not change.
+    """
     data = explanation.to_dict()
     if explanation.code_title and data["code"] is not None:
         data["code"] = f"{data['code']} ({explanation.code_title})"
     if explanation.enhanced_title and data["enhanced"]:
         data["enhanced"] = f"{data['enhanced']} ({explanation.enhanced_title})"
-    width = max(len(label) for label, _ in _LABELS) + 2
+    data["actor"] = _actor_words(explanation.actor)
+    indent = max(len(label) for label, _ in _LABELS) + 2
     out = []
     for label, key in _LABELS:
         value = data.get(key)
         if value is None or value == "":
             continue
         text = " ".join(str(value).split())
-        out.append(
-            textwrap.fill(
-                text,
-                width=100,
-                initial_indent=f"{label + ':':<{width}}",
-                subsequent_indent=" " * width,
-                break_long_words=False,
-                break_on_hyphens=False,
-            )
+        block = textwrap.fill(
+            text,
+            width=max(width, indent + 20),
+            initial_indent=" " * indent,
+            subsequent_indent=" " * indent,
+            break_long_words=False,
+            break_on_hyphens=False,
         )
+        head = f"{label + ':':<{indent}}"
+        if colour:
+            head = f"{_BOLD}{label}:{_RESET}" + " " * (indent - len(label) - 1)
+            if key == "class" and text in _CLASS_STYLE:
+                block = block.replace(text, f"{_CLASS_STYLE[text]}{text}{_RESET}", 1)
+        out.append(head + block[indent:])
     return "\n".join(out)
+
+
+def _actor_words(actor: Actor) -> str:
+    words = ACTOR_WORDS[actor]
+    return words if actor.value.replace("_", " ") in words else f"{words} ({actor.value})"

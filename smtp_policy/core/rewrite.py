@@ -6,10 +6,15 @@ passes the sanitizer, and the reply's code and class are never changed here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
 
+from smtp_policy.core.explain import explain_text
+from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Explanation, ReplyClass
 from smtp_policy.core.sanitize import clean_text, footer_text
+from smtp_policy.core.texts import Audience, TextsConfig, worded_reply_text
 
 #: postconf(5) asks to keep footers short: they may be cut before reaching a DSN.
 MAX_FOOTER_CHARS = 400
@@ -62,3 +67,53 @@ def dsn_text(status: str, original: str, lines: Sequence[str]) -> str | None:
     if len(text) > MAX_DSN_CHARS:
         text = text[: MAX_DSN_CHARS - 4].rstrip() + "...)"
     return f"{status} {text}"
+
+
+#: Who reads each map's text: a footer goes to the connecting client, a DSN to our own sender.
+MAP_AUDIENCE: Final[Mapping[str, Audience]] = {"footer": "external", "dsn": "internal"}
+
+
+@dataclass(frozen=True, slots=True)
+class MapAnswer:
+    """What the ``footer`` or ``dsn`` map answers for one key, and what chose it.
+
+    ``text`` is the map's result (None: not found); ``entry`` the ``[texts]`` key that worded
+    it; ``audience`` whose text that was.
+    """
+
+    map_name: str
+    explanation: Explanation
+    text: str | None
+    entry: str
+    audience: Audience
+
+
+def answer_lookup(
+    map_name: str,
+    key: str,
+    kb: KnowledgeBase,
+    texts: TextsConfig,
+    *,
+    same_line: bool = False,
+    context: Mapping[str, str] | None = None,
+    audience: Audience | None = None,
+) -> MapAnswer | None:
+    """The one path from a socketmap key to its answer (the maps server and ``preview``).
+
+    ``footer`` keys are a whole reply; ``dsn`` keys are ``X.Y.Z text``. Postfix sends no
+    session facts, so the maps server leaves ``context`` empty and ``audience`` to
+    :data:`MAP_AUDIENCE`. None for a map other than ``footer`` and ``dsn``.
+    """
+    if map_name not in MAP_AUDIENCE:
+        return None
+    reader = audience or MAP_AUDIENCE[map_name]
+    status, original = "", key
+    if map_name == "dsn":
+        status, _, original = key.partition(" ")
+    explanation = explain_text(original, kb)
+    entry, lines = worded_reply_text(texts, explanation, context or {}, reader)
+    if map_name == "footer":
+        text = footer(explanation, lines, same_line=same_line)
+    else:
+        text = dsn_text(status, original, lines) if original else None
+    return MapAnswer(map_name, explanation, text, entry, reader)

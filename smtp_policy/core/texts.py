@@ -101,15 +101,20 @@ class TextSet:
 
     def pick(self, audience: Audience, language: str) -> str | None:
         """The text for ``audience`` in ``language``, or None if this entry has none."""
+        choice = self.choose(audience, language)
+        return None if choice is None else choice[1]
+
+    def choose(self, audience: Audience, language: str) -> tuple[str, str] | None:
+        """The key inside this entry (``lang.de.internal``, ``external``) and its text."""
         translated = self.lang.get(language)
         wanted: tuple[Audience, ...] = (
             ("external",) if audience == "external" else ("internal", "external")
         )
         for aud in wanted:
-            for source in (translated, self):
+            for prefix, source in ((f"lang.{language}.", translated), ("", self)):
                 text = getattr(source, aud) if source is not None else None
                 if text is not None:
-                    return str(text)
+                    return prefix + aud, str(text)
         return None
 
 
@@ -131,32 +136,48 @@ def audience_of(client_addr: str, texts: TextsConfig) -> Audience:
     return "internal" if in_networks(client_addr, texts.internal_networks) else "external"
 
 
+#: What :func:`chosen_template` names when no entry has a text (the built-in wording).
+BUILT_IN_ENTRY = "built-in default"
+
+
 def select_template(
     texts: TextsConfig, explanation: Explanation, audience: Audience, language: str | None = None
 ) -> str:
     """The template for a reply: enhanced, then code, then reason, then default."""
+    return chosen_template(texts, explanation, audience, language)[1]
+
+
+def chosen_template(
+    texts: TextsConfig, explanation: Explanation, audience: Audience, language: str | None = None
+) -> tuple[str, str]:
+    """The template for a reply and the ``[texts]`` key it came from.
+
+    The key is spelled as in the configuration: ``texts.enhanced."5.7.1".external``,
+    ``texts.reason.user_unknown.lang.de.internal``, ``texts.default.external``, or
+    :data:`BUILT_IN_ENTRY`.
+    """
     lang = language or texts.default_language
-    for entry in _entries(texts, explanation):
-        text = entry.pick(audience, lang)
-        if text is not None:
-            return text
-    return DEFAULT_TEMPLATE
+    for name, entry in _entries(texts, explanation):
+        choice = entry.choose(audience, lang)
+        if choice is not None:
+            return f"texts.{name}.{choice[0]}", choice[1]
+    return BUILT_IN_ENTRY, DEFAULT_TEMPLATE
 
 
-def _entries(texts: TextsConfig, explanation: Explanation) -> Iterator[TextSet]:
+def _entries(texts: TextsConfig, explanation: Explanation) -> Iterator[tuple[str, TextSet]]:
     reply = explanation.reply
     keys: list[str] = []
     if reply.enhanced is not None:
         keys = [str(reply.enhanced), reply.enhanced.key]
     for key in keys:
         if key in texts.enhanced:
-            yield texts.enhanced[key]
+            yield f'enhanced."{key}"', texts.enhanced[key]
     if reply.code is not None and reply.code in texts.code:
-        yield texts.code[reply.code]
+        yield f"code.{reply.code}", texts.code[reply.code]
     reason = explanation.classification.reason
     if reason is not None and reason in texts.reason:
-        yield texts.reason[reason]
-    yield texts.default
+        yield f"reason.{reason.value}", texts.reason[reason]
+    yield "default", texts.default
 
 
 def reply_values(
@@ -201,9 +222,19 @@ def render_reply_text(
     ``context`` supplies the session placeholders (``CONTEXT_KEYS``); missing ones are empty.
     Raises ConfigError only for a template that configuration checking would have refused.
     """
+    return worded_reply_text(texts, explanation, context, audience)[1]
+
+
+def worded_reply_text(
+    texts: TextsConfig,
+    explanation: Explanation,
+    context: Mapping[str, str],
+    audience: Audience | str,
+) -> tuple[str, list[str]]:
+    """:func:`render_reply_text`, with the ``[texts]`` key that worded it first."""
     aud: Audience = "internal" if audience == "internal" else "external"
-    template = select_template(texts, explanation, aud)
-    return render_template(template, reply_values(texts, explanation, context))
+    entry, template = chosen_template(texts, explanation, aud)
+    return entry, render_template(template, reply_values(texts, explanation, context))
 
 
 def render_rule_text(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import sys
 
@@ -100,3 +102,62 @@ def test_reply_from_stdin() -> None:
     data = json.loads(proc.stdout)
     assert data["code"] == 550
     assert data["text"] == "Rejected See https://x.test/"
+
+
+def test_several_replies_on_stdin_get_one_answer_each() -> None:
+    """A new code line or a blank line starts a reply; NNN- lines stay with their last line."""
+    stdin = b"550-5.7.1 Rejected\r\n550 5.7.1 See https://x.test/\r\n452 4.2.2 Mailbox full\n"
+    data = [json.loads(line) for line in run("--json", stdin=stdin).stdout.splitlines()]
+    assert [d["code"] for d in data] == [550, 452]
+    assert data[0]["text"] == "Rejected See https://x.test/"
+    text = run(stdin=stdin + b"\nUser unknown\n").stdout.decode()
+    assert text.count("Summary:") == 3
+
+
+def test_the_text_starts_with_the_summary_and_fits_100_columns() -> None:
+    proc = run("550 5.1.1 <bob@example.com>: Recipient address rejected: " + "long " * 40)
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0].startswith("Summary:")
+    assert all(len(line) <= 100 for line in lines)
+
+
+def test_empty_input_is_a_usage_error() -> None:
+    for args, stdin in (((), b""), ((), b"  \n\t\n"), (("  ",), None)):
+        proc = run(*args, stdin=stdin)
+        assert proc.returncode == 2
+        assert proc.stdout == b""
+        assert proc.stderr.decode().count("\n") == 1
+
+
+def _on_a_tty(env: dict[str, str]) -> str:
+    """Run explain with its standard output on a pseudo-terminal; return what it wrote."""
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "smtp_policy", "explain", "452 4.2.2 Mailbox full"],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+    assert proc.returncode == 0, proc.stderr
+    return b"".join(chunks).decode()
+
+
+def test_colour_on_a_terminal_unless_no_color() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    assert "\x1b[1mSummary:" in _on_a_tty(env)
+    assert "\x1b" not in _on_a_tty({**env, "NO_COLOR": "1"})
