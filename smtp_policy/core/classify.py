@@ -7,6 +7,8 @@ retried), else ``unknown``. The reason is a contest between candidates, each wit
 every rule whose phrase occurs in the text and whose constraints hold, the enhanced code's
 registry entry, and the basic code's default. Text wins over generic codes, because a
 "550 5.1.1 … too many recipients this hour" is a rate limit whatever the codes claim.
+``decided_by`` names the winner: a rule, the enhanced code, the basic code, or (no code and
+no rule) the bare text.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from smtp_policy.core.knowledge import (
     Rule,
     normalize,
 )
-from smtp_policy.core.model import Classification, Reason, Reply, ReplyClass
+from smtp_policy.core.model import Classification, DecidedBy, Reason, Reply, ReplyClass
 
 #: Rules are matched against at most this much of the text.
 MAX_MATCH_CHARS = 4096
@@ -41,12 +43,27 @@ def classify(reply: Reply, kb: KnowledgeBase) -> Classification:
         klass = rule.klass if rule is not None and rule.klass is not None else ReplyClass.UNKNOWN
     if klass in (ReplyClass.SUCCESS, ReplyClass.INTERMEDIATE):
         if rule is not None and rule.reason is None:  # a known success text
-            return Classification(reply, klass, None, rule.id, rule.provider, rule.help_url)
-        return Classification(reply, klass, None)
-    reason, priority = _reason_from_codes(reply, kb)
+            return _by_rule(reply, klass, rule)
+        return Classification(reply, klass, None, decided_by=_present_code(reply))
+    reason, priority, source = _reason_from_codes(reply, kb)
     if rule is not None and rule.reason is not None and rule.priority > priority:
-        return Classification(reply, klass, rule.reason, rule.id, rule.provider, rule.help_url)
-    return Classification(reply, klass, reason or Reason.UNDEFINED)
+        return _by_rule(reply, klass, rule)
+    if reason is None:
+        return Classification(reply, klass, Reason.UNDEFINED, decided_by=_present_code(reply))
+    return Classification(reply, klass, reason, decided_by=source)
+
+
+def _by_rule(reply: Reply, klass: ReplyClass, rule: Rule) -> Classification:
+    return Classification(
+        reply, klass, rule.reason, rule.id, rule.provider, rule.help_url, DecidedBy.RULE
+    )
+
+
+def _present_code(reply: Reply) -> DecidedBy:
+    """What set the class when no reason was found: the first code the reply has."""
+    if reply.code is not None:
+        return DecidedBy.CODE
+    return DecidedBy.ENHANCED if reply.enhanced is not None else DecidedBy.TEXT
 
 
 def _class_from_codes(reply: Reply, kb: KnowledgeBase) -> ReplyClass | None:
@@ -87,14 +104,15 @@ def _applies(rule: Rule, reply: Reply, klass: ReplyClass | None, text: str) -> b
     return rule.pattern is None or rule.pattern.search(text) is not None
 
 
-def _reason_from_codes(reply: Reply, kb: KnowledgeBase) -> tuple[Reason | None, int]:
+def _reason_from_codes(reply: Reply, kb: KnowledgeBase) -> tuple[Reason | None, int, DecidedBy]:
     if reply.enhanced is not None:
         info = kb.enhanced_info(reply.enhanced)
         if info is not None and info.reason is not None:
             specific = info.key == reply.enhanced.key and reply.enhanced.detail != 0
-            return info.reason, PRIORITY_ENHANCED if specific else PRIORITY_ENHANCED_SUBJECT
+            priority = PRIORITY_ENHANCED if specific else PRIORITY_ENHANCED_SUBJECT
+            return info.reason, priority, DecidedBy.ENHANCED
     if reply.code is not None:
         basic = kb.basic.get(reply.code)
         if basic is not None and basic.reason is not None:
-            return basic.reason, PRIORITY_BASIC
-    return None, 0
+            return basic.reason, PRIORITY_BASIC, DecidedBy.CODE
+    return None, 0, DecidedBy.TEXT

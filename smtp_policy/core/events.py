@@ -227,6 +227,7 @@ class Event:
     friendly: str | None = None
     summary: str | None = None
     rule: str | None = None
+    decided_by: str | None = None
     mta: str | None = None
     extra: Mapping[str, object] = field(default_factory=lambda: _EMPTY)
     #: A ``message`` event's record; written after the extras, as extra fields.
@@ -269,6 +270,7 @@ class ReplyFields(TypedDict, total=False):
     text: str | None
     summary: str | None
     rule: str | None
+    decided_by: str | None
 
 
 def reply_fields(explanation: Explanation | None, text: str | None = None) -> ReplyFields:
@@ -285,6 +287,7 @@ def reply_fields(explanation: Explanation | None, text: str | None = None) -> Re
         "text": r.raw if text is None else text,
         "summary": explanation.summary,
         "rule": c.rule,
+        "decided_by": c.decided_by.value,
     }
 
 

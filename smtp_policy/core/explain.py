@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from smtp_policy.core.classify import classify
-from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.knowledge import KnowledgeBase, Rule
 from smtp_policy.core.model import Actor, Classification, Explanation, ReplyClass
 from smtp_policy.core.parse import parse_reply
 
@@ -16,17 +16,24 @@ def explain_text(text: str, kb: KnowledgeBase) -> Explanation:
 
 
 def explain(classification: Classification, kb: KnowledgeBase) -> Explanation:
-    """Explain a classification in plain language."""
+    """Explain a classification in plain language.
+
+    The words of the rule that decided come first, the reason's fill in what it leaves out;
+    a rule's own meaning of the enhanced code replaces the registry's.
+    """
     reply = classification.reply
+    rule = kb.rule_by_id.get(classification.rule) if classification.rule else None
     code_title = code_meaning = enhanced_title = enhanced_meaning = None
     if reply.code is not None and reply.code in kb.basic:
         info = kb.basic[reply.code]
         code_title, code_meaning = info.title, f"{info.title}: {info.meaning}"
     if reply.enhanced is not None:
-        enh = kb.enhanced_info(reply.enhanced)
-        if enh is not None:
+        if rule is not None and rule.enhanced_title and rule.enhanced_meaning:
+            enhanced_title = rule.enhanced_title
+            enhanced_meaning = f"{rule.enhanced_title}: {rule.enhanced_meaning}"
+        elif (enh := kb.enhanced_info(reply.enhanced)) is not None:
             enhanced_title, enhanced_meaning = enh.title, f"{enh.title}: {enh.meaning}"
-    summary, explanation, action, actor = _words(classification, kb, code_meaning)
+    summary, explanation, action, actor = _words(classification, kb, rule, code_meaning)
     return Explanation(
         classification,
         summary,
@@ -41,12 +48,13 @@ def explain(classification: Classification, kb: KnowledgeBase) -> Explanation:
 
 
 def _words(
-    c: Classification, kb: KnowledgeBase, code_meaning: str | None
+    c: Classification, kb: KnowledgeBase, rule: Rule | None, code_meaning: str | None
 ) -> tuple[str, str, str, Actor]:
     code_summary = _code_summary(c, kb)
     if c.klass is ReplyClass.SUCCESS:
+        accepted = rule.summary if rule is not None and rule.summary else None
         return (
-            code_summary or "The server accepted the command",
+            accepted or code_summary or "The server accepted the command",
             code_meaning or "The reply reports success.",
             "Nothing to do.",
             Actor.NOBODY,
@@ -60,16 +68,6 @@ def _words(
         )
     if c.reason is None:  # unreachable: failures always carry a reason
         return ("Unrecognised reply", "", "", Actor.POSTMASTER)
-    info = kb.reasons[c.reason]
-    rule = kb.rule_by_id.get(c.rule) if c.rule else None
-    transient = c.klass is ReplyClass.TRANSIENT
-    action = info.transient_action if transient and info.transient_action else info.action
-    actor = info.transient_actor if transient and info.transient_actor else info.actor
-    summary = code_summary or info.summary
-    if rule is not None:
-        summary = rule.summary or summary
-        action = rule.action or action
-        actor = rule.actor or actor
     if (
         c.klass is ReplyClass.UNKNOWN
         and c.reply.code is None
@@ -82,7 +80,19 @@ def _words(
             "Look at the full log line or bounce for the server's actual reply.",
             Actor.POSTMASTER,
         )
-    return summary, info.explanation, action, actor
+    info = kb.reasons[c.reason]
+    summary, explanation = _code_summary(c, kb) or info.summary, info.explanation
+    action, actor = info.action, info.actor
+    if rule is not None and rule.reason is c.reason:
+        summary = rule.summary or summary
+        explanation = rule.explanation or explanation
+        if rule.action is not None or rule.actor is not None:
+            # A rule's advice holds whatever the class: a retry does not fix what it names.
+            return summary, explanation, rule.action or action, rule.actor or actor
+    if c.klass is ReplyClass.TRANSIENT:
+        action = info.transient_action or action
+        actor = info.transient_actor or actor
+    return summary, explanation, action, actor
 
 
 def _code_summary(c: Classification, kb: KnowledgeBase) -> str | None:

@@ -85,8 +85,13 @@ class Rule:
     provider: str | None = None
     help_url: str | None = None
     summary: str | None = None
+    explanation: str | None = None
     action: str | None = None
     actor: Actor | None = None
+    #: The provider's own name and meaning for the enhanced codes its replies carry, where
+    #: they differ from the registry's (Microsoft's 5.1.10 is "recipient not found").
+    enhanced_title: str | None = None
+    enhanced_meaning: str | None = None
     origin: str = ""
 
 
@@ -322,11 +327,16 @@ _RULE_KEYS = {
     "priority",
     "help_url",
     "summary",
+    "explanation",
     "action",
     "actor",
+    "enhanced_title",
+    "enhanced_meaning",
     "provider",
     "note",
 }
+#: A rule's own words for people, each optional, each a non-empty string.
+_RULE_WORDS = ("summary", "explanation", "action", "enhanced_title", "enhanced_meaning")
 
 
 def _build_rules(name: str, data: Mapping[str, Any]) -> list[Rule]:
@@ -357,6 +367,7 @@ def _build_rules(name: str, data: Mapping[str, Any]) -> list[Rule]:
         )
         if "reason" not in entry and klass not in (ReplyClass.SUCCESS, ReplyClass.INTERMEDIATE):
             raise KnowledgeError(where, f"{path}.reason", "only success texts may omit the reason")
+        words = _rule_words(entry, where, path)
         rules.append(
             Rule(
                 id=rid,
@@ -375,9 +386,12 @@ def _build_rules(name: str, data: Mapping[str, Any]) -> list[Rule]:
                 klass=klass,
                 priority=int(entry.get("priority", PRIORITY_RULE)),
                 provider=entry.get("provider", provider),
-                help_url=entry.get("help_url", data.get("help_url")),
-                summary=entry.get("summary"),
-                action=entry.get("action"),
+                help_url=_help_url(entry.get("help_url", data.get("help_url")), where, path),
+                summary=words["summary"],
+                explanation=words["explanation"],
+                action=words["action"],
+                enhanced_title=words["enhanced_title"],
+                enhanced_meaning=words["enhanced_meaning"],
                 actor=_enum(Actor, entry["actor"], where, f"{path}.actor")
                 if "actor" in entry
                 else None,
@@ -385,6 +399,29 @@ def _build_rules(name: str, data: Mapping[str, Any]) -> list[Rule]:
             )
         )
     return rules
+
+
+def _rule_words(entry: Mapping[str, Any], where: str, path: str) -> dict[str, str | None]:
+    """A rule's own summary, explanation, action and enhanced-code words, checked."""
+    words = {key: _str(entry, key, where, path) if key in entry else None for key in _RULE_WORDS}
+    summary = words["summary"]
+    if summary is not None and (summary.rstrip() != summary or summary.endswith(".")):
+        raise KnowledgeError(where, f"{path}.summary", "a summary is one line, no final period")
+    for key in ("explanation", "action", "enhanced_meaning"):
+        text = words[key]
+        if text is not None and not text.endswith((".", ")")):
+            raise KnowledgeError(where, f"{path}.{key}", "whole sentences, ending with a period")
+    if ("enhanced_title" in entry) != ("enhanced_meaning" in entry):
+        raise KnowledgeError(where, path, "enhanced_title and enhanced_meaning go together")
+    return words
+
+
+def _help_url(value: Any, where: str, path: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"https?://\S+", value):
+        raise KnowledgeError(where, f"{path}.help_url", "expected an http(s) address")
+    return value
 
 
 def _keys(entry: Any, where: str, path: str, *, required: set[str], optional: set[str]) -> None:

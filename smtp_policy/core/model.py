@@ -128,6 +128,15 @@ class Reply:
     remote: str | None = None  # the server that said it, when the source says ("mx[192.0.2.1]")
 
 
+class DecidedBy(StrEnum):
+    """Which part of a reply decided its reason (its class, for a success): how sure to be."""
+
+    RULE = "rule"  # a known wording of a provider or product: the surest
+    ENHANCED = "enhanced"  # the enhanced status code's registry entry
+    CODE = "code"  # the three-digit code alone: its usual meaning, not a certainty
+    TEXT = "text"  # no code and no known wording: only the text was there to go on
+
+
 @dataclass(frozen=True, slots=True)
 class Classification:
     """What a reply means in the reason vocabulary, and which piece of knowledge decided."""
@@ -138,6 +147,7 @@ class Classification:
     rule: str | None = None
     provider: str | None = None
     help_url: str | None = None
+    decided_by: DecidedBy = DecidedBy.TEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +185,7 @@ class Explanation:
             "provider": c.provider,
             "help_url": c.help_url,
             "rule": c.rule,
+            "decided_by": c.decided_by.value,
             "text": r.text,
             "form": r.form.value,
             "command": r.command,
