@@ -7,6 +7,18 @@ classified by the core and answered at once; everything runs on one asyncio loop
 lookup costs tens of microseconds. A malformed or oversized request is logged and the
 connection closed (the protocol cannot resynchronise); Postfix then retries once and, failing
 that, carries on without the footer or filter: both hooks fail open.
+
+One rejection, one story: a reply that one of our own rules produced (the milter's, the
+policy service's, the proxy's) already says what it means, so its footer lookup is answered
+NOTFOUND. The server knows those replies from the same configuration and the same rendering
+as the daemons that send them (:func:`smtp_policy.core.policy.own_replies`): the code, the
+enhanced code and every word of the rule's text must be there, session values aside, so a
+remote cannot pass a rejection of Postfix's own off as ours. The lookup's event carries the
+rule's reason and name, as the milter's event and the follower's do.
+
+The DSN filter's text is also what Postfix writes to the mail log. By default only bounces
+(5.x.x) are rewritten; deferrals (4.x.x) are answered NOTFOUND unless ``[maps]
+dsn_deferrals`` is on (docs/dsn-filter.md).
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from smtp_policy.core.events import Direction, Event, EventKind, Source, reply_f
 from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Explanation
+from smtp_policy.core.policy import OwnReply, own_replies, recognise_reply
 from smtp_policy.core.rewrite import dsn_text, footer
 from smtp_policy.core.texts import render_reply_text
 from smtp_policy.emit import EventWriter
@@ -47,6 +60,7 @@ class MapsService:
     ) -> None:
         self._kb = kb
         self._events = events
+        self._own: tuple[OwnReply, ...] = ()
         self._same_line_option = same_line
         self._idle_timeout = idle_timeout
         self._ids = itertools.count(1)
@@ -55,6 +69,8 @@ class MapsService:
     def reconfigure(self, config: Config) -> None:
         """Use the texts and settings of a newly loaded configuration."""
         self._texts = config.texts
+        self._own = own_replies(config.rules, kb=self._kb, texts=config.texts)
+        self._dsn_deferrals = config.maps.dsn_deferrals
         option = self._same_line_option
         self._same_line = config.maps.same_line if option is None else option
 
@@ -65,20 +81,33 @@ class MapsService:
         """Answer one lookup and record it as one event."""
         explanation: Explanation | None = None
         text: str | None = None
+        own: OwnReply | None = None
+        extra: dict[str, object] = {"map": request.name}
         if request.name == "footer":
-            explanation = explain_text(request.key, self._kb)
-            lines = self._lines(explanation, "footer")
-            text = footer(explanation, lines, same_line=self._same_line)
+            own = recognise_reply(self._own, request.key)
+            if own is not None:  # our rule's reply says it all: no second story
+                explanation = own.decision.explanation
+                extra["by"] = "policy"
+            else:
+                explanation = explain_text(request.key, self._kb)
+                lines = self._lines(explanation, "footer")
+                text = footer(explanation, lines, same_line=self._same_line)
         elif request.name == "dsn":
             status, _, original = request.key.partition(" ")
             explanation = explain_text(original, self._kb)
-            text = dsn_text(status, original, self._lines(explanation, "dsn")) if original else None
+            if status.startswith("4") and not self._dsn_deferrals:
+                extra["skipped"] = "deferral"
+            elif original:
+                text = dsn_text(status, original, self._lines(explanation, "dsn"))
         if explanation is None:
             reply = SocketmapReply(
                 Status.PERM, f"unknown map {request.name!r}: smtp-policy serves footer and dsn"
             )
         else:
             reply = SocketmapReply(Status.OK, text) if text else NOT_FOUND
+        fields = reply_fields(explanation, text=request.key)
+        if own is not None:
+            fields["rule"] = own.rule  # the admin's rule, as in the milter's event
         self._events.emit(
             Event(
                 event=EventKind.LOOKUP,
@@ -87,8 +116,8 @@ class MapsService:
                 direction=Direction.DOWNSTREAM if request.name == "dsn" else Direction.UPSTREAM,
                 session=session,
                 friendly=text,
-                extra={"map": request.name, "status": reply.status.value},
-                **reply_fields(explanation, text=request.key),
+                extra={**extra, "status": reply.status.value},
+                **fields,
             )
         )
         return reply

@@ -6,6 +6,7 @@ passes the sanitizer, and the reply's code and class are never changed here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from smtp_policy.core.model import Explanation, ReplyClass
@@ -62,3 +63,38 @@ def dsn_text(status: str, original: str, lines: Sequence[str]) -> str | None:
     if len(text) > MAX_DSN_CHARS:
         text = text[: MAX_DSN_CHARS - 4].rstrip() + "...)"
     return f"{status} {text}"
+
+
+#: How the reasons the SMTP and LMTP clients give start (the texts a DSN filter sees): a
+#: remote's reply (``host mx[ip] said: 550 ...``), a reply code, or a connection problem.
+_REASON_STARTS = re.compile(
+    r"(?:host \S+ (?:said|refused to talk to me): |[245]\d\d(?:[ -]|\Z)|connect to "
+    r"|lost connection with |conversation with |Host or domain name not found"
+    r"|Name service error|TLS is required|Server certificate not |mail for \S+ loops back)"
+)
+
+
+def split_dsn_text(text: str) -> tuple[str, str] | None:
+    """The friendly words and the original reason of a text :func:`dsn_text` wrote, or None.
+
+    ``text`` is the part after the status (what Postfix logs in ``status=bounced (...)``);
+    the original is the parenthesised reason at its end, kept verbatim by :func:`dsn_text`.
+    A text that starts like Postfix's own reasons, or whose last group is not one, is not
+    ours: None.
+    """
+    if not text.endswith(")") or _REASON_STARTS.match(text):
+        return None
+    depth = 0
+    for start in range(len(text) - 1, -1, -1):
+        if text[start] == ")":
+            depth += 1
+        elif text[start] == "(":
+            depth -= 1
+            if depth == 0:
+                break
+    else:
+        return None
+    friendly, original = text[:start], text[start + 1 : -1]
+    if not friendly.endswith(" ") or not friendly.strip() or not _REASON_STARTS.match(original):
+        return None
+    return friendly.strip(), original
