@@ -29,6 +29,9 @@ pytestmark = pytest.mark.postfix
 
 SENDER = "sender@local.test"
 CONFIG = """
+[maps]
+dsn_deferrals = true  # the deferral tests below: rewritten only when the admin opts in
+
 [texts]
 help_url = "https://help.local.test/mail-errors#{reason}"
 
@@ -254,7 +257,8 @@ def test_bounce_is_friendlier_and_keeps_the_diagnostic(
 def test_deferral_is_logged_with_the_friendly_text(
     pf: PrivatePostfix, local: str, dsn: str, *, friendly: str, original: str
 ) -> None:
-    """A deferral's log text is the filtered one: friendlier words, then the original reply."""
+    """With [maps] dsn_deferrals on, a deferral's log text is the filtered one: friendlier
+    words, then the original reply (test_one_story_postfix.py: off by default)."""
     qid = submit(pf.smtp_port, f"{local}@remote.test")
     pattern = (
         rf"{qid}: to=<{local}@remote\.test>, .*dsn={re.escape(dsn)}, status=deferred \((.*)\)$"
