@@ -183,6 +183,7 @@ def test_policy_service_records_and_rejects(pf: PrivatePostfix, policy: Daemon) 
     first = text.splitlines()[0]
     assert first.startswith("5.7.1 <alice@local.test>: Recipient address rejected:")
     assert first.endswith("We do not accept mail from eve@spam.test.")
+    assert text.splitlines() == [first]  # our rule's reply: no footer from the maps server
     requests = [e for e in policy.events.read() if e["event"] == "policy_request"]
     assert any(e["sender"] == "eve@spam.test" and e["rule"] == "no-spam-test" for e in requests)
     assert all(e["stage"] == "rcpt" for e in requests)
