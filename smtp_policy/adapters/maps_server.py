@@ -7,6 +7,18 @@ classified by the core and answered at once; everything runs on one asyncio loop
 lookup costs tens of microseconds. A malformed or oversized request is logged and the
 connection closed (the protocol cannot resynchronise); Postfix then retries once and, failing
 that, carries on without the footer or filter: both hooks fail open.
+
+One rejection, one story: a reply that one of our own rules produced (the milter's, the
+policy service's, the proxy's) already says what it means, so its footer lookup is answered
+NOTFOUND. The server knows those replies from the same configuration and the same rendering
+as the daemons that send them (:func:`smtp_policy.core.policy.own_replies`): the code, the
+enhanced code and every word of the rule's text must be there, session values aside, so a
+remote cannot pass a rejection of Postfix's own off as ours. The lookup's event carries the
+rule's reason and name, as the milter's event and the follower's do.
+
+The DSN filter's text is also what Postfix writes to the mail log. By default only bounces
+(5.x.x) are rewritten; deferrals (4.x.x) are answered NOTFOUND unless ``[maps]
+dsn_deferrals`` is on (docs/dsn-filter.md).
 """
 
 from __future__ import annotations
@@ -14,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 from datetime import UTC, datetime
+from functools import partial
 
 from smtp_policy.adapters._serve import serve_requests
 from smtp_policy.config import Config
 from smtp_policy.core.events import Direction, Event, EventKind, Source, reply_fields
 from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.policy import OwnReply, own_replies, recognised_rule
 from smtp_policy.core.rewrite import answer_lookup
 from smtp_policy.emit import EventWriter
 from smtp_policy.wire.netstring import NetstringDecoder
@@ -41,6 +55,7 @@ class MapsService:
     ) -> None:
         self._kb = kb
         self._events = events
+        self._own: tuple[OwnReply, ...] = ()
         self._same_line_option = same_line
         self._idle_timeout = idle_timeout
         self._ids = itertools.count(1)
@@ -49,22 +64,38 @@ class MapsService:
     def reconfigure(self, config: Config) -> None:
         """Use the texts and settings of a newly loaded configuration."""
         self._texts = config.texts
+        self._own = own_replies(config.rules, kb=self._kb, texts=config.texts)
+        self._dsn_deferrals = config.maps.dsn_deferrals
         option = self._same_line_option
         self._same_line = config.maps.same_line if option is None else option
 
     def lookup(self, request: Request, session: str) -> SocketmapReply:
         """Answer one lookup and record it as one event."""
         answer = answer_lookup(
-            request.name, request.key, self._kb, self._texts, same_line=self._same_line
+            request.name,
+            request.key,
+            self._kb,
+            self._texts,
+            same_line=self._same_line,
+            dsn_deferrals=self._dsn_deferrals,
+            own_rule=partial(recognised_rule, self._own),
         )
         explanation = None if answer is None else answer.explanation
         text = None if answer is None else answer.text
+        extra: dict[str, object] = {"map": request.name}
+        if answer is not None and answer.rule is not None:
+            extra["by"] = "policy"
+        if answer is not None and answer.skipped is not None:
+            extra["skipped"] = answer.skipped
         if explanation is None:
             reply = SocketmapReply(
                 Status.PERM, f"unknown map {request.name!r}: smtp-policy serves footer and dsn"
             )
         else:
             reply = SocketmapReply(Status.OK, text) if text else NOT_FOUND
+        fields = reply_fields(explanation, text=request.key)
+        if answer is not None and answer.rule is not None:
+            fields["rule"] = answer.rule  # the admin's rule, as in the milter's event
         self._events.emit(
             Event(
                 event=EventKind.LOOKUP,
@@ -73,8 +104,8 @@ class MapsService:
                 direction=Direction.DOWNSTREAM if request.name == "dsn" else Direction.UPSTREAM,
                 session=session,
                 friendly=text,
-                extra={"map": request.name, "status": reply.status.value},
-                **reply_fields(explanation, text=request.key),
+                extra={**extra, "status": reply.status.value},
+                **fields,
             )
         )
         return reply

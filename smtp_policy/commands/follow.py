@@ -42,6 +42,7 @@ from smtp_policy.config.listen import LOOPBACK, ListenAddress
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.events import EventKind
 from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.policy import OwnReply, own_replies
 from smtp_policy.emit import EventWriter
 from smtp_policy.maillog.tracker import DEFAULT_MAX_IDLE
 
@@ -196,8 +197,10 @@ def run(args: argparse.Namespace) -> int:
     from smtp_policy.config import load_config
     from smtp_policy.data import default_knowledge
 
-    settings = follow_settings(args, load_config(args.config), os.environ)
+    config = load_config(args.config)
+    settings = follow_settings(args, config, os.environ)
     kb = default_knowledge()
+    own = own_replies(config.rules, kb=kb, texts=config.texts)  # rule rejections: their reason
     store = StateStore(settings.state_dir) if settings.state_dir else None
     state = load_state(store)
     try:
@@ -208,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        return _follow(settings, kb, store=store, state=state, writer=writer)
+        return _follow(settings, kb, store=store, state=state, writer=writer, own=own)
     finally:
         writer.close()
 
@@ -220,11 +223,14 @@ def _follow(
     store: StateStore | None,
     state: Mapping[str, Any],
     writer: EventWriter,
+    own: tuple[OwnReply, ...] = (),
 ) -> int:
     tz = local_timezone()
     from smtp_policy.maillog.parse import parse_line
 
-    tracker = restore_tracker(state, kb, max_idle=settings.max_idle, tz=tz, year=settings.year)
+    tracker = restore_tracker(
+        state, kb, max_idle=settings.max_idle, tz=tz, year=settings.year, own=own
+    )
     metrics = _metrics(settings.metrics, kb)
     pipeline = Pipeline(tracker, writer.emit, parse_line, metrics)
     tailer = Tailer(build_sources(settings, state))

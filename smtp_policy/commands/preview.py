@@ -17,10 +17,12 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
+from functools import partial
 
 from smtp_policy.commands._serve import warning_printer
 from smtp_policy.config import load_config
 from smtp_policy.core.errors import SmtpPolicyError
+from smtp_policy.core.policy import own_replies, recognised_rule
 from smtp_policy.core.rewrite import MapAnswer, answer_lookup
 from smtp_policy.core.texts import Audience, audience_of
 
@@ -159,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, on_warning=warning_printer("preview"))
     kb = default_knowledge()
     audience: Audience | None = args.audience
+    own = own_replies(config.rules, kb=kb, texts=config.texts)
     footer = answer_lookup(
         "footer",
         reply.key,
@@ -166,8 +169,16 @@ def run(args: argparse.Namespace) -> int:
         config.texts,
         same_line=config.maps.same_line,
         audience=audience,
+        own_rule=partial(recognised_rule, own),
     )
-    dsn = answer_lookup("dsn", dsn_key(reply), kb, config.texts, audience=audience)
+    dsn = answer_lookup(
+        "dsn",
+        dsn_key(reply),
+        kb,
+        config.texts,
+        audience=audience,
+        dsn_deferrals=config.maps.dsn_deferrals,
+    )
     assert footer is not None and dsn is not None  # both maps exist
     client_note = None
     if args.client is not None:

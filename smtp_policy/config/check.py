@@ -283,7 +283,7 @@ def _rule_name(table: object) -> str:
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "milter": ("listen", "timeout"),
-    "maps": ("listen", "same_line"),
+    "maps": ("listen", "same_line", "dsn_deferrals"),
     "policy": ("listen",),
     "metrics": ("listen",),
     "events": ("output",),
@@ -364,6 +364,7 @@ def _build(ck: _Checker, merged: _Merged, sources: Sequence[ConfigSource]) -> Co
         maps=MapsConfig(
             _listen(ck, sections["maps"], ("maps",))[0],
             ck.get(sections["maps"], ("maps",), "same_line", bool, False),
+            ck.get(sections["maps"], ("maps",), "dsn_deferrals", bool, False),
         ),
         policy=PolicyConfig(_listen(ck, sections["policy"], ("policy",))[0]),
         metrics=_metrics(ck, sections["metrics"]),

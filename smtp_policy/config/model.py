@@ -22,10 +22,14 @@ class MilterConfig:
 
 @dataclass(frozen=True, slots=True)
 class MapsConfig:
-    """``[maps]``: the socketmap server (reject footers, DSN texts)."""
+    """``[maps]``: the socketmap server (reject footers, DSN texts).
+
+    ``dsn_deferrals``: the DSN filter rewrites deferrals (4.x.x) too, not only bounces.
+    """
 
     listen: str = "inet:127.0.0.1:8896"
     same_line: bool = False
+    dsn_deferrals: bool = False
 
 
 @dataclass(frozen=True, slots=True)

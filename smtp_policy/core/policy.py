@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -33,7 +34,16 @@ from smtp_policy.core.parse import parse_reply
 from smtp_policy.core.rewrite import default_lines
 from smtp_policy.core.sanitize import SafeReply, sanitize_reply
 from smtp_policy.core.stages import ORDER, Stage
-from smtp_policy.core.texts import Audience, TextsConfig, render_rule_text
+from smtp_policy.core.texts import (
+    AUDIENCES,
+    CONTEXT_KEYS,
+    Audience,
+    TextsConfig,
+    render_rule_text,
+    render_template,
+    reply_values,
+    select_template,
+)
 
 
 class RuleAction(StrEnum):
@@ -274,3 +284,158 @@ def _patterns_ok(patterns: tuple[re.Pattern[str], ...], value: str | None) -> bo
     if bare.startswith("<") and bare.endswith(">"):
         bare = bare[1:-1]
     return any(p.search(bare) for p in patterns)
+
+
+# -- our own replies, recognised ---------------------------------------------------------------
+
+#: Stands for a session value (sender, recipient, ...) while a rule's reply is turned into a
+#: pattern: letters only, so cleaning and escaping leave it alone.
+_SLOT = "QxSMTPPOLICYSLOTxQ"
+_FORMATTER = string.Formatter()
+#: A rule's words must have at least this many characters of their own (outside the session
+#: values) before a reply is taken for the rule's: a text of only ``{sender}`` would let a
+#: remote's address pass any Postfix rejection off as ours.
+MIN_OWN_CHARS = 8
+#: One line of a reply: code, continuation mark, optional enhanced code, text.
+_REPLY_LINE = re.compile(r"(\d{3})(?:[ -]|\Z)(?:(\d\.\d{1,3}\.\d{1,3})(?: |\Z))?(.*)\Z")
+#: The first line of a reply that cleanup logs without its code (``5.7.1 text``).
+_UNCODED_LINE = re.compile(r"()(\d\.\d{1,3}\.\d{1,3})(?: |\Z)(.*)\Z")
+#: Where a line of a multi-line reply starts: CRLF or LF, or the ``??`` Postfix logs for CRLF.
+_LINE_BREAK = re.compile(r"\r?\n|\?\?(?=\d{3}[ -])")
+#: What Postfix puts before the text of an access(5)-style reply (a policy service's):
+#: ``<name>: Recipient address rejected: `` (``Client host``, ``Helo command``, ...).
+_ACCESS_PREFIX = r"(?: <[^\r\n]*?>: [A-Z][A-Za-z-]*(?: [a-z-]+)? rejected:)?"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnReply:
+    """What one reply rule sends, as a pattern over the reply's text (lines joined by spaces).
+
+    ``decision`` is the rule's decision without session values: its codes, reason and
+    explanation are the same for every session.
+    """
+
+    decision: Decision
+    pattern: re.Pattern[str]
+
+    @property
+    def rule(self) -> str:
+        """The rule's name."""
+        return self.decision.rule
+
+
+def own_replies(
+    rules: Iterable[PolicyRule], *, kb: KnowledgeBase, texts: TextsConfig | None
+) -> tuple[OwnReply, ...]:
+    """The replies the reply rules of a configuration send, to recognise them later.
+
+    One pattern per rule and audience; a rule whose words are too few of its own
+    (``MIN_OWN_CHARS``) gets none, so its replies are taken for anybody's.
+    """
+    out: list[OwnReply] = []
+    for rule in rules:
+        if rule.action not in REPLY_ACTIONS:
+            continue
+        verdict = verdict_of(rule)
+        decision = replace(render_decision(verdict, kb=kb, texts=None, context={}), lines=())
+        explanation = decision.explanation
+        assert explanation is not None  # a reply verdict always has one
+        seen: set[str] = set()
+        for audience in AUDIENCES:
+            pattern = _reply_pattern(verdict, explanation, texts, audience)
+            if pattern is not None and pattern not in seen:
+                seen.add(pattern)
+                out.append(OwnReply(decision, re.compile(pattern)))
+    return tuple(out)
+
+
+def recognised_rule(own: Iterable[OwnReply], reply: str) -> tuple[str, Explanation] | None:
+    """The name and explanation of the rule whose reply ``reply`` is, or None (see
+    :func:`recognise_reply`); the maps server and ``preview`` give such a reply no footer."""
+    found = recognise_reply(own, reply)
+    if found is None or found.decision.explanation is None:
+        return None
+    return found.rule, found.decision.explanation
+
+
+def recognise_reply(own: Iterable[OwnReply], reply: str) -> OwnReply | None:
+    """The rule whose reply ``reply`` is (the whole reply, every line), or None.
+
+    ``reply`` is the reply as Postfix hands it on: ``NNN-X.Y.Z text`` lines joined by CRLF or
+    LF (a footer lookup, a milter reply) or by ``??`` (the mail log), or one line (a policy
+    service's reply, after Postfix's ``<address>: Recipient address rejected:``). The codes
+    must be the rule's (a log line of cleanup's has no basic code: the enhanced one must be);
+    the text must be the rule's rendering, session values aside.
+    """
+    parsed = _reply_parts(reply)
+    if parsed is None:
+        return None
+    code, enhanced, text = parsed
+    for candidate in own:
+        decision = candidate.decision
+        if code not in (None, decision.code) or enhanced != str(decision.enhanced):
+            continue
+        if candidate.pattern.fullmatch(" " + text):  # each line's pattern starts with its space
+            return candidate
+    return None
+
+
+def _reply_parts(reply: str) -> tuple[int | None, str | None, str] | None:
+    """A reply's code (None: logged without), enhanced code and text (lines joined by single
+    spaces), if every line carries the same codes."""
+    lines = [line.strip() for line in _LINE_BREAK.split(reply) if line.strip()]
+    if not lines:
+        return None
+    first = _REPLY_LINE.match(lines[0]) or _UNCODED_LINE.match(lines[0])
+    if first is None:
+        return None
+    code, enhanced = first[1], first[2]
+    texts = [first[3]]
+    for line in lines[1:]:
+        m = _REPLY_LINE.match(line)
+        if m is None or m[1] != (code or m[1]) or m[2] != enhanced:
+            return None
+        code = m[1]
+        texts.append(m[3])
+    return int(code) if code else None, enhanced, " ".join(" ".join(texts).split())
+
+
+def _reply_pattern(
+    verdict: Verdict, explanation: Explanation, texts: TextsConfig | None, audience: Audience
+) -> str | None:
+    """The regular expression a rule's reply text matches, or None (too few words of its own).
+
+    Each template line is rendered alone with every session value a slot: a slot matches
+    any text on the line, and a line of session values only may be missing (it is left out
+    when they are all empty). Each line's pattern starts with a space: it matches the text,
+    its lines joined by spaces as :func:`_reply_parts` joins them, after one more space.
+    """
+    pieces: list[tuple[str, bool, int]] = []  # (pattern, may be missing, characters of ours)
+    if texts is None:  # the rule's text as it is, then our summary: the same for everybody
+        for line in default_reply_lines(verdict, explanation):
+            for rendered in sanitize_reply(verdict.code or 550, verdict.enhanced, line).lines:
+                pieces.append((re.escape(rendered), False, len(rendered.replace(" ", ""))))
+    else:
+        template = verdict.text or select_template(texts, explanation, audience)
+        values = reply_values(texts, explanation, dict.fromkeys(CONTEXT_KEYS, _SLOT))
+        for line in template.split("\n"):
+            names = {name for _, name, _, _ in _FORMATTER.parse(line) if name}
+            if not line.strip() or (names and not any(values.get(n) for n in names)):
+                continue  # rendered empty, or left out for every session alike
+            optional = bool(names) and not any(values.get(n) for n in names - CONTEXT_KEYS)
+            for rendered in render_template(line, values, code=verdict.code or 550):
+                ours = len(rendered.replace(_SLOT, "").replace(" ", ""))
+                pieces.append((_line_pattern(rendered), optional, ours))
+    if all(optional for _, optional, _ in pieces):  # one line of text and session values
+        pieces = [(piece, False, ours) for piece, _, ours in pieces]
+    if not pieces or sum(ours for _, optional, ours in pieces if not optional) < MIN_OWN_CHARS:
+        return None
+    body = "".join(f"(?: {p})?" if optional else f" {p}" for p, optional, _ in pieces)
+    return _ACCESS_PREFIX + body
+
+
+def _line_pattern(line: str) -> str:
+    """One rendered line as a pattern: its words exactly, each slot any text (maybe none)."""
+    escaped = re.escape(line)
+    escaped = escaped.replace(r"\ " + _SLOT, r"(?:\ [^\r\n]*?)?")
+    return escaped.replace(_SLOT, r"[^\r\n]*?")

@@ -6,7 +6,8 @@ passes the sanitizer, and the reply's code and class are never changed here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -78,7 +79,7 @@ class MapAnswer:
     """What the ``footer`` or ``dsn`` map answers for one key, and what chose it.
 
     ``text`` is the map's result (None: not found); ``entry`` the ``[texts]`` key that worded
-    it; ``audience`` whose text that was.
+    it (``rules.NAME`` for a reply our own rule made); ``audience`` whose text that was.
     """
 
     map_name: str
@@ -86,6 +87,8 @@ class MapAnswer:
     text: str | None
     entry: str
     audience: Audience
+    rule: str | None = None  #: the admin's rule whose own reply this is (no footer)
+    skipped: str | None = None  #: why a dsn text was not rewritten ("deferral")
 
 
 def answer_lookup(
@@ -97,23 +100,67 @@ def answer_lookup(
     same_line: bool = False,
     context: Mapping[str, str] | None = None,
     audience: Audience | None = None,
+    dsn_deferrals: bool = True,
+    own_rule: Callable[[str], tuple[str, Explanation] | None] | None = None,
 ) -> MapAnswer | None:
     """The one path from a socketmap key to its answer (the maps server and ``preview``).
 
     ``footer`` keys are a whole reply; ``dsn`` keys are ``X.Y.Z text``. Postfix sends no
     session facts, so the maps server leaves ``context`` empty and ``audience`` to
-    :data:`MAP_AUDIENCE`. None for a map other than ``footer`` and ``dsn``.
+    :data:`MAP_AUDIENCE`. ``own_rule`` names the admin rule whose reply a footer key is (it
+    gets no footer); a deferral's dsn text is left alone unless ``dsn_deferrals``. None for a
+    map other than ``footer`` and ``dsn``.
     """
     if map_name not in MAP_AUDIENCE:
         return None
     reader = audience or MAP_AUDIENCE[map_name]
+    if map_name == "footer" and own_rule is not None and (own := own_rule(key)) is not None:
+        rule, explanation = own  # our rule's reply says it all: no second story
+        return MapAnswer(map_name, explanation, None, f"rules.{rule}", reader, rule=rule)
     status, original = "", key
     if map_name == "dsn":
         status, _, original = key.partition(" ")
     explanation = explain_text(original, kb)
+    if map_name == "dsn" and status.startswith("4") and not dsn_deferrals:
+        return MapAnswer(map_name, explanation, None, "", reader, skipped="deferral")
     entry, lines = worded_reply_text(texts, explanation, context or {}, reader)
     if map_name == "footer":
         text = footer(explanation, lines, same_line=same_line)
     else:
         text = dsn_text(status, original, lines) if original else None
     return MapAnswer(map_name, explanation, text, entry, reader)
+
+
+#: How the reasons the SMTP and LMTP clients give start (the texts a DSN filter sees): a
+#: remote's reply (``host mx[ip] said: 550 ...``), a reply code, or a connection problem.
+_REASON_STARTS = re.compile(
+    r"(?:host \S+ (?:said|refused to talk to me): |[245]\d\d(?:[ -]|\Z)|connect to "
+    r"|lost connection with |conversation with |Host or domain name not found"
+    r"|Name service error|TLS is required|Server certificate not |mail for \S+ loops back)"
+)
+
+
+def split_dsn_text(text: str) -> tuple[str, str] | None:
+    """The friendly words and the original reason of a text :func:`dsn_text` wrote, or None.
+
+    ``text`` is the part after the status (what Postfix logs in ``status=bounced (...)``);
+    the original is the parenthesised reason at its end, kept verbatim by :func:`dsn_text`.
+    A text that starts like Postfix's own reasons, or whose last group is not one, is not
+    ours: None.
+    """
+    if not text.endswith(")") or _REASON_STARTS.match(text):
+        return None
+    depth = 0
+    for start in range(len(text) - 1, -1, -1):
+        if text[start] == ")":
+            depth += 1
+        elif text[start] == "(":
+            depth -= 1
+            if depth == 0:
+                break
+    else:
+        return None
+    friendly, original = text[:start], text[start + 1 : -1]
+    if not friendly.endswith(" ") or not friendly.strip() or not _REASON_STARTS.match(original):
+        return None
+    return friendly.strip(), original

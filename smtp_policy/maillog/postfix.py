@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
+from smtp_policy.core.rewrite import split_dsn_text
 from smtp_policy.core.stages import Stage
 from smtp_policy.maillog._shapes import (
     CODES,
@@ -473,8 +474,12 @@ def _delivery(m: re.Match[str], line: str, head: Head) -> LogRecord:
     if text is not None:
         if text.endswith(")"):
             text = text[:-1]
+        filtered = split_dsn_text(text)
+        if filtered is not None:  # our DSN filter's words, then the reason Postfix gave
+            friendly, text = filtered
+            extra = (("friendly", friendly),)
         code = _remote_code(text)
-        extra = _in_reply_to(text)
+        extra += _in_reply_to(text)
     if conn_use:
         extra = (("conn_use", conn_use), *extra)
     return new_record(

@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
@@ -61,6 +61,7 @@ from smtp_policy.core.explain import explain, explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Explanation, ReplyForm
 from smtp_policy.core.parse import MAX_PARSE_CHARS, reply_from_parts
+from smtp_policy.core.policy import OwnReply, recognise_reply
 from smtp_policy.core.stages import stage_of
 from smtp_policy.maillog.record import LogRecord
 
@@ -275,8 +276,11 @@ class MessageTracker:
         tz: tzinfo = UTC,
         year: int | None = None,
         explain_cache: int = EXPLAIN_CACHE,
+        own: Iterable[OwnReply] = (),
     ) -> None:
         self._kb = kb
+        self._own = tuple(own)
+        self._own_known: dict[str, _Known] = {}
         self.max_idle = max_idle
         self._tz = tz
         self._clock = LogClock(tz, year)
@@ -367,11 +371,12 @@ class MessageTracker:
         max_idle: float = DEFAULT_MAX_IDLE,
         tz: tzinfo = UTC,
         year: int | None = None,
+        own: Iterable[OwnReply] = (),
     ) -> MessageTracker:
         """Rebuild a tracker from :meth:`to_json`; raise ValueError on an unknown version."""
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"unknown tracker state version {data.get('version')!r}")
-        tracker = cls(kb, max_idle=max_idle, tz=tz, year=year or data.get("year"))
+        tracker = cls(kb, max_idle=max_idle, tz=tz, year=year or data.get("year"), own=own)
         tracker._clock.last_month = data.get("last_month")
         tracker._now = float(data.get("now", 0.0))
         tracker._last_sweep = float(data.get("last_sweep", 0.0))
@@ -384,6 +389,18 @@ class MessageTracker:
         return tracker
 
     # -- replies -------------------------------------------------------------------------------
+
+    def _own_reply(self, text: str) -> _Known | None:
+        """What a rejection one of our rules made means: the rule's reason, and its name."""
+        own = recognise_reply(self._own, text)
+        if own is None or own.decision.explanation is None:
+            return None
+        known = self._own_known.get(own.rule)
+        if known is None:
+            known = _known(own.decision.explanation)
+            known.fields["rule"] = own.rule
+            self._own_known[own.rule] = known
+        return known
 
     def _learn(self, text: str) -> _Known:
         return _known(explain_text(text, self._kb))
@@ -407,6 +424,10 @@ class MessageTracker:
 
     def _explain_record(self, record: LogRecord) -> _Known | None:
         text = record.reply
+        if text and self._own and record.kind in _UPSTREAM_REJECTS:
+            own = self._own_reply(text)
+            if own is not None:
+                return own
         if not text:
             if record.kind != "expired":
                 return None
@@ -470,6 +491,7 @@ class MessageTracker:
             ),
             recipient=_angle(record.recipient),
             mta=record.mta,
+            friendly=record.extra_value("friendly") if record.extra else None,
             extra=extra,
             **fields,
         )

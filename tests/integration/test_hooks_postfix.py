@@ -29,6 +29,9 @@ pytestmark = pytest.mark.postfix
 
 SENDER = "sender@local.test"
 CONFIG = """
+[maps]
+dsn_deferrals = true  # the deferral tests below: rewritten only when the admin opts in
+
 [texts]
 help_url = "https://help.local.test/mail-errors#{reason}"
 
@@ -180,6 +183,7 @@ def test_policy_service_records_and_rejects(pf: PrivatePostfix, policy: Daemon) 
     first = text.splitlines()[0]
     assert first.startswith("5.7.1 <alice@local.test>: Recipient address rejected:")
     assert first.endswith("We do not accept mail from eve@spam.test.")
+    assert text.splitlines() == [first]  # our rule's reply: no footer from the maps server
     requests = [e for e in policy.events.read() if e["event"] == "policy_request"]
     assert any(e["sender"] == "eve@spam.test" and e["rule"] == "no-spam-test" for e in requests)
     assert all(e["stage"] == "rcpt" for e in requests)
@@ -254,7 +258,8 @@ def test_bounce_is_friendlier_and_keeps_the_diagnostic(
 def test_deferral_is_logged_with_the_friendly_text(
     pf: PrivatePostfix, local: str, dsn: str, *, friendly: str, original: str
 ) -> None:
-    """A deferral's log text is the filtered one: friendlier words, then the original reply."""
+    """With [maps] dsn_deferrals on, a deferral's log text is the filtered one: friendlier
+    words, then the original reply (test_one_story_postfix.py: off by default)."""
     qid = submit(pf.smtp_port, f"{local}@remote.test")
     pattern = (
         rf"{qid}: to=<{local}@remote\.test>, .*dsn={re.escape(dsn)}, status=deferred \((.*)\)$"

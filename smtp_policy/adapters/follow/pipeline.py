@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ from smtp_policy.adapters.follow.tail import Batch, FileTail, Notice, Tailer
 from smtp_policy.core.events import Event, EventKind
 from smtp_policy.core.events import Source as EventSource
 from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.policy import OwnReply
 from smtp_policy.emit import EventWriter
 from smtp_policy.maillog.tracker import MessageTracker
 
@@ -213,11 +214,13 @@ def replay(
     *,
     year: int | None = None,
     notices: list[Notice] | None = None,
+    own: Iterable[OwnReply] = (),
 ) -> Iterator[Event]:
-    """Every event of whole files, in order, then the messages still in flight (incomplete)."""
+    """Every event of whole files, in order, then the messages still in flight (incomplete);
+    ``own`` are the replies of the configured rules, recognised in the log."""
     from smtp_policy.maillog.parse import parse_line
 
-    tracker = MessageTracker(kb, tz=local_timezone(), year=year)
+    tracker = MessageTracker(kb, tz=local_timezone(), year=year, own=own)
     now = datetime.now(UTC)
     for path in paths:
         tail = FileTail(path, from_start=True)

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import tzinfo
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from smtp_policy.adapters.follow.journal import JournalTail
 from smtp_policy.adapters.follow.tail import FilePosition, FileTail, Tailer
 from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.policy import OwnReply
 from smtp_policy.maillog.tracker import MessageTracker
 
 #: The version of the state document; a state of another version is ignored.
@@ -109,12 +110,15 @@ def restore_tracker(
     max_idle: float,
     tz: tzinfo,
     year: int | None,
+    own: Iterable[OwnReply] = (),
 ) -> MessageTracker:
-    """The tracker with the messages in flight that ``state`` saved (a bad one is ignored)."""
+    """The tracker with the messages in flight that ``state`` saved (a bad one is ignored);
+    ``own`` are the replies of the configured rules, recognised in the log."""
     saved = state.get("tracker")
+    own = tuple(own)
     if saved:
         try:
-            return MessageTracker.from_json(saved, kb, max_idle=max_idle, tz=tz, year=year)
+            return MessageTracker.from_json(saved, kb, max_idle=max_idle, tz=tz, year=year, own=own)
         except (ValueError, TypeError, KeyError) as exc:
             print(f"smtp-policy follow: in-flight state ignored: {exc}", file=sys.stderr)
-    return MessageTracker(kb, max_idle=max_idle, tz=tz, year=year)
+    return MessageTracker(kb, max_idle=max_idle, tz=tz, year=year, own=own)
