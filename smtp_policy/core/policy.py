@@ -28,7 +28,7 @@ from typing import Final
 from smtp_policy.core.classify import classify
 from smtp_policy.core.explain import explain
 from smtp_policy.core.knowledge import KnowledgeBase
-from smtp_policy.core.model import EnhancedCode, Explanation, Reason
+from smtp_policy.core.model import DecidedBy, EnhancedCode, Explanation, Reason
 from smtp_policy.core.networks import IPNetwork, in_networks
 from smtp_policy.core.parse import parse_reply
 from smtp_policy.core.rewrite import default_lines
@@ -236,7 +236,8 @@ def explain_verdict(verdict: Verdict, kb: KnowledgeBase) -> Explanation:
         classification = replace(classification, reason=verdict.reason, rule=None)
     if verdict.help_url:
         classification = replace(classification, help_url=verdict.help_url)
-    return explain(classification, kb)
+    # The admin's rule decided, whatever its codes would say alone (events name it in ``rule``).
+    return explain(replace(classification, decided_by=DecidedBy.RULE), kb)
 
 
 def default_reply_lines(verdict: Verdict, explanation: Explanation) -> list[str]:

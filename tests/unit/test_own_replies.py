@@ -292,3 +292,12 @@ def test_preview_and_the_maps_server_answer_a_rule_reply_the_same() -> None:
     deferral = answer_lookup("dsn", "4.2.2 452 4.2.2 Mailbox full", KB, config.texts,
                              dsn_deferrals=False)  # fmt: skip
     assert deferral is not None and (deferral.text, deferral.skipped) == (None, "deferral")
+
+
+def test_a_rule_made_reply_is_decided_by_the_rule() -> None:
+    """The admin's rule decided: decided_by says so in every event about it, not its codes."""
+    config = config_of()
+    facts = RuleFacts(client_addr="192.0.2.9", sender="<eve@spam.test>", recipient="<b@x.test>")
+    decision = decide(config.rules, Stage.RCPT, facts, kb=KB, texts=config.texts, context={})
+    assert decision is not None and decision.explanation is not None
+    assert decision.explanation.to_dict()["decided_by"] == "rule"
