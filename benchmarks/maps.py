@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,11 @@ from pathlib import Path
 from smtp_policy.wire.netstring import NetstringDecoder, encode
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make the tests' daemon wrapper importable
+    sys.path.insert(0, str(ROOT))
+from smtp_policy.lab.instance import poll  # noqa: E402
+from tests.helpers import Daemon, running  # noqa: E402
+
 KEYS = {
     "footer": [
         "550 5.1.1 <nobody@example.com>: Recipient address rejected: "
@@ -83,15 +89,26 @@ async def drive(port: int, name: str, clients: int, seconds: float) -> tuple[flo
     return len(latencies) / seconds, p50, p99
 
 
-def start(argv: list[str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL, cwd=ROOT)
-    for _ in range(200):
+def start_floor(port: int, timeout: float = 10) -> subprocess.Popen[bytes]:
+    """The floor server, once it accepts connections on ``port``."""
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR, str(port)], stderr=subprocess.DEVNULL,
+                            cwd=ROOT)  # fmt: skip
+
+    def accepts() -> bool | None:
         try:
-            asyncio.run(asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1))
-            return proc
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"server on port {port} did not start")
+            return None
+        return True
+
+    try:
+        poll(accepts, timeout, lambda: f"the floor server on port {port}",
+             unless=lambda: proc.poll() is not None)  # fmt: skip
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
 
 
 def main() -> None:
@@ -101,42 +118,31 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        ours_port, floor_port = 18896, 18897
-        ours = start(
-            [
-                sys.executable,
-                "-m",
-                "smtp_policy",
-                "maps",
-                "--listen",
-                f"inet:127.0.0.1:{ours_port}",
-                "--events",
-                str(Path(tmp) / "ev.jsonl"),
-                "--config",
-                "/dev/null",
-            ],
-            ours_port,
-        )
-        floor = start([sys.executable, "-c", FLOOR, str(floor_port)], floor_port)
+        ours = Daemon("maps", Path(tmp), "--config", "/dev/null", port=18896,
+                      events=Path(tmp) / "ev.jsonl", cwd=ROOT)  # fmt: skip
+        floor_port = 18897
+        floor = start_floor(floor_port)
         try:
-            print(f"{args.clients} concurrent clients, {args.seconds:.0f} s per run")
-            floor_rate, fp50, fp99 = asyncio.run(
-                drive(floor_port, "footer", args.clients, args.seconds)
-            )
-            print(
-                f"floor (NOTFOUND, no work): {floor_rate:,.0f} lookups/s, "
-                f"p50 {fp50:.2f} ms, p99 {fp99:.2f} ms"
-            )
-            for name in ("footer", "dsn"):
-                rate, p50, p99 = asyncio.run(drive(ours_port, name, args.clients, args.seconds))
-                print(
-                    f"smtp-policy maps {name:<6}: {rate:,.0f} lookups/s, p50 {p50:.2f} ms, "
-                    f"p99 {p99:.2f} ms, {rate / floor_rate:.2f} of the floor"
+            with running(ours):
+                print(f"{args.clients} concurrent clients, {args.seconds:.0f} s per run")
+                floor_rate, fp50, fp99 = asyncio.run(
+                    drive(floor_port, "footer", args.clients, args.seconds)
                 )
+                print(
+                    f"floor (NOTFOUND, no work): {floor_rate:,.0f} lookups/s, "
+                    f"p50 {fp50:.2f} ms, p99 {fp99:.2f} ms"
+                )
+                for name in ("footer", "dsn"):
+                    rate, p50, p99 = asyncio.run(
+                        drive(ours.tcp_port, name, args.clients, args.seconds)
+                    )
+                    print(
+                        f"smtp-policy maps {name:<6}: {rate:,.0f} lookups/s, p50 {p50:.2f} ms, "
+                        f"p99 {p99:.2f} ms, {rate / floor_rate:.2f} of the floor"
+                    )
         finally:
-            for proc in (ours, floor):
-                proc.terminate()
-                proc.wait(timeout=10)
+            floor.terminate()
+            floor.wait(timeout=10)
 
 
 if __name__ == "__main__":

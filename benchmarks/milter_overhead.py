@@ -43,8 +43,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the tests' Postfix library importable
     sys.path.insert(0, str(ROOT))
-from smtp_policy.lab.instance import free_port  # noqa: E402
+from smtp_policy.lab.instance import free_port, poll  # noqa: E402
 from smtp_policy.lab.postfix import PrivatePostfix  # noqa: E402
+from tests.helpers import Daemon  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SENDER, RECIPIENT = "bench@local.test", "alice@local.test"
@@ -136,7 +137,7 @@ class BenchPostfix(PrivatePostfix):
 
 
 class MilterRun:
-    """One milter process for one run."""
+    """One milter process for one run: the no-op pymilter, or smtp_policy's as a Daemon."""
 
     def __init__(self, setup: Setup, workdir: Path, port: int) -> None:
         self.setup = setup
@@ -144,7 +145,9 @@ class MilterRun:
         self.port = port
         self.events = workdir / f"{setup.name}.jsonl"
         self.stats = workdir / f"{setup.name}.stats.json"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr = workdir / f"{setup.name}.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None  # whichever milter runs
+        self.daemon: Daemon | None = None  # smtp_policy's milter, while it runs
 
     @property
     def socket_path(self) -> Path:
@@ -177,29 +180,55 @@ class MilterRun:
                 time.sleep(2)
 
     def _start_once(self) -> None:
-        for path in (self.events, self.stats):
+        for path in (self.events, self.stats, self.stderr):
             path.unlink(missing_ok=True)
-        if self.setup.milter == "noop":
-            argv = [sys.executable, str(ROOT / "benchmarks" / "noop_milter.py"),
-                    "--socket", self.listen, "--stats", str(self.stats)]  # fmt: skip
-        else:
-            config = self.workdir / "empty.toml"
-            config.write_text("")
-            argv = [sys.executable, "-m", "smtp_policy", "milter", "--listen", self.listen,
-                    "--events", str(self.events), "--config", str(config),
-                    "--noreply", "on" if self.setup.noreply else "off"]  # fmt: skip
-        stderr = self.workdir / f"{self.setup.name}.stderr"
-        with stderr.open("wb") as err:
-            self.proc = subprocess.Popen(
+        try:
+            if self.setup.milter == "noop":
+                self._start_noop()
+            else:
+                self._start_policy()
+        except AssertionError as failure:  # it exited, or was not ready within 30 s
+            self._discard()
+            tail = self.stderr.read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"{self.setup.name}: the milter did not start: {tail}") from failure
+
+    def _start_noop(self) -> None:
+        """The no-op pymilter, ready once it accepts connections."""
+        argv = [sys.executable, str(ROOT / "benchmarks" / "noop_milter.py"),
+                "--socket", self.listen, "--stats", str(self.stats)]  # fmt: skip
+        with self.stderr.open("wb") as err:
+            proc = subprocess.Popen(
                 argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, umask=0o111
             )
-        deadline = time.monotonic() + 30
-        while not self._accepts():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = stderr.read_text(errors="replace").strip().splitlines()[-3:]
-                raise RuntimeError(f"{self.setup.name}: the milter did not start: {tail}")
-            time.sleep(0.05)
+        self.proc = proc
+        poll(
+            lambda: self._accepts() or None,
+            30,
+            lambda: f"{self.setup.name} to accept connections",
+            unless=lambda: proc.poll() is not None,
+        )
+
+    def _start_policy(self) -> None:
+        """smtp_policy's milter, ready once it wrote its ``started`` event (it listens then)."""
+        config = self.workdir / "empty.toml"
+        config.write_text("")
+        self.daemon = Daemon(
+            "milter", self.workdir, "--listen", self.listen, "--config", str(config),
+            "--noreply", "on" if self.setup.noreply else "off",
+            name=self.setup.name, events=self.events, cwd=ROOT,
+        )  # fmt: skip
+        self.daemon.start(timeout=30)
+        self.proc = self.daemon.proc
+
+    def _discard(self) -> None:
+        """Kill a milter that did not start."""
+        if self.daemon is not None:
+            if self.daemon.proc is not None:
+                self.daemon.kill()
+        elif self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = self.daemon = None
 
     def _accepts(self) -> bool:
         family = socket.AF_UNIX if self.setup.transport == "unix" else socket.AF_INET
@@ -235,7 +264,12 @@ class MilterRun:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> int | None:
-        """SIGTERM; the end-of-message count the milter saw."""
+        """SIGTERM; the end-of-message count the milter saw. smtp_policy's must exit 0 without
+        a traceback."""
+        if self.daemon is not None:
+            daemon, self.daemon, self.proc = self.daemon, None, None
+            daemon.stop(30)
+            return sum(1 for e in daemon.events.of("stage") if e["stage"] == "eom")
         if self.proc is None:
             return None
         self.proc.send_signal(signal.SIGTERM)
@@ -244,12 +278,9 @@ class MilterRun:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if self.setup.milter == "noop":
-            if not self.stats.exists():
-                return None
-            return int(json.loads(self.stats.read_text())["eom"])
-        lines = self.events.read_text().splitlines() if self.events.exists() else []
-        return sum(1 for line in lines if '"stage": "eom"' in line and '"event": "stage"' in line)
+        if not self.stats.exists():
+            return None
+        return int(json.loads(self.stats.read_text())["eom"])
 
 
 def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:

@@ -19,7 +19,6 @@ Prints each round and the proxied/direct ratios. Nothing is asserted: the machin
 from __future__ import annotations
 
 import argparse
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the tests' Postfix librar
     sys.path.insert(0, str(ROOT))
 from smtp_policy.lab.instance import free_port  # noqa: E402
 from smtp_policy.lab.postfix import PrivatePostfix  # noqa: E402
+from tests.helpers import Daemon, running  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 MESSAGE = b"Subject: benchmark\r\n\r\n" + b"x" * 70 + b"\r\n" + b"y" * 900 + b"\r\n.\r\n"
@@ -51,28 +51,13 @@ def postfix_and_proxy() -> Iterator[tuple[int, int]]:
         "  -o smtpd_authorized_xclient_hosts=127.0.0.1",
     ]
     with PrivatePostfix(discard=True, master_cf=master) as pf, tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        argv = [sys.executable, "-m", "smtp_policy", "proxy", "--listen", f"127.0.0.1:{port}"]
-        argv += ["--upstream", f"127.0.0.1:{inner}", "--events", str(Path(tmp) / "events")]
-        argv += ["--max-connections", "1000", "--no-reverse-dns"]
-        proxy = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
-        try:
-            _wait_port(port)
-            yield pf.smtp_port, port
-        finally:
-            proxy.send_signal(signal.SIGTERM)
-            proxy.wait(timeout=15)
-
-
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
+        proxy = Daemon(
+            "proxy", Path(tmp), "--upstream", f"127.0.0.1:{inner}",
+            "--max-connections", "1000", "--no-reverse-dns",
+            port=free_port(), events=Path(tmp) / "events",
+        )  # fmt: skip
+        with running(proxy):  # ready once it wrote its started event (it listens by then)
+            yield pf.smtp_port, proxy.tcp_port
 
 
 def throughput(port: int, messages: int, sessions: int, *, reuse: bool = False) -> float:

@@ -86,7 +86,8 @@ class Daemon:
 
     ``port``: listen on that loopback port (``--listen`` as the command spells it); ``name``
     tells apart the files of two daemons of one command in one ``workdir``; ``events``: the
-    event file, ``WORKDIR/NAME-events.jsonl`` unless given.
+    event file, ``WORKDIR/NAME-events.jsonl`` unless given; ``cwd``: the directory it runs in
+    (a benchmark's source tree, whose ``smtp_policy`` it then imports), the caller's unless given.
     """
 
     def __init__(
@@ -97,8 +98,10 @@ class Daemon:
         port: int | None = None,
         name: str | None = None,
         events: Path | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.command = command
+        self.cwd = cwd
         self.workdir = workdir
         self.name = name or command
         self.port = port
@@ -129,7 +132,11 @@ class Daemon:
         starts = len(self.events.of("started"))
         with self.stderr_path.open("ab") as err:
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=self.cwd,
             )
         self.wait_for(lambda e: e["event"] == "started", timeout, count=starts + 1)
         return self

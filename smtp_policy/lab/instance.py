@@ -27,16 +27,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def poll(probe: Callable[[], T | None], timeout: float, what: Callable[[], str]) -> T:
-    """Call ``probe`` until it returns non-None; raise WaitTimeoutError after ``timeout`` s."""
+def poll(
+    probe: Callable[[], T | None],
+    timeout: float,
+    what: Callable[[], str],
+    *,
+    unless: Callable[[], bool] | None = None,
+    interval: float = _POLL,
+) -> T:
+    """Call ``probe`` every ``interval`` s until it returns non-None; raise WaitTimeoutError
+    after ``timeout`` s. ``unless``: give up at once (AssertionError) when it holds and one more
+    call of ``probe`` still returns None (what it waits for can no longer happen)."""
     deadline = time.monotonic() + timeout
     while True:
         result = probe()
         if result is not None:
             return result
+        if unless is not None and unless():
+            result = probe()
+            if result is not None:
+                return result
+            raise AssertionError(f"gave up waiting for {what()}")
         if time.monotonic() >= deadline:
             raise WaitTimeoutError(f"timed out after {timeout:g}s waiting for {what()}")
-        time.sleep(_POLL)
+        time.sleep(interval)
 
 
 class MailLab:

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from smtp_policy.lab.instance import free_port, poll
 from smtp_policy.wire import netstring
 from tests.helpers import Daemon, read_events
-
-
-def _wait(probe: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    poll(lambda: probe() or None, timeout, lambda: what)
 
 
 def _lookup(port: int, key: str) -> bytes:
@@ -36,7 +31,7 @@ def test_maps_server_reopens_its_events_on_sighup(tmp_path: Path) -> None:
         assert _lookup(port, "footer 550 5.1.1 <a@b.test>: User unknown").startswith(b"OK ")
         path.rename(tmp_path / "events.jsonl.1")
         proc.send_signal(signal.SIGHUP)
-        _wait(lambda: any(e["event"] == "reloaded" for e in read_events(path)), "the reload event")
+        proc.wait_for(lambda e: e["event"] == "reloaded")  # read from the new file
         _lookup(port, "footer 451 4.7.1 Try again later")
     finally:
         proc.stop()
@@ -53,7 +48,7 @@ def test_milter_reopens_its_events_on_sighup(tmp_path: Path) -> None:
         proc.start()  # waits for the start event
         path.rename(tmp_path / "events.jsonl.1")
         proc.send_signal(signal.SIGHUP)
-        _wait(lambda: any(e["event"] == "reloaded" for e in read_events(path)), "the reload event")
+        proc.wait_for(lambda e: e["event"] == "reloaded")  # read from the new file
     finally:
         proc.stop()
     assert not any(e["event"] == "reloaded" for e in read_events(tmp_path / "events.jsonl.1"))
@@ -86,11 +81,15 @@ def test_follower_reopens_its_events_on_sighup(tmp_path: Path) -> None:
                 for _ in range(5):
                     n += 1
                     fh.write(SYSLOG.format(s=n % 60, n=n))
-            _wait(lambda: len(replies()) >= 5 * (round_ + 1), f"{n} reply events")  # noqa: B023
+            poll(
+                lambda: replies() if len(replies()) >= 5 * (round_ + 1) else None,  # noqa: B023
+                30,
+                lambda: f"{n} reply events",  # noqa: B023
+            )
             if round_ < 2:
                 events.rename(tmp_path / f"events.jsonl.{round_}")
                 proc.send_signal(signal.SIGHUP)
-                _wait(events.exists, "the reopened events file")
+                poll(lambda: events.exists() or None, 30, lambda: "the reopened events file")
     finally:
         proc.stop()
     recipients = sorted(e["recipient"] for e in replies())

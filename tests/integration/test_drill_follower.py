@@ -47,6 +47,7 @@ from typing import Any, Self
 
 import pytest
 
+from smtp_policy.lab.instance import poll
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
 from smtp_policy.maillog.parse import parse_line
@@ -145,10 +146,12 @@ class Sender(threading.Thread):
 
     def wait_sent(self, count: int, timeout: float = 120) -> None:
         """Wait until ``count`` sessions were sent in all."""
-        deadline = time.monotonic() + timeout
-        while self.sent < count:
-            assert self.is_alive() and time.monotonic() < deadline, (self.sent, self.errors)
-            time.sleep(0.02)
+        poll(
+            lambda: self.sent >= count or None,
+            timeout,
+            lambda: f"{count} sessions sent; sent {self.sent}, errors {self.errors}",
+            unless=lambda: not self.is_alive(),
+        )
 
 
 class Follower(Daemon):
@@ -180,20 +183,33 @@ class Follower(Daemon):
 
     def wait_on_live_file(self, timeout: float = 60) -> None:
         """Wait until the saved position is in the live maillog (not in a rotated one)."""
-        deadline = time.monotonic() + timeout
-        while (pos := self.position()) is None or pos["ino"] != os.stat(self.pf.maillog).st_ino:
-            assert time.monotonic() < deadline, f"follower still at {pos}"
-            time.sleep(0.05)
+
+        def on_live_file() -> dict[str, int] | None:
+            pos = self.position()
+            return (
+                pos if pos is not None and pos["ino"] == os.stat(self.pf.maillog).st_ino else None
+            )
+
+        poll(
+            on_live_file, timeout, lambda: f"the live maillog; follower still at {self.position()}"
+        )
 
     def wait_caught_up(self, timeout: float = 60) -> None:
         """Wait until the saved position is the end of the live maillog."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def caught_up() -> dict[str, int] | None:
             st, pos = os.stat(self.pf.maillog), self.position()
-            if pos and (pos["ino"], pos["offset"]) == (st.st_ino, st.st_size):
-                return
-            assert time.monotonic() < deadline, f"follower stuck at {pos}, file {st}"
-            time.sleep(0.1)
+            return pos if pos and (pos["ino"], pos["offset"]) == (st.st_ino, st.st_size) else None
+
+        poll(
+            caught_up,
+            timeout,
+            lambda: (
+                f"the end of the maillog; follower stuck at {self.position()}, "
+                f"file {os.stat(self.pf.maillog)}"
+            ),
+            interval=0.1,
+        )
 
 
 def postlogd(pf: PrivatePostfix) -> int:
@@ -230,11 +246,19 @@ def drain_queue(pf: PrivatePostfix, timeout: float = 120) -> None:
     one was still delivering is logged "skipped, still being delivered" and waits in incoming/
     until something triggers a scan, which a quiet queue never does.
     """
-    deadline = time.monotonic() + timeout
-    while not pf.queue_empty():
-        assert time.monotonic() < deadline, [f.name for f in pf.queue_files()]
+
+    def empty() -> bool | None:
+        if pf.queue_empty():
+            return True
         pf.flush()
-        time.sleep(1)
+        return None
+
+    poll(
+        empty,
+        timeout,
+        lambda: f"an empty queue; left: {[f.name for f in pf.queue_files()]}",
+        interval=1,
+    )
 
 
 @pytest.fixture(name="follower")

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from smtp_policy.lab.instance import delivery_report, free_port
+from smtp_policy.lab.instance import delivery_report, free_port, poll
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
 from tests.helpers import Daemon
@@ -139,14 +139,22 @@ class Load:
 
     def send_until(self, done: Callable[[], bool], interval: float, timeout: float) -> int:
         """Keep starting sessions every ``interval`` s until ``done()``; return how many."""
-        deadline = time.monotonic() + timeout
         count = 0
-        while not done():
-            assert time.monotonic() < deadline, f"still waiting after {timeout:g} s"
+
+        def one_more() -> int | None:
+            nonlocal count
+            if done():
+                return count
             self._submit()
             count += 1
-            time.sleep(interval)
-        return count
+            return None
+
+        return poll(
+            one_more,
+            timeout,
+            lambda: f"done() to hold; {count} sessions started",
+            interval=interval,
+        )
 
     def drain(self) -> list[Outcome]:
         """Wait for every session; all outcomes in start order."""

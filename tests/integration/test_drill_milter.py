@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from smtp_policy.lab.instance import free_port
+from smtp_policy.lab.instance import free_port, poll
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from tests.integration.drills import size
 from tests.integration.test_milter_postfix import Ev, MilterProcess
@@ -68,6 +68,7 @@ POLICY_VERDICT: Verdict = ("RCPT", 550, "5.7.1")
 #: every refused session of the drill.
 NOTIFY = {"notify_classes": "resource, software"}
 CLIENT_TIMEOUT = 180.0  # seconds a client waits for one reply: the machine is shared
+LOAD_WAIT = 300.0  # seconds a drill waits for a point of its run (the load, the hang)
 _MILTER_WARNING = re.compile(r"warning: (connect to Milter service|milter) unix:")
 
 
@@ -180,10 +181,10 @@ class Load:
     def wait(self, timeout: float = 600.0) -> None:
         """Wait until every session ended."""
         self.release()
-        deadline = time.monotonic() + timeout
         try:
+            poll(lambda: self.finished or None, timeout, self._unfinished)
             for future in self._futures:
-                future.result(max(1.0, deadline - time.monotonic()))
+                future.result()  # raises what a session raised
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -196,6 +197,9 @@ class Load:
     def finished(self) -> bool:
         """Every session has ended."""
         return all(f.done() for f in self._futures)
+
+    def _unfinished(self) -> str:
+        return f"every session to end; {sum(not f.done() for f in self._futures)} still running"
 
     def hold(self) -> None:
         """New sessions wait from now on."""
@@ -334,10 +338,14 @@ def wait_delivered(pf: PrivatePostfix, messages: Sequence[Message], timeout: flo
             if (hit := _STATUS.search(line)) and hit[2] == "sent"
         }
 
-    deadline = time.monotonic() + timeout
-    while not accepted <= delivered():
-        assert time.monotonic() < deadline, f"not delivered: {sorted(accepted - delivered())}"
-        time.sleep(0.2)
+    poll(
+        lambda: accepted <= delivered() or None,
+        timeout,
+        lambda: (
+            f"every accepted message delivered; not delivered: {sorted(accepted - delivered())}"
+        ),
+        interval=0.2,
+    )
     pf.wait_queue_empty(timeout)
 
 
@@ -378,21 +386,6 @@ def policy_refusals(events: Sequence[Ev]) -> set[str]:
         for e in events
         if e["event"] == "reply" and e.get("rule") == RULE
     }
-
-
-def _wait(
-    condition: Callable[[], bool],
-    what: str,
-    *,
-    unless: Callable[[], bool] = lambda: False,
-    timeout: float = 300,
-) -> None:
-    """Poll ``condition`` until it holds; fail on ``unless`` (it can no longer hold)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert not unless() or condition(), f"gave up waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
-        time.sleep(0.05)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -477,21 +470,27 @@ def test_milter_killed_under_load_loses_nothing(
     load = Load(pf.smtp_port, messages, concurrency=CONCURRENCY, per_session=PER_SESSION)
     try:
         load.start()
-        _wait(
-            lambda: load.completed >= MESSAGES // 5,
-            "a fifth of the load",
+        poll(
+            lambda: load.completed >= MESSAGES // 5 or None,
+            LOAD_WAIT,
+            lambda: "a fifth of the load",
             unless=lambda: load.finished,
         )
         kill_from, killed_at = time.monotonic(), time.time()
         milter.kill()
         kill_to = time.monotonic()
         completed_at_kill = load.completed
-        _wait(
+        poll(
             lambda: (
-                load.completed >= completed_at_kill + MESSAGES // 10
-                and load.count(lambda s: kill_to < s.start and s.greeted < math.inf) >= CONCURRENCY
+                (
+                    load.completed >= completed_at_kill + MESSAGES // 10
+                    and load.count(lambda s: kill_to < s.start and s.greeted < math.inf)
+                    >= CONCURRENCY
+                )
+                or None
             ),
-            "sessions without the milter",
+            LOAD_WAIT,
+            lambda: "sessions without the milter",
             unless=lambda: load.finished,
         )
         load.hold()
@@ -653,7 +652,11 @@ def test_milter_hung_postfix_times_out_and_mail_flows(
         counts = check_delivered_once(pf, during)  # while the milter is still stopped
         sessions_hung = len(load.sessions) + OPEN_AT_STOP
         warnings = pf.wait_for_log(_TIMED_OUT, 60, count=sessions_hung, since=log_mark)
-        _wait(lambda: time.monotonic() - stopped >= 3 * HANG_TIMEOUT, "the hang to last")
+        poll(
+            lambda: time.monotonic() - stopped >= 3 * HANG_TIMEOUT or None,
+            LOAD_WAIT,
+            lambda: "the hang to last",
+        )
         assert milter.proc.poll() is None
         assert len(milter.events.of("session")) == sessions_before  # it really was stopped
     finally:
@@ -667,13 +670,21 @@ def test_milter_hung_postfix_times_out_and_mail_flows(
         lambda e: e["event"] == "session", timeout=60, count=sessions_before + OPEN_AT_STOP
     )
     abandoned = milter.events.of("session")[sessions_before:]
-    probes: list[Message] = []  # the first session the milter serves again
-    while not probes or probes[-1].verdict != POLICY_VERDICT:
-        assert time.monotonic() - resumed < 120, [p.replies for p in probes]
+    probes: list[Message] = []  # the last is the first session the milter serves again
+
+    def served() -> Message | None:
         probe = make_messages(f"d2-probe{len(probes)}", 1, kinds=(POLICY,))[0]
         send_all(pf.smtp_port, [probe])
         expect.check(probe, {expect.without[POLICY], POLICY_VERDICT})
         probes.append(probe)
+        return probe if probe.verdict == POLICY_VERDICT else None
+
+    poll(  # within 120 s of SIGCONT, one probe after another
+        served,
+        resumed + 120 - time.monotonic(),
+        lambda: f"a session served by the milter again; {[p.replies for p in probes]}",
+        interval=0,
+    )
     recovered = probes[-1].done - resumed
     after = make_messages("d2-after", len(PATTERN))
     send_all(pf.smtp_port, after)
