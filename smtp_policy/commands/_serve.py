@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from smtp_policy.adapters._serve import Handler, start_server
+from smtp_policy.commands._options import add_config_option
 from smtp_policy.config import Config, load_config, reload_or_keep
 from smtp_policy.config.listen import ListenAddress
 from smtp_policy.core.errors import ConfigError
@@ -47,12 +48,7 @@ def add_daemon_options(parser: argparse.ArgumentParser, section: str) -> None:
     parser.add_argument(
         "--events", metavar="FILE", help="append JSON events to FILE (default: [events] output)"
     )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="read the shipped defaults and FILE only "
-        "(default: /etc/smtp-policy/config.toml and conf.d/*.toml)",
-    )
+    add_config_option(parser)
 
 
 def serve(

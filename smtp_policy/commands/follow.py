@@ -38,6 +38,7 @@ from smtp_policy.adapters.follow.state import (
     restore_tracker,
 )
 from smtp_policy.adapters.follow.tail import FileTail, LineSource, StreamTail, Tailer
+from smtp_policy.commands._options import add_config_option
 from smtp_policy.config.listen import LOOPBACK, ListenAddress
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.events import EventKind
@@ -82,12 +83,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="keep positions and in-flight messages in DIR "
         "(default: [follow] state_dir for the [follow] sources, else $STATE_DIRECTORY)",
     )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="read the shipped defaults and FILE only "
-        "(default: /etc/smtp-policy/config.toml and conf.d/*.toml)",
-    )
+    add_config_option(parser)
     parser.add_argument(
         "--from-start", action="store_true", help="read files from their start, not their end"
     )

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING
 
+from smtp_policy.commands._options import add_config_option
 from smtp_policy.config.listen import ListenAddress
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.events import Event, EventKind, Source
@@ -53,12 +54,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--events", metavar="FILE", help="append JSON events to FILE (default: [events] output)"
     )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="read the shipped defaults and FILE only "
-        "(default: /etc/smtp-policy/config.toml and conf.d/*.toml)",
-    )
+    add_config_option(parser)
     parser.add_argument(
         "--timeout",
         type=int,

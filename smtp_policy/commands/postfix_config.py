@@ -24,6 +24,7 @@ from smtp_policy.adapters.postconf import (
     commit,
     default_config_dir,
 )
+from smtp_policy.commands._options import add_config_option
 from smtp_policy.config import Config, load_config
 from smtp_policy.config.listen import ListenAddress
 from smtp_policy.config.postfix import (
@@ -46,7 +47,7 @@ BOUNCE_TEMPLATE_NAME = "smtp-policy-bounce.cf"
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the postfix-config options."""
-    parser.add_argument("--config", metavar="FILE", help="read the shipped defaults and FILE only")
+    add_config_option(parser)
     parser.add_argument(
         "--postfix-dir",
         metavar="DIR",

@@ -13,12 +13,12 @@ lines. A reply that does not start with a 3-digit code is refused (exit 1).
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import re
 from dataclasses import dataclass
 from functools import partial
 
+from smtp_policy.commands._options import add_config_option, ip_address
 from smtp_policy.commands._serve import warning_printer
 from smtp_policy.config import load_config
 from smtp_policy.core.errors import SmtpPolicyError
@@ -128,7 +128,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--client",
         metavar="IP",
-        type=_ip,
+        type=ip_address,
         help="the connecting client (says whether [texts] internal_networks holds it)",
     )
     parser.add_argument(
@@ -138,19 +138,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "internal, as the maps server does)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="read the shipped defaults and FILE only "
-        "(default: /etc/smtp-policy/config.toml and conf.d/*.toml)",
-    )
-
-
-def _ip(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text.strip("[]")))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+    add_config_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:

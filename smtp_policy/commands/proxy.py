@@ -19,6 +19,7 @@ import argparse
 import ssl
 import sys
 
+from smtp_policy.commands._options import add_config_option
 from smtp_policy.config.listen import ListenAddress
 from smtp_policy.core.errors import ConfigError
 
@@ -41,12 +42,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--events", metavar="FILE", help="append JSON events to FILE (default: [events] output)"
     )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="read the shipped defaults and FILE only "
-        "(default: /etc/smtp-policy/config.toml and conf.d/*.toml)",
-    )
+    add_config_option(parser)
     parser.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain for STARTTLS")
     parser.add_argument("--tls-key", metavar="FILE", help="PEM private key for STARTTLS")
     parser.add_argument(

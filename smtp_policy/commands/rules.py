@@ -10,10 +10,10 @@ Exits 0 whether or not a rule fires; a bad option value is a usage error (exit 2
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 from dataclasses import dataclass
 
+from smtp_policy.commands._options import add_config_option, ip_address
 from smtp_policy.commands._serve import warning_printer
 from smtp_policy.config import load_config
 from smtp_policy.core.policy import (
@@ -59,7 +59,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     test.add_argument(
         "--stage", required=True, choices=[s.value for s in Stage], help="the SMTP stage"
     )
-    test.add_argument("--client", metavar="IP", type=_ip, help="the client's IP address")
+    test.add_argument("--client", metavar="IP", type=ip_address, help="the client's IP address")
     test.add_argument("--helo", metavar="NAME", help="the HELO/EHLO name")
     test.add_argument("--sender", metavar="ADDRESS", help='the envelope sender ("" for <>)')
     test.add_argument("--recipient", metavar="ADDRESS", help="the envelope recipient")
@@ -68,19 +68,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--authenticated", action="store_true", help="the client logged in (SMTP AUTH)"
     )
     test.add_argument("--json", action="store_true", help="print one JSON object")
-    test.add_argument(
-        "--config",
-        metavar="FILE",
-        help="read the shipped defaults and FILE only "
-        "(default: /etc/smtp-policy/config.toml and conf.d/*.toml)",
-    )
-
-
-def _ip(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text.strip("[]")))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+    add_config_option(test)
 
 
 def _size(text: str) -> int:
