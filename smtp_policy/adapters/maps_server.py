@@ -17,12 +17,14 @@ from datetime import UTC, datetime
 
 from smtp_policy.adapters._serve import serve_requests
 from smtp_policy.config import Config
+from smtp_policy.core.bounce import dsn_lines
 from smtp_policy.core.events import Direction, Event, EventKind, Source, reply_fields
 from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Explanation
 from smtp_policy.core.rewrite import dsn_text, footer
 from smtp_policy.core.texts import render_reply_text
+from smtp_policy.data.i18n import bounce_words
 from smtp_policy.emit import EventWriter
 from smtp_policy.wire.netstring import NetstringDecoder
 from smtp_policy.wire.socketmap import NOT_FOUND, Request, SocketmapReply, Status
@@ -55,10 +57,14 @@ class MapsService:
     def reconfigure(self, config: Config) -> None:
         """Use the texts and settings of a newly loaded configuration."""
         self._texts = config.texts
+        self._bounce = config.bounce
+        self._bounce_words = bounce_words(config.bounce.language)
         option = self._same_line_option
         self._same_line = config.maps.same_line if option is None else option
 
     def _lines(self, explanation: Explanation, map_name: str) -> list[str]:
+        if map_name == "dsn":  # a recipient's entry in a bounce, in the [bounce] layout
+            return dsn_lines(explanation, self._texts, self._bounce, self._bounce_words)
         return render_reply_text(self._texts, explanation, {}, AUDIENCE[map_name])
 
     def lookup(self, request: Request, session: str) -> SocketmapReply:
