@@ -279,7 +279,7 @@ def recipient_lines(explanation: Explanation, texts: TextsConfig, words: BounceW
     ]
     link = help_link(explanation, texts)
     if link:
-        lines.append(f"{words.more_information} {link}")
+        lines.append(f"{words.more_information} <{link}>.")  # brackets: RFC 3986 app. C
     lines.append(words.for_administrators)
     return [line.translate(_ASCII_GERMAN) for line in lines]
 

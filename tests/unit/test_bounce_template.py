@@ -141,7 +141,7 @@ def test_recipient_entry_is_in_the_ndr_order(language: str) -> None:
     assert lines[0].endswith(_ascii(words.who[Actor.SENDER]))
     assert lines[1].startswith(_ascii(words.what_to_do))
     link = "https://support.google.com/mail/?p=NoSuchUser"  # the reply's own, not an article
-    assert lines[2] == f"{_ascii(words.more_information)} {link}"
+    assert lines[2] == f"{_ascii(words.more_information)} <{link}>."
     assert lines[3] == _ascii(words.for_administrators)
     text = dsn_text("5.1.1", GMAIL, lines)
     assert text is not None and text.isascii()
