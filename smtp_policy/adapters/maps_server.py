@@ -57,14 +57,11 @@ class MapsService:
     def reconfigure(self, config: Config) -> None:
         """Use the texts and settings of a newly loaded configuration."""
         self._texts = config.texts
-        self._bounce = config.bounce
         self._bounce_words = bounce_words(config.bounce.language)
         option = self._same_line_option
         self._same_line = config.maps.same_line if option is None else option
 
     def _lines(self, explanation: Explanation, map_name: str) -> list[str]:
-        if map_name == "dsn":  # a recipient's entry in a bounce, in the [bounce] layout
-            return dsn_lines(explanation, self._texts, self._bounce, self._bounce_words)
         return render_reply_text(self._texts, explanation, {}, AUDIENCE[map_name])
 
     def lookup(self, request: Request, session: str) -> SocketmapReply:
@@ -78,7 +75,10 @@ class MapsService:
         elif request.name == "dsn":
             status, _, original = request.key.partition(" ")
             explanation = explain_text(original, self._kb)
-            text = dsn_text(status, original, self._lines(explanation, "dsn")) if original else None
+            # a recipient's entry in a bounce, in the [bounce] layout; now = the final attempt
+            now = datetime.now(UTC)
+            lines = dsn_lines(explanation, self._texts, self._bounce_words, now)
+            text = dsn_text(status, original, lines) if original else None
         if explanation is None:
             reply = SocketmapReply(
                 Status.PERM, f"unknown map {request.name!r}: smtp-policy serves footer and dsn"

@@ -9,7 +9,8 @@ Theory of operation. What Postfix lets us shape in a non-delivery report (NDR), 
    the text is what the delivery status filter (the maps server's ``dsn`` map) returns. Ours is
    laid out like Exchange Online's NDR: what happened and who can fix it, what you can do, a
    help link (the one the reply carries, when it has one), then details for administrators:
-   the remote server's reply word for word (:func:`smtp_policy.core.rewrite.dsn_text`);
+   the time of the failure (the filter runs at the final attempt) and the remote server's
+   reply word for word, enhanced code included (:func:`smtp_policy.core.rewrite.dsn_text`);
 3. the ``message/delivery-status`` part (Status, Action, Remote-MTA, Diagnostic-Code,
    Arrival-Date) and the returned message, both written by Postfix and not touched here.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.header import Header
 from typing import Any
 
@@ -250,7 +252,7 @@ def _block(name: str, spec: Mapping[str, Any]) -> tuple[str, list[str]]:
 
 
 def dsn_lines(
-    explanation: Explanation, texts: TextsConfig, config: BounceConfig, words: BounceWords
+    explanation: Explanation, texts: TextsConfig, words: BounceWords, at: datetime
 ) -> list[str]:
     """The words before the remote's reply in one recipient's entry of a bounce.
 
@@ -259,12 +261,15 @@ def dsn_lines(
     """
     if select_template(texts, explanation, "internal") != DEFAULT_TEMPLATE:
         return render_reply_text(texts, explanation, {}, "internal")
-    return recipient_lines(explanation, texts, words)
+    return recipient_lines(explanation, texts, words, at)
 
 
-def recipient_lines(explanation: Explanation, texts: TextsConfig, words: BounceWords) -> list[str]:
+def recipient_lines(
+    explanation: Explanation, texts: TextsConfig, words: BounceWords, at: datetime
+) -> list[str]:
     """What happened and who can fix it; what you can do; a help link; the administrators'
-    label, after which :func:`smtp_policy.core.rewrite.dsn_text` puts the reply verbatim."""
+    label with the time ``at`` (timezone-aware), after which
+    :func:`smtp_policy.core.rewrite.dsn_text` puts the reply verbatim."""
     c = explanation.classification
     summary, action = explanation.summary, explanation.action
     translated = words.reasons.get(c.reason) if c.reason is not None else None
@@ -280,7 +285,8 @@ def recipient_lines(explanation: Explanation, texts: TextsConfig, words: BounceW
     link = help_link(explanation, texts)
     if link:
         lines.append(f"{words.more_information} <{link}>.")  # brackets: RFC 3986 app. C
-    lines.append(words.for_administrators)
+    when = at.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    lines.append(words.for_administrators.replace("{time}", when))
     return [line.translate(_ASCII_GERMAN) for line in lines]
 
 

@@ -132,7 +132,8 @@ def test_a_real_bounce_is_laid_out_like_an_ndr(pf: PrivatePostfix) -> None:
         "You can fix this yourself.",
         "What you can do: Check the address",
         "More information: <https://support.google.com/mail/?p=NoSuchUser>.",
-        "For mail administrators: (host",
+        "For mail administrators, at ",
+        " UTC: (host",
         f"host 127.0.0.1[127.0.0.1] said: {GMAIL} (in reply to RCPT TO command)",
     ]
     at = [flat.find(piece) for piece in order]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tomllib
+from datetime import UTC, datetime
 from email.header import decode_header, make_header
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from smtp_policy.data.i18n import LANGUAGES, bounce_words
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 DATA = Path(__file__).resolve().parents[2] / "smtp_policy" / "data"
 KB = default_knowledge()
+AT = datetime(2026, 12, 6, 14, 35, 2, tzinfo=UTC)
 
 
 def test_bad_templates_are_refused_with_every_problem() -> None:
@@ -135,14 +137,14 @@ GMAIL = (
 def test_recipient_entry_is_in_the_ndr_order(language: str) -> None:
     """What happened and who fixes it; what to do; the reply's own link; then the admins."""
     words = bounce_words(language)
-    lines = recipient_lines(explain_text(GMAIL, KB), TextsConfig(), words)
+    lines = recipient_lines(explain_text(GMAIL, KB), TextsConfig(), words, AT)
     assert len(lines) == 4
     lines = [clean_text(line) for line in lines]
     assert lines[0].endswith(_ascii(words.who[Actor.SENDER]))
     assert lines[1].startswith(_ascii(words.what_to_do))
     link = "https://support.google.com/mail/?p=NoSuchUser"  # the reply's own, not an article
     assert lines[2] == f"{_ascii(words.more_information)} <{link}>."
-    assert lines[3] == _ascii(words.for_administrators)
+    assert lines[3] == _ascii(words.for_administrators.replace("{time}", "2026-12-06 14:35:02 UTC"))
     text = dsn_text("5.1.1", GMAIL, lines)
     assert text is not None and text.isascii()
     assert text.endswith(f"({GMAIL})")  # the remote's reply, word for word, last
@@ -153,7 +155,7 @@ def test_recipient_entry_is_in_the_ndr_order(language: str) -> None:
 def test_a_transient_reply_gets_the_translated_retry_advice() -> None:
     words = bounce_words("de")
     explanation = explain_text("host mx[192.0.2.1] said: 452 4.2.2 Mailbox full", KB)
-    lines = recipient_lines(explanation, TextsConfig(), words)
+    lines = recipient_lines(explanation, TextsConfig(), words, AT)
     lines = [clean_text(line) for line in lines]
     assert lines[1].endswith(_ascii(words.reasons[Reason.MAILBOX_FULL].transient_action or ""))
     assert _ascii(words.who[Actor.NOBODY]) in lines[0]
@@ -163,11 +165,9 @@ def test_an_admin_text_for_bounce_readers_still_decides() -> None:
     """[texts] wording for the internal audience wins over the layout (as before)."""
     texts = TextsConfig(reason={Reason.USER_UNKNOWN: TextSet(internal="No such person here.")})
     explanation = explain_text(GMAIL, KB)
-    assert dsn_lines(explanation, texts, BounceConfig(), bounce_words("en")) == [
-        "No such person here."
-    ]
-    layout = dsn_lines(explanation, TextsConfig(), BounceConfig(), bounce_words("en"))
-    assert layout == recipient_lines(explanation, TextsConfig(), bounce_words("en"))
+    assert dsn_lines(explanation, texts, bounce_words("en"), AT) == ["No such person here."]
+    layout = dsn_lines(explanation, TextsConfig(), bounce_words("en"), AT)
+    assert layout == recipient_lines(explanation, TextsConfig(), bounce_words("en"), AT)
 
 
 def test_without_a_link_in_the_reply_the_provider_page_or_texts_link_is_used() -> None:
