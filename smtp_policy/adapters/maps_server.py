@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 
@@ -34,6 +35,7 @@ from smtp_policy.core.events import Direction, Event, EventKind, Source, reply_f
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.policy import OwnReply, own_replies, recognised_rule
 from smtp_policy.core.rewrite import answer_lookup
+from smtp_policy.data.i18n import bounce_words
 from smtp_policy.emit import EventWriter
 from smtp_policy.wire.netstring import NetstringDecoder
 from smtp_policy.wire.socketmap import NOT_FOUND, Request, SocketmapReply, Status
@@ -52,8 +54,10 @@ class MapsService:
         *,
         same_line: bool | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._kb = kb
+        self._clock = clock  # the time a bounce entry names: this lookup's, the final attempt
         self._events = events
         self._own: tuple[OwnReply, ...] = ()
         self._same_line_option = same_line
@@ -66,6 +70,7 @@ class MapsService:
         self._texts = config.texts
         self._own = own_replies(config.rules, kb=self._kb, texts=config.texts)
         self._dsn_deferrals = config.maps.dsn_deferrals
+        self._bounce_words = bounce_words(config.bounce.language)
         option = self._same_line_option
         self._same_line = config.maps.same_line if option is None else option
 
@@ -79,6 +84,7 @@ class MapsService:
             same_line=self._same_line,
             dsn_deferrals=self._dsn_deferrals,
             own_rule=partial(recognised_rule, self._own),
+            bounce=(self._bounce_words, self._clock()),
         )
         explanation = None if answer is None else answer.explanation
         text = None if answer is None else answer.text

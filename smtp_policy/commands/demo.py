@@ -336,7 +336,8 @@ def _live_demo(tmp: Path, *, keep: bool) -> None:
     print(f"Configuration ({config}):{DEMO_CONFIG}")
     template = tmp / "bounce.cf"
     subprocess.run(
-        [sys.executable, "-m", "smtp_policy", "postfix", "bounce-template", "-o", str(template)],
+        [sys.executable, "-m", "smtp_policy", "postfix", "bounce-template",
+         "--config", str(config), "-o", str(template)],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     mport, sport = free_port(), free_port()

@@ -16,6 +16,7 @@ import argparse
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 
 from smtp_policy.commands._options import add_config_option, ip_address
@@ -25,6 +26,7 @@ from smtp_policy.core.errors import SmtpPolicyError
 from smtp_policy.core.policy import own_replies, recognised_rule
 from smtp_policy.core.rewrite import MapAnswer, answer_lookup
 from smtp_policy.core.texts import Audience, audience_of
+from smtp_policy.data.i18n import bounce_words
 
 HELP = "preview the footer and bounce text people would read for a reply"
 
@@ -166,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         config.texts,
         audience=audience,
         dsn_deferrals=config.maps.dsn_deferrals,
+        bounce=(bounce_words(config.bounce.language), datetime.now(UTC)),
     )
     assert footer is not None and dsn is not None  # both maps exist
     client_note = None

@@ -4,7 +4,8 @@ Warnings never stop anything: ``check-config`` prints them and exits 0, the daem
 at start. Two kinds, both over the merged TOML (so that each names its key and line):
 
 * an example domain (example.com, example.org, example.net or a subdomain, RFC 2606) in a
-  reply text, the help link or the banner: a copied example that senders would read;
+  reply text, the help link, the banner or ``[bounce]``: a copied example that senders would
+  read;
 * a session placeholder that the hook rendering the text never fills. The reply's own
   placeholders ({code} {enhanced} {reason} {summary} {explanation} {action} {help_url}) are
   filled everywhere; the session ones (``texts.CONTEXT_KEYS``) only where :data:`SESSION_FILLED`
@@ -77,8 +78,23 @@ def advise(data: Mapping[str, Any], rules: Sequence[tuple[int, int, Any]]) -> li
         value = banner.get(key)
         if isinstance(value, str):
             out += _domain_advice(("banner", key), value)
+    out += _bounce_advice(_table(data.get("bounce")))
     for source, index, rule in rules:
         out += _rule_advice(source, index, _table(rule))
+    return out
+
+
+def _bounce_advice(bounce: Mapping[str, Any]) -> list[Advice]:
+    """Example domains in ``[bounce]``: its contact, help link and wording overrides."""
+    out: list[Advice] = []
+    for key in ("contact", "help_url"):
+        value = bounce.get(key)
+        if isinstance(value, str):
+            out += _domain_advice(("bounce", key), value)
+    for name, spec in bounce.items():
+        for key, value in _table(spec).items():
+            if isinstance(value, str):
+                out += _domain_advice(("bounce", name, key), value)
     return out
 
 

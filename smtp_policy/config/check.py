@@ -34,6 +34,7 @@ from smtp_policy.config.model import (
     MilterConfig,
     PolicyConfig,
 )
+from smtp_policy.core.bounce import TEMPLATE_KEYS, TEMPLATES, BounceConfig, bounce_file
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.model import EnhancedCode, Reason
 from smtp_policy.core.networks import IPNetwork
@@ -53,6 +54,7 @@ from smtp_policy.core.texts import (
     help_url_problems,
     template_problems,
 )
+from smtp_policy.data.i18n import LANGUAGES, bounce_words
 
 _E = TypeVar("_E", Stage, RuleAction)
 _K = TypeVar("_K")
@@ -298,6 +300,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "code",
     ),
     "banner": ("greeting", "goodbye"),
+    "bounce": ("language", "contact", "help_url", *TEMPLATES),
 }
 _TOP_KEYS = (*_SECTIONS, "rules")
 _RULE_KEYS = (
@@ -373,6 +376,7 @@ def _build(ck: _Checker, merged: _Merged, sources: Sequence[ConfigSource]) -> Co
         rules=tuple(r for r in (_rule(ck, *entry) for entry in merged.rules) if r is not None),
         texts=_texts(ck, sections["texts"]),
         banner=_banner(ck, sections["banner"]),
+        bounce=_bounce(ck, sections["bounce"]),
         files=tuple(s.path for s in sources if s.path is not None),
     )
     _check_listen_clashes(ck, config)
@@ -760,3 +764,50 @@ def _banner(ck: _Checker, table: Mapping[str, Any]) -> BannerConfig:
             "4.2; Postfix's smtpd_banner must start with $myhostname)",
         )
     return BannerConfig(greeting, goodbye)
+
+
+# --- [bounce] -----------------------------------------------------------------------------
+
+#: A plain mail address (no display name): what a bounce tells people to write to.
+_MAIL_ADDRESS = re.compile(r"[A-Za-z0-9.!#%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_HTTP_URL = re.compile(r"https?://[^\s/$.?#][^\s]*", re.IGNORECASE)
+
+
+def _bounce(ck: _Checker, table: Mapping[str, Any]) -> BounceConfig:
+    path: KeyPath = ("bounce",)
+    language = ck.get(table, path, "language", str, "en")
+    if language not in LANGUAGES:
+        ck.add((*path, "language"), _unknown("language", language, LANGUAGES) + _SHIPPED)
+        language = "en"
+    contact = ck.get(table, path, "contact", str, "")
+    if contact and not (contact.isascii() and _MAIL_ADDRESS.fullmatch(contact)):
+        ck.add(
+            (*path, "contact"),
+            f'{contact!r} is not a mail address like help@your.domain ("" names '
+            '"your mail administrator" instead)',
+        )
+    help_url = ck.get(table, path, "help_url", str, "")
+    if help_url and not (help_url.isascii() and _HTTP_URL.fullmatch(help_url)):
+        ck.add((*path, "help_url"), f"{help_url!r} is not an http:// or https:// link")
+    templates: dict[str, dict[str, str]] = {}
+    for name in TEMPLATES:
+        if name not in table:
+            continue
+        spec = ck.table(table[name], (*path, name), TEMPLATE_KEYS)
+        templates[name] = {}
+        for key, value in spec.items():
+            if isinstance(value, str):
+                templates[name][key] = value
+            else:
+                ck.add((*path, name, key), f"expected a string, got {_describe(value)}")
+    config = BounceConfig(language, contact, help_url, templates)
+    try:
+        bounce_file(config, bounce_words(language))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            where, _, message = problem.partition(": ")
+            ck.add(tuple(where.split(".")), message)
+    return config
+
+
+_SHIPPED = f" (bounces are written in {', '.join(LANGUAGES)})"

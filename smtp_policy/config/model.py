@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smtp_policy.core.bounce import BounceConfig
 from smtp_policy.core.policy import PolicyRule
 from smtp_policy.core.texts import TextsConfig
 
@@ -89,6 +90,7 @@ class Config:
     rules: tuple[PolicyRule, ...] = ()
     texts: TextsConfig = field(default_factory=TextsConfig)
     banner: BannerConfig = BannerConfig()
+    bounce: BounceConfig = field(default_factory=BounceConfig)
     files: tuple[Path, ...] = ()
 
 

@@ -9,13 +9,21 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
+from smtp_policy.core.bounce import BounceWords, recipient_lines
 from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Explanation, ReplyClass
 from smtp_policy.core.sanitize import clean_text, footer_text
-from smtp_policy.core.texts import Audience, TextsConfig, worded_reply_text
+from smtp_policy.core.texts import (
+    DEFAULT_TEMPLATE,
+    Audience,
+    TextsConfig,
+    select_template,
+    worded_reply_text,
+)
 
 #: postconf(5) asks to keep footers short: they may be cut before reaching a DSN.
 MAX_FOOTER_CHARS = 400
@@ -102,14 +110,17 @@ def answer_lookup(
     audience: Audience | None = None,
     dsn_deferrals: bool = True,
     own_rule: Callable[[str], tuple[str, Explanation] | None] | None = None,
+    bounce: tuple[BounceWords, datetime] | None = None,
 ) -> MapAnswer | None:
     """The one path from a socketmap key to its answer (the maps server and ``preview``).
 
     ``footer`` keys are a whole reply; ``dsn`` keys are ``X.Y.Z text``. Postfix sends no
     session facts, so the maps server leaves ``context`` empty and ``audience`` to
     :data:`MAP_AUDIENCE`. ``own_rule`` names the admin rule whose reply a footer key is (it
-    gets no footer); a deferral's dsn text is left alone unless ``dsn_deferrals``. None for a
-    map other than ``footer`` and ``dsn``.
+    gets no footer); a deferral's dsn text is left alone unless ``dsn_deferrals``; ``bounce``
+    (the ``[bounce]`` words and the time of the final attempt) lays a dsn text out as a bounce
+    entry where the admin's ``[texts]`` give no wording. None for a map other than ``footer``
+    and ``dsn``.
     """
     if map_name not in MAP_AUDIENCE:
         return None
@@ -124,6 +135,10 @@ def answer_lookup(
     if map_name == "dsn" and status.startswith("4") and not dsn_deferrals:
         return MapAnswer(map_name, explanation, None, "", reader, skipped="deferral")
     entry, lines = worded_reply_text(texts, explanation, context or {}, reader)
+    default = select_template(texts, explanation, reader) == DEFAULT_TEMPLATE
+    if map_name == "dsn" and bounce is not None and default:
+        words, at = bounce  # no wording of the admin's: the [bounce] layout, in its language
+        entry, lines = "bounce", recipient_lines(explanation, texts, words, at)
     if map_name == "footer":
         text = footer(explanation, lines, same_line=same_line)
     else:

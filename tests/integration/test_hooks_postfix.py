@@ -221,9 +221,9 @@ def test_bounce_is_friendlier_and_keeps_the_diagnostic(
     """The real bounce: our prose and per-recipient text; Status, Action, Diagnostic-Code intact."""
     qid = submit(pf.smtp_port, f"{local}@remote.test")
     bounce = bounce_for(pf, qid)
-    assert bounce["Subject"] == "Undelivered mail: your message could not be delivered"
+    assert bounce["Subject"] == "Undeliverable: your message could not be delivered"
     body = " ".join(text_part(bounce).split())
-    assert "your message could not be delivered to one or more of its recipients" in body
+    assert "Your message could not be delivered to the recipient(s) below" in body
     assert friendly in body.lower()
     assert f"said: {diagnostic.split(' ', 1)[0]}" in body  # the remote's reply stays visible
     report = delivery_report(bounce)

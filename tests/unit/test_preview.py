@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 
 import pytest
 
@@ -26,6 +27,7 @@ from smtp_policy.core.rewrite import answer_lookup
 from smtp_policy.core.stages import Stage
 from smtp_policy.core.texts import BUILT_IN_ENTRY, TextsConfig, chosen_template
 from smtp_policy.data import default_knowledge
+from smtp_policy.data.i18n import bounce_words
 from smtp_policy.emit import EventWriter
 from smtp_policy.wire.socketmap import Request
 
@@ -117,14 +119,16 @@ def test_dsn_key_and_bounce_line() -> None:
 
 def test_preview_answers_exactly_what_the_maps_server_answers() -> None:
     config = _config(TEXTS)
-    maps = MapsService(KB, EventWriter(io.StringIO()), config)
+    at = datetime(2026, 12, 6, 14, 35, 2, tzinfo=UTC)
+    maps = MapsService(KB, EventWriter(io.StringIO()), config, clock=lambda: at)
+    bounce = (bounce_words(config.bounce.language), at)
     for reply in (HELO, "550 5.1.1 <a@b.test>: User unknown", "554 5.7.1 Relay access denied"):
         key = parse_postfix_reply(reply).key
         ours = answer_lookup("footer", key, KB, config.texts)
         assert ours is not None
         assert maps.lookup(Request("footer", key), "t").data == (ours.text or "")
         dkey = dsn_key(parse_postfix_reply(reply))
-        dsn = answer_lookup("dsn", dkey, KB, config.texts)
+        dsn = answer_lookup("dsn", dkey, KB, config.texts, bounce=bounce)
         assert dsn is not None
         assert maps.lookup(Request("dsn", dkey), "t").data == (dsn.text or "")
     assert answer_lookup("other", "x", KB, config.texts) is None
