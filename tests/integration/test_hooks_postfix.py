@@ -249,7 +249,7 @@ def test_bounce_is_friendlier_and_keeps_the_diagnostic(
         pytest.param(
             "timeout",
             "4.4.2",
-            "could not reach each other",
+            "stopped answering in the middle of the smtp conversation",
             "timed out while sending RCPT TO",
             id="timeout",
         ),

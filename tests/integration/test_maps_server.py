@@ -58,16 +58,17 @@ def test_footer_for_a_postfix_rejection(maps: tuple[int, Path]) -> None:
 
 @needs_postmap
 def test_dsn_keeps_status_and_remote_reply(maps: tuple[int, Path]) -> None:
-    """The DSN text keeps the status code and the remote's reply, friendlier text first."""
+    """The DSN text of a bounce keeps the status code and the remote's reply, friendlier text
+    first (deferrals are left alone by default: test_one_story_postfix.py)."""
     port, events = maps
     original = (
-        "host mx.example.com[192.0.2.1] said: 452 4.2.2 The email account that you tried "
+        "host mx.example.com[192.0.2.1] said: 552 5.2.2 The email account that you tried "
         "to reach is over quota. (in reply to RCPT TO command)"
     )
-    proc = postmap(port, "dsn", f"4.2.2 {original}")
+    proc = postmap(port, "dsn", f"5.2.2 {original}")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.strip()
-    assert out.startswith("4.2.2 ")
+    assert out.startswith("5.2.2 ")
     assert out.endswith(f"({original})")
     assert len(out) > len(original) + 20
     event = [e for e in read_events(events) if e.get("map") == "dsn"][-1]
