@@ -1,27 +1,111 @@
-"""Write events as JSON Lines through structlog: the only place events are serialised."""
+"""Write events as JSON Lines through structlog: the only place events are serialised.
+
+Files a daemon writes (events, the follower's state) are opened by :func:`open_own_file`: never
+through a symbolic link, only when they are regular files of the daemon's own user, so a local
+user who can write to the directory cannot point a daemon running as root at another file.
+"""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import stat
 import sys
 import threading
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
-from smtp_policy.core.events import Event, EventKind, Source
+from smtp_policy.core.events import DETAIL_CAP, Event, EventKind, Source, capped
+from smtp_policy.core.sanitize import json_text
+
+#: The mode of a new events file, whatever the umask: the daemon writes, its group reads.
+EVENTS_MODE = 0o640
+_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+
+
+class UnsafeFileError(OSError):
+    """A path a daemon was to write (or read back) is not a regular file of its own user."""
+
+
+def open_own_file(path: str, flags: int, mode: int, *, create: bool = True) -> int:
+    """A descriptor of ``path``, a regular file owned by this process's effective user.
+
+    ``flags`` add to ``O_NOFOLLOW | O_CLOEXEC``: a symbolic link is refused, never followed.
+    A file this call creates gets exactly ``mode``, whatever the umask. Raises
+    :class:`UnsafeFileError` (its ``strerror`` says why in a few words) for a link, a file
+    that is not regular, owned by another user or with another hard link; OSError otherwise.
+    """
+    created = False
+    try:
+        if create:
+            try:
+                fd = os.open(path, flags | _FLAGS | os.O_CREAT | os.O_EXCL, mode)
+                created = True
+            except FileExistsError:
+                fd = os.open(path, flags | _FLAGS)
+        else:
+            fd = os.open(path, flags | _FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise UnsafeFileError(
+                errno.ELOOP, "is a symbolic link (refused: never followed)", path
+            ) from None
+        if exc.errno == errno.ENXIO:  # a FIFO without a reader, a socket
+            raise UnsafeFileError(exc.errno, "is not a regular file (refused)", path) from None
+        raise
+    try:
+        _check_own(fd, path)
+        if created:
+            os.fchmod(fd, mode)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_own(fd: int, path: str) -> None:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafeFileError(errno.EINVAL, "is not a regular file (refused)", path)
+    if info.st_uid != os.geteuid():
+        raise UnsafeFileError(
+            errno.EPERM,
+            f"is owned by uid {info.st_uid}, not by this daemon's user "
+            f"(uid {os.geteuid()}) (refused)",
+            path,
+        )
+    if info.st_nlink > 1:
+        raise UnsafeFileError(
+            errno.EPERM, f"has {info.st_nlink} hard links (refused: it may be another file)", path
+        )
+
+
+def _serialise(obj: Any, **_: Any) -> str:
+    return json_text(obj, default=_unknown_value)
+
+
+def _unknown_value(value: object) -> str:
+    """A value JSON has no form for, as its capped ``repr`` (structlog's own fallback)."""
+    return capped(repr(value), DETAIL_CAP)
 
 
 def _logger(stream: TextIO) -> structlog.typing.FilteringBoundLogger:
     return structlog.wrap_logger(  # type: ignore[no-any-return]
         structlog.WriteLogger(stream),
-        processors=[structlog.processors.JSONRenderer(ensure_ascii=False)],
+        processors=[structlog.processors.JSONRenderer(serializer=_serialise)],
     )
 
 
 def _append(path: str, line_buffered: bool) -> TextIO:
-    return open(path, "a", encoding="utf-8", buffering=1 if line_buffered else -1)
+    buffering = 1 if line_buffered else -1
+    if path == os.devnull:  # a sink a benchmark may name: nothing is written anywhere
+        return open(path, "a", encoding="utf-8", buffering=buffering)
+    fd = open_own_file(path, os.O_WRONLY | os.O_APPEND, EVENTS_MODE)
+    return os.fdopen(fd, "a", encoding="utf-8", buffering=buffering)
 
 
 class EventWriter:
@@ -43,7 +127,9 @@ class EventWriter:
     @classmethod
     def open(cls, path: str | None, *, line_buffered: bool = True) -> EventWriter:
         """Events to ``path`` (appended; missing directories are created, as [events] output
-        promises), or to stdout when it is None or "-".
+        promises), or to stdout when it is None or "-". A new file is created 0640; a path
+        that is a symbolic link, not a regular file or not the daemon's user's own is refused
+        (:class:`UnsafeFileError`, an OSError), at start and on :meth:`reopen` alike.
 
         Daemons write line-buffered; the follower buffers and calls :meth:`flush` per batch.
         """

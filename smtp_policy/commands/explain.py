@@ -5,7 +5,8 @@ input may hold several replies: each line that starts with a 3-digit code (follo
 or nothing) starts a new one, unless it continues a multi-line reply (NNN- lines and their
 final NNN line), and a blank line ends one. Each reply gets its own answer; with --json, one
 JSON object per line. The text answer is wrapped to the terminal's width (100 columns when
-not on a terminal) and has bold labels on a terminal unless NO_COLOR is set. No reply at all
+not on a terminal) and has bold labels on a terminal unless NO_COLOR is set; control
+characters in it are shown escaped (``\\x1b``). No reply at all
 is a usage error (exit 2). With --jsonl, read JSON Lines (each a JSON string or an object with
 "reply") and write exactly one JSON object per input line, in order; a bad line gets an object
 with "error".
@@ -24,6 +25,7 @@ from typing import IO
 
 from smtp_policy.core.explain import explain_text, render_explanation
 from smtp_policy.core.knowledge import KnowledgeBase
+from smtp_policy.core.sanitize import json_text
 from smtp_policy.data import default_knowledge
 
 HELP = "explain an SMTP reply (or a JSON Lines stream of them)"
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     explanations = [explain_text(reply, kb) for reply in replies]
     if args.json:
         for explanation in explanations:
-            print(json.dumps(explanation.to_dict(), ensure_ascii=False))
+            print(json_text(explanation.to_dict()))
         return 0
     tty = sys.stdout.isatty()
     width = text_width(tty, shutil.get_terminal_size((PIPE_WIDTH, 24)).columns)
@@ -166,5 +168,5 @@ def _reply_of(line: str) -> str:
 
 def _explain_stream(src: IO[bytes], out: IO[str], kb: KnowledgeBase) -> None:
     for obj in explain_lines(src, kb):
-        out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        out.write(json_text(obj) + "\n")
         out.flush()

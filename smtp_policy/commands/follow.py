@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"smtp-policy follow: cannot write {settings.events}: {exc.strerror}", file=sys.stderr
         )
-        return 2
+        return 1  # as every daemon that cannot open its events file
     try:
         return _follow(settings, kb, store=store, state=state, writer=writer, own=own)
     finally:

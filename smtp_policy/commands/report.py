@@ -10,9 +10,9 @@ of the reasons over time.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from smtp_policy.core.sanitize import json_text
 from smtp_policy.maillog.report import ReportBuilder, render_html, render_text
 
 HELP = "summarise mail logs by reason (text, --json or --html)"
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     builder.add_all(replay(args.files, default_knowledge(), year=args.year))
     data = builder.result()
     if args.json:
-        print(json.dumps(data, ensure_ascii=False, indent=2))
+        print(json_text(data, indent=2))
     elif args.html:
         sys.stdout.write(render_html(data))
     else:

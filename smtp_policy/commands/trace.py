@@ -9,12 +9,12 @@ notice's own record is shown too), and when and how the message left the queue.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 from smtp_policy.core.events import Event, MessageReply, MessageSummary
+from smtp_policy.core.sanitize import json_text, printable
 
 HELP = "show a message's journey (by queue id or Message-ID) as a timeline"
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for event in found:
         if args.json:
-            print(json.dumps(event.to_dict(), ensure_ascii=False))
+            print(json_text(event.to_dict()))
         else:
             sys.stdout.write(render(event) + "\n")
     return 0
@@ -67,7 +67,8 @@ def find(wanted: str, events: Iterable[Event]) -> list[Event]:
 
 
 def render(event: Event) -> str:
-    """A message record as a readable timeline."""
+    """A message record as a readable timeline; what the log said is shown with its control
+    characters escaped (:func:`~smtp_policy.core.sanitize.printable`), one line per line."""
     record = event.message
     if record is None:
         raise ValueError(f"not a message record: {event.event} event")
@@ -77,7 +78,7 @@ def render(event: Event) -> str:
         out += [f"  {stamp}  {what[0]}", *(f"  {'':15}  {line}" for line in what[1:])]
     if not record.complete:
         out.append(f"  (incomplete: the log {_why_incomplete(record.flushed)})")
-    return "\n".join(out) + "\n"
+    return "\n".join(printable(line) for line in out) + "\n"
 
 
 def _headline(event: Event, record: MessageSummary) -> str:

@@ -3,6 +3,9 @@
 Every adapter builds :class:`Event` values; only ``smtp_policy.emit`` turns them into JSON
 lines. The fields below are a public contract: add fields, never rename or remove one, and bump
 :data:`SCHEMA_VERSION` if their meaning ever has to change.
+
+Every string an event writes has a size cap (:func:`capped`, docs/events.md "Size caps"), so a
+hostile key, address, HELO or reply cannot make one event large.
 """
 
 from __future__ import annotations
@@ -15,8 +18,48 @@ from types import MappingProxyType
 from typing import Any, TypedDict
 
 from smtp_policy.core.model import Explanation
+from smtp_policy.core.sanitize import without_surrogates
 
 SCHEMA_VERSION = 1
+
+#: The end of a value that was cut to its cap (it counts in the cap).
+CUT_MARKER = "…[cut]"
+#: ``text`` and ``friendly``: the longest reply smtp_policy can send (32 lines of 512 octets).
+TEXT_CAP = 16384
+#: ``summary``, and every string inside the extras and a message record.
+DETAIL_CAP = 4096
+#: Every other string field (addresses, names, HELO, ids, codes, reasons) and the extras' keys.
+NAME_CAP = 512
+_FIELD_CAPS: Mapping[str, int] = MappingProxyType(
+    {"text": TEXT_CAP, "friendly": TEXT_CAP, "summary": DETAIL_CAP}
+)
+
+
+def capped(text: str, cap: int) -> str:
+    """``text`` as an event writes it: encodable as UTF-8 (lone surrogates spelt as
+    :func:`~smtp_policy.core.sanitize.without_surrogates` does) and at most ``cap``
+    characters, a longer value cut to end with :data:`CUT_MARKER`."""
+    text = without_surrogates(text)
+    return text if len(text) <= cap else text[: cap - len(CUT_MARKER)] + CUT_MARKER
+
+
+def capped_detail(value: object) -> object:
+    """An extra's value as an event writes it: every string in it :func:`capped` (object keys
+    at :data:`NAME_CAP`, other strings at :data:`DETAIL_CAP`), at any depth."""
+    if isinstance(value, str):
+        return capped(value, DETAIL_CAP)
+    if isinstance(value, Mapping):
+        return {
+            capped(k, NAME_CAP) if isinstance(k, str) else k: capped_detail(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [capped_detail(v) for v in value]
+    return value
+
+
+def _capped_object(data: Mapping[str, object]) -> dict[str, object]:
+    return {capped(key, NAME_CAP): capped_detail(value) for key, value in data.items()}
 
 
 class Source(StrEnum):
@@ -243,7 +286,8 @@ class Event:
             raise ValueError("a message event's fields are its record, not extras")
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON form: every schema field (null when unknown), then the extras."""
+        """The JSON form: every schema field (null when unknown), then the extras; every
+        string :func:`capped`."""
         out: dict[str, object] = {"schema": SCHEMA_VERSION}
         for name in _ORDER:
             value = getattr(self, name)
@@ -253,10 +297,12 @@ class Event:
                     .isoformat(timespec="microseconds")
                     .replace("+00:00", "Z")
                 )
+            elif isinstance(value, str):
+                value = capped(value, _FIELD_CAPS.get(name, NAME_CAP))
             out["class" if name == "klass" else name] = value
-        out.update(self.extra)
+        out.update(_capped_object(self.extra))
         if self.message is not None:
-            out.update(self.message.to_dict())
+            out.update(_capped_object(self.message.to_dict()))
         return out
 
 

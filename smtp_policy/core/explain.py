@@ -8,6 +8,7 @@ from smtp_policy.core.classify import classify
 from smtp_policy.core.knowledge import KnowledgeBase, Rule
 from smtp_policy.core.model import Actor, Classification, Explanation, ReplyClass
 from smtp_policy.core.parse import parse_reply
+from smtp_policy.core.sanitize import printable
 
 
 def explain_text(text: str, kb: KnowledgeBase) -> Explanation:
@@ -147,6 +148,7 @@ def render_explanation(explanation: Explanation, *, width: int = 100, colour: bo
 
     The summary, who acts and what to do come first, then the reply and its codes. With
     ``colour`` the labels are bold and the class is coloured (ANSI); the words do not change.
+    Control characters in the values are shown escaped (``\\x1b``), never sent raw.
     """
     data = explanation.to_dict()
     if explanation.code_title and data["code"] is not None:
@@ -160,7 +162,7 @@ def render_explanation(explanation: Explanation, *, width: int = 100, colour: bo
         value = data.get(key)
         if value is None or value == "":
             continue
-        text = " ".join(str(value).split())
+        text = printable(" ".join(str(value).split()))
         block = textwrap.fill(
             text,
             width=max(width, indent + 20),

@@ -1,4 +1,4 @@
-"""The one place where text becomes safe to put into an SMTP reply.
+"""The one place where text becomes safe to put into an SMTP reply, a JSON line or a terminal.
 
 Every adapter that sends text to a client or an MTA (milter replies, reject footers, DSN
 texts, proxy replies) passes it through here; nothing else builds reply lines. The rules:
@@ -9,14 +9,20 @@ texts, proxy replies) passes it through here; nothing else builds reply lines. T
 * the enhanced code's class is the basic code's class (RFC 3463 §2; Postfix refuses others);
 * outlet-specific escapes are applied last: ``%`` doubled for libmilter (Postfix collapses
   ``%%`` back), ``$`` doubled for Postfix's footer templates.
+
+Text written elsewhere is escaped, never changed otherwise: :func:`json_text` for every JSON
+line or document smtp_policy writes (valid UTF-8, one line per object, no raw control or line
+separator), :func:`printable` for every value shown on a terminal.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from smtp_policy.core.model import EnhancedCode
 
@@ -139,3 +145,70 @@ def milter_line(line: str) -> str:
 def footer_text(text: str) -> str:
     """Safe footer text for ``smtpd_reject_footer_maps``: one line, ``$`` escaped as ``$$``."""
     return clean_text(text).replace("$", "$$")
+
+
+#: Lone surrogates: ``\\udc80``-``\\udcff`` stand for undecodable bytes (surrogateescape).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: What JSON leaves raw with ``ensure_ascii=False`` yet breaks a line-based reader or UTF-8:
+#: DEL and the C1 controls (U+0085 is a line break to ``str.splitlines``), U+2028, U+2029 and
+#: lone surrogates. JSON itself escapes the C0 controls.
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+#: What a terminal must not receive raw: C0 and C1 controls (ESC starts a sequence that
+#: repaints it), line and paragraph separators, bidirectional overrides, lone surrogates.
+_UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _byte_or_replacement(char: str) -> str:
+    """A lone surrogate as text: an escaped byte as ``\\xNN``, any other as U+FFFD."""
+    point = ord(char)
+    return f"\\x{point - 0xDC00:02x}" if 0xDC80 <= point <= 0xDCFF else "\ufffd"
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` encodable as UTF-8: a byte that surrogateescape kept (``\\udcff``) becomes the
+    four characters ``\\xff``, any other lone surrogate U+FFFD."""
+    if text.isascii():
+        return text
+    return _SURROGATE.sub(lambda m: _byte_or_replacement(m.group()), text)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if "\ud800" <= char <= "\udfff":
+        return json.dumps(_byte_or_replacement(char), ensure_ascii=False)[1:-1]
+    return f"\\u{ord(char):04x}"
+
+
+def json_text(
+    value: object, *, indent: int | None = None, default: Callable[[Any], Any] | None = None
+) -> str:
+    """``value`` as JSON that is valid UTF-8 and that ``str.splitlines`` does not split (without
+    ``indent``): non-ASCII text stays readable, DEL, C1 controls, U+2028 and U+2029 are written
+    as ``\\uXXXX`` escapes, lone surrogates as :func:`without_surrogates` spells them.
+    ``default`` is :func:`json.dumps`'s."""
+    text = json.dumps(value, ensure_ascii=False, indent=indent, default=default)
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return _JSON_UNSAFE.sub(_json_escape, text)
+
+
+def _terminal_escape(match: re.Match[str]) -> str:
+    char = match.group()
+    point = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    if 0xDC80 <= point <= 0xDCFF:
+        return f"\\x{point - 0xDC00:02x}"
+    return f"\\x{point:02x}" if point < 0x100 else f"\\u{point:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` safe to show on a terminal: controls (ESC, CR, LF, tab, C1), U+2028/U+2029,
+    bidirectional overrides and lone surrogates are shown as escapes (``\\x1b``, ``\\n``,
+    ``\\u2028``, ``\\xff``); everything else is left as it is."""
+    if text.isascii() and text.isprintable():
+        return text
+    return _UNPRINTABLE.sub(_terminal_escape, text)

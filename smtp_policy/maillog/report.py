@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from smtp_policy.core.events import Event, EventKind
+from smtp_policy.core.sanitize import printable
 
 #: Candidate widths of one bar in "reasons over time", smallest first (seconds).
 BUCKET_WIDTHS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
@@ -189,7 +190,8 @@ def _iso(ts: datetime | None) -> str | None:
 
 
 def render_text(data: Mapping[str, Any]) -> str:
-    """The report as plain text, pflogsumm style."""
+    """The report as plain text, pflogsumm style; what the logs said is shown with its control
+    characters escaped (:func:`~smtp_policy.core.sanitize.printable`), one line per line."""
     t = data["totals"]
     period = data["period"]
     out = [f"Mail log report, {period['first'] or '-'} to {period['last'] or '-'}", ""]
@@ -216,7 +218,7 @@ def render_text(data: Mapping[str, Any]) -> str:
         + ", ".join(f"{r} {n}" for r, n in d["reasons"].items())
         for d in domains
     ] or ["  (none)"]
-    return "\n".join(out) + "\n"
+    return "\n".join(printable(line) for line in out) + "\n"
 
 
 def _text_reasons(rows: list[dict[str, Any]]) -> list[str]:
