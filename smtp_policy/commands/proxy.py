@@ -146,6 +146,14 @@ def postfix_config(upstream: ListenAddress) -> str:
   -o smtpd_authorized_xclient_hosts={trusted}
   -o smtpd_client_port_logging=yes
   -o smtpd_tls_security_level=none
+  -o smtpd_forbid_bare_newline=normalize
+  -o smtpd_forbid_bare_newline_exclusions=
+#
+# SMTP smuggling: the proxy ends a message only at <CR><LF>.<CR><LF> and turns every bare CR
+# or LF into CRLF, so this smtpd never sees one; normalize makes it read them the same way
+# anyway, for every client (the exclusions default to $mynetworks, which XCLIENT'd loopback
+# clients match). It needs Postfix >= 3.9, 3.8.5, 3.7.10, 3.6.14 or 3.5.24; on 3.8.4, 3.7.9,
+# 3.6.13 and 3.5.23 write "yes" instead (the same meaning there).
 #
 # The proxy listens where clients connect (port 25): comment out the public
 # "smtp inet ... smtpd" (or "smtp inet ... postscreen") line, or move it to another address.
