@@ -5,7 +5,9 @@ the 220 greeting and the 221 goodbye ([banner]; Postfix hard-codes its 221) and 
 4xx/5xx ([texts]), and every reply is recorded as a JSON event with Postfix's original text.
 The proxy hands the real client to Postfix with XCLIENT, so restrictions, milters and logs
 still see the client's address, port and name. It terminates STARTTLS itself (--tls-cert,
---tls-key) and passes messages through byte for byte; only Postfix ever accepts mail.
+--tls-key) and passes messages through unchanged but for line ends (a bare CR or LF becomes
+CRLF; only CRLF.CRLF ends a message, so no SMTP smuggling); only Postfix ever accepts mail.
+Commands with control characters get 500, and AUTH is neither offered nor forwarded.
 
 Postfix needs a second smtpd listener that trusts the proxy; print its master.cf lines with
   smtp-policy proxy --print-postfix-config --upstream inet:127.0.0.1:10026
