@@ -5,9 +5,10 @@ Theory of operation
 One :class:`ProxySession` per client connection, two asyncio tasks per session:
 
 * the *client pump* reads client bytes into a :class:`~smtp_policy.wire.smtp.CommandReader`,
-  answers what the proxy handles itself (XCLIENT/XFORWARD/BDAT/ETRN are refused, STARTTLS is
-  terminated here, over-long lines get 500 5.5.2) and forwards everything else to the inner
-  Postfix smtpd, one command line at a time, as the client pipelined them;
+  answers what the proxy handles itself (XCLIENT/XFORWARD/BDAT/ETRN are refused, and AUTH
+  unless ``offer_auth``; STARTTLS is terminated here; over-long lines and lines with a control
+  character get 500 5.5.2) and forwards everything else to the inner Postfix smtpd, one command
+  line at a time, as the client pipelined them;
 * the *upstream pump* reads Postfix's bytes into a :class:`~smtp_policy.wire.smtp.ReplyReader`
   and sends each whole reply to the client.
 
@@ -20,9 +21,20 @@ TCP pushes back on the client. Commands whose reply decides how the following by
 are *barriers*: after DATA the pump waits for the reply and switches the reader to message
 mode only on 354; after a 334 the next line is an AUTH continuation; after QUIT nothing more.
 
-Message bytes go upstream exactly as received (dot-stuffing untouched); the reader only finds
-the end-of-data line, in the same way Postfix does. Nothing is ever accepted locally: the
-client hears Postfix's own reply to the final dot.
+Message bytes go upstream with canonical CRLF line ends (dot-stuffing untouched): the reader
+ends a message only at CRLF "." CRLF, turns bare CR and LF into CRLF and stuffs any other "."
+line, so that Postfix sees the same end whatever its ``smtpd_forbid_bare_newline`` (no SMTP
+smuggling, see ``wire/smtp.py``). Nothing is ever accepted locally: the client hears Postfix's
+own reply to the final dot.
+
+STARTTLS (RFC 3207) is answered only between transactions (503 5.5.1 after a MAIL that
+Postfix accepted, until the transaction ends) and never renegotiated. After the handshake the
+proxy forgets the HELO name and sends XCLIENT again, which resets the inner session as if the
+client had just connected (Postfix answers with a new 220 that the client does not see), so
+nothing said in plaintext carries over and the client must EHLO again. Postfix's XCLIENT has no
+attribute for TLS (NAME, REVERSE_NAME, ADDR, PORT, PROTO, HELO, LOGIN, DESTADDR, DESTPORT), so
+Postfix's Received header says ESMTP, not ESMTPS: the proxy's ``tls`` and reply events record
+the TLS version and cipher instead.
 
 Before the client hears anything, the proxy connects upstream, reads Postfix's greeting and
 sends ``XCLIENT ADDR= PORT= NAME=`` (the real client; ``NAME`` forward-confirmed or
@@ -78,6 +90,8 @@ from smtp_policy.wire.smtp import (
     ServerReply,
     encode_command,
     filter_ehlo,
+    has_control,
+    mail_path,
     xclient_command,
 )
 
@@ -88,7 +102,6 @@ KEEP_KEYWORDS = ("SIZE", "8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING", "SMTPU
 REFUSED_VERBS = frozenset({"XCLIENT", "XFORWARD", "BDAT", "ETRN"})
 READ_SIZE = 65536
 
-_ADDRESS = re.compile(rb"<[^>]{0,512}>")
 _QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
 _ENHANCED_PREFIX = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?: +|$)")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
@@ -163,6 +176,8 @@ TOO_MANY = _local(421, "4.7.0 Too many connections, please try again later")
 TIMED_OUT = _local(421, "4.4.2 Timeout exceeded, closing connection")
 NOT_IMPLEMENTED = _local(502, "5.5.1 Command not implemented")
 LINE_TOO_LONG = _local(500, "5.5.2 Line too long")
+CONTROL_CHARACTER = _local(500, "5.5.2 Syntax error: control character in command")
+IN_TRANSACTION = _local(503, "5.5.1 Error: MAIL transaction in progress")
 TLS_READY = _local(220, "2.0.0 Ready to start TLS")
 TLS_ACTIVE = _local(503, "5.5.1 TLS already active")
 TLS_SYNTAX = _local(501, "5.5.4 Syntax: STARTTLS")
@@ -197,11 +212,18 @@ class ProxySettings:
     resolve_timeout: float = 5.0
     tls_handshake_timeout: float = 60.0
     keep_keywords: tuple[str, ...] = KEEP_KEYWORDS
+    #: Pass Postfix's AUTH on (EHLO keyword and command); off, AUTH gets 502 5.5.1 here.
+    offer_auth: bool = False
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """A server-side TLS context from the admin's certificate chain and key (PEM files)."""
+    """A server-side TLS context from the admin's certificate chain and key (PEM files).
+
+    Renegotiation is off (TLS 1.2 and older have it; a client could use it to make the
+    proxy spend a handshake's CPU at will).
+    """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     ctx.load_cert_chain(cert, key)
     return ctx
 
@@ -253,6 +275,7 @@ class _Pending:
     done: asyncio.Future[ServerReply] | None = None
     sender: str | None = None
     recipient: str | None = None
+    quiet: bool = False  # the proxy's own command (XCLIENT after STARTTLS): no client reply
 
 
 class _ClientGoneError(Exception):
@@ -301,6 +324,8 @@ class ProxySession:
         self._peer = _peer_of(writer)
         self._peer.hostname = service.hostname
         self._in_data = False
+        self._in_transaction = False
+        self._xclient_sent: dict[str, str] = {}
         self._quit_sent = False
         self._to_client = bytearray()
         self._to_upstream = bytearray()
@@ -340,7 +365,8 @@ class ProxySession:
                 if banner.code != 220:  # Postfix refuses the proxy itself: pass that on
                     self._answer(banner, _Pending(None, "connect"), origin="upstream")
                     return False
-                self._up_w.write(xclient_command(self._xclient_attributes(name)))
+                self._xclient_sent = self._xclient_attributes(name)
+                self._up_w.write(xclient_command(self._xclient_sent))
                 greeting = await self._read_reply()
         except (OSError, TimeoutError, _UpstreamGoneError) as exc:
             where = f"{self._cfg.upstream_host}:{self._cfg.upstream_port}"
@@ -436,6 +462,8 @@ class ProxySession:
                 await self._read_client()
             elif isinstance(event, LineTooLong):
                 self._enqueue_local(LINE_TOO_LONG, None, "command")
+            elif isinstance(event, Command) and has_control(event.line):
+                self._enqueue_local(CONTROL_CHARACTER, None, "command")
             elif isinstance(event, Command) and not await self._command(event):
                 return
 
@@ -453,12 +481,11 @@ class ProxySession:
     async def _command(self, cmd: Command) -> bool:
         """Handle one command; False once the session is over (QUIT answered)."""
         verb = cmd.verb
-        if verb in REFUSED_VERBS:
+        if verb in REFUSED_VERBS or (verb == "AUTH" and not self._cfg.offer_auth):
             self._enqueue_local(NOT_IMPLEMENTED, verb, _stage(verb))
             return True
         if verb == "STARTTLS":
-            await self._starttls(cmd)
-            return True
+            return await self._starttls(cmd)
         self._note(verb, cmd.argument)
         barrier = verb in ("DATA", "QUIT", "AUTH")
         pending = self._forward(cmd.line, verb, _stage(verb), barrier=barrier)
@@ -477,7 +504,7 @@ class ProxySession:
             self._peer.helo = argument.decode("utf-8", "replace")[:255] or None
             self._peer.sender = None
         elif verb == "MAIL":
-            self._peer.sender = _address(argument)
+            self._peer.sender = mail_path(argument)
         elif verb == "RSET":
             self._peer.sender = None
 
@@ -485,7 +512,7 @@ class ProxySession:
         """Queue ``line`` for a reply and send it upstream (queue first: no reply can overtake)."""
         assert self._up_w is not None
         done = asyncio.get_running_loop().create_future() if barrier else None
-        recipient = _address(line) if verb == "RCPT" else None
+        recipient = mail_path(line) if verb == "RCPT" else None
         pending = _Pending(verb, stage, None, done, self._peer.sender, recipient)
         self._push(pending)
         self._send_upstream(encode_command(line))
@@ -495,13 +522,14 @@ class ProxySession:
     async def _continuation(self, verb: str) -> ServerReply:
         """After a 334: the client's next line answers it (never recorded: credentials).
 
-        An over-long answer is replaced by "*", which cancels the exchange (RFC 4954 §4):
-        Postfix's reply to that tells the client.
+        An over-long answer, or one with a control character, is replaced by "*", which
+        cancels the exchange (RFC 4954 §4): Postfix's reply to that tells the client.
         """
         self._commands.expect_continuation()
         while (event := self._commands.next_event()) is None:
             await self._read_client()
-        line = event.line if isinstance(event, Continuation) else b"*"
+        answered = isinstance(event, Continuation) and not has_control(event.line)
+        line = event.line if isinstance(event, Continuation) and answered else b"*"
         pending = self._forward(line, verb, _stage(verb), barrier=True)
         assert pending.done is not None
         return await pending.done
@@ -528,17 +556,22 @@ class ProxySession:
             if event.last:
                 return
 
-    async def _starttls(self, cmd: Command) -> None:
-        """Terminate TLS here: 220, drop anything pipelined after STARTTLS, handshake."""
+    async def _starttls(self, cmd: Command) -> bool:
+        """Terminate TLS here: 220, drop anything pipelined after STARTTLS, handshake, reset
+        the inner session; False when that fails and the session ends."""
         if self._peer.tls:
             self._enqueue_local(TLS_ACTIVE, "STARTTLS", "starttls")
-            return
+            return True
         if self._cfg.tls is None:
             self._enqueue_local(NOT_IMPLEMENTED, "STARTTLS", "starttls")
-            return
+            return True
         if cmd.argument:
             self._enqueue_local(TLS_SYNTAX, "STARTTLS", "starttls")
-            return
+            return True
+        await self._settled()  # the replies owed say whether a transaction is open
+        if self._in_transaction:
+            self._enqueue_local(IN_TRANSACTION, "STARTTLS", "starttls")
+            return True
         # Nothing the client sends from here on may be read as plaintext (CVE-2011-0411):
         # stop reading before the 220 goes out, then drop what was already buffered.
         transport = self._client_w.transport
@@ -563,6 +596,25 @@ class ProxySession:
             }
         self._peer.helo = self._peer.sender = None  # RFC 3207 §4.2: the client starts over
         self._emit(EventKind.TLS, stage="starttls", extra={"dropped_plaintext": dropped})
+        return await self._reset_upstream()
+
+    async def _reset_upstream(self) -> bool:
+        """XCLIENT again: Postfix forgets the plaintext HELO, as if the client had reconnected.
+
+        Its new 220 stays here; anything else means the inner session is not what the client
+        now believes: 421 and False (the session ends).
+        """
+        assert self._up_w is not None
+        done = asyncio.get_running_loop().create_future()
+        pending = _Pending("XCLIENT", "starttls", None, done, quiet=True)
+        self._push(pending)
+        self._send_upstream(xclient_command(self._xclient_sent))
+        reply = await done
+        if reply.code == 220:
+            return True
+        self._error(f"upstream answered XCLIENT after STARTTLS with {reply.text!r}")
+        await self._local(UPSTREAM_LOST, None, "starttls")
+        return False
 
     # -- the upstream pump ------------------------------------------------------------------
 
@@ -579,7 +631,9 @@ class ProxySession:
         while True:
             reply = await self._read_reply(waiting=lambda: bool(self._pending))
             pending = self._pending.popleft() if self._pending else _Pending(None, "session")
-            self._answer(reply, pending, origin="upstream")
+            self._track_transaction(pending.verb, reply.code)
+            if not pending.quiet:
+                self._answer(reply, pending, origin="upstream")
             if pending.done is not None and not pending.done.done():
                 pending.done.set_result(reply)
             self._flush()
@@ -587,6 +641,13 @@ class ProxySession:
                 await self._client_w.drain()
             if reply.code == 421 or pending.verb == "QUIT":
                 return
+
+    def _track_transaction(self, verb: str | None, code: int) -> None:
+        """Whether Postfix holds an open mail transaction, from the replies it gives."""
+        if verb == "MAIL" and code < 400:
+            self._in_transaction = True
+        elif verb == "." or code == 421 or (verb in ("RSET", "EHLO", "HELO") and code < 400):
+            self._in_transaction = False
 
     async def _read_reply(self, waiting: Callable[[], bool] = lambda: True) -> ServerReply:
         """The next whole reply from Postfix; _UpstreamGoneError on EOF, garbage or silence.
@@ -708,7 +769,8 @@ class ProxySession:
         texts = self._svc.texts
         if pending.verb == "EHLO" and reply.code == 250:
             add = ("STARTTLS",) if self._cfg.tls is not None and not self._peer.tls else ()
-            return filter_ehlo(reply.lines, self._cfg.keep_keywords, add)
+            keep = (*self._cfg.keep_keywords, *(("AUTH",) if self._cfg.offer_auth else ()))
+            return filter_ehlo(reply.lines, keep, add)
         if pending.stage == "connect" and reply.code == 220:
             self._peer.hostname = _first_word(reply.lines[0]) or self._peer.hostname
             return texts.greeting(explanation, self._context(pending))
@@ -797,12 +859,6 @@ def _split_enhanced(reply: ServerReply) -> tuple[EnhancedCode | None, list[str]]
         for line in reply.lines
     ]
     return enhanced, lines
-
-
-def _address(argument: bytes) -> str | None:
-    """The address in ``FROM:<a@b> SIZE=1`` / ``TO:<a@b>``, with its angle brackets."""
-    m = _ADDRESS.search(argument)
-    return m[0].decode("utf-8", "replace") if m else None
 
 
 def _drop_stream_buffer(reader: asyncio.StreamReader) -> int:

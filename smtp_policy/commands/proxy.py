@@ -5,7 +5,9 @@ the 220 greeting and the 221 goodbye ([banner]; Postfix hard-codes its 221) and 
 4xx/5xx ([texts]), and every reply is recorded as a JSON event with Postfix's original text.
 The proxy hands the real client to Postfix with XCLIENT, so restrictions, milters and logs
 still see the client's address, port and name. It terminates STARTTLS itself (--tls-cert,
---tls-key) and passes messages through byte for byte; only Postfix ever accepts mail.
+--tls-key) and passes messages through unchanged but for line ends (a bare CR or LF becomes
+CRLF; only CRLF.CRLF ends a message, so no SMTP smuggling); only Postfix ever accepts mail.
+Commands with control characters get 500, and AUTH is neither offered nor forwarded.
 
 Postfix needs a second smtpd listener that trusts the proxy; print its master.cf lines with
   smtp-policy proxy --print-postfix-config --upstream inet:127.0.0.1:10026
@@ -146,6 +148,14 @@ def postfix_config(upstream: ListenAddress) -> str:
   -o smtpd_authorized_xclient_hosts={trusted}
   -o smtpd_client_port_logging=yes
   -o smtpd_tls_security_level=none
+  -o smtpd_forbid_bare_newline=normalize
+  -o smtpd_forbid_bare_newline_exclusions=
+#
+# SMTP smuggling: the proxy ends a message only at <CR><LF>.<CR><LF> and turns every bare CR
+# or LF into CRLF, so this smtpd never sees one; normalize makes it read them the same way
+# anyway, for every client (the exclusions default to $mynetworks, which XCLIENT'd loopback
+# clients match). It needs Postfix >= 3.9, 3.8.5, 3.7.10, 3.6.14 or 3.5.24; on 3.8.4, 3.7.9,
+# 3.6.13 and 3.5.23 write "yes" instead (the same meaning there).
 #
 # The proxy listens where clients connect (port 25): comment out the public
 # "smtp inet ... smtpd" (or "smtp inet ... postscreen") line, or move it to another address.

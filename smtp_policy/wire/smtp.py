@@ -10,16 +10,26 @@ and may hold at most ``max_line`` octets including the terminator (RFC 5321 §4.
 or ``max_extended_line`` for MAIL and RCPT, whose parameters the advertised extensions lengthen
 (SIZE: RFC 1870 §3, +26; DSN: RFC 3461 §5, +100 for MAIL and +500 for RCPT). A longer line is
 reported once as :class:`LineTooLong` and skipped up to its LF; the buffer never holds more
-than one line limit plus what was fed. After the server's 354 the caller switches the reader to
-DATA mode: the bytes come out unchanged as :class:`Data` chunks (no per-line buffering at
-all), and the reader only watches for the end-of-data line. That line is recognised exactly as
-Postfix does (``smtp_get`` strips one LF and *every* CR before it, then a lone "." ends the
-message): a "." at the start of a line, any number of CRs, then LF, all within the
-``line_length_limit`` octets (2048) smtpd reads at a time. Agreeing with the server byte for
-byte is what keeps a proxy safe from SMTP smuggling (it never sees a message end that Postfix
-does not, or the other way round). After a 334 (AUTH), the caller asks for a
-:class:`Continuation` line, which may be longer (RFC 4954 §4: 12288 octets); an over-long line
-is skipped like any other and ends the continuation.
+than one line limit plus what was fed. One CR before the LF is the line end's; any other CR
+stays in the line, where :func:`has_control` finds it with NUL and the other controls.
+
+DATA mode (after the server's 354) makes the server's own line-end rules irrelevant, which is
+what keeps the proxy safe from SMTP smuggling (Postfix < 3.9 by default ends a message at
+``<LF>.<LF>``, ``<LF>.<CR><LF>``, ``<CR><LF>.<LF>`` and ``.<CR><CR><LF>``). The message ends
+only at ``<CR><LF>.<CR><LF>`` (the DATA command's own CRLF counts as the first), and what goes
+on is canonical: every bare LF and every bare CR becomes CRLF, as Postfix 3.9's
+``smtpd_forbid_bare_newline = normalize`` reads them, and a "." line that a bare line end
+touches is not the end but content, so it goes on dot-stuffed (".."). The server thus never
+sees a bare CR or LF, nor a "." line but the last, whatever its ``smtpd_forbid_bare_newline``
+says. Normalising rather than refusing (``reject``) keeps the mail of clients that end lines
+with a bare LF (scripts, netcat, web applications), as Postfix 3.9's default does. CRLF lines
+pass untouched, in chunks as they arrive (no per-line buffering: at most two bytes, a final
+"." or CR, wait for the next). After a 334 (AUTH), the caller asks for a :class:`Continuation`
+line, which may be longer (RFC 4954 §4: 12288 octets); an over-long line is skipped like any
+other and ends the continuation.
+
+Addresses: :func:`mail_path` takes the ``<...>`` path out of a MAIL or RCPT argument, reading
+RFC 5321 quoted local parts (``<"a>b"@x>``) whole.
 
 Reply side. ``250-first`` / ``250 last`` lines are assembled into one :class:`ServerReply`;
 a reply whose lines disagree on the code, a line that is not ``NNN[ -]text`` or longer than
@@ -48,6 +58,16 @@ MAX_REPLY_LINES = 100
 _EXTENDED_VERBS = (b"MAIL", b"RCPT")
 _REPLY_LINE = re.compile(rb"([2-5]\d\d)([ -]|\r?$)")
 _XTEXT_SAFE = frozenset(range(0x21, 0x7F)) - {ord("+"), ord("=")}
+#: C0 controls and DEL: no command line may hold one (its CRLF is not part of it).
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+#: A line end that is not CRLF: a CR not followed by LF, or an LF not preceded by CR.
+_BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_END_OF_DATA = b"\r\n.\r\n"
+#: The longest path kept from MAIL/RCPT, angle brackets excluded.
+MAX_PATH = 512
+_QUOTED_PATH = re.compile(rb'<(?:"(?:[^"\\]|\\[\s\S])*"|[^">])*>')
+_PLAIN_PATH = re.compile(rb"<[^>]*>")
 
 
 # -- events -----------------------------------------------------------------------------------
@@ -88,7 +108,7 @@ class LineTooLong:
 
 @dataclass(frozen=True, slots=True)
 class Data:
-    """Message bytes exactly as the client sent them; ``last`` when they end the message."""
+    """Message bytes with canonical CRLF line ends; ``last`` when they end the message."""
 
     data: bytes
     last: bool = False
@@ -117,10 +137,8 @@ class ServerReply:
 # -- the client side --------------------------------------------------------------------------
 
 _COMMAND, _CONTINUATION, _DATA = "command", "continuation", "data"
-# DATA-mode states: where in a line the last byte left us; _DOT + n: "." and n CRs so far.
-_MID, _LINE_START, _DOT = 0, 1, 2
-#: Postfix's default ``line_length_limit``: how much of a line smtpd reads at once.
-SERVER_LINE_LIMIT = 2048
+# DATA mode: what precedes the buffer, a CRLF (or the DATA line), a bare CR or LF, or text.
+_AFTER_CRLF, _AFTER_BARE, _MID_LINE = "crlf", "bare", "mid"
 
 
 class CommandReader:
@@ -138,7 +156,6 @@ class CommandReader:
         "_max_extended",
         "_max_line",
         "_mode",
-        "_server_limit",
         "_skipping",
     )
 
@@ -146,17 +163,15 @@ class CommandReader:
         self,
         max_line: int = MAX_COMMAND_LINE,
         max_extended_line: int = MAX_EXTENDED_LINE,
-        server_line_limit: int = SERVER_LINE_LIMIT,
         max_continuation_line: int = MAX_CONTINUATION_LINE,
     ) -> None:
         self._buf = bytearray()
         self._max_continuation = max_continuation_line
-        self._server_limit = server_line_limit
         self._max_line = max_line
         self._max_extended = max(max_line, max_extended_line)
         self._mode = _COMMAND
         self._skipping = False
-        self._data_state = _LINE_START
+        self._data_state = _AFTER_CRLF
 
     def feed(self, data: bytes) -> None:
         """Append received bytes."""
@@ -175,7 +190,7 @@ class CommandReader:
     def start_data(self) -> None:
         """The server said 354: what follows is the message, up to the end-of-data line."""
         self._mode = _DATA
-        self._data_state = _LINE_START
+        self._data_state = _AFTER_CRLF
 
     def expect_continuation(self) -> None:
         """The server said 334: the next line answers it and is not a command."""
@@ -212,7 +227,7 @@ class CommandReader:
                 self._skipping = end < 0
                 self._mode = _COMMAND
                 return LineTooLong(limit)
-            line = bytes(self._buf[:end]).rstrip(b"\r")
+            line = bytes(self._buf[: end - 1 if self._buf[end - 1 : end] == b"\r" else end])
             del self._buf[: end + 1]
             if self._mode == _CONTINUATION:
                 self._mode = _COMMAND
@@ -227,51 +242,54 @@ class CommandReader:
         return self._max_line
 
     def _next_data(self) -> Data | None:
-        if not self._buf:
+        buf = bytes(self._buf)
+        # A final CR may start a CRLF, a final "." (or ".\r") the end-of-data line: wait.
+        hold = 2 if buf.endswith(b".\r") else 1 if buf.endswith((b".", b"\r")) else 0
+        ready = len(buf) - hold
+        if ready <= 0:
             return None
-        end, self._data_state = _scan_data(self._buf, self._data_state, self._server_limit)
-        if end < 0:
-            chunk = bytes(self._buf)
-            self._buf.clear()
-            return Data(chunk)
-        chunk = bytes(self._buf[:end])
-        del self._buf[:end]
-        self._mode = _COMMAND
-        return Data(chunk, last=True)
-
-
-def _scan_data(buf: bytearray, state: int, limit: int) -> tuple[int, int]:
-    """Where the end-of-data line ends in ``buf`` (-1: not there) and the state after ``buf``.
-
-    Only lines that start with "." matter, so the scan jumps from one LF "." to the next. A
-    state of ``_DOT`` or more counts the octets of the "." line so far ("." plus its CRs):
-    Postfix reads at most ``limit`` octets (``line_length_limit``) before it stops looking for
-    the dot, so a longer run of CRs does not end the message there either.
-    """
-    pos, size = 0, len(buf)
-    while pos < size:
-        if state == _MID:
-            found = buf.find(b"\n.", pos)
-            if found < 0:
-                return -1, _LINE_START if buf[-1] == 0x0A else _MID
-            pos, state = found + 2, _DOT
-            continue
-        byte = buf[pos]
-        if state == _LINE_START:
-            if byte == 0x2E:
-                state = _DOT
-            elif byte != 0x0A:
-                state = _MID
-                continue
-        elif byte == 0x0A:  # in the "." line: ".", any CRs, then LF
-            return pos + 1, _LINE_START
-        elif byte == 0x0D and state - _DOT + 1 < limit:
-            state += 1
+        if self._data_state == _AFTER_CRLF and buf.startswith(b".\r\n"):
+            end = 3
         else:
-            state = _MID
-            continue
-        pos += 1
-    return -1, state
+            found = buf.find(_END_OF_DATA, 0, ready)
+            end = found + len(_END_OF_DATA) if found >= 0 else -1
+        size = ready if end < 0 else end
+        del self._buf[:size]
+        chunk, self._data_state = _normalize(buf, size, self._data_state, ended=end >= 0)
+        if end >= 0:
+            self._mode = _COMMAND
+        return Data(chunk, last=end >= 0)
+
+
+def _normalize(buf: bytes, size: int, state: str, *, ended: bool) -> tuple[bytes, str]:
+    """``buf[:size]`` with canonical line ends, and the state after it.
+
+    A bare CR or LF becomes CRLF and a "." line that is not the end gets a second dot, so the
+    server sees the same lines and the same end as the proxy. ``ended``: ``buf[:size]`` ends
+    with the end-of-data line, the one "." line kept as it is. The next byte, ``buf[size]``,
+    is known whenever ``buf[:size]`` ends with a CR (the caller holds back a final CR).
+    """
+    starts_dot_line = state == _AFTER_BARE and buf.startswith((b".\r", b".\n"))
+    if not starts_dot_line and _BARE_LINE_END.search(buf, 0, size) is None:
+        chunk = buf[:size]  # the usual case: CRLF lines only, passed as they are
+        return chunk, _AFTER_CRLF if chunk.endswith(b"\r\n") else _MID_LINE
+    out = bytearray()
+    pos, line_start = 0, state != _MID_LINE
+    last_end = None
+    for match in _LINE_END.finditer(buf, 0, size):
+        last_end = match
+        line = buf[pos : match.start()]
+        is_end = ended and match.end() == size
+        if line == b"." and line_start and not is_end:
+            out += b"."
+        out += line + b"\r\n"
+        pos, line_start = match.end(), True
+    out += buf[pos:size]
+    if pos < size:
+        return bytes(out), _MID_LINE
+    if last_end is None:
+        return bytes(out), state
+    return bytes(out), _AFTER_CRLF if last_end[0] == b"\r\n" else _AFTER_BARE
 
 
 # -- the server side --------------------------------------------------------------------------
@@ -338,6 +356,31 @@ class ReplyReader:
 
 
 # -- encoding ---------------------------------------------------------------------------------
+
+
+def has_control(line: bytes) -> bool:
+    """Whether a command line (without its line end) holds a C0 control or DEL.
+
+    NUL, a stray CR, TAB and the rest have no place in a command (RFC 5321 §4.1.1: SP
+    separates its words) and may read differently to the server (``XCLIENT\\0``).
+    """
+    return _CONTROL.search(line) is not None
+
+
+def mail_path(argument: bytes) -> str | None:
+    """The path of ``FROM:<a@b> SIZE=1`` or ``TO:<"a>b"@x>``, with its angle brackets.
+
+    A quoted local part (RFC 5321 §4.1.2) may hold ">" and backslash escapes; an unbalanced
+    quote falls back to the first ">". The path starts at the first "<" (linear time). None
+    without a path or with one over ``MAX_PATH``.
+    """
+    start = argument.find(b"<")
+    if start < 0:
+        return None
+    found = _QUOTED_PATH.match(argument, start) or _PLAIN_PATH.match(argument, start)
+    if found is None or len(found[0]) > MAX_PATH + 2:
+        return None
+    return found[0].decode("utf-8", "replace")
 
 
 def encode_command(line: bytes) -> bytes:

@@ -349,6 +349,8 @@ def test_print_postfix_config() -> None:
     assert done.returncode == 0, done.stderr
     assert "127.0.0.1:10026 inet n - y - - smtpd" in done.stdout
     assert "-o smtpd_authorized_xclient_hosts=127.0.0.1" in done.stdout
+    assert "  -o smtpd_forbid_bare_newline=normalize\n" in done.stdout
+    assert "  -o smtpd_forbid_bare_newline_exclusions=\n" in done.stdout
 
 
 def test_sighup_rereads_the_texts(pf: PrivatePostfix, inner_port: int, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -55,3 +56,51 @@ def test_starttls_is_terminated_by_the_proxy(certificate: tuple[Path, Path]) -> 
             assert h.events()[-1]["tls_version"] == tls["tls_version"]
 
     run(scenario())
+
+
+def test_starttls_only_outside_a_transaction(certificate: tuple[Path, Path]) -> None:
+    """After an accepted MAIL, STARTTLS gets 503 5.5.1 until RSET ends the transaction."""
+    cert, key = certificate
+
+    async def scenario() -> None:
+        async with harness(tls=tls_context(str(cert), str(key))) as h:
+            client = await h.client()
+            await client.command(b"EHLO client.test")
+            assert (await client.command(b"MAIL FROM:<s@fake.test>")).code == 250
+            refused = await client.command(b"STARTTLS")
+            assert refused == ServerReply(503, ("5.5.1 Error: MAIL transaction in progress",))
+            assert (await client.command(b"RCPT TO:<a@fake.test>")).code == 250
+            assert (await client.command(b"RSET")).code == 250
+            assert (await client.command(b"STARTTLS")).code == 220
+            await client.start_tls()
+            await client.command(b"QUIT")
+            assert not h.events("error")
+
+    run(scenario())
+
+
+def test_inner_session_is_reset_after_the_handshake(certificate: tuple[Path, Path]) -> None:
+    """After TLS the proxy sends XCLIENT again (Postfix forgets the plaintext HELO); the
+    client does not hear the second greeting."""
+    cert, key = certificate
+
+    async def scenario() -> None:
+        async with harness(tls=tls_context(str(cert), str(key))) as h:
+            client = await h.client()
+            await client.command(b"EHLO plain.client.test")
+            assert (await client.command(b"STARTTLS")).code == 220
+            await client.start_tls()
+            assert (await client.command(b"NOOP")).code == 250  # the next reply is NOOP's
+            await client.command(b"QUIT")
+            sent = [ln.split(None, 1)[0] for ln in h.upstream.lines]
+            assert sent == [b"XCLIENT", b"EHLO", b"XCLIENT", b"NOOP", b"QUIT"]
+            assert h.upstream.lines[0] == h.upstream.lines[2]
+            assert [e["command"] for e in h.events()] == [None, "EHLO", "STARTTLS", "NOOP", "QUIT"]
+
+    run(scenario())
+
+
+def test_renegotiation_is_off(certificate: tuple[Path, Path]) -> None:
+    """The proxy's TLS context refuses renegotiation."""
+    cert, key = certificate
+    assert tls_context(str(cert), str(key)).options & ssl.OP_NO_RENEGOTIATION

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from smtp_policy.wire.smtp import ServerReply
 from tests.proxy_harness import CLIENT_NAME, configured, harness, run
 
@@ -98,8 +100,8 @@ def test_client_xclient_and_xforward_never_reach_postfix() -> None:
     run(scenario())
 
 
-def test_data_is_passed_through_byte_exact() -> None:
-    """The message reaches Postfix exactly as sent; the client hears Postfix's 250."""
+def test_data_is_passed_through_with_crlf_line_ends() -> None:
+    """The message reaches Postfix as sent but for bare LFs, now CRLF; the client hears 250."""
     message = (
         b"Subject: dots\r\n\r\n..stuffed\r\n. not the end\r\nbare\nlf\n\xff 8-bit\r\n"
         + b"long " * 20_000
@@ -117,7 +119,7 @@ def test_data_is_passed_through_byte_exact() -> None:
             done = await client.reply()
             assert done == ServerReply(250, ("2.0.0 Ok: queued as 4ABCDEF",))
             await client.command(b"QUIT")
-            assert h.upstream.messages == [message]
+            assert h.upstream.messages == [message.replace(b"bare\nlf\n", b"bare\r\nlf\r\n")]
             eom = h.events()[-2]
             assert eom["stage"] == "eom"
             assert eom["queue_id"] == "4ABCDEF"
@@ -293,15 +295,16 @@ def test_auth_continuation_is_relayed_but_never_recorded() -> None:
     """A 334 makes the next line an AUTH continuation; no event carries the secret."""
 
     async def scenario() -> None:
-        async with harness() as h:
+        async with harness(offer_auth=True) as h:
             client = await h.client()
+            assert "AUTH PLAIN LOGIN" in (await client.command(b"EHLO c.test")).lines
             assert (await client.command(b"AUTH LOGIN dXNlcg==")).code == 334
             assert (await client.command(b"c2VjcmV0LXBhc3N3b3Jk")).code == 235
             await client.command(b"QUIT")
             assert b"c2VjcmV0LXBhc3N3b3Jk\r\n" in h.upstream.lines
             assert "c2VjcmV0" not in h.out.getvalue()
             assert "dXNlcg" not in h.out.getvalue()
-            assert [e["command"] for e in h.events()][1:3] == ["AUTH", "AUTH"]
+            assert [e["command"] for e in h.events()][2:4] == ["AUTH", "AUTH"]
 
     run(scenario())
 
@@ -339,7 +342,7 @@ def test_over_long_auth_answer_cancels_the_exchange() -> None:
     """An AUTH answer over 12288 octets is replaced by "*" (RFC 4954 cancel), never forwarded."""
 
     async def scenario() -> None:
-        async with harness() as h:
+        async with harness(offer_auth=True) as h:
             client = await h.client()
             assert (await client.command(b"AUTH LOGIN")).code == 334
             await client.command(b"A" * 13000)
@@ -351,8 +354,10 @@ def test_over_long_auth_answer_cancels_the_exchange() -> None:
     run(scenario())
 
 
-def test_bare_lf_dot_ends_data_as_in_postfix() -> None:
-    """ "<LF>.<LF>" ends the message for the proxy exactly as for Postfix: replies stay in step."""
+@pytest.mark.parametrize("sequence", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r\n.\r\r\n", b"\r.\r"])
+def test_smuggling_sequence_does_not_end_the_message(sequence: bytes) -> None:
+    """A "." line next to a bare LF or CR is content: one message, sent on dot-stuffed."""
+    smuggled = b"MAIL FROM:<next@fake.test>\r\nRCPT TO:<a@fake.test>\r\nDATA\r\nforged\r\n"
 
     async def scenario() -> None:
         async with harness() as h:
@@ -360,10 +365,73 @@ def test_bare_lf_dot_ends_data_as_in_postfix() -> None:
             await client.command(b"MAIL FROM:<s@fake.test>")
             await client.command(b"RCPT TO:<a@fake.test>")
             assert (await client.command(b"DATA")).code == 354
-            client.writer.write(b"Subject: lf\n\nbody\n.\nMAIL FROM:<next@fake.test>\r\n")
-            assert (await client.reply()).code == 250  # the message
-            assert (await client.reply()).code == 250  # MAIL, a command again
+            client.writer.write(b"Subject: lf\r\n\r\nbody" + sequence + smuggled + b".\r\n")
+            assert (await client.reply()).code == 250  # the one message
+            assert (await client.command(b"QUIT")).code == 221
+            (message,) = h.upstream.messages
+            assert message.startswith(b"Subject: lf\r\n\r\nbody\r\n..\r\n")
+            assert message.endswith(smuggled + b".\r\n")
+            assert [e["command"] for e in h.events()][-2:] == [".", "QUIT"]
+
+    run(scenario())
+
+
+def test_auth_is_refused_unless_offered() -> None:
+    """Without offer_auth, AUTH is not advertised, gets 502 5.5.1 and never reaches Postfix."""
+
+    async def scenario() -> None:
+        async with harness() as h:
+            client = await h.client()
+            ehlo = await client.command(b"EHLO c.test")
+            assert not [line for line in ehlo.lines if line.startswith("AUTH")]
+            reply = await client.command(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==")
+            assert reply.code == 502
+            assert reply.lines[0].startswith("5.5.1 ")
+            assert (await client.command(b"QUIT")).code == 221
+            assert not [ln for ln in h.upstream.lines if ln.upper().startswith(b"AUTH")]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param(b"XCLIENT\x00 ADDR=192.0.2.66 NAME=trusted.test", id="nul-in-verb"),
+        pytest.param(b"NO\rOP", id="bare-cr"),
+        pytest.param(b"MAIL FROM:<a@b.test>\r", id="cr-cr-lf"),
+        pytest.param(b"HELO a\x1bb.test", id="escape"),
+        pytest.param(b"RCPT TO:<a@b.test>\x7f", id="del"),
+        pytest.param(b"EHLO\tc.test", id="tab"),
+    ],
+)
+def test_command_with_a_control_character_gets_500(line: bytes) -> None:
+    """NUL, a stray CR or another control in a command: 500 5.5.2, never forwarded."""
+
+    async def scenario() -> None:
+        async with harness() as h:
+            client = await h.client()
+            reply = await client.command(line)
+            assert reply.code == 500
+            assert reply.lines[0].startswith("5.5.2 ")
+            assert (await client.command(b"NOOP")).code == 250
+            assert (await client.command(b"QUIT")).code == 221
+            assert h.upstream.lines[1:] == [b"NOOP\r\n", b"QUIT\r\n"]
+            assert not h.events("error")
+
+    run(scenario())
+
+
+def test_quoted_recipient_is_recorded_whole() -> None:
+    """``<"a>b"@x>`` is one address (RFC 5321 quoted local part), in events as sent."""
+
+    async def scenario() -> None:
+        async with harness() as h:
+            client = await h.client()
+            await client.command(b'MAIL FROM:<"s>t"@fake.test> SIZE=10')
+            await client.command(b'RCPT TO:<"a>b"@fake.test> NOTIFY=NEVER')
             await client.command(b"QUIT")
-            assert h.upstream.messages == [b"Subject: lf\n\nbody\n.\n"]
+            rcpt = h.events()[2]
+            assert rcpt["recipient"] == '<"a>b"@fake.test>'
+            assert rcpt["sender"] == '<"s>t"@fake.test>'
 
     run(scenario())
