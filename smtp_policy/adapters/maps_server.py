@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 
-from smtp_policy.adapters._serve import serve_requests
+from smtp_policy.adapters._serve import EventBudget, flood_warning, serve_requests
 from smtp_policy.config import Config
 from smtp_policy.core.events import Direction, Event, EventKind, Source, reply_fields
 from smtp_policy.core.knowledge import KnowledgeBase
@@ -63,6 +63,7 @@ class MapsService:
         self._same_line_option = same_line
         self._idle_timeout = idle_timeout
         self._ids = itertools.count(1)
+        self._budget = EventBudget()
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -102,6 +103,11 @@ class MapsService:
         fields = reply_fields(explanation, text=request.key)
         if answer is not None and answer.rule is not None:
             fields["rule"] = answer.rule  # the admin's rule, as in the milter's event
+        write, held = self._budget.take()
+        if held:
+            self._events.emit(flood_warning(Source.MAPS, held, self._budget.per_second))
+        if not write:
+            return reply
         self._events.emit(
             Event(
                 event=EventKind.LOOKUP,

@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from smtp_policy.adapters._serve import serve_requests
+from smtp_policy.adapters._serve import EventBudget, flood_warning, serve_requests
 from smtp_policy.config import Config
 from smtp_policy.core.events import Event, EventKind, Source
 from smtp_policy.core.knowledge import KnowledgeBase
@@ -87,6 +87,7 @@ class PolicyService:
         self._events = events
         self._kb = kb
         self._ids = itertools.count(1)
+        self._budget = EventBudget()
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -125,6 +126,11 @@ class PolicyService:
             ours: request[theirs] or None for theirs, ours in _FIELDS.items() if theirs in request
         }
         extra = {k: v for k, v in request.items() if k not in _FIELDS}
+        write, held = self._budget.take()
+        if held:
+            self._events.emit(flood_warning(Source.POLICY, held, self._budget.per_second))
+        if not write:
+            return action
         self._events.emit(
             Event(
                 event=EventKind.POLICY_REQUEST,

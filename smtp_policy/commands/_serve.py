@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
-from smtp_policy.adapters._serve import Handler, start_server
+from smtp_policy.adapters._serve import Connections, Handler, start_server
 from smtp_policy.commands._options import add_config_option
 from smtp_policy.config import Config, load_config, reload_or_keep
 from smtp_policy.config.listen import ListenAddress
@@ -90,17 +90,15 @@ async def _serve(
     config: Config,
 ) -> int:
     open_tasks: set[asyncio.Task[None]] = set()
-    writers: set[asyncio.StreamWriter] = set()
+    connections = Connections()
 
     async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         open_tasks.add(task)
-        writers.add(writer)
         try:
             await service.handle(reader, writer)
         finally:
-            writers.discard(writer)
             open_tasks.discard(task)
 
     def reload() -> None:
@@ -116,7 +114,7 @@ async def _serve(
             service.reconfigure(fresh)
             events.emit(Event(event=EventKind.RELOADED, source=source, ts=datetime.now(UTC)))
 
-    handler: Handler = tracked
+    handler: Handler = connections.wrap(tracked)
     server = await start_server(address, handler)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -134,7 +132,7 @@ async def _serve(
     print(f"smtp-policy {source.value}: listening on {address}", file=sys.stderr, flush=True)
     await stop.wait()
     server.close()
-    for writer in list(writers):  # open connections end as if the peer had closed them
+    for writer in connections.writers():  # open connections end as if the peer had closed them
         writer.transport.abort()
     if open_tasks:
         await asyncio.wait(open_tasks, timeout=5)

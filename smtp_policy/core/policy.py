@@ -17,13 +17,14 @@ reply (explained by the core; the rule's reason and help link win) and sanitizes
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import string
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
+
+import re2
 
 from smtp_policy.core.classify import classify
 from smtp_policy.core.explain import explain
@@ -104,9 +105,9 @@ class PolicyRule:
     stage: Stage
     action: RuleAction
     client_network: tuple[IPNetwork, ...] = ()
-    sender: tuple[re.Pattern[str], ...] = ()
-    recipient: tuple[re.Pattern[str], ...] = ()
-    helo: tuple[re.Pattern[str], ...] = ()
+    sender: tuple[AdminPattern, ...] = ()
+    recipient: tuple[AdminPattern, ...] = ()
+    helo: tuple[AdminPattern, ...] = ()
     size_over: int | None = None
     authenticated: bool | None = None
     code: int | None = None
@@ -262,21 +263,82 @@ def decide(
     return render_decision(verdict_of(rule), kb=kb, texts=texts, context=context, audience=audience)
 
 
-def compile_pattern(text: str) -> re.Pattern[str]:
+#: A value (sender, recipient, HELO) is cut to this many characters before a pattern sees it;
+#: an address is at most 256 (RFC 5321), a HELO name 255.
+MAX_MATCHED_CHARS: Final = 1024
+_RE2_OPTIONS: Final = re2.Options()
+_RE2_OPTIONS.case_sensitive = False
+_RE2_OPTIONS.log_errors = False
+
+
+@dataclass(frozen=True, slots=True)
+class AdminPattern:
+    """A rule's sender/recipient/HELO pattern as written (``source``), compiled by RE2, so
+    that matching takes time linear in the value whatever the pattern."""
+
+    source: str
+    compiled: Any = field(repr=False, compare=False)
+
+    def search(self, value: str) -> bool:
+        """Whether the pattern is found in ``value`` (cut to :data:`MAX_MATCHED_CHARS`)."""
+        return self.compiled.search(value[:MAX_MATCHED_CHARS]) is not None
+
+
+def compile_pattern(text: str) -> AdminPattern:
     """A sender/recipient/HELO pattern: ``/regex/`` (searched) or a glob (whole value).
 
-    Both ignore case. Raises ``re.error`` for a bad regular expression.
+    Both ignore case. Raises ``re.error`` for a bad regular expression, and for one RE2
+    cannot run (backreferences, lookarounds: what may take exponential time).
     """
     if len(text) >= 2 and text.startswith("/") and text.endswith("/"):
-        return re.compile(text[1:-1], re.IGNORECASE)
-    return re.compile(r"\A" + fnmatch.translate(text), re.IGNORECASE)
+        regex = text[1:-1]
+        re.compile(regex, re.IGNORECASE)  # Python's words for plain syntax errors
+    else:
+        regex = _glob_regex(text)
+    try:
+        return AdminPattern(text, re2.compile(regex, _RE2_OPTIONS))
+    except re2.error as exc:
+        why = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise re.error(
+            f"not supported by the linear-time engine (RE2): {why} "
+            "(backreferences and lookarounds are not)"
+        ) from None
+
+
+def _glob_regex(glob: str) -> str:
+    """A shell glob (``*``, ``?``, ``[...]``, ``[!...]``) as an RE2 regex for the whole value."""
+    out: list[str] = []
+    i = 0
+    while i < len(glob):
+        char, i = glob[i], i + 1
+        if char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        elif char == "[" and (end := _class_end(glob, i)) >= 0:
+            body, i = glob[i:end], end + 1
+            negate = body.startswith("!")
+            body = body.removeprefix("!").replace("\\", "\\\\").replace("[", "\\[")
+            body = body.replace("]", "\\]").replace("^", "\\^")
+            out.append(f"[{'^' if negate else ''}{body}]")
+        else:
+            out.append(re.escape(char))
+    return r"(?s)\A" + "".join(out) + r"\z"
+
+
+def _class_end(glob: str, start: int) -> int:
+    """Where the ``[...]`` class opened before ``start`` ends (a leading ``!`` and ``]`` are
+    part of it), or -1: then the ``[`` is a plain character, as in :mod:`fnmatch`."""
+    at = start + (glob.startswith("!", start))
+    at += glob.startswith("]", at)
+    return glob.find("]", at)
 
 
 def _network_ok(networks: tuple[IPNetwork, ...], client_addr: str) -> bool:
     return not networks or in_networks(client_addr, networks)
 
 
-def _patterns_ok(patterns: tuple[re.Pattern[str], ...], value: str | None) -> bool:
+def _patterns_ok(patterns: tuple[AdminPattern, ...], value: str | None) -> bool:
     if not patterns:
         return True
     if value is None:
@@ -284,7 +346,7 @@ def _patterns_ok(patterns: tuple[re.Pattern[str], ...], value: str | None) -> bo
     bare = value.strip()
     if bare.startswith("<") and bare.endswith(">"):
         bare = bare[1:-1]
-    return any(p.search(bare) for p in patterns)
+    return any(pattern.search(bare) for pattern in patterns)
 
 
 # -- our own replies, recognised ---------------------------------------------------------------

@@ -2,10 +2,16 @@
 
 Each builder turns a body match (from the end of ``parse.PREFIX``) into a :class:`LogRecord`;
 :data:`BY_PROGRAM` lists the shapes each program (the syslog tag's last part) may log, most
-frequent first. Replies that Postfix logs before ``; from=<...> to=<...> proto=... helo=<...>``
-may themselves contain ``;``: ``_TAIL`` finds the leftmost ``; `` after which only those keys
-follow up to the end of the line, so the reply is everything before it. Patterns use
-possessive or bounded groups, so no line can make a match backtrack for long.
+frequent first. Patterns use possessive or bounded groups, so no line can make a match
+backtrack for long.
+
+Replies that Postfix logs before ``; from=<...> to=<...> proto=... helo=<...>`` echo what the
+client sent, so they may hold text shaped like those keys. The attributes are read strictly,
+the way Postfix writes them: addresses in external form (a local part with specials is quoted,
+``"`` and ``\\`` escaped inside, and a domain has no specials), a HELO with Postfix's ``?`` for
+space, ``<``, ``>``, ``"``, ``;`` and ``@``. Of the places where such a run starts and reaches
+the end of the line, the last (rightmost) is Postfix's own: a look-alike in the reply is to its
+left, and one inside a quoted address cannot close that address's quotes.
 """
 
 from __future__ import annotations
@@ -33,14 +39,32 @@ _CLIENT: Final = r"(?P<name>[^\s\[\]]+)\[(?P<addr>[^\]\s]*)\](?::(?P<port>\d+))?
 _REMOTE_CODE: Final = re.compile(
     r"(?:host \S+ (?:said|refused to talk to me): )?(?P<code>[2-5]\d\d)(?:[ \-]|\Z)"
 )
-#: Postfix's trailing ``; from=<s> to=<r> proto=P helo=<h>`` (postscreen separates with commas).
-_TAIL: Final = re.compile(
-    r"; (?=(?:from|to|proto|helo)=)"
-    r"(?:from=<(?P<sender>[^>]*+)>?,? ?)?"
-    r"(?:to=<(?P<rcpt>[^>]*+)>?,? ?)?"
-    r"(?:proto=(?P<proto>[^\s,]*+),? ?)?"
-    r"(?:helo=<?(?P<helo>.*?)>?)?\Z"
+#: One address as Postfix logs it (``info_log_addr_form = external``): a quoted local part
+#: (with ``\\``-escapes) or one without specials, then ``@domain``; ``<>`` is the null sender.
+_ADDRESS: Final = r'(?:"(?:[^"\\]|\\.)*+"|[^\s"\\<>@]*+)(?:@[^\s"\\<>@]*+)?'
+#: Postfix's trailing ``from=<s> to=<r> proto=P helo=<h>`` after ``;`` (postscreen separates
+#: the keys with commas), each key optional; Postfix neuters a HELO's specials to ``?``.
+_ATTRIBUTES: Final = (
+    r";(?= (?:from|to|proto|helo)=)"
+    rf"(?: from=<(?P<sender>{_ADDRESS})>)?"
+    rf"(?:,? to=<(?P<rcpt>{_ADDRESS})>)?"
+    r"(?:,? proto=(?P<proto>[^\s,<>]++))?"
+    r"(?:,? helo=<?(?P<helo>[^\s<>]*+)>?)?"
 )
+_TAIL: Final = re.compile(_ATTRIBUTES + r"\Z")
+
+
+def _last_tail(line: str, start: int) -> re.Match[str] | None:
+    """The trailing attributes Postfix wrote: the rightmost ``;`` from which they parse strictly
+    to the end of the line (see the module's docstring), or None."""
+    at = len(line)
+    while (at := line.rfind("; ", start, at)) >= 0:
+        tail = _TAIL.match(line, at)
+        if tail is not None:
+            return tail
+    return None
+
+
 _COUNT: Final = re.compile(r"(\w+)=(\S+)")
 
 
@@ -67,7 +91,7 @@ def _reject(
 ) -> LogRecord:
     """Common part of smtpd/postscreen/milter rejects: reply, codes and the trailing keys."""
     start = m.end()
-    tail = _TAIL.search(line, start)
+    tail = _last_tail(line, start)
     end = tail.start() if tail is not None else len(line)
     code = m["code"]
     sender = rcpt = proto = helo = None
@@ -163,11 +187,38 @@ def _postscreen_reject(m: re.Match[str], line: str, head: Head) -> LogRecord:
     return _reject("postscreen_reject", m, line, head, client_addr=m["addr"])
 
 
+#: ``header_checks``/``body_checks``: `` from name[addr];`` then the attributes (none may be
+#: known), then ``: reply`` when the action has a text.
 _CHECK_TAIL: Final = re.compile(
-    r" from (?P<name>[^\s\[\];]+)(?:\[(?P<addr>[^\]\s]*)\](?::\d+)?)?; "
-    r"(?:from=<(?P<sender>[^>]*+)> ?)?(?:to=<(?P<rcpt>[^>]*+)> ?)?"
-    r"(?:proto=(?P<proto>\S*+) ?)?(?:helo=<(?P<helo>[^>]*+)>)?(?:: (?P<reply>.*))?\Z"
+    r" from (?P<name>[^\s\[\];]+)(?:\[(?P<addr>[^\]\s]*)\](?::\d+)?)?"
+    + _ATTRIBUTES.replace("(?= (?:from|to|proto|helo)=)", "")
+    + r"(?:: (?P<reply>.*))?\Z"
 )
+
+
+def _check_tail(line: str, start: int) -> re.Match[str] | None:
+    """Where a header/body check line's attributes are: the leftmost place they parse strictly
+    whose reply has no attribute key in it (else the rightmost place they parse).
+
+    The checked content (the client's header, before them) may hold a whole look-alike, and a
+    quoted address in them another; either way the look-alike's ``: reply`` would run over
+    Postfix's own later keys, while Postfix's reply is the admin's text after all of them.
+    """
+    found: list[re.Match[str]] = []
+    at = len(line)
+    while (at := line.rfind(" from ", start, at)) >= 0:
+        tail = _CHECK_TAIL.match(line, at)
+        if tail is not None:
+            found.append(tail)
+    clean = [t for t in found if t["reply"] is None or not _KEYS_IN_REPLY.search(t["reply"])]
+    if clean:
+        return clean[-1]
+    return found[0] if found else None
+
+
+_KEYS_IN_REPLY: Final = re.compile(r"[>\s],? (?:from=<|to=<|proto=|helo=<)")
+
+
 _CHECK_REFUSALS: Final = frozenset({"reject", "hold", "discard"})
 
 
@@ -183,7 +234,7 @@ _CHECK_REFUSALS: Final = frozenset({"reject", "hold", "discard"})
 def _cleanup_check(m: re.Match[str], line: str, head: Head) -> LogRecord:
     """``header_checks``/``body_checks`` results; reject, hold and discard refuse the message."""
     action = m["action"]
-    tail = _CHECK_TAIL.search(line, m.end())
+    tail = _check_tail(line, m.end())
     end = tail.start() if tail is not None else len(line)
     extra: tuple[tuple[str, str], ...] = ((m["what"], line[m.end() : end]),)
     if tail is None:

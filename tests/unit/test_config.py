@@ -451,6 +451,20 @@ BAD_INPUTS = [
         id="rule-regex",
     ),
     pytest.param(
+        '[[rules]]\nname = "x"\nstage = "mail"\naction = "reject"\nsender = ["/(a+)\\\\1@x/"]\n',
+        f"{F}:5: rules[0].sender[0]: bad regular expression '/(a+)\\\\1@x/': not supported by "
+        "the linear-time engine (RE2): invalid escape sequence: \\1 (backreferences and "
+        "lookarounds are not)",
+        id="rule-regex-backreference",
+    ),
+    pytest.param(
+        '[[rules]]\nname = "x"\nstage = "helo"\naction = "reject"\nhelo = ["/(?!mx)\\\\w+/"]\n',
+        f"{F}:5: rules[0].helo[0]: bad regular expression '/(?!mx)\\\\w+/': not supported by "
+        "the linear-time engine (RE2): invalid perl operator: (?! (backreferences and "
+        "lookarounds are not)",
+        id="rule-regex-lookahead",
+    ),
+    pytest.param(
         '[[rules]]\nname = "x"\nstage = "rcpt"\naction = "reject"\nrecipient = []\n',
         f"{F}:5: rules[0].recipient: empty list: leave the key out to match anything",
         id="rule-empty-list",

@@ -1,0 +1,52 @@
+"""Issue 16, item 8, against the real maps daemon: an idle flood does not use up its file
+descriptors or lock Postfix out, and a lookup flood writes a bounded number of events."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from smtp_policy.lab.instance import free_port
+from smtp_policy.wire.netstring import encode
+from tests.helpers import Daemon, read_events, running
+from tests.integration.test_maps_server import needs_postmap, postmap
+
+
+@needs_postmap
+def test_idle_flood_then_a_real_lookup(tmp_path: Path) -> None:
+    port = free_port()
+    with running(Daemon("maps", tmp_path, port=port)):
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(300)]
+        try:
+            done = postmap(port, "footer", "554 5.7.1 <a@b>: Relay access denied")
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.strip()
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_lookup_flood_writes_bounded_events(tmp_path: Path) -> None:
+    port = free_port()
+    maps = Daemon("maps", tmp_path, port=port)
+    with running(maps):
+        request = encode(b"footer 554 5.7.1 <x@y>: Relay access denied " + b"k" * 2000)
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(request * 3000)
+            got = b""
+            while got.count(b",") < 3000:
+                chunk = sock.recv(1 << 16)
+                assert chunk
+                got += chunk
+            seconds = time.monotonic() - started
+            time.sleep(1.1)  # the next second's first lookup reports what the flood held back
+            sock.sendall(request)
+            assert sock.recv(1 << 16)
+    events = read_events(maps.events.path)
+    lookups = [e for e in events if e["event"] == "lookup"]
+    warnings = [e for e in events if e["event"] == "warning"]
+    assert len(lookups) <= 100 * (int(seconds) + 2) + 1
+    assert warnings, "no warning counted the held-back lookups"
+    assert sum(int(w["held_back"]) for w in warnings) == 3001 - len(lookups)

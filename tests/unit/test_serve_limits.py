@@ -1,0 +1,55 @@
+"""Issue 16, item 8: the maps and policy servers' limits, in process (asyncio on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from smtp_policy.adapters._serve import Connections, EventBudget, serve_requests
+from smtp_policy.wire.netstring import NetstringDecoder, encode
+
+
+def test_event_budget_counts_what_it_holds_back() -> None:
+    now = [10.0]
+    budget = EventBudget(3, clock=lambda: now[0])
+    assert [budget.take() for _ in range(5)] == [(True, 0)] * 3 + [(False, 0)] * 2
+    now[0] = 11.2
+    assert budget.take() == (True, 2)  # the previous second's two, reported once
+    assert budget.take() == (True, 0)
+
+
+async def _idle_then_busy(limit: int) -> tuple[int, int, bytes]:
+    connections = Connections(limit)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_requests(
+            reader,
+            writer,
+            NetstringDecoder(),
+            lambda payload: encode(b"OK " + payload),
+            idle_timeout=30,
+            on_error=lambda message: None,
+            max_requests=3,
+        )
+
+    server = await asyncio.start_server(connections.wrap(echo), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(limit + 20)]
+    await asyncio.sleep(0.2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"".join(encode(b"key%d" % i) for i in range(5)))
+    await writer.drain()
+    answers = await asyncio.wait_for(reader.read(), 10)  # the server closes after 3
+    open_now, closed = len(connections), connections.closed_idle
+    writer.close()
+    for _, w in idle:
+        w.close()
+    server.close()
+    await server.wait_closed()
+    return open_now, closed, answers
+
+
+def test_past_the_cap_the_idlest_goes_and_requests_per_connection_are_capped() -> None:
+    open_now, closed, answers = asyncio.run(_idle_then_busy(8))
+    assert open_now <= 8
+    assert closed >= 21
+    assert answers == b"".join(encode(b"OK key%d" % i) for i in range(3))
