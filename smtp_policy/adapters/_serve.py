@@ -28,7 +28,7 @@ MAX_CONNECTIONS: Final = 256
 #: Requests answered on one connection before the server closes it (Postfix reconnects).
 MAX_REQUESTS: Final = 10_000
 #: Events a server writes a second for its requests; past it, one ``warning`` with the count.
-EVENTS_PER_SECOND: Final = 100
+EVENTS_PER_SECOND: Final = 1000
 
 #: Set for each connection by :class:`Connections`: call it when the connection is in use.
 _IN_USE: ContextVar[Callable[[], None] | None] = ContextVar("_IN_USE", default=None)

@@ -68,6 +68,7 @@ class MapsService:
 
     def reconfigure(self, config: Config) -> None:
         """Use the texts and settings of a newly loaded configuration."""
+        self._budget.per_second = config.maps.events_per_second
         self._texts = config.texts
         self._own = own_replies(config.rules, kb=self._kb, texts=config.texts)
         self._dsn_deferrals = config.maps.dsn_deferrals

@@ -92,6 +92,7 @@ class PolicyService:
 
     def reconfigure(self, config: Config) -> None:
         """Use the rules and texts of a newly loaded configuration."""
+        self._budget.per_second = config.policy.events_per_second
         self._rules = config.rules
         self._texts = config.texts
 

@@ -285,8 +285,8 @@ def _rule_name(table: object) -> str:
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "milter": ("listen", "timeout"),
-    "maps": ("listen", "same_line", "dsn_deferrals"),
-    "policy": ("listen",),
+    "maps": ("listen", "same_line", "dsn_deferrals", "events_per_second"),
+    "policy": ("listen", "events_per_second"),
     "metrics": ("listen",),
     "events": ("output",),
     "follow": ("logs", "journal", "journal_unit", "state_dir"),
@@ -357,6 +357,14 @@ def _in_order(found: list[tuple[int, int, str]]) -> list[str]:
     return [text for _, _, text in sorted(found, key=lambda item: item[:2])]
 
 
+def _events_per_second(ck: _Checker, table: Mapping[str, Any], path: KeyPath) -> int:
+    rate: int = ck.get(table, path, "events_per_second", int, 1000)
+    if rate < 1:
+        ck.add((*path, "events_per_second"), f"must be at least 1, got {rate}")
+        return 1000
+    return rate
+
+
 def _build(ck: _Checker, merged: _Merged, sources: Sequence[ConfigSource]) -> Config:
     top = ck.table(merged.data, (), _TOP_KEYS)
     sections = {
@@ -368,8 +376,12 @@ def _build(ck: _Checker, merged: _Merged, sources: Sequence[ConfigSource]) -> Co
             _listen(ck, sections["maps"], ("maps",))[0],
             ck.get(sections["maps"], ("maps",), "same_line", bool, False),
             ck.get(sections["maps"], ("maps",), "dsn_deferrals", bool, False),
+            _events_per_second(ck, sections["maps"], ("maps",)),
         ),
-        policy=PolicyConfig(_listen(ck, sections["policy"], ("policy",))[0]),
+        policy=PolicyConfig(
+            _listen(ck, sections["policy"], ("policy",))[0],
+            _events_per_second(ck, sections["policy"], ("policy",)),
+        ),
         metrics=_metrics(ck, sections["metrics"]),
         events=_events(ck, sections["events"]),
         follow=_follow(ck, sections["follow"]),

@@ -26,18 +26,22 @@ class MapsConfig:
     """``[maps]``: the socketmap server (reject footers, DSN texts).
 
     ``dsn_deferrals``: the DSN filter rewrites deferrals (4.x.x) too, not only bounces.
+    ``events_per_second``: lookup events written per second at most; one ``warning`` event
+    counts the rest (a flood writes a bounded log, normal traffic every event).
     """
 
     listen: str = "inet:127.0.0.1:8896"
     same_line: bool = False
     dsn_deferrals: bool = False
+    events_per_second: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
-    """``[policy]``: the policy delegation server."""
+    """``[policy]``: the policy delegation server; ``events_per_second`` as for ``[maps]``."""
 
     listen: str = "inet:127.0.0.1:8897"
+    events_per_second: int = 1000
 
 
 @dataclass(frozen=True, slots=True)

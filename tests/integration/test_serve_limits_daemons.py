@@ -29,7 +29,9 @@ def test_idle_flood_then_a_real_lookup(tmp_path: Path) -> None:
 
 def test_lookup_flood_writes_bounded_events(tmp_path: Path) -> None:
     port = free_port()
-    maps = Daemon("maps", tmp_path, port=port)
+    config = tmp_path / "config.toml"
+    config.write_text("[maps]\nevents_per_second = 100\n")
+    maps = Daemon("maps", tmp_path, "--config", str(config), port=port)
     with running(maps):
         request = encode(b"footer 554 5.7.1 <x@y>: Relay access denied " + b"k" * 2000)
         started = time.monotonic()

@@ -53,3 +53,21 @@ def test_past_the_cap_the_idlest_goes_and_requests_per_connection_are_capped() -
     assert open_now <= 8
     assert closed >= 21
     assert answers == b"".join(encode(b"OK key%d" % i) for i in range(3))
+
+
+def test_the_event_rate_is_configured_per_server_and_checked() -> None:
+    """[maps]/[policy] events_per_second: a whole number of at least 1 (default 1000)."""
+    from smtp_policy.config import Config
+    from smtp_policy.config.check import check_sources
+    from smtp_policy.config.load import default_source
+    from smtp_policy.config.model import ConfigSource
+
+    def check(text: str) -> tuple[Config | None, list[str]]:
+        report = check_sources([default_source(), ConfigSource("t.toml", text)])
+        return report.config, [str(p) for p in report.problems]
+
+    config, problems = check("[maps]\nevents_per_second = 100\n")
+    assert problems == [] and config is not None
+    assert (config.maps.events_per_second, config.policy.events_per_second) == (100, 1000)
+    _, problems = check("[policy]\nevents_per_second = 0\n")
+    assert any("policy.events_per_second" in p and "at least 1" in p for p in problems)
