@@ -793,6 +793,8 @@ class ProxySession:
         if self._errors > self._cfg.soft_error_limit:
             self._flush_io()
             await asyncio.sleep(self._cfg.error_sleep)
+        if self._client_w.is_closing() or self._client_r.at_eof():
+            raise _ClientGoneError  # no more sleeping through what a gone client pipelined
         self._enqueue_local(reply, verb, stage)
         await self._drain_client()
         return True
