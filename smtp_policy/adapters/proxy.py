@@ -24,13 +24,25 @@ Message bytes go upstream exactly as received (dot-stuffing untouched); the read
 the end-of-data line, in the same way Postfix does. Nothing is ever accepted locally: the
 client hears Postfix's own reply to the final dot.
 
-Before the client hears anything, the proxy connects upstream, reads Postfix's greeting and
-sends ``XCLIENT ADDR= PORT= NAME=`` (the real client; ``NAME`` forward-confirmed or
-``[UNAVAILABLE]``). Postfix answers with a fresh greeting, as if the client had just connected;
-that reply is the greeting the client gets. HELO and PROTO need no XCLIENT: the client's own
-EHLO/HELO, sent next through the proxy, sets both. Postfix must trust the proxy
-(``smtpd_authorized_xclient_hosts``); if it refuses XCLIENT the proxy fails closed (421), as
-otherwise every client would look like the proxy's own trusted address.
+The proxy greets the client itself, with Postfix's own greeting (learnt once from the inner
+listener, then from every inner session; ``<hostname> ESMTP`` if Postfix cannot be asked),
+rewritten by the admin's ``[banner]``. It opens the inner connection only at the client's
+first command that Postfix's smtpd knows (EHLO, HELO, MAIL, ...), the way postscreen keeps
+idle clients away from smtpd: until then a client has ``greet_timeout`` to speak, unknown
+commands get 502 5.5.2 and QUIT 221 from the proxy, and each client address has at most
+``max_per_address`` sessions. The inner session starts with Postfix's greeting (read and
+consumed) and ``XCLIENT ADDR= PORT= NAME=`` (the real client; ``NAME`` forward-confirmed or
+``[UNAVAILABLE]``); Postfix answers with a fresh greeting, consumed too, or with 421/554 when a
+milter or policy refuses the client: that reply answers the client's first command. HELO
+and PROTO need no XCLIENT: the client's own EHLO/HELO, sent next, sets both. Postfix must
+trust the proxy (``smtpd_authorized_xclient_hosts``); if it refuses XCLIENT the proxy fails
+closed (421), as otherwise every client would look like the proxy's own trusted address.
+
+Hostile clients: the proxy counts its own error replies as smtpd does (past
+``soft_error_limit`` each waits ``error_sleep``, past ``hard_error_limit`` 421 4.7.0 and
+close), waits for the client to read what it was sent before reading more, and cuts a client
+that leaves more than ``max_unread`` reply bytes unread (or any for ``idle_timeout``). A run
+of identical refusals is recorded as its first reply plus one event with ``repeated``.
 
 Every reply to the client, Postfix's or the proxy's own, goes through :meth:`_answer`: it is
 explained by the core, rewritten by the admin's texts (220 greeting, 221 goodbye, any 4xx/5xx
