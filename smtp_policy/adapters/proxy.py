@@ -220,7 +220,7 @@ class ProxySettings:
     resolve_timeout: float = 5.0
     tls_handshake_timeout: float = 60.0
     keep_keywords: tuple[str, ...] = KEEP_KEYWORDS
-    max_per_address: int = 20  # sessions from one client address (421 4.7.0 beyond)
+    max_per_address: int = 50  # sessions from one client address (421 4.7.0 beyond)
     greet_timeout: float = 30.0  # for the first command, before any inner connection
     soft_error_limit: int = 10  # the proxy's own error replies before each waits error_sleep
     hard_error_limit: int = 20  # beyond it: 421 4.7.0 and close

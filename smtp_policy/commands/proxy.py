@@ -64,9 +64,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-per-address",
         type=int,
-        default=20,
+        default=50,
         metavar="N",
-        help="421 beyond N sessions from one client address (default 20)",
+        help="421 beyond N sessions from one client address (default 50, as Postfix's anvil)",
     )
     parser.add_argument(
         "--greet-timeout",
