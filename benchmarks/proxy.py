@@ -53,7 +53,7 @@ def postfix_and_proxy() -> Iterator[tuple[int, int]]:
     with PrivatePostfix(discard=True, master_cf=master) as pf, tempfile.TemporaryDirectory() as tmp:
         proxy = Daemon(
             "proxy", Path(tmp), "--upstream", f"127.0.0.1:{inner}",
-            "--max-connections", "1000", "--no-reverse-dns",
+            "--max-connections", "1000", "--max-per-address", "1000", "--no-reverse-dns",
             port=free_port(), events=Path(tmp) / "events",
         )  # fmt: skip
         with running(proxy):  # ready once it wrote its started event (it listens by then)

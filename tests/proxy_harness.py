@@ -247,6 +247,11 @@ async def harness(
     out = io.StringIO()
     settings = ProxySettings(upstream_port=port, **options)
     service = ProxyService(settings, default_knowledge(), EventWriter(out), texts, fake_name)
+    if not upstream_down:  # the proxy asks Postfix for its greeting once: not part of a test
+        await service.greeting()
+        await asyncio.wait_for(upstream.closed.wait(), 5)
+        upstream.received.clear()
+        upstream.closed.clear()
     server = await asyncio.start_server(service.handle, "127.0.0.1", 0)
     h = Harness(upstream, service, server.sockets[0].getsockname()[1], out)
     try:

@@ -36,13 +36,25 @@ attribute for TLS (NAME, REVERSE_NAME, ADDR, PORT, PROTO, HELO, LOGIN, DESTADDR,
 Postfix's Received header says ESMTP, not ESMTPS: the proxy's ``tls`` and reply events record
 the TLS version and cipher instead.
 
-Before the client hears anything, the proxy connects upstream, reads Postfix's greeting and
-sends ``XCLIENT ADDR= PORT= NAME=`` (the real client; ``NAME`` forward-confirmed or
-``[UNAVAILABLE]``). Postfix answers with a fresh greeting, as if the client had just connected;
-that reply is the greeting the client gets. HELO and PROTO need no XCLIENT: the client's own
-EHLO/HELO, sent next through the proxy, sets both. Postfix must trust the proxy
-(``smtpd_authorized_xclient_hosts``); if it refuses XCLIENT the proxy fails closed (421), as
-otherwise every client would look like the proxy's own trusted address.
+The proxy greets the client itself, with Postfix's own greeting (learnt once from the inner
+listener, then from every inner session; ``<hostname> ESMTP`` if Postfix cannot be asked),
+rewritten by the admin's ``[banner]``. It opens the inner connection only at the client's
+first command that Postfix's smtpd knows (EHLO, HELO, MAIL, ...), the way postscreen keeps
+idle clients away from smtpd: until then a client has ``greet_timeout`` to speak, unknown
+commands get 502 5.5.2 and QUIT 221 from the proxy, and each client address has at most
+``max_per_address`` sessions. The inner session starts with Postfix's greeting (read and
+consumed) and ``XCLIENT ADDR= PORT= NAME=`` (the real client; ``NAME`` forward-confirmed or
+``[UNAVAILABLE]``); Postfix answers with a fresh greeting, consumed too, or with 421/554 when a
+milter or policy refuses the client: that reply answers the client's first command. HELO
+and PROTO need no XCLIENT: the client's own EHLO/HELO, sent next, sets both. Postfix must
+trust the proxy (``smtpd_authorized_xclient_hosts``); if it refuses XCLIENT the proxy fails
+closed (421), as otherwise every client would look like the proxy's own trusted address.
+
+Hostile clients: the proxy counts its own error replies as smtpd does (past
+``soft_error_limit`` each waits ``error_sleep``, past ``hard_error_limit`` 421 4.7.0 and
+close), waits for the client to read what it was sent before reading more, and cuts a client
+that leaves more than ``max_unread`` reply bytes unread (or any for ``idle_timeout``). A run
+of identical refusals is recorded as its first reply plus one event with ``repeated``.
 
 Every reply to the client, Postfix's or the proxy's own, goes through :meth:`_answer`: it is
 explained by the core, rewritten by the admin's texts (220 greeting, 221 goodbye, any 4xx/5xx
@@ -64,12 +76,12 @@ import itertools
 import re
 import socket
 import ssl
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from smtp_policy.config import BannerConfig, Config
 from smtp_policy.core.errors import ProtocolError
@@ -100,6 +112,12 @@ KEEP_KEYWORDS = ("SIZE", "8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING", "SMTPU
 #: Commands the proxy answers 502 itself and never forwards: they would either hand the
 #: client Postfix's trust in the proxy (XCLIENT, XFORWARD) or need handling the proxy lacks.
 REFUSED_VERBS = frozenset({"XCLIENT", "XFORWARD", "BDAT", "ETRN"})
+#: Commands that open the inner connection when they come first: what Postfix's smtpd knows.
+#: Until one arrives the proxy answers alone (postscreen-like), so idle or garbage-speaking
+#: clients take no smtpd process.
+OPENING_VERBS = frozenset(
+    {"EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "VRFY", "EXPN", "HELP", "AUTH"}
+)
 READ_SIZE = 65536
 
 _QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
@@ -181,6 +199,10 @@ IN_TRANSACTION = _local(503, "5.5.1 Error: MAIL transaction in progress")
 TLS_READY = _local(220, "2.0.0 Ready to start TLS")
 TLS_ACTIVE = _local(503, "5.5.1 TLS already active")
 TLS_SYNTAX = _local(501, "5.5.4 Syntax: STARTTLS")
+NOT_RECOGNIZED = _local(502, "5.5.2 Error: command not recognized")
+TOO_MANY_FROM_YOU = _local(421, "4.7.0 Error: too many connections from your address")
+TOO_MANY_ERRORS = _local(421, "4.7.0 Error: too many errors")
+GOODBYE = _local(221, "2.0.0 Bye")
 
 Resolver = Callable[[str], Awaitable[str | None]]
 
@@ -202,6 +224,7 @@ class ProxySettings:
 
     upstream_host: str = "127.0.0.1"
     upstream_port: int = 10026
+    upstream_path: str | None = None  # a unix socket instead of host and port
     tls: ssl.SSLContext | None = None
     max_connections: int = 200
     max_pipeline: int = 100
@@ -214,6 +237,12 @@ class ProxySettings:
     keep_keywords: tuple[str, ...] = KEEP_KEYWORDS
     #: Pass Postfix's AUTH on (EHLO keyword and command); off, AUTH gets 502 5.5.1 here.
     offer_auth: bool = False
+    max_per_address: int = 50  # sessions from one client address (421 4.7.0 beyond)
+    greet_timeout: float = 30.0  # for the first command, before any inner connection
+    soft_error_limit: int = 10  # the proxy's own error replies before each waits error_sleep
+    hard_error_limit: int = 20  # beyond it: 421 4.7.0 and close
+    error_sleep: float = 1.0
+    max_unread: int = 65536  # reply bytes a client may leave unread before it is dropped
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -246,7 +275,10 @@ class ProxyService:
         self.resolver = resolver
         self.active = 0
         self.hostname = socket.gethostname()  # until Postfix's greeting names the server
+        self.per_address: Counter[str] = Counter()
         self._ids = itertools.count(1)
+        self._greeting: ServerReply | None = None
+        self._greeting_lock = asyncio.Lock()
 
     def reconfigure(self, config: Config) -> None:
         """Take the admin's texts from a (re)loaded configuration; sessions pick them up."""
@@ -258,11 +290,64 @@ class ProxyService:
         if self.active >= self.settings.max_connections:
             await session.refuse(TOO_MANY)
             return
+        addr = session.client_addr or ""
+        if self.per_address[addr] >= self.settings.max_per_address:
+            await session.refuse(TOO_MANY_FROM_YOU)
+            return
         self.active += 1
+        self.per_address[addr] += 1
         try:
             await session.run()
         finally:
             self.active -= 1
+            self.per_address[addr] -= 1
+            if not self.per_address[addr]:
+                del self.per_address[addr]
+
+    async def open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new connection to the inner smtpd (TCP or unix socket)."""
+        cfg = self.settings
+        if cfg.upstream_path is not None:
+            return await asyncio.open_unix_connection(cfg.upstream_path)
+        return await asyncio.open_connection(cfg.upstream_host, cfg.upstream_port)
+
+    async def greeting(self) -> ServerReply:
+        """Postfix's own greeting, learnt once from the inner listener (then from each session).
+
+        The proxy greets clients itself, before any inner connection, with this reply (the
+        admin's ``[banner]`` rewrites it); if Postfix cannot be asked, ``<hostname> ESMTP``.
+        """
+        async with self._greeting_lock:
+            if self._greeting is None:
+                self._greeting = await self._probe_greeting()
+        return self._greeting
+
+    def learn_greeting(self, reply: ServerReply) -> None:
+        """Keep Postfix's latest 220 greeting (and the host name it starts with)."""
+        if reply.code == 220 and reply.lines:
+            self._greeting = reply
+            self.hostname = _first_word(reply.lines[0]) or self.hostname
+
+    async def _probe_greeting(self) -> ServerReply:
+        fallback = ServerReply(220, (f"{self.hostname} ESMTP",))
+        writer = None
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                reader, writer = await self.open_upstream()
+                replies = ReplyReader()
+                while (reply := replies.next_reply()) is None:
+                    data = await reader.read(READ_SIZE)
+                    if not data:
+                        return fallback
+                    replies.feed(data)
+                writer.write(encode_command(b"QUIT"))
+        except (OSError, TimeoutError, ProtocolError):
+            return fallback
+        finally:
+            if writer is not None:
+                writer.close()
+        self.learn_greeting(reply)
+        return self._greeting or fallback
 
 
 @dataclass(slots=True)
@@ -276,10 +361,15 @@ class _Pending:
     sender: str | None = None
     recipient: str | None = None
     quiet: bool = False  # the proxy's own command (XCLIENT after STARTTLS): no client reply
+    origin: str = "proxy"  # who wrote ``local``: the proxy, or Postfix (its refusal at connect)
 
 
 class _ClientGoneError(Exception):
     """The client closed the connection (or the TLS handshake failed)."""
+
+
+class _ClientStuckError(Exception):
+    """The client leaves its replies unread (past ``max_unread`` bytes, or for idle_timeout)."""
 
 
 class _UpstreamGoneError(Exception):
@@ -330,6 +420,12 @@ class ProxySession:
         self._to_client = bytearray()
         self._to_upstream = bytearray()
         self._flush_scheduled = False
+        self._upstream_ready = asyncio.Event()
+        self._errors = 0  # the proxy's own error replies so far
+        self._run: tuple[int, str, str | None, str | None] | None = None  # repeated refusal
+        self._run_wire = b""
+        self._run_record: dict[str, Any] | None = None  # its first event
+        self._run_count = 0  # repeats of it sent but not yet recorded
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -338,12 +434,18 @@ class ProxySession:
         self._answer(reply, _Pending(None, "connect"), origin="proxy")
         await self._close()
 
+    @property
+    def client_addr(self) -> str | None:
+        """The client's address (IPv4-mapped IPv6 unwrapped)."""
+        return self._peer.addr
+
     async def run(self) -> None:
-        """The whole session: connect upstream, greet, relay, close."""
+        """The whole session: greet, open upstream at the first valid command, relay, close."""
         try:
             async with asyncio.timeout(self._cfg.session_timeout):
-                if await self._open():
-                    await self._converse()
+                greeting = await self._svc.greeting()
+                self._answer(greeting, _Pending(None, "connect"), origin="proxy")
+                await self._converse()
         except TimeoutError:
             self._error(f"session exceeded {self._cfg.session_timeout:g} s")
             self._answer(TIMED_OUT, _Pending(None, "session"), origin="proxy")
@@ -351,37 +453,41 @@ class ProxySession:
             self._error(f"internal error: {exc!r}")
             self._answer(UPSTREAM_LOST, _Pending(None, "session"), origin="proxy")
         finally:
+            self._end_refusal_run()
             await self._close()
 
-    async def _open(self) -> bool:
-        """Connect upstream, pass the client on with XCLIENT, greet the client."""
+    async def _open(self) -> ServerReply | None:
+        """Connect upstream and pass the client on with XCLIENT; None once Postfix greets.
+
+        Otherwise the reply the client's first command gets: Postfix's own refusal of the
+        client (421/554 from a milter or policy), or 421 4.3.0 when Postfix cannot be used.
+        """
         name = await self._resolve()
         try:
             async with asyncio.timeout(self._cfg.connect_timeout):
-                self._up_r, self._up_w = await asyncio.open_connection(
-                    self._cfg.upstream_host, self._cfg.upstream_port
-                )
+                self._up_r, self._up_w = await self._svc.open_upstream()
                 banner = await self._read_reply()
                 if banner.code != 220:  # Postfix refuses the proxy itself: pass that on
-                    self._answer(banner, _Pending(None, "connect"), origin="upstream")
-                    return False
+                    return banner
                 self._xclient_sent = self._xclient_attributes(name)
                 self._up_w.write(xclient_command(self._xclient_sent))
                 greeting = await self._read_reply()
         except (OSError, TimeoutError, _UpstreamGoneError) as exc:
-            where = f"{self._cfg.upstream_host}:{self._cfg.upstream_port}"
-            self._error(f"upstream {where} unavailable: {_describe(exc)}")
-            self._answer(UPSTREAM_DOWN, _Pending(None, "connect"), origin="proxy")
-            return False
-        if greeting.code in (220, 421, 554):  # 421/554: a milter or policy refused the client
-            self._answer(greeting, _Pending(None, "connect"), origin="upstream")
-            return greeting.code != 421
+            self._error(f"upstream unavailable: {_describe(exc)}")
+            return UPSTREAM_DOWN
+        self._svc.learn_greeting(banner)
+        if greeting.code == 220:
+            self._upstream_ready.set()
+            return None
+        if greeting.code in (421, 554):  # a milter or policy refused the client
+            if greeting.code == 554:
+                self._upstream_ready.set()  # Postfix answers what follows itself
+            return greeting
         self._error(
             f"upstream refused XCLIENT ({greeting.text!r}): "
             "is the proxy in smtpd_authorized_xclient_hosts?"
         )
-        self._answer(UPSTREAM_DOWN, _Pending(None, "connect"), origin="proxy")
-        return False
+        return UPSTREAM_DOWN
 
     async def _resolve(self) -> str:
         """NAME for XCLIENT: the forward-confirmed name, [UNAVAILABLE] or [TEMPUNAVAIL]."""
@@ -410,7 +516,7 @@ class ProxySession:
         return attributes
 
     async def _converse(self) -> None:
-        """Run both pumps until either ends the session."""
+        """Run both pumps until either ends the session (upstream's once it is open)."""
         tasks = [
             asyncio.create_task(self._client_side()),
             asyncio.create_task(self._upstream_side()),
@@ -442,13 +548,17 @@ class ProxySession:
         """The client pump, and what happens when the client leaves or idles."""
         try:
             await self._client_pump()
+        except _ClientStuckError:
+            self._drop_client()
+            return
         except _ClientGoneError:
             if self._pending:
                 with contextlib.suppress(TimeoutError):  # a half-closed client still reads
                     await asyncio.wait_for(self._settled(), 10)
         except TimeoutError:
-            self._error(f"client idle for {self._cfg.idle_timeout:g} s")
-            await self._local(TIMED_OUT, None, "session")
+            self._error(f"client idle for {self._read_timeout():g} s")
+            with contextlib.suppress(_ClientStuckError):
+                await self._local(TIMED_OUT, None, "session")
         clean = not self._in_data and not self._quit_sent
         if clean and self._up_w is not None and not self._up_w.is_closing():
             self._send_upstream(encode_command(b"QUIT"))
@@ -461,15 +571,17 @@ class ProxySession:
             if event is None:
                 await self._read_client()
             elif isinstance(event, LineTooLong):
-                self._enqueue_local(LINE_TOO_LONG, None, "command")
+                if not await self._refuse(LINE_TOO_LONG, None, "command"):
+                    return
             elif isinstance(event, Command) and has_control(event.line):
-                self._enqueue_local(CONTROL_CHARACTER, None, "command")
+                if not await self._refuse(CONTROL_CHARACTER, None, "command"):
+                    return
             elif isinstance(event, Command) and not await self._command(event):
                 return
 
     async def _read_client(self) -> None:
         try:
-            data = await asyncio.wait_for(self._client_r.read(READ_SIZE), self._cfg.idle_timeout)
+            data = await asyncio.wait_for(self._client_r.read(READ_SIZE), self._read_timeout())
         except TimeoutError:
             raise
         except OSError:  # a reset; TimeoutError, an OSError too, is the idle timeout above
@@ -478,14 +590,29 @@ class ProxySession:
             raise _ClientGoneError
         self._commands.feed(data)
 
+    def _read_timeout(self) -> float:
+        """The short pre-command timeout until the inner connection opens, then idle_timeout."""
+        return self._cfg.idle_timeout if self._up_w is not None else self._cfg.greet_timeout
+
     async def _command(self, cmd: Command) -> bool:
         """Handle one command; False once the session is over (QUIT answered)."""
         verb = cmd.verb
         if verb in REFUSED_VERBS or (verb == "AUTH" and not self._cfg.offer_auth):
-            self._enqueue_local(NOT_IMPLEMENTED, verb, _stage(verb))
-            return True
+            return await self._refuse(NOT_IMPLEMENTED, verb, _stage(verb))
         if verb == "STARTTLS":
             return await self._starttls(cmd)
+        if self._up_w is None:
+            if verb == "QUIT":
+                await self._local(GOODBYE, verb, _stage(verb))
+                return False
+            if verb not in OPENING_VERBS:
+                return await self._refuse(NOT_RECOGNIZED, verb or None, "command")
+            refusal = await self._open()
+            if refusal is not None:
+                self._note(verb, cmd.argument)
+                origin = "proxy" if refusal is UPSTREAM_DOWN else "upstream"
+                await self._local(refusal, verb, _stage(verb), origin=origin)
+                return self._upstream_ready.is_set()
         self._note(verb, cmd.argument)
         barrier = verb in ("DATA", "QUIT", "AUTH")
         pending = self._forward(cmd.line, verb, _stage(verb), barrier=barrier)
@@ -558,20 +685,17 @@ class ProxySession:
 
     async def _starttls(self, cmd: Command) -> bool:
         """Terminate TLS here: 220, drop anything pipelined after STARTTLS, handshake, reset
-        the inner session; False when that fails and the session ends."""
+        the inner session; False when that fails and the session ends, or when the client's
+        errors passed the hard limit (421 sent)."""
         if self._peer.tls:
-            self._enqueue_local(TLS_ACTIVE, "STARTTLS", "starttls")
-            return True
+            return await self._refuse(TLS_ACTIVE, "STARTTLS", "starttls")
         if self._cfg.tls is None:
-            self._enqueue_local(NOT_IMPLEMENTED, "STARTTLS", "starttls")
-            return True
+            return await self._refuse(NOT_IMPLEMENTED, "STARTTLS", "starttls")
         if cmd.argument:
-            self._enqueue_local(TLS_SYNTAX, "STARTTLS", "starttls")
-            return True
+            return await self._refuse(TLS_SYNTAX, "STARTTLS", "starttls")
         await self._settled()  # the replies owed say whether a transaction is open
         if self._in_transaction:
-            self._enqueue_local(IN_TRANSACTION, "STARTTLS", "starttls")
-            return True
+            return await self._refuse(IN_TRANSACTION, "STARTTLS", "starttls")
         # Nothing the client sends from here on may be read as plaintext (CVE-2011-0411):
         # stop reading before the 220 goes out, then drop what was already buffered.
         transport = self._client_w.transport
@@ -604,7 +728,8 @@ class ProxySession:
         Its new 220 stays here; anything else means the inner session is not what the client
         now believes: 421 and False (the session ends).
         """
-        assert self._up_w is not None
+        if self._up_w is None:
+            return True  # no inner session yet: it opens with XCLIENT after the handshake
         done = asyncio.get_running_loop().create_future()
         pending = _Pending("XCLIENT", "starttls", None, done, quiet=True)
         self._push(pending)
@@ -620,8 +745,11 @@ class ProxySession:
 
     async def _upstream_side(self) -> None:
         """The upstream pump; a lost or broken upstream becomes a 421 to the client."""
+        await self._upstream_ready.wait()
         try:
             await self._upstream_pump()
+        except _ClientStuckError:
+            self._drop_client()
         except _UpstreamGoneError as exc:
             self._error(f"upstream lost: {exc}")
             self._pending.clear()
@@ -637,8 +765,7 @@ class ProxySession:
             if pending.done is not None and not pending.done.done():
                 pending.done.set_result(reply)
             self._flush()
-            with contextlib.suppress(ConnectionError):  # the client pump notices it
-                await self._client_w.drain()
+            await self._drain_client()
             if reply.code == 421 or pending.verb == "QUIT":
                 return
 
@@ -705,26 +832,72 @@ class ProxySession:
         if len(self._pending) >= self._cfg.max_pipeline:
             self._room.clear()
 
-    def _enqueue_local(self, reply: ServerReply, verb: str | None, stage: str) -> _Pending:
+    def _enqueue_local(
+        self, reply: ServerReply, verb: str | None, stage: str, *, origin: str = "proxy"
+    ) -> _Pending:
         """Queue one of the proxy's own replies behind the replies still owed."""
         done = asyncio.get_running_loop().create_future()
-        pending = _Pending(verb, stage, reply, done, self._peer.sender)
+        pending = _Pending(verb, stage, reply, done, self._peer.sender, origin=origin)
         self._push(pending)
         self._flush()
         return pending
 
-    async def _local(self, reply: ServerReply, verb: str | None, stage: str) -> ServerReply:
+    async def _local(
+        self, reply: ServerReply, verb: str | None, stage: str, *, origin: str = "proxy"
+    ) -> ServerReply:
         """Queue one of the proxy's own replies and wait until it has been sent."""
-        pending = self._enqueue_local(reply, verb, stage)
+        pending = self._enqueue_local(reply, verb, stage, origin=origin)
         assert pending.done is not None
         return await pending.done
+
+    async def _refuse(self, reply: ServerReply, verb: str | None, stage: str) -> bool:
+        """One of the proxy's own error replies, counted as Postfix's smtpd counts errors.
+
+        Past ``soft_error_limit`` each waits ``error_sleep`` first (the client pump reads
+        nothing meanwhile, so TCP holds the client back); past ``hard_error_limit`` the
+        client gets 421 4.7.0 instead, and False ends the session.
+        """
+        self._errors += 1
+        if self._errors > self._cfg.hard_error_limit:
+            self._error(f"client made more than {self._cfg.hard_error_limit} errors")
+            await self._local(TOO_MANY_ERRORS, verb, stage)
+            return False
+        if self._errors > self._cfg.soft_error_limit:
+            self._flush_io()
+            await asyncio.sleep(self._cfg.error_sleep)
+        if self._client_w.is_closing() or self._client_r.at_eof():
+            raise _ClientGoneError  # no more sleeping through what a gone client pipelined
+        self._enqueue_local(reply, verb, stage)
+        await self._drain_client()
+        return True
+
+    async def _drain_client(self) -> None:
+        """Wait until the client has read what it was sent; _ClientStuckError if it doesn't."""
+        self._flush_io()
+        transport = self._client_w.transport
+        if transport.get_write_buffer_size() > self._cfg.max_unread:
+            raise _ClientStuckError
+        try:
+            await asyncio.wait_for(self._client_w.drain(), self._cfg.idle_timeout)
+        except TimeoutError:
+            raise _ClientStuckError from None
+        except ConnectionError:  # the client pump notices it
+            pass
+
+    def _drop_client(self) -> None:
+        """Cut a client that leaves its replies unread: its buffered replies are discarded."""
+        unread = self._client_w.transport.get_write_buffer_size()
+        self._error(f"client does not read its replies ({unread} bytes unread)")
+        self._pending.clear()
+        self._to_client.clear()
+        self._client_w.transport.abort()
 
     def _flush(self) -> None:
         """Send the proxy's own replies that have reached the head of the queue."""
         while self._pending and self._pending[0].local is not None:
             pending = self._pending.popleft()
             assert pending.local is not None
-            self._answer(pending.local, pending, origin="proxy")
+            self._answer(pending.local, pending, origin=pending.origin)
             if pending.done is not None and not pending.done.done():
                 pending.done.set_result(pending.local)
         if len(self._pending) < self._cfg.max_pipeline:
@@ -738,29 +911,52 @@ class ProxySession:
     # -- replies and events -----------------------------------------------------------------
 
     def _answer(self, reply: ServerReply, pending: _Pending, *, origin: str) -> None:
-        """Explain, rewrite, sanitize, send and record one reply to the client."""
+        """Explain, rewrite, sanitize, send and record one reply to the client.
+
+        A run of identical refusals by the proxy itself is recorded twice: its first reply,
+        then (when the run ends) one event with ``repeated``, how many more were sent.
+        """
+        key = None
+        if origin == "proxy" and reply.code >= 500:
+            key = (reply.code, reply.text, pending.verb, pending.sender)
+            if key == self._run:
+                self._to_client += self._run_wire
+                self._schedule_flush()
+                self._run_count += 1
+                return
+        self._end_refusal_run()
         explanation = explain_text(reply.text, self._svc.kb)
         enhanced, body = _split_enhanced(reply)
         lines = self._rewrite(reply, pending, explanation)
         safe = sanitize_reply(reply.code, enhanced, body if lines is None else lines)
-        wire = safe.wire()
-        self._to_client += wire.encode("ascii")
+        wire = safe.wire().encode("ascii")
+        self._to_client += wire
         self._schedule_flush()
         queue_id = None
         if pending.verb == "." and reply.code == 250:
             found = _QUEUED_AS.search(reply.text)
             queue_id = found[1] if found else None
-        self._emit(
-            EventKind.REPLY,
-            explanation=explanation,
-            original=reply.text,
-            friendly="\n".join(safe.lines),
-            stage=pending.stage,
-            sender=pending.sender,
-            recipient=pending.recipient,
-            queue_id=queue_id,
-            extra={"command": pending.verb, "origin": origin, "rewritten": lines is not None},
-        )
+        record: dict[str, Any] = {
+            "explanation": explanation,
+            "original": reply.text,
+            "friendly": "\n".join(safe.lines),
+            "stage": pending.stage,
+            "sender": pending.sender,
+            "recipient": pending.recipient,
+            "queue_id": queue_id,
+            "extra": {"command": pending.verb, "origin": origin, "rewritten": lines is not None},
+        }
+        self._emit(EventKind.REPLY, **record)
+        if key is not None:
+            self._run, self._run_wire, self._run_record = key, wire, record
+
+    def _end_refusal_run(self) -> None:
+        """Record how often the last refusal was repeated (if it was), and start afresh."""
+        if self._run_count and self._run_record is not None:
+            record = self._run_record
+            extra = {**record["extra"], "repeated": self._run_count}
+            self._emit(EventKind.REPLY, **{**record, "extra": extra})
+        self._run, self._run_wire, self._run_record, self._run_count = None, b"", None, 0
 
     def _rewrite(
         self, reply: ServerReply, pending: _Pending, explanation: Explanation

@@ -326,10 +326,13 @@ def test_upstream_stopped_mid_session_gives_421(
 
 
 def test_upstream_down_gives_421_4_3_0(tmp_path: Path) -> None:
-    """Nothing listens upstream: 421 4.3.0, logged as an error event."""
+    """Nothing listens upstream: the proxy greets, then 421 4.3.0 to the first command,
+    logged as an error event."""
     proxy = start_proxy(tmp_path, free_port())
     try:
         client = RawClient(proxy.tcp_port)
+        assert client.reply().code == 220
+        client.send(b"EHLO down.client.test\r\n")
         reply = client.reply()
         assert reply.code == 421
         assert reply.lines[0].startswith("4.3.0 ")

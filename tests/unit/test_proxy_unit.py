@@ -47,6 +47,7 @@ def test_xclient_passes_the_real_client() -> None:
     async def scenario() -> None:
         async with harness() as h:
             client = await h.client()
+            await client.command(b"EHLO client.test")
             await client.command(b"QUIT")
             first = h.upstream.lines[0]
             assert first == (
@@ -190,19 +191,22 @@ def test_failures_are_rewritten_and_recorded() -> None:
 
 
 def test_upstream_down_gives_421_with_the_admins_text() -> None:
-    """No upstream: 421 4.3.0 with the admin's text, an error event, and the door closes."""
+    """No upstream: the proxy greets, answers the first command 421 4.3.0 with the admin's
+    text, writes an error event and closes."""
 
     async def scenario() -> None:
         async with harness(configured(), upstream_down=True) as h:
-            client = await h.connect()
-            reply = await client.reply()
+            client = await h.client()
+            reply = await client.command(b"EHLO client.test")
             assert reply == ServerReply(
                 421, ("4.3.0 We are down for maintenance, please retry in a while",)
             )
             assert await client.closed()
             (error,) = h.events("error")
             assert "unavailable" in error["text"]
-            (answer,) = h.events()
+            greeting, answer = h.events()
+            assert greeting["code"] == 220
+            assert answer["command"] == "EHLO"
             assert answer["origin"] == "proxy"
             assert answer["enhanced"] == "4.3.0"
 
@@ -215,6 +219,7 @@ def test_upstream_lost_mid_session_gives_421() -> None:
     async def scenario() -> None:
         async with harness() as h:
             client = await h.client()
+            await client.command(b"EHLO client.test")
             reply = await client.command(b"DIE")
             assert reply.code == 421
             assert reply.lines[0].startswith("4.3.0 ")
@@ -264,6 +269,7 @@ def test_connection_limit() -> None:
     async def scenario() -> None:
         async with harness(max_connections=1) as h:
             first = await h.client()
+            await first.command(b"EHLO client.test")
             second = await h.connect()
             reply = await second.reply()
             assert reply.code == 421
@@ -281,6 +287,7 @@ def test_idle_timeout() -> None:
     async def scenario() -> None:
         async with harness(idle_timeout=0.2) as h:
             client = await h.client()
+            await client.command(b"EHLO client.test")
             reply = await client.reply()
             assert reply.code == 421
             assert reply.lines[0].startswith("4.4.2 ")
@@ -315,6 +322,9 @@ def test_every_reply_passes_the_sanitizer() -> None:
     async def scenario() -> None:
         async with harness() as h:
             h.upstream.greeting = b"220 mx.fake.test \x01ESMTP\t\xc3\xa9t\xc3\xa9\r\n"
+            first = await h.client()  # the proxy learns Postfix's greeting from each session
+            await first.command(b"EHLO client.test")
+            await first.command(b"QUIT")
             client = await h.connect()
             raw = await client.reader.readline()
             assert raw == b"220 mx.fake.test ESMTP ete\r\n"

@@ -1,0 +1,155 @@
+"""The proxy against hostile clients (scripted upstream, no Postfix): error limits, refusal
+runs recorded once, clients that never read, idle clients that never reach Postfix."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from typing import Any
+
+from tests.proxy_harness import Client, Harness, harness, run
+
+
+def test_errors_slow_down_then_421_and_close() -> None:
+    """Past the soft limit each refusal waits; past the hard limit: 421 4.7.0 and close."""
+
+    async def scenario() -> None:
+        async with harness(soft_error_limit=2, hard_error_limit=5, error_sleep=0.1) as h:
+            client = await h.client()
+            started = time.monotonic()
+            client.writer.write(b"XCLIENT ADDR=192.0.2.1\r\n" * 50)
+            codes = [(await client.reply()).code for _ in range(6)]
+            elapsed = time.monotonic() - started
+            assert codes == [502] * 5 + [421]
+            assert await client.closed()
+            assert elapsed >= 3 * 0.1  # errors 3, 4 and 5 waited
+            assert h.upstream.received == []  # a refused command opens no inner connection
+
+    run(scenario())
+
+
+def test_a_run_of_refusals_is_one_event_with_a_count() -> None:
+    """Five identical 502s: the first is recorded, then one event says four more were sent."""
+
+    async def scenario() -> None:
+        async with harness(hard_error_limit=100) as h:
+            client = await h.client()
+            client.writer.write(b"XCLIENT ADDR=192.0.2.1\r\n" * 5 + b"EHLO client.test\r\n")
+            codes = [(await client.reply()).code for _ in range(6)]
+            assert codes == [502] * 5 + [250]
+            await client.command(b"QUIT")
+            refusals = [e for e in h.events() if e["command"] == "XCLIENT"]
+            assert len(refusals) == 2
+            assert "repeated" not in refusals[0]
+            assert refusals[1]["repeated"] == 4
+            assert refusals[1]["code"] == 502
+
+    run(scenario())
+
+
+def test_a_client_that_never_reads_is_dropped() -> None:
+    """Replies left unread past max_unread (or for idle_timeout): the client is cut."""
+
+    async def scenario() -> None:
+        limits: dict[str, Any] = {"soft_error_limit": 10**9, "hard_error_limit": 10**9}
+        options: dict[str, Any] = {**limits, "max_unread": 4096, "idle_timeout": 1.0}
+        async with harness(**options) as h:
+            client = await _tiny_window_client(h.port)
+            h.clients.append(client)
+            assert (await client.reply()).code == 220
+            writing = asyncio.create_task(_flood(client.writer, b"XCLIENT ADDR=192.0.2.1\r\n"))
+            (error,) = await _wait_for_events(h, "error")
+            assert "does not read" in error["text"]
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writing
+            assert len(h.events()) <= 3  # greeting, first refusal, the run's count
+
+    run(scenario())
+
+
+async def _tiny_window_client(port: int) -> Client:
+    """A client whose socket takes in little, so unread replies pile up at the proxy."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return Client(*await asyncio.open_connection(sock=sock))
+
+
+async def _flood(writer: asyncio.StreamWriter, line: bytes) -> None:
+    with contextlib.suppress(ConnectionError):
+        for _ in range(2000):
+            writer.write(line * 1000)
+            await writer.drain()
+
+
+async def _wait_for_events(h: Harness, kind: str) -> list[dict[str, Any]]:
+    for _ in range(200):
+        if found := h.events(kind):
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {kind} event")
+
+
+def test_silent_client_times_out_before_any_inner_connection() -> None:
+    """Before its first command a client has greet_timeout, and takes no inner smtpd."""
+
+    async def scenario() -> None:
+        async with harness(greet_timeout=0.2) as h:
+            client = await h.client()
+            reply = await client.reply()
+            assert reply.code == 421
+            assert reply.lines[0].startswith("4.4.2 ")
+            assert await client.closed()
+            assert h.upstream.received == []
+
+    run(scenario())
+
+
+def test_per_address_cap() -> None:
+    """Beyond max_per_address sessions from one address: 421 4.7.0, nothing reaches Postfix."""
+
+    async def scenario() -> None:
+        async with harness(max_per_address=2) as h:
+            await h.client()
+            await h.client()
+            third = await h.connect()
+            reply = await third.reply()
+            assert reply.code == 421
+            assert reply.lines == ("4.7.0 Error: too many connections from your address",)
+            assert await third.closed()
+            assert h.upstream.received == []
+
+    run(scenario())
+
+
+def test_quit_and_garbage_before_a_valid_command_stay_local() -> None:
+    """Unknown commands get 502 5.5.2 and QUIT 221 from the proxy; Postfix is never asked."""
+
+    async def scenario() -> None:
+        async with harness() as h:
+            client = await h.client()
+            reply = await client.command(b"GET / HTTP/1.0")
+            assert (reply.code, reply.lines[0]) == (502, "5.5.2 Error: command not recognized")
+            assert (await client.command(b"QUIT")).code == 221
+            assert await client.closed()
+            assert h.upstream.received == []
+
+    run(scenario())
+
+
+def test_first_valid_command_opens_the_inner_session() -> None:
+    """EHLO opens the inner connection: XCLIENT first, then the client's EHLO."""
+
+    async def scenario() -> None:
+        async with harness() as h:
+            client = await h.client()
+            assert h.upstream.received == []
+            assert (await client.command(b"EHLO client.test")).code == 250
+            await client.command(b"QUIT")
+            assert [line.split()[0] for line in h.upstream.lines] == [b"XCLIENT", b"EHLO", b"QUIT"]
+
+    run(scenario())
