@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 if TYPE_CHECKING:
     from smtp_policy.core.events import Event
 
@@ -241,3 +243,32 @@ def test_queue_gauges_from_postqueue_json() -> None:
     assert sample(reasons, {"reason": "greylisting"}) == 2
     poller.update(read_queue([], poller.reason_of), now=2100.0)
     assert sample(reasons, {"reason": "greylisting"}) == 0
+
+
+def test_failing_postqueue_is_one_stderr_line_and_success_zero(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """postqueue failing: the success gauge says 0 and stderr says why, once."""
+    import subprocess
+
+    from prometheus_client import CollectorRegistry
+
+    from smtp_policy.adapters.follow import metrics as module
+    from smtp_policy.data import default_knowledge
+
+    def broken(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        message = "postqueue: fatal: Queue report unavailable - mail system is down\n"
+        return subprocess.CompletedProcess(argv, 69, "", message)
+
+    monkeypatch.setattr(subprocess, "run", broken)  # the module calls subprocess.run
+    registry = CollectorRegistry()
+    poller = module.QueuePoller(default_knowledge(), registry, 1, config_dir="/etc/postfix-out")
+    assert poller.command == ["postqueue", "-c", "/etc/postfix-out", "-j"]
+    assert not poller.poll()
+    assert not poller.poll()
+    assert registry.get_sample_value("smtp_policy_postfix_queue_poll_success") == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "smtp-policy follow: postqueue -c /etc/postfix-out -j: postqueue: fatal: Queue report "
+        "unavailable - mail system is down\n"
+    )

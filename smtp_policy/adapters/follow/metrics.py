@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -443,6 +444,7 @@ class QueuePoller:
         self._reasons = frozenset(r.value for r in Reason)
         self._cache: dict[str, str] = {}
         self._shown: set[str] = set()
+        self._failing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.messages = Gauge(
@@ -491,15 +493,24 @@ class QueuePoller:
             done = subprocess.run(
                 self.command, capture_output=True, text=True, timeout=60, check=False
             )
-        except (OSError, subprocess.TimeoutExpired):
-            self.ok.set(0)
-            return False
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return self._failed(str(exc))
         if done.returncode != 0:
-            self.ok.set(0)
-            return False
+            lines = done.stderr.strip().splitlines()
+            return self._failed(lines[-1] if lines else f"exit status {done.returncode}")
         self.update(read_queue(done.stdout.splitlines(), self.reason_of), time.time())
         self.ok.set(1)
+        self._failing = False
         return True
+
+    def _failed(self, why: str) -> bool:
+        """Success 0; one line on stderr when polls start failing (not on every poll)."""
+        self.ok.set(0)
+        if not self._failing:
+            self._failing = True
+            command = " ".join(self.command)
+            print(f"smtp-policy follow: {command}: {why}", file=sys.stderr, flush=True)
+        return False
 
     def update(self, snapshot: QueueSnapshot, now: float) -> None:
         """Set every gauge from ``snapshot``; reasons no longer deferred go back to 0."""
