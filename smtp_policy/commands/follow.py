@@ -26,7 +26,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from smtp_policy.adapters.follow.journal import JournalTail
@@ -40,6 +40,7 @@ from smtp_policy.adapters.follow.state import (
 from smtp_policy.adapters.follow.tail import FileTail, LineSource, StreamTail, Tailer
 from smtp_policy.commands._options import add_config_option
 from smtp_policy.config.listen import LOOPBACK, ListenAddress
+from smtp_policy.config.model import MetricsConfig
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.events import EventKind
 from smtp_policy.core.knowledge import KnowledgeBase
@@ -118,7 +119,8 @@ class FollowSettings:
     """What the follower does: the command line over the configuration.
 
     ``journal_unit`` None reads the whole journal; ``state_dir`` None keeps no state;
-    ``events`` is a file path or "-"; ``metrics`` None serves none.
+    ``events`` is a file path or "-"; ``metrics`` None serves none; ``metrics_options`` are
+    [metrics]' other keys (domain labels, queue gauges).
     """
 
     logs: tuple[str, ...] = ()
@@ -128,6 +130,7 @@ class FollowSettings:
     state_dir: str | None = None
     events: str = "-"
     metrics: ListenAddress | None = None
+    metrics_options: MetricsConfig = field(default_factory=MetricsConfig)
     from_start: bool = False
     once: bool = False
     year: int | None = None
@@ -169,6 +172,7 @@ def follow_settings(
         state_dir=state_dir,
         events=args.events or config.events.output,
         metrics=_metrics_address(args.metrics_listen, config.metrics.listen),
+        metrics_options=config.metrics,
         from_start=args.from_start,
         once=args.once,
         year=args.year,
@@ -227,7 +231,7 @@ def _follow(
     tracker = restore_tracker(
         state, kb, max_idle=settings.max_idle, tz=tz, year=settings.year, own=own
     )
-    metrics = _metrics(settings.metrics, kb)
+    metrics = _metrics(settings.metrics, kb, settings.metrics_options)
     pipeline = Pipeline(tracker, writer.emit, parse_line, metrics)
     tailer = Tailer(build_sources(settings, state))
     stop = StopFlag()
@@ -244,6 +248,8 @@ def _follow(
         loop.save()
     finally:
         tailer.close()
+        if metrics is not None and metrics.poller is not None:
+            metrics.poller.stop()
     pipeline.emit_stats(final=True)
     pipeline.emit_control(EventKind.STOPPED, {})
     writer.flush()
@@ -271,12 +277,14 @@ def build_sources(settings: FollowSettings, state: Mapping[str, Any]) -> list[Li
     return sources
 
 
-def _metrics(address: ListenAddress | None, kb: KnowledgeBase) -> FollowMetrics | None:
+def _metrics(
+    address: ListenAddress | None, kb: KnowledgeBase, options: MetricsConfig
+) -> FollowMetrics | None:
     if address is None:
         return None
     from smtp_policy.adapters.follow.metrics import FollowMetrics, serve
 
-    metrics = FollowMetrics(kb)
+    metrics = FollowMetrics(kb, options=options)
     try:
         serve(metrics, address)
     except OSError as exc:
@@ -286,4 +294,6 @@ def _metrics(address: ListenAddress | None, kb: KnowledgeBase) -> FollowMetrics 
         file=sys.stderr,
         flush=True,
     )
+    if metrics.poller is not None:
+        metrics.poller.start()
     return metrics

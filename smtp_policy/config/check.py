@@ -287,7 +287,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "milter": ("listen", "timeout"),
     "maps": ("listen", "same_line", "dsn_deferrals", "events_per_second"),
     "policy": ("listen", "events_per_second"),
-    "metrics": ("listen",),
+    "metrics": ("listen", "top_domains", "queue_interval", "queue_config_directory"),
     "events": ("output",),
     "follow": ("logs", "journal", "journal_unit", "state_dir"),
     "texts": (
@@ -428,7 +428,15 @@ def _metrics(ck: _Checker, table: Mapping[str, Any]) -> MetricsConfig:
     listen, address = _listen(ck, table, ("metrics",), default_host=LOOPBACK)
     if address is not None and address.is_unix:
         ck.add(("metrics", "listen"), "metrics are served over HTTP: use inet:HOST:PORT")
-    return MetricsConfig(listen or None)
+    path: KeyPath = ("metrics",)
+    top = ck.get(table, path, "top_domains", int, 0)
+    if isinstance(top, int) and not 0 <= top <= 1000:
+        ck.add((*path, "top_domains"), "must be a number of domains from 0 to 1000")
+    interval = ck.get(table, path, "queue_interval", int, 0)
+    if isinstance(interval, int) and interval < 0:
+        ck.add((*path, "queue_interval"), "must be 0 (off) or a number of seconds")
+    directory: str = ck.get(table, path, "queue_config_directory", str, "")
+    return MetricsConfig(listen or None, top, interval, directory or None)
 
 
 def _check_listen_clashes(ck: _Checker, config: Config) -> None:

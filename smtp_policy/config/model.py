@@ -46,9 +46,17 @@ class PolicyConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    """``[metrics]``: the Prometheus endpoint; ``listen`` None means off."""
+    """``[metrics]``: the Prometheus endpoint; ``listen`` None means off.
+
+    ``top_domains``: how many recipient domains may be labels (0: none); ``queue_interval``:
+    seconds between ``postqueue -j`` polls for the queue gauges (0: none);
+    ``queue_config_directory``: the Postfix instance postqueue asks (None: the default).
+    """
 
     listen: str | None = None
+    top_domains: int = 0
+    queue_interval: int = 0
+    queue_config_directory: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

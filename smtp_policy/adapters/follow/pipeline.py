@@ -81,6 +81,11 @@ class Pipeline:
         self.lines = 0
         self.unreadable: set[str] = set()
 
+    @property
+    def metrics(self) -> FollowMetrics | None:
+        """Where the counts go, if anywhere."""
+        return self._metrics
+
     def batch(self, batch: Batch) -> None:
         """Handle one batch: its notices, then its lines in order."""
         for notice in batch.notices:
@@ -92,6 +97,8 @@ class Pipeline:
         parse, feed, emit = self._parse, self.tracker.feed, self._emit
         kinds: collections.Counter[str] = collections.Counter()
         observe = self._metrics.observe if self._metrics is not None else None
+        observe_record = self._metrics.observe_record if self._metrics is not None else None
+        counted = self._metrics.record_kinds if self._metrics is not None else frozenset()
         now = datetime.now(UTC)
         for line in lines:
             try:
@@ -103,6 +110,8 @@ class Pipeline:
                 kinds["other"] += 1
                 continue
             kinds[record.kind] += 1
+            if observe_record is not None and record.kind in counted:
+                observe_record(record)
             for event in feed(record, now):
                 emit(event)
                 self.events[event.event] += 1
@@ -118,6 +127,8 @@ class Pipeline:
         """A source's notice becomes a warning event (and a line on stderr when fatal)."""
         if notice.kind in _FATAL_NOTICES:
             self.unreadable.add(notice.source)
+            if self._metrics is not None:
+                self._metrics.up.set(0)
             print(f"smtp-policy follow: {notice.message}", file=sys.stderr, flush=True)
         self._emit(
             Event(
@@ -182,7 +193,10 @@ class Loop:
 
     def run(self, stop: StopFlag, *, once: bool) -> None:
         """Until ``stop()`` (or the end of the input with ``once``); reopen the events on SIGHUP."""
+        metrics = self.pipeline.metrics
         for round_ in self.tailer.batches(stop, once=once):
+            if metrics is not None:
+                metrics.last_poll.set_to_current_time()
             for batch in round_:
                 self.pipeline.batch(batch)
             if round_:
