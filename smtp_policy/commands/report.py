@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if not readable(args.files, "report"):
         return 2
     builder = ReportBuilder(top=args.top)
-    builder.add_all(replay(args.files, default_knowledge(), year=args.year))
+    builder.add_all(replay(args.files, default_knowledge(), year=args.year, tap=builder.add_line))
     data = builder.result()
     if args.json:
         print(json_text(data, indent=2))
