@@ -174,7 +174,7 @@ class ReportBuilder:
             return
         size = msg.size or 0
         for rcpt in msg.recipients:
-            if rcpt.status == "sent":
+            if rcpt.status == "sent" and size:
                 self.totals["bytes_delivered"] += size
                 self._delivery(_domain_of(rcpt.recipient)).bytes += size
         if msg.notification_for is not None:
@@ -912,13 +912,18 @@ def _html_timeline(timeline: Mapping[str, Any]) -> str:
     buckets = timeline["buckets"]
     if not buckets:
         return "<p>No refusals.</p>"
+    seconds = timeline["bucket_seconds"]
+    first = _parse_time(buckets[0]["start"], datetime.now(UTC)).timestamp()
+    last = _parse_time(buckets[-1]["start"], datetime.now(UTC)).timestamp()
+    slots = int(last - first) // seconds + 1  # the x axis is time: empty buckets keep a place
     left, top, plot_w, plot_h, bottom = 64, 12, 680, 200, 46
-    width, height = left + plot_w + 16, top + plot_h + bottom
+    width, height = left + plot_w + 48, top + plot_h + bottom  # room for the last time label
     peak = max(max(b["directions"].values()) for b in buckets) or 1
-    slot = plot_w / len(buckets)
+    slot = plot_w / slots
     bar = max(1.0, (slot - 2) / 2)
     out = []
-    for i, b in enumerate(buckets):
+    for b in buckets:
+        i = int(_parse_time(b["start"], datetime.now(UTC)).timestamp() - first) // seconds
         for j, direction in enumerate(_DIRECTIONS):
             n = b["directions"][direction]
             if not n:
@@ -939,21 +944,20 @@ def _html_timeline(timeline: Mapping[str, Any]) -> str:
         y = top + plot_h - plot_h * value / peak
         out.append(f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" {axis}/>')
         out.append(f'<text x="{left - 7}" y="{y + 4:.1f}" text-anchor="end">{value:,}</text>')
-    for i in sorted({0, len(buckets) // 2, len(buckets) - 1}):
+    for i in sorted({0, slots // 2, slots - 1}):
         x = left + i * slot + slot / 2
-        label = _e(str(buckets[i]["start"]).replace("T", " ").removesuffix("Z")[5:16])
-        out.append(
-            f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}" {axis}/>'
-        )
-        out.append(f'<text x="{x:.1f}" y="{top + plot_h + 17}" text-anchor="middle">{label}</text>')
-    minutes = timeline["bucket_seconds"] // 60
+        start = datetime.fromtimestamp(first + i * seconds, UTC).strftime("%m-%d %H:%M")
+        tick = f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}"'
+        out.append(f"{tick} {axis}/>")
+        out.append(f'<text x="{x:.1f}" y="{top + plot_h + 17}" text-anchor="middle">{start}</text>')
+    per = _span_words(seconds)
     out.append(
         f'<text x="{left + plot_w / 2:.0f}" y="{height - 6}" text-anchor="middle">'
         "Time (UTC, month-day hour:minute; start of each bar)</text>"
     )
     out.append(
         f'<text transform="translate(14 {top + plot_h / 2:.0f}) rotate(-90)" '
-        f'text-anchor="middle">Refusals per {minutes:,} min</text>'
+        f'text-anchor="middle">Refusals per {per}</text>'
     )
     svg = (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -968,7 +972,16 @@ def _html_timeline(timeline: Mapping[str, Any]) -> str:
     totals = {d: sum(b["directions"][d] for b in buckets) for d in _DIRECTIONS}
     caption = (
         f"<p>{_e(buckets[0]['start'])} to {_e(buckets[-1]['start'])}, one pair of bars per "
-        f"{minutes:,} min; upstream {totals['upstream']:,}, downstream {totals['downstream']:,}"
+        f"{per}; upstream {totals['upstream']:,}, downstream {totals['downstream']:,}"
         f", highest bar {peak:,}</p>"
     )
     return f'{svg}<div class="legend">{legend}</div>{caption}'
+
+
+def _span_words(seconds: int) -> str:
+    """A bucket's width for a person: "5 min", "hour", "3 hours", "day", "7 days"."""
+    for size, unit in ((86400, "day"), (3600, "hour")):
+        if seconds % size == 0:
+            n = seconds // size
+            return unit if n == 1 else f"{n} {unit}s"
+    return f"{seconds // 60} min"
