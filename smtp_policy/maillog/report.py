@@ -28,7 +28,7 @@ import html
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from smtp_policy.core.events import Event, EventKind
@@ -95,7 +95,7 @@ class ReportBuilder:
         self.deliveries: dict[str, _Delivery] = {}
         self.minutes: collections.Counter[tuple[int, str, str]] = collections.Counter()
         self.hours: collections.Counter[tuple[int, str]] = collections.Counter()
-        self.days: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.days: collections.Counter[tuple[int, str]] = collections.Counter()
         self.senders: collections.Counter[str] = collections.Counter()
         self.sender_bytes: collections.Counter[str] = collections.Counter()
         self.sending_domains: collections.Counter[str] = collections.Counter()
@@ -164,7 +164,7 @@ class ReportBuilder:
 
     def _traffic(self, ts: datetime, what: str) -> None:
         self.hours[(ts.hour, what)] += 1
-        self.days[(ts.date().isoformat(), what)] += 1
+        self.days[(ts.toordinal(), what)] += 1  # named at the end: cheaper than isoformat here
 
     def _message(self, event: Event) -> None:
         msg = event.message
@@ -327,8 +327,14 @@ class ReportBuilder:
         return [{"hour": h, **{k: self.hours.get((h, k), 0) for k in _TRAFFIC}} for h in range(24)]
 
     def _per_day(self) -> list[dict[str, Any]]:
-        dates = sorted({d for d, _ in self.days})
-        return [{"date": d, **{k: self.days.get((d, k), 0) for k in _TRAFFIC}} for d in dates]
+        days = sorted({d for d, _ in self.days})
+        return [
+            {
+                "date": date.fromordinal(d).isoformat(),
+                **{k: self.days.get((d, k), 0) for k in _TRAFFIC},
+            }
+            for d in days
+        ]
 
     def _domain_deliveries(self) -> list[dict[str, Any]]:
         ranked = sorted(
