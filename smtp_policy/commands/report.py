@@ -1,10 +1,11 @@
 """Summarise mail logs like pflogsumm, but by reason.
 
-Counts messages received, delivered, deferred, bounced and rejected; lists the top reasons
-upstream (why your MTA refused clients) and downstream (why remote servers refused your MTA),
-each with an example reply and a one-line explanation, and the remote domains with the most
-deferrals by reason. Prints text, or --json, or --html: one self-contained page with a chart
-of the reasons over time.
+pflogsumm's sections (grand totals with bytes, senders and recipients; traffic per day and per
+hour; deliveries, deferrals and bounces per recipient domain; top senders and recipients;
+warnings, fatal and panic lines; SASL; TLS), and the top reasons upstream (why your MTA refused
+clients) and downstream (why remote servers refused your MTA), each with an example reply and a
+one-line explanation. Prints text, or --json (keys in docs/report.md), or --html: one
+self-contained page with a chart of the refusals over time per direction.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if not readable(args.files, "report"):
         return 2
     builder = ReportBuilder(top=args.top)
-    builder.add_all(replay(args.files, default_knowledge(), year=args.year))
+    builder.add_all(replay(args.files, default_knowledge(), year=args.year, tap=builder.add_line))
     data = builder.result()
     if args.json:
         print(json_text(data, indent=2))

@@ -4,21 +4,42 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from smtp_policy.adapters.follow.pipeline import replay
 from smtp_policy.data import default_knowledge
-from smtp_policy.maillog.report import ReportBuilder, render_html, render_text
+from smtp_policy.maillog.report import (
+    TITLES,
+    TOTAL_ROWS,
+    ReportBuilder,
+    render_html,
+    render_text,
+)
 from tests.helpers import SAMPLES
 
 SAMPLE = SAMPLES / "postfix-3.7-maillog-sample.log"
+#: A log written so that every section's truth is known (tests/samples/README.md).
+SECTIONS = SAMPLES / "report-sections.log"
+
+
+def build(path: Path, year: int | None = None) -> dict[str, Any]:
+    """The report of one file, as ``smtp-policy report`` builds it."""
+    builder = ReportBuilder()
+    builder.add_all(replay([str(path)], default_knowledge(), year=year, tap=builder.add_line))
+    return builder.result()
 
 
 @pytest.fixture(name="data", scope="module")
 def _data() -> dict[str, Any]:
-    return ReportBuilder().add_all(replay([str(SAMPLE)], default_knowledge())).result()
+    return build(SAMPLE)
+
+
+@pytest.fixture(name="sections", scope="module")
+def _sections() -> dict[str, Any]:
+    return build(SECTIONS, year=2026)
 
 
 def count(pattern: str) -> int:
@@ -102,3 +123,211 @@ def test_empty_report_renders() -> None:
     data = ReportBuilder().result()
     assert "(none)" in render_text(data)
     assert "<html" in render_html(data)
+
+
+def test_sample_matches_pflogsumm(data: dict[str, Any]) -> None:
+    """Where both count the same thing, the numbers are pflogsumm's on the same file
+    (pflogsumm 1.1.5, Debian 12; its rejected count misses the 14 milter rejects)."""
+    totals = data["totals"]
+    assert totals["bytes_received"] == 133159
+    assert totals["bytes_delivered"] == 256899
+    assert (totals["senders"], totals["sending_domains"]) == (349, 1)
+    assert (totals["recipients"], totals["recipient_domains"]) == (372, 3)
+    assert (totals["deferred_messages"], totals["deferred"]) == (62, 63)
+    assert totals["generated"] == count(r"sender non-delivery notification: ")
+    rows = {d["domain"]: (d["sent"], d["bytes"], d["deferrals"]) for d in data["domain_deliveries"]}
+    assert rows == {
+        "remote.test": (290, 111960, 43),
+        "sender.test": (57, 135348, 0),
+        "sink.test": (25, 9591, 0),
+        "down.test": (0, 0, 20),
+    }
+    received = [d for d in data["top_sending_domains"] if d["domain"] == "sender.test"]
+    assert received == [{"domain": "sender.test", "messages": 349, "bytes": 133159}]
+
+
+def test_sections_totals(sections: dict[str, Any]) -> None:
+    """Every total of the crafted log, by hand: a bounce notice is generated, not received; hold,
+    discard and reject_warning are not rejects; a forward is not a delivery."""
+    assert sections["totals"] == {
+        "received": 3,
+        "delivered": 3,
+        "deferred": 1,
+        "bounced": 1,
+        "rejected": 1,
+        "warned": 1,
+        "deferred_messages": 1,
+        "expired": 0,
+        "forwarded": 1,
+        "held": 1,
+        "discarded": 1,
+        "generated": 1,
+        "bytes_received": 3000,
+        "bytes_delivered": 5000,
+        "senders": 3,
+        "sending_domains": 3,
+        "recipients": 3,
+        "recipient_domains": 3,
+    }
+
+
+def test_traffic_per_hour_and_day(sections: dict[str, Any]) -> None:
+    """Per hour of the day (24 rows, in the log's own clock) and per date."""
+    hours = sections["per_hour"]
+    assert [h["hour"] for h in hours] == list(range(24))
+    busy = {h["hour"]: h for h in hours if any(h[k] for k in h if k != "hour")}
+    assert set(busy) == {8, 9, 10}
+    assert busy[9] == {
+        "hour": 9, "received": 1, "delivered": 2, "deferred": 1, "bounced": 0, "rejected": 0
+    }  # fmt: skip
+    assert busy[8]["rejected"] == 1 and busy[10]["bounced"] == 1
+    assert [(d["date"], d["received"], d["rejected"]) for d in sections["per_day"]] == [
+        ("2026-03-01", 2, 0),
+        ("2026-03-02", 0, 1),
+        ("2026-03-03", 1, 0),
+    ]
+
+
+def test_domain_deliveries_with_delays(sections: dict[str, Any]) -> None:
+    """Sent, bytes, deferrals, average and maximal delay per recipient domain."""
+    rows = {d["domain"]: d for d in sections["domain_deliveries"]}
+    assert rows["slow.example"] == {
+        "domain": "slow.example",
+        "sent": 1,
+        "bytes": 1000,
+        "deferrals": 1,
+        "average_delay": 602.0,
+        "max_delay": 602.0,
+    }
+    assert rows["remote.example"]["average_delay"] == 1.5
+    assert sections["deferral_domains"] == [
+        {"domain": "slow.example", "deferrals": 1, "reasons": {"greylisting": 1}}
+    ]
+    assert sections["bounce_domains"] == [
+        {"domain": "remote.example", "bounces": 1, "reasons": {"user_unknown": 1}}
+    ]
+
+
+def test_top_senders_and_recipients(sections: dict[str, Any]) -> None:
+    """Addresses without angle brackets, with message counts (and bytes for senders)."""
+    senders = {r["sender"]: r for r in sections["top_senders"]}
+    assert senders["dave@example.net"] == {
+        "sender": "dave@example.net",
+        "messages": 1,
+        "bytes": 2000,
+    }
+    assert "" not in senders  # the bounce notice's null sender is not a sender
+    recipients = {r["recipient"] for r in sections["top_recipients"]}
+    assert recipients == {"bob@remote.example", "carol@slow.example", "dave@example.net"}
+
+
+def test_warnings_fatal_and_panic(sections: dict[str, Any]) -> None:
+    """Lines grouped by program and text, addresses and numbers folded."""
+    problems = sections["problems"]
+    assert {k: v["count"] for k, v in problems.items()} == {
+        "warning": 5,
+        "error": 0,
+        "fatal": 1,
+        "panic": 1,
+    }
+    top = problems["warning"]["top"][0]
+    assert top["count"] == 2 and top["program"] == "postfix/smtpd"
+    messages = [p["message"] for p in problems["warning"]["top"]]
+    assert (
+        "hostname nowhere.example does not resolve to address address: Name or service not known"
+        in messages
+    )
+    assert problems["panic"]["top"] == [
+        {
+            "program": "postfix/master",
+            "message": "myfree: corrupt or unallocated memory block",
+            "count": 1,
+        }
+    ]
+
+
+def test_sasl_failures_and_logins(sections: dict[str, Any]) -> None:
+    """Failed logins by method and client; messages sent after a login, by method."""
+    assert sections["sasl"] == {
+        "failures": 3,
+        "failures_by_method": {"LOGIN": 2, "PLAIN": 1},
+        "top_failing_clients": [{"client": "bad.example[203.0.113.9]", "failures": 3}],
+        "logins": 1,
+        "logins_by_method": {"PLAIN": 1},
+    }
+
+
+def test_tls_use(sections: dict[str, Any]) -> None:
+    """TLS connections each way, by protocol and trust; inbound against all connections."""
+    tls = sections["tls"]
+    assert tls["inbound"] == {
+        "connections": 1,
+        "by_protocol": {"TLSv1.3": 1},
+        "by_trust": {"Anonymous": 1},
+        "of_connections": 4,
+    }
+    assert tls["outbound"]["connections"] == 2
+    assert tls["outbound"]["by_protocol"] == {"TLSv1.3": 1, "TLSv1.2": 1}
+    assert tls["ciphers"]["TLS_AES_256_GCM_SHA384"] == 2
+
+
+def test_text_has_every_section(sections: dict[str, Any]) -> None:
+    """Every section title and every total's label, pflogsumm's order."""
+    text = render_text(sections)
+    for title in TITLES.values():
+        if title != TITLES["timeline"]:  # a chart: HTML only
+            assert f"\n{title}\n" in text, title
+    labels = [label for label, _, _ in TOTAL_ROWS]
+    positions = [text.index(f"  {label} ") for label in labels]
+    assert positions == sorted(positions)
+    assert "Failed logins:             3  LOGIN 2, PLAIN 1" in text
+    assert not any(line != line.rstrip() for line in text.splitlines())
+
+
+def test_html_sections_labels_and_axes(sections: dict[str, Any]) -> None:
+    """One <section> per part, human labels only, and a chart with two labelled axes and one
+    series per direction."""
+    page = render_html(sections)
+    for key, title in TITLES.items():
+        assert f'<section id="{key}"><h2>{title}</h2>' in page.replace("&#x27;", "'"), key
+    assert "deferred_messages" not in page and "bytes_received" not in page
+    for label, _, _ in TOTAL_ROWS:
+        assert f"<th>{label}</th>" in page
+    svg = page[page.index("<svg") : page.index("</svg>")]
+    assert "Time (UTC" in svg and "Refusals per " in svg
+    assert svg.count('fill="#e15759"') >= 1 and svg.count('fill="#4e79a7"') >= 1
+    assert (
+        "Upstream: we refused clients" in page and "Downstream: remote servers refused us" in page
+    )
+
+
+def test_html_examples_wrap_at_spaces_and_are_cut_with_a_title() -> None:
+    """A long reply is cut at a space with an ellipsis, the whole text in its title; a long
+    token may break after punctuation only; no CSS breaks words anywhere."""
+    data = ReportBuilder().result()
+    url = "https://postgrey.example/help/greylisting/why-your-message-was-delayed.html"
+    long = "450 4.2.0 <a@b.example>: Recipient address rejected: Greylisted, see " + url
+    long += " (in reply to RCPT TO command)" + " and more words" * 10
+    data["reasons"]["downstream"] = [
+        {"reason": "greylisting", "count": 1, "summary": "s", "example": long,
+         "code": 450, "enhanced": "4.2.0"}
+    ]  # fmt: skip
+    page = render_html(data)
+    example = re.search(r'<div class="ex" title="([^"]*)">(.*?)</div>', page)
+    assert example is not None
+    assert example[1] == long.replace("<", "&lt;").replace(">", "&gt;")
+    shown = example[2]
+    assert shown.endswith("…") and not shown.endswith(" …")
+    assert "https:<wbr>/<wbr>/<wbr>postgrey.<wbr>example/<wbr>help" in shown
+    assert "why-your-message-was-delayed.<wbr>html" in shown  # whole words between the breaks
+    assert "<wbr>" not in shown.split("https")[0]  # short words: plain spaces only
+    assert "break-all" not in page and "anywhere" not in page
+
+
+def test_cut_at_a_space() -> None:
+    """Text is cut at the last space before the limit, never inside a word."""
+    from smtp_policy.maillog.report import _cut
+
+    assert _cut("short", 10) == "short"
+    assert _cut("alpha beta gamma delta", 15) == "alpha beta…"
+    assert _cut("x" * 40, 10) == "x" * 9 + "…"

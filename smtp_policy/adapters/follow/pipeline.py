@@ -229,9 +229,11 @@ def replay(
     year: int | None = None,
     notices: list[Notice] | None = None,
     own: Iterable[OwnReply] = (),
+    tap: Callable[[str, LogRecord], None] | None = None,
 ) -> Iterator[Event]:
     """Every event of whole files, in order, then the messages still in flight (incomplete);
-    ``own`` are the replies of the configured rules, recognised in the log."""
+    ``own`` are the replies of the configured rules, recognised in the log; ``tap`` is given
+    every line the parser recognised, with its record (``report`` reads warnings and TLS so)."""
     from smtp_policy.maillog.parse import parse_line
 
     tracker = MessageTracker(kb, tz=local_timezone(), year=year, own=own)
@@ -243,21 +245,27 @@ def replay(
                 batch = tail.poll()
                 if notices is not None:
                     notices += batch.notices
-                yield from _replay_lines(batch.lines, parse_line, tracker, now)
+                yield from _replay_lines(batch.lines, parse_line, tracker, now, tap)
                 if tail.exhausted:
                     break
-            yield from _replay_lines(tail.finish().lines, parse_line, tracker, now)
+            yield from _replay_lines(tail.finish().lines, parse_line, tracker, now, tap)
         finally:
             tail.close()
     yield from tracker.flush_all()
 
 
 def _replay_lines(
-    lines: Sequence[str], parse: Parse, tracker: MessageTracker, now: datetime
+    lines: Sequence[str],
+    parse: Parse,
+    tracker: MessageTracker,
+    now: datetime,
+    tap: Callable[[str, LogRecord], None] | None = None,
 ) -> Iterator[Event]:
     for line in lines:
         record = parse(line)
         if record is not None:
+            if tap is not None:
+                tap(line, record)
             yield from tracker.feed(record, now)
 
 
