@@ -211,8 +211,16 @@ def main() -> None:
         events = str(log.parent / "events.jsonl") if args.events_file else os.devnull
         ours = [sys.executable, "-m", "smtp_policy"]
         commands = {
-            "follow": [*ours, "follow", "--log", str(log), "--from-start", "--once"]
-            + ["--events", events],
+            "follow": [
+                *ours,
+                "follow",
+                "--log",
+                str(log),
+                "--from-start",
+                "--once",
+                "--events",
+                events,
+            ],
             "report": [*ours, "report", str(log)],
         }
         if os.path.exists(PFLOGSUMM):
