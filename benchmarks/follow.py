@@ -1,4 +1,4 @@
-"""Log follower throughput: ``smtp-policy follow`` against pflogsumm on the same log.
+"""Log throughput: ``smtp-policy follow`` and ``smtp-policy report`` against pflogsumm.
 
 Generates a realistic Postfix log (deterministic, seeded) by replaying the shapes of the
 3,000-line Postfix 3.7 sample (tests/samples) over and over with new queue ids, message ids,
@@ -6,9 +6,11 @@ addresses, recipient domains, process ids and times, so that every copy is a con
 messages; the messages a copy leaves deferred are retried, delivered and removed at the start of
 the next one, as a real queue would (so the follower's memory stays flat).
 Then times, in alternating rounds on the same file, ``smtp-policy follow --from-start --once
---events /dev/null`` (a child process; its peak RSS from ``wait4``) and
-``pflogsumm`` (Debian's /usr/sbin/pflogsumm, report to /dev/null). Prints lines/s for each,
-the ratio, and our peak RSS. Nothing is asserted: the machine is shared and noisy.
+--events FILE`` (a child process; its peak RSS from ``wait4``; events to /dev/null, or to a real
+file with ``--events-file``), ``smtp-policy report`` and ``pflogsumm`` (Debian's
+/usr/sbin/pflogsumm), reports to /dev/null. Prints lines/s for each, both ratios against
+pflogsumm (median of the rounds), and peak RSS. Nothing is asserted: the machine is shared and
+noisy.
 
     .venv/bin/python benchmarks/follow.py [--lines 1000000] [--rounds 3] [--keep DIR]
 """
@@ -191,6 +193,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--keep", type=Path, help="write the log here instead of a temp dir")
+    parser.add_argument(
+        "--events-file",
+        action="store_true",
+        help="follow writes its events to a file, not /dev/null",
+    )
     args = parser.parse_args()
     if not SAMPLE.exists():
         sys.exit(f"the shared sample is missing: {SAMPLE}")
@@ -201,40 +208,47 @@ def main() -> None:
         n = generate(args.lines, log, args.seed)
         size = log.stat().st_size / 1e6
         print(f"generated {n:,} lines ({size:.0f} MB) in {time.perf_counter() - t:.1f} s: {log}")
-        ours_cmd = [
-            sys.executable,
-            "-m",
-            "smtp_policy",
-            "follow",
-            "--log",
-            str(log),
-            "--from-start",
-            "--once",
-            "--events",
-            os.devnull,
-        ]
-        theirs_cmd = [PFLOGSUMM, str(log)]
-        ours, theirs, rss, their_rss = [], [], [], []
-        have_pflogsumm = os.path.exists(PFLOGSUMM)
+        events = str(log.parent / "events.jsonl") if args.events_file else os.devnull
+        ours = [sys.executable, "-m", "smtp_policy"]
+        commands = {
+            "follow": [
+                *ours,
+                "follow",
+                "--log",
+                str(log),
+                "--from-start",
+                "--once",
+                "--events",
+                events,
+            ],
+            "report": [*ours, "report", str(log)],
+        }
+        if os.path.exists(PFLOGSUMM):
+            commands["pflogsumm"] = [PFLOGSUMM, str(log)]
+        speeds: dict[str, list[float]] = {name: [] for name in commands}
+        peaks: dict[str, list[int]] = {name: [] for name in commands}
         for i in range(args.rounds):
-            secs, _, peak = timed(ours_cmd)
-            ours.append(n / secs)
-            rss.append(peak)
-            line = f"round {i + 1}: smtp-policy follow {n / secs:,.0f} lines/s ({secs:.2f} s)"
-            if have_pflogsumm:
-                secs, _, peak = timed(theirs_cmd)
-                theirs.append(n / secs)
-                their_rss.append(peak)
-                line += f", pflogsumm {n / secs:,.0f} lines/s ({secs:.2f} s)"
-            print(line, flush=True)
-        ours_med = statistics.median(ours)
-        print(f"smtp-policy follow: {ours_med:,.0f} lines/s (median of {args.rounds})")
-        print(f"peak RSS of smtp-policy follow: {max(rss) / 1024:.0f} MB")
-        if theirs:
-            theirs_med = statistics.median(theirs)
-            print(f"pflogsumm:          {theirs_med:,.0f} lines/s (median of {args.rounds})")
-            print(f"peak RSS of pflogsumm: {max(their_rss) / 1024:.0f} MB")
-            print(f"ratio follow/pflogsumm: {ours_med / theirs_med:.2f}x")
+            parts = []
+            for name, cmd in commands.items():
+                if name == "follow" and events != os.devnull:
+                    Path(events).unlink(missing_ok=True)
+                secs, _, peak = timed(cmd)
+                speeds[name].append(n / secs)
+                peaks[name].append(peak)
+                parts.append(f"{name} {n / secs:,.0f} lines/s ({secs:.2f} s)")
+            print(f"round {i + 1}: " + ", ".join(parts), flush=True)
+        median = {name: statistics.median(values) for name, values in speeds.items()}
+        for name in commands:
+            print(
+                f"{name + ':':<11} {median[name]:>9,.0f} lines/s (median of {args.rounds}), "
+                f"peak RSS {max(peaks[name]) / 1024:.0f} MB"
+            )
+        if events != os.devnull:
+            print(f"events written by follow: {Path(events).stat().st_size / 1e6:.0f} MB")
+        if "pflogsumm" in median:
+            theirs = median["pflogsumm"]
+            print(f"ratio follow/pflogsumm: {median['follow'] / theirs:.2f}x")
+            print(f"ratio report/pflogsumm: {median['report'] / theirs:.2f}x")
         else:
             print(f"pflogsumm not found at {PFLOGSUMM}")
 

@@ -269,7 +269,7 @@ class MilterRun:
         if self.daemon is not None:
             daemon, self.daemon, self.proc = self.daemon, None, None
             daemon.stop(30)
-            return sum(1 for e in daemon.events.of("stage") if e["stage"] == "eom")
+            return sum(1 for e in daemon.events.of("stage") if e.get("stage") == "eom")
         if self.proc is None:
             return None
         self.proc.send_signal(signal.SIGTERM)

@@ -1,4 +1,7 @@
-"""Write events as JSON Lines through structlog: the only place events are serialised.
+"""Write events as JSON Lines: the only place events are serialised.
+
+Each event is one JSON object (:func:`event_line`) written with one ``write`` call; the
+follower's writer is block-buffered and flushed per batch, a daemon's is line-buffered.
 
 Files a daemon writes (events, the follower's state) are opened by :func:`open_own_file`: never
 through a symbolic link, only when they are regular files of the daemon's own user, so a local
@@ -9,14 +12,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import stat
 import sys
 import threading
 from datetime import UTC, datetime
-from typing import Any, TextIO
-
-import structlog
+from typing import TextIO
 
 from smtp_policy.core.events import DETAIL_CAP, Event, EventKind, Source, capped
 from smtp_policy.core.sanitize import json_text
@@ -84,20 +86,24 @@ def _check_own(fd: int, path: str) -> None:
         )
 
 
-def _serialise(obj: Any, **_: Any) -> str:
-    return json_text(obj, default=_unknown_value)
-
-
 def _unknown_value(value: object) -> str:
-    """A value JSON has no form for, as its capped ``repr`` (structlog's own fallback)."""
+    """A value JSON has no form for, as its capped ``repr``."""
     return capped(repr(value), DETAIL_CAP)
 
 
-def _logger(stream: TextIO) -> structlog.typing.FilteringBoundLogger:
-    return structlog.wrap_logger(  # type: ignore[no-any-return]
-        structlog.WriteLogger(stream),
-        processors=[structlog.processors.JSONRenderer(serializer=_serialise)],
-    )
+#: One encoder for every event: ``json.dumps`` with keyword arguments builds one per call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, default=_unknown_value).encode
+
+
+def event_line(event: Event) -> str:
+    """The event as one JSON Lines line (with its newline): :meth:`Event.to_dict`'s fields,
+    ``event`` last, escaped as :func:`~smtp_policy.core.sanitize.json_text` escapes."""
+    data = event.to_dict()
+    data["event"] = data.pop("event")
+    text = _ENCODE(data)
+    if not text.isascii() or "\x7f" in text:  # the rare line json_text has to escape
+        text = json_text(data, default=_unknown_value)
+    return text + "\n"
 
 
 def _append(path: str, line_buffered: bool) -> TextIO:
@@ -122,7 +128,6 @@ class EventWriter:
         self._path = path
         self._line_buffered = line_buffered
         self._lock = threading.Lock()
-        self._log = _logger(stream)
 
     @classmethod
     def open(cls, path: str | None, *, line_buffered: bool = True) -> EventWriter:
@@ -140,10 +145,11 @@ class EventWriter:
 
     def emit(self, event: Event) -> None:
         """Write one event."""
-        data = event.to_dict()
-        name = str(data.pop("event"))
+        line = event_line(event)
         with self._lock:
-            self._log.msg(name, **data)
+            self._stream.write(line)
+            if self._line_buffered:  # stdout or a stream of a caller's: out at once, too
+                self._stream.flush()
 
     def reopen(self, source: Source) -> None:
         """Open the path again (after a rotation); on failure keep the old file and say why."""
@@ -155,7 +161,7 @@ class EventWriter:
             self.error(source, f"cannot reopen {self._path}: {exc.strerror}; still writing there")
             return
         with self._lock:
-            old, self._stream, self._log = self._stream, stream, _logger(stream)
+            old, self._stream = self._stream, stream
         old.close()
 
     def error(self, source: Source, text: str, session: str | None = None) -> None:

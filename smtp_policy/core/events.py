@@ -39,6 +39,8 @@ def capped(text: str, cap: int) -> str:
     """``text`` as an event writes it: encodable as UTF-8 (lone surrogates spelt as
     :func:`~smtp_policy.core.sanitize.without_surrogates` does) and at most ``cap``
     characters, a longer value cut to end with :data:`CUT_MARKER`."""
+    if len(text) <= cap and text.isascii():  # the common case: nothing to do
+        return text
     text = without_surrogates(text)
     return text if len(text) <= cap else text[: cap - len(CUT_MARKER)] + CUT_MARKER
 
@@ -46,6 +48,8 @@ def capped(text: str, cap: int) -> str:
 def capped_detail(value: object) -> object:
     """An extra's value as an event writes it: every string in it :func:`capped` (object keys
     at :data:`NAME_CAP`, other strings at :data:`DETAIL_CAP`), at any depth."""
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, str):
         return capped(value, DETAIL_CAP)
     if isinstance(value, Mapping):
@@ -56,6 +60,10 @@ def capped_detail(value: object) -> object:
     if isinstance(value, list | tuple):
         return [capped_detail(v) for v in value]
     return value
+
+
+#: Types whose values an event writes as they are (no string inside to cap).
+_SCALARS: frozenset[type] = frozenset({int, float, bool, type(None)})
 
 
 def _capped_object(data: Mapping[str, object]) -> dict[str, object]:
@@ -286,21 +294,23 @@ class Event:
             raise ValueError("a message event's fields are its record, not extras")
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON form: every schema field (null when unknown), then the extras; every
-        string :func:`capped`."""
-        out: dict[str, object] = {"schema": SCHEMA_VERSION}
-        for name in _ORDER:
+        """The JSON form: the schema fields that are known (a null one is left out), then the
+        extras; every string :func:`capped`."""
+        out: dict[str, object] = {
+            "schema": SCHEMA_VERSION,
+            "event": self.event,
+            "source": self.source,
+            "ts": _utc_text(self.ts),
+        }
+        for name, key, cap in _OPTIONAL:
             value = getattr(self, name)
-            if name == "ts":
-                value = (
-                    self.ts.astimezone(UTC)
-                    .isoformat(timespec="microseconds")
-                    .replace("+00:00", "Z")
-                )
-            elif isinstance(value, str):
-                value = capped(value, _FIELD_CAPS.get(name, NAME_CAP))
-            out["class" if name == "klass" else name] = value
-        out.update(_capped_object(self.extra))
+            if value is None:
+                continue
+            if isinstance(value, str):
+                value = capped(value, cap)
+            out[key] = value
+        if self.extra:
+            out.update(_capped_object(self.extra))
         if self.message is not None:
             out.update(_capped_object(self.message.to_dict()))
         return out
@@ -337,6 +347,17 @@ def reply_fields(explanation: Explanation | None, text: str | None = None) -> Re
     }
 
 
+def _utc_text(ts: datetime) -> str:
+    """``2026-11-28T12:31:59.000000Z``: ISO 8601 in UTC with microseconds."""
+    return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 _ORDER = tuple(f.name for f in fields(Event) if f.name not in ("extra", "message"))
+#: The fields after ``event``, ``source`` and ``ts``, each with its JSON name and size cap.
+_OPTIONAL = tuple(
+    (name, _json_name(name), _FIELD_CAPS.get(name, NAME_CAP))
+    for name in _ORDER
+    if name not in ("event", "source", "ts")
+)
 #: The JSON names of the schema's fields (``klass`` is written as ``class``).
 FIELD_NAMES = frozenset({"schema", *("class" if n == "klass" else n for n in _ORDER)})

@@ -90,9 +90,9 @@ def event_key(e: dict[str, Any]) -> Key:
         e["kind"],
         e["program"],
         e["pid"],
-        e["queue_id"],
-        e["recipient"],
-        e["text"],
+        e.get("queue_id"),
+        e.get("recipient"),
+        e.get("text"),
         e.get("status"),
         e.get("relay"),
         tuple(e.get("delays") or ()),
@@ -357,7 +357,7 @@ def test_follower_across_rotations_and_restarts(
         elif r.queue_id and r.kind == "smtpd_reject":
             upstream[r.queue_id] += 1
     messages = [e for e in events if e["event"] == "message"]
-    per_qid = Counter(e["queue_id"] for e in messages)
+    per_qid = Counter(e.get("queue_id") for e in messages)
     assert set(per_qid) == left
     assert all(n == 1 for n in per_qid.values()), [q for q, n in per_qid.items() if n > 1]
     for e in messages:

@@ -382,7 +382,7 @@ def eom_queue_ids(events: Sequence[Ev]) -> set[str]:
 def policy_refusals(events: Sequence[Ev]) -> set[str]:
     """Recipients (without brackets) the milter's rule refused."""
     return {
-        str(e["recipient"]).strip("<>")
+        str(e.get("recipient")).strip("<>")
         for e in events
         if e["event"] == "reply" and e.get("rule") == RULE
     }
@@ -551,7 +551,7 @@ def test_milter_killed_under_load_loses_nothing(
     served_again = min(
         datetime.fromisoformat(e["ts"]).timestamp()
         for e in events[restarted:]
-        if e["event"] == "stage" and e["stage"] == "connect"
+        if e["event"] == "stage" and e.get("stage") == "connect"
     )
     warnings = pf.log_matches(_MILTER_WARNING, since=log_mark)
     drill_report(

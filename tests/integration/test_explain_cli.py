@@ -41,10 +41,10 @@ def test_json_has_the_contract_fields() -> None:
     data = json.loads(proc.stdout)
     assert data.keys() >= CONTRACT
     assert data["reply"] == "550 5.1.1 <bob@example.com>: User unknown"
-    assert data["code"] == 550
-    assert data["enhanced"] == "5.1.1"
-    assert data["class"] == "permanent"
-    assert data["reason"] == "user_unknown"
+    assert data.get("code") == 550
+    assert data.get("enhanced") == "5.1.1"
+    assert data.get("class") == "permanent"
+    assert data.get("reason") == "user_unknown"
     assert data["actor"] in {
         "sender",
         "sender_admin",
@@ -82,9 +82,9 @@ def test_jsonl_writes_one_object_per_line_and_survives_bad_lines() -> None:
     out = [json.loads(line) for line in proc.stdout.decode().splitlines()]
     assert len(out) == len(lines)
     assert [("error" in o) for o in out] == [False, True, False, True, True, True, True, False]
-    assert out[0]["reason"] == "user_unknown"
-    assert out[2]["enhanced"] == "5.1.1"
-    assert out[7]["class"] == "transient"
+    assert out[0].get("reason") == "user_unknown"
+    assert out[2].get("enhanced") == "5.1.1"
+    assert out[7].get("class") == "transient"
     assert b"Traceback" not in proc.stderr
 
 
@@ -100,16 +100,16 @@ def test_reply_from_stdin() -> None:
     """With no words, the reply is read from standard input, multi-line replies included."""
     proc = run("--json", stdin=b"550-5.7.1 Rejected\r\n550 5.7.1 See https://x.test/\r\n")
     data = json.loads(proc.stdout)
-    assert data["code"] == 550
-    assert data["text"] == "Rejected See https://x.test/"
+    assert data.get("code") == 550
+    assert data.get("text") == "Rejected See https://x.test/"
 
 
 def test_several_replies_on_stdin_get_one_answer_each() -> None:
     """A new code line or a blank line starts a reply; NNN- lines stay with their last line."""
     stdin = b"550-5.7.1 Rejected\r\n550 5.7.1 See https://x.test/\r\n452 4.2.2 Mailbox full\n"
     data = [json.loads(line) for line in run("--json", stdin=stdin).stdout.splitlines()]
-    assert [d["code"] for d in data] == [550, 452]
-    assert data[0]["text"] == "Rejected See https://x.test/"
+    assert [d.get("code") for d in data] == [550, 452]
+    assert data[0].get("text") == "Rejected See https://x.test/"
     text = run(stdin=stdin + b"\nUser unknown\n").stdout.decode()
     assert text.count("Summary:") == 3
 

@@ -97,17 +97,20 @@ def test_follower_on_a_real_maillog(
     pf.wait_for_log(rf"{greylisted}: removed")
     events = follow(pf, tmp_path)
     replies = [e for e in events if e["event"] == "reply"]
-    records = {e["queue_id"]: e for e in events if e["event"] == "message"}
+    records = {e.get("queue_id"): e for e in events if e["event"] == "message"}
     print(f"{len(events)} events: {len(replies)} replies, {len(records)} message records")
 
-    upstream = [e for e in replies if e["direction"] == "upstream" and e["code"] == 550]
+    upstream = [e for e in replies if e.get("direction") == "upstream" and e.get("code") == 550]
     assert any(
-        e["reason"] == "user_unknown" and "nosuchuser" in str(e["recipient"]) for e in upstream
+        e.get("reason") == "user_unknown" and "nosuchuser" in str(e.get("recipient"))
+        for e in upstream
     )
-    down = [e for e in replies if e["direction"] == "downstream"]
-    assert any(e["reason"] == "greylisting" and e["class"] == "transient" for e in down)
+    down = [e for e in replies if e.get("direction") == "downstream"]
+    assert any(e.get("reason") == "greylisting" and e.get("class") == "transient" for e in down)
     assert any(
-        e["reason"] == "user_unknown" and e["class"] == "permanent" and e["queue_id"] == bounced
+        e.get("reason") == "user_unknown"
+        and e.get("class") == "permanent"
+        and e.get("queue_id") == bounced
         for e in down
     )
 
@@ -120,5 +123,5 @@ def test_follower_on_a_real_maillog(
     assert all(
         r["complete"]
         for r in records.values()
-        if r["queue_id"] in {delivered, bounced, greylisted, expired}
+        if r.get("queue_id") in {delivered, bounced, greylisted, expired}
     )

@@ -157,7 +157,9 @@ def test_footer_explains_an_unknown_local_user(pf: PrivatePostfix, maps: Daemon)
     assert "address does not exist" in footer[0]
     assert "https://help.local.test/mail-errors#user_unknown" in text
     lookups = [e for e in maps.events.read() if e.get("map") == "footer"]
-    assert any(e["reason"] == "user_unknown" and e["direction"] == "upstream" for e in lookups)
+    assert any(
+        e.get("reason") == "user_unknown" and e.get("direction") == "upstream" for e in lookups
+    )
 
 
 def test_footer_on_relay_denied(pf: PrivatePostfix) -> None:
@@ -185,8 +187,10 @@ def test_policy_service_records_and_rejects(pf: PrivatePostfix, policy: Daemon) 
     assert first.endswith("We do not accept mail from eve@spam.test.")
     assert text.splitlines() == [first]  # our rule's reply: no footer from the maps server
     requests = [e for e in policy.events.read() if e["event"] == "policy_request"]
-    assert any(e["sender"] == "eve@spam.test" and e["rule"] == "no-spam-test" for e in requests)
-    assert all(e["stage"] == "rcpt" for e in requests)
+    assert any(
+        e.get("sender") == "eve@spam.test" and e.get("rule") == "no-spam-test" for e in requests
+    )
+    assert all(e.get("stage") == "rcpt" for e in requests)
 
 
 @pytest.mark.parametrize(
@@ -232,7 +236,9 @@ def test_bounce_is_friendlier_and_keeps_the_diagnostic(
     assert rcpt["Status"] == status
     assert rcpt["Action"] == "failed"
     assert rcpt["Diagnostic-Code"] == f"smtp; {diagnostic}"
-    dsn = [e for e in maps.events.read() if e.get("map") == "dsn" and diagnostic in str(e["text"])]
+    dsn = [
+        e for e in maps.events.read() if e.get("map") == "dsn" and diagnostic in str(e.get("text"))
+    ]
     assert dsn
     assert dsn[-1]["direction"] == "downstream"
     print(f"--- bounce text part ({local}) ---\n{text_part(bounce)}")

@@ -50,9 +50,9 @@ def test_footer_for_a_postfix_rejection(maps: tuple[int, Path]) -> None:
     assert "mailbox" in proc.stdout.lower() or "address" in proc.stdout.lower()
     event = [e for e in read_events(events) if e.get("map") == "footer"][-1]
     assert event["source"] == "maps"
-    assert event["direction"] == "upstream"
-    assert event["reason"] == "user_unknown"
-    assert event["text"] == key
+    assert event.get("direction") == "upstream"
+    assert event.get("reason") == "user_unknown"
+    assert event.get("text") == key
     assert event["status"] == "OK"
 
 
@@ -72,9 +72,9 @@ def test_dsn_keeps_status_and_remote_reply(maps: tuple[int, Path]) -> None:
     assert out.endswith(f"({original})")
     assert len(out) > len(original) + 20
     event = [e for e in read_events(events) if e.get("map") == "dsn"][-1]
-    assert event["direction"] == "downstream"
-    assert event["reason"] == "mailbox_full"
-    assert event["friendly"] == out
+    assert event.get("direction") == "downstream"
+    assert event.get("reason") == "mailbox_full"
+    assert event.get("friendly") == out
 
 
 @needs_postmap
@@ -110,8 +110,8 @@ def test_bad_clients_do_not_stop_the_server(maps: tuple[int, Path]) -> None:
         assert reply.split(b":", 1)[1].startswith(b"OK ")
     silent.close()
     errors = [e for e in read_events(events) if e["event"] == "error"]
-    assert any("bad netstring" in str(e["text"]) for e in errors)
-    assert any("exceeds" in str(e["text"]) for e in errors)
+    assert any("bad netstring" in str(e.get("text")) for e in errors)
+    assert any("exceeds" in str(e.get("text")) for e in errors)
 
 
 def test_partial_writes_are_reassembled(maps: tuple[int, Path]) -> None:

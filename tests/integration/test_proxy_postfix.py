@@ -143,8 +143,8 @@ def test_greeting_and_goodbye_are_the_admins(proxy: Daemon) -> None:
     assert client.at_eof()
     client.close()
     (bye,) = proxy.wait_for(is_reply(lambda e: e["command"] == "QUIT"))
-    assert bye["text"] == "221 2.0.0 Bye"
-    assert bye["friendly"] == "Goodbye from the proxy"
+    assert bye.get("text") == "221 2.0.0 Bye"
+    assert bye.get("friendly") == "Goodbye from the proxy"
 
 
 def test_503_and_501_are_recorded_and_rewritten(proxy: Daemon) -> None:
@@ -156,16 +156,16 @@ def test_503_and_501_are_recorded_and_rewritten(proxy: Daemon) -> None:
         code, text = smtp.docmd("MAIL", "FROM:<bad address@@local.test")
         assert (code, text) == (501, b"5.1.7 That address does not look right")
     (e503,) = proxy.wait_for(
-        is_reply(lambda e: e["code"] == 503 and e["helo"] == "errors.client.test")
+        is_reply(lambda e: e.get("code") == 503 and e.get("helo") == "errors.client.test")
     )
-    assert e503["text"] == "503 5.5.1 Error: need MAIL command"
+    assert e503.get("text") == "503 5.5.1 Error: need MAIL command"
     assert e503["command"] == "RCPT"
     assert e503["rewritten"] is True
     (e501,) = proxy.wait_for(
-        is_reply(lambda e: e["code"] == 501 and e["helo"] == "errors.client.test")
+        is_reply(lambda e: e.get("code") == 501 and e.get("helo") == "errors.client.test")
     )
-    assert e501["text"] == "501 5.1.7 Bad sender address syntax"
-    assert e501["friendly"] == "That address does not look right"
+    assert e501.get("text") == "501 5.1.7 Bad sender address syntax"
+    assert e501.get("friendly") == "That address does not look right"
 
 
 def test_postfix_sees_the_real_client_through_xclient(proxy: Daemon, pf: PrivatePostfix) -> None:
@@ -252,10 +252,10 @@ def test_starttls_end_to_end_with_smtplib(proxy: Daemon, pf: PrivatePostfix) -> 
 
 def _check_tls_events(proxy: Daemon, helo: str) -> None:
     """A tls event was written, and the end-of-data reply carries its version and cipher."""
-    (eom,) = proxy.wait_for(is_reply(lambda e: e["stage"] == "eom" and e["helo"] == helo))
+    (eom,) = proxy.wait_for(is_reply(lambda e: e.get("stage") == "eom" and e.get("helo") == helo))
     assert eom["tls_version"].startswith("TLSv1.")
     assert eom["tls_cipher"]
-    assert eom["code"] == 250
+    assert eom.get("code") == 250
     versions = {(e["tls_version"], e["tls_cipher"]) for e in proxy.events.of("tls")}
     assert (eom["tls_version"], eom["tls_cipher"]) in versions
 
@@ -320,7 +320,7 @@ def test_upstream_stopped_mid_session_gives_421(
         assert reply.code == 421
         assert client.at_eof()
         client.close()
-        assert proxy.wait_for(is_reply(lambda e: e["code"] == 421))
+        assert proxy.wait_for(is_reply(lambda e: e.get("code") == 421))
     finally:
         proxy.stop()
 

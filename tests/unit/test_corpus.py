@@ -58,15 +58,15 @@ def score(name: str) -> Score:
         got = explain_text(row["reply"], kb).classification
         got_reason = got.reason.value if got.reason else None
         result.total += 1
-        result.class_ok += got.klass.value == row["class"]
-        if got_reason == row["reason"]:
+        result.class_ok += got.klass.value == row.get("class")
+        if got_reason == row.get("reason"):
             result.reason_ok += 1
         else:
-            result.confusion[(str(row["reason"]), str(got_reason))] += 1
+            result.confusion[(str(row.get("reason")), str(got_reason))] += 1
             result.misses.append(
                 f"  want {row['reason']}, got {got_reason} ({got.rule}): {row['reply'][:110]!r}"
             )
-        if got.klass.value != row["class"]:
+        if got.klass.value != row.get("class"):
             result.misses.append(
                 f"  CLASS want {row['class']}, got {got.klass.value}: {row['reply'][:110]!r}"
             )

@@ -207,7 +207,7 @@ def milter_answer(case: Case, monkeypatch: pytest.MonkeyPatch) -> Answer:
             break
     events = [json.loads(line) for line in buffer.getvalue().splitlines()]
     (decided,) = [e for e in events if e["event"] == "reply" and e.get("by") == "policy"][-1:]
-    reason = decided["reason"]
+    reason = decided.get("reason")
     if rc == Milter.DISCARD:
         return Answer("DISCARD", reason=reason)
     if rc == Milter.CONTINUE:

@@ -22,8 +22,9 @@ from smtp_policy.emit import EventWriter
 TS = datetime(2026, 11, 29, 10, 2, 3, 456789, tzinfo=timezone(timedelta(hours=1)))
 
 
-def test_json_form_has_every_field_and_utc_time() -> None:
-    """to_dict has the schema version, every field (null when unknown) and a UTC 'Z' time."""
+def test_json_form_has_the_known_fields_and_utc_time() -> None:
+    """to_dict has the schema version, every known field (a null one left out) and a UTC 'Z'
+    time."""
     event = Event(
         event=EventKind.REPLY,
         source=Source.MILTER,
@@ -37,11 +38,39 @@ def test_json_form_has_every_field_and_utc_time() -> None:
     data = event.to_dict()
     assert data["schema"] == SCHEMA_VERSION
     assert data["ts"] == "2026-11-29T09:02:03.456789Z"
-    assert data["class"] == "permanent"
-    assert data["direction"] == "upstream"
+    assert data.get("class") == "permanent"
+    assert data.get("direction") == "upstream"
     assert data["map"] == "footer"
-    assert set(data) == FIELD_NAMES | {"map"}
-    assert data["recipient"] is None
+    assert set(data) == {"schema", "event", "source", "ts", "direction", "stage", "code"} | {
+        "class",
+        "map",
+    }
+    assert "recipient" not in data
+    assert set(data) - {"map"} <= FIELD_NAMES
+
+
+def test_written_events_have_no_null_fields() -> None:
+    """A written event leaves out every schema field that is null; extras keep their nulls."""
+    out = io.StringIO()
+    EventWriter(out).emit(
+        Event(
+            event=EventKind.STAGE,
+            source=Source.MILTER,
+            ts=TS,
+            stage="connect",
+            extra={"client_port": None},
+        )
+    )
+    line = json.loads(out.getvalue())
+    assert line == {
+        "schema": SCHEMA_VERSION,
+        "source": "milter",
+        "ts": "2026-11-29T09:02:03.456789Z",
+        "stage": "connect",
+        "client_port": None,
+        "event": "stage",
+    }
+    assert list(line)[-1] == "event"
 
 
 def test_naive_times_and_shadowing_extras_are_refused() -> None:

@@ -209,25 +209,25 @@ def test_stage_events_of_an_accepted_message(
     assert ctx._data() == Milter.CONTINUE
     assert ctx._eom() == Milter.CONTINUE
     ctx._close()
-    stages = [(e["event"], e["stage"]) for e in events.all()]
+    stages = [(e["event"], e.get("stage")) for e in events.all()]
     assert stages == [
         ("stage", "connect"), ("stage", "helo"), ("stage", "mail"), ("stage", "rcpt"),
         ("stage", "rcpt"), ("stage", "data"), ("stage", "eom"), ("session", "close"),
     ]  # fmt: skip
     connect, helo, mail, rcpt1, rcpt2, data, eom, session = events.all()
-    assert {e["session"] for e in events.all()} == {connect["session"]}
-    assert all(e["source"] == "milter" and e["mta"] == "postfix" for e in events.all())
+    assert {e.get("session") for e in events.all()} == {connect.get("session")}
+    assert all(e["source"] == "milter" and e.get("mta") == "postfix" for e in events.all())
     assert connect["macros"] == POSTFIX_CONNECT
     assert connect["mta_version"] == "3.7.11"
-    assert connect["client_addr"] == "192.0.2.7"
-    assert connect["client_name"] == "client.example"
-    assert helo["helo"] == "client.test"
-    assert mail["sender"] == "<alice@example.com>"
+    assert connect.get("client_addr") == "192.0.2.7"
+    assert connect.get("client_name") == "client.example"
+    assert helo.get("helo") == "client.test"
+    assert mail.get("sender") == "<alice@example.com>"
     assert mail["params"] == {"SIZE": "1234", "BODY": "8BITMIME"}
     assert mail["macros"]["{auth_authen}"] == "bob"
-    assert rcpt1["queue_id"] is None
-    assert rcpt1["recipient"] == "<bob@local.test>"
-    assert rcpt2["queue_id"] == data["queue_id"] == eom["queue_id"] == "4AB1C2D3E"
+    assert rcpt1.get("queue_id") is None
+    assert rcpt1.get("recipient") == "<bob@local.test>"
+    assert rcpt2.get("queue_id") == data.get("queue_id") == eom.get("queue_id") == "4AB1C2D3E"
     assert eom["recipients"] == 2
     assert session["queue_ids"] == ["4AB1C2D3E"]
     assert session["messages"] == 1
@@ -247,10 +247,10 @@ def test_abort_ends_the_transaction(start: Callable[..., FakeMta], events: Recor
     ctx._envfrom("<a@example.com>")
     ctx._abort()  # FakeMta's abort also closes
     abort, session = events.all()[-2:]
-    assert abort["stage"] == "abort"
-    assert abort["sender"] == "<a@example.com>"
+    assert abort.get("stage") == "abort"
+    assert abort.get("sender") == "<a@example.com>"
     assert session["aborted"] == 1
-    assert session["sender"] is None
+    assert session.get("sender") is None
 
 
 @pytest.mark.parametrize(
@@ -294,20 +294,21 @@ def test_recipient_rejected_by_postfix(start: Callable[..., FakeMta], events: Re
     clear_rejection(ctx)
     ctx._close()
     (reply,) = events.kind("reply")
-    assert reply["direction"] == "upstream"
-    assert reply["stage"] == "rcpt"
+    assert reply.get("direction") == "upstream"
+    assert reply.get("stage") == "rcpt"
     assert reply["by"] == "mta"
-    assert reply["recipient"] == "<nobody@local.test>"
-    assert reply["code"] is None
-    assert reply["enhanced"] == "5.1.1"
-    assert reply["class"] == "permanent"
-    assert reply["reason"] == "user_unknown"
+    assert reply.get("recipient") == "<nobody@local.test>"
+    assert reply.get("code") is None
+    assert reply.get("enhanced") == "5.1.1"
+    assert reply.get("class") == "permanent"
+    assert reply.get("reason") == "user_unknown"
     assert (
-        reply["text"] == "5.1.1 Recipient address rejected: User unknown in virtual mailbox table"
+        reply.get("text")
+        == "5.1.1 Recipient address rejected: User unknown in virtual mailbox table"
     )
-    assert reply["summary"]
-    assert reply["rule"]
-    assert not [e for e in events.kind("stage") if e["stage"] == "rcpt"]
+    assert reply.get("summary")
+    assert reply.get("rule")
+    assert not [e for e in events.kind("stage") if e.get("stage") == "rcpt"]
     (session,) = events.kind("session")
     assert (session["rejected_by_mta"], session["recipients_accepted"]) == (1, 0)
 
@@ -329,9 +330,13 @@ def test_recipient_rejected_by_sendmail(
     rcpt_rejected_by_mta(ctx, "5.1.1", rcpt_addr)
     ctx._envrcpt("<nobody@local.test>")
     (reply,) = events.kind("reply")
-    assert reply["mta"] == "sendmail"
-    assert (reply["code"], reply["enhanced"], reply["reason"]) == (550, "5.1.1", "user_unknown")
-    assert reply["text"] == rcpt_addr
+    assert reply.get("mta") == "sendmail"
+    assert (reply.get("code"), reply.get("enhanced"), reply.get("reason")) == (
+        550,
+        "5.1.1",
+        "user_unknown",
+    )
+    assert reply.get("text") == rcpt_addr
 
 
 def test_relay_denied_rejected_by_postfix(start: Callable[..., FakeMta], events: Recorder) -> None:
@@ -340,7 +345,7 @@ def test_relay_denied_rejected_by_postfix(start: Callable[..., FakeMta], events:
     rcpt_rejected_by_mta(ctx, "5.7.1", "Relay access denied")
     ctx._envrcpt("<x@elsewhere.example>")
     (reply,) = events.kind("reply")
-    assert reply["reason"] == "no_relaying"
+    assert reply.get("reason") == "no_relaying"
 
 
 # -- fail open ------------------------------------------------------------------------------
@@ -361,10 +366,10 @@ def test_a_raising_rule_fails_open(
     assert ctx._reply is None
     ctx._close()
     (error,) = events.kind("error")
-    assert error["stage"] == "rcpt"
+    assert error.get("stage") == "rcpt"
     assert error["exception"] == "ZeroDivisionError"
-    assert error["text"] == "ZeroDivisionError: rule arithmetic"
-    assert error["session"] == events.kind("session")[0]["session"]
+    assert error.get("text") == "ZeroDivisionError: rule arithmetic"
+    assert error.get("session") == events.kind("session")[0]["session"]
     assert events.kind("session")[0]["errors"] == 1
 
 
@@ -415,12 +420,12 @@ def test_uncaught_c_layer_error_is_recovered(kb: KnowledgeBase, events: Recorder
     except UnicodeDecodeError as exc:
         mod.report_uncaught(exc, events.writer)
     error, helo = events.all()[-2:]
-    assert (error["event"], error["stage"], error["exception"]) == (
+    assert (error["event"], error.get("stage"), error["exception"]) == (
         "error",
         "helo",
         "UnicodeDecodeError",
     )
-    assert (helo["stage"], helo["helo"]) == ("helo", "h\\xe9lo")
+    assert (helo.get("stage"), helo.get("helo")) == ("helo", "h\\xe9lo")
 
 
 # -- policy replies -------------------------------------------------------------------------
@@ -460,9 +465,13 @@ def test_policy_reject_is_sanitized_multiline(
     (reply,) = events.kind("reply")
     assert reply["by"] == "policy"
     assert reply["action"] == "reject"
-    assert reply["rule"] == "no-bob"
-    assert reply["recipient"] == "<bob@local.test>"
-    assert (reply["code"], reply["enhanced"], reply["class"]) == (550, "5.7.1", "permanent")
+    assert reply.get("rule") == "no-bob"
+    assert reply.get("recipient") == "<bob@local.test>"
+    assert (reply.get("code"), reply.get("enhanced"), reply.get("class")) == (
+        550,
+        "5.7.1",
+        "permanent",
+    )
     assert reply["friendly"].splitlines()[0] == "Quota 100% used;"
     assert reply["friendly"].splitlines() == [x.replace("%%", "%") for x in lines]
     assert reply["text"].startswith(
@@ -498,7 +507,7 @@ def test_tempfail_with_a_mismatched_enhanced_code(
     assert ctx._envfrom("<a@example.com>") == Milter.TEMPFAIL
     assert ctx._reply[:2] == ("451", "4.7.1")
     (reply,) = events.kind("reply")
-    assert (reply["class"], reply["reason"]) == ("transient", "rate_limited")
+    assert (reply.get("class"), reply.get("reason")) == ("transient", "rate_limited")
 
 
 def test_default_codes_and_our_explanation(start: Callable[..., FakeMta], events: Recorder) -> None:
@@ -527,8 +536,8 @@ def test_connect_decision_answers_helo(start: Callable[..., FakeMta], events: Re
     assert ctx.rc == Milter.REJECT  # HELO got the reply
     assert ctx._reply[:3] == ("554", "5.7.1", "Your network is blocked")
     replies = events.kind("reply")
-    assert [r["stage"] for r in replies] == ["connect", "helo"]
-    assert replies[0]["friendly"] is None  # recorded when decided, sent later
+    assert [r.get("stage") for r in replies] == ["connect", "helo"]
+    assert replies[0].get("friendly") is None  # recorded when decided, sent later
     assert replies[1]["friendly"].startswith("Your network is blocked")
 
 
@@ -549,7 +558,7 @@ def test_connect_decision_answers_mail_without_helo(kb: KnowledgeBase, events: R
     for _ in range(2):
         assert m.envfrom("<a@example.com>") == Milter.TEMPFAIL
         assert ctx._reply[:3] == ("421", "4.7.0", "Too busy")
-    assert [r["stage"] for r in events.kind("reply")] == ["connect", "mail", "mail"]
+    assert [r.get("stage") for r in events.kind("reply")] == ["connect", "mail", "mail"]
 
 
 def test_discard_at_rcpt(start: Callable[..., FakeMta], events: Recorder) -> None:
@@ -557,7 +566,7 @@ def test_discard_at_rcpt(start: Callable[..., FakeMta], events: Recorder) -> Non
     ctx._envfrom("<a@example.com>")
     assert ctx._envrcpt("<b@local.test>") == Milter.DISCARD
     (reply,) = events.kind("reply")
-    assert (reply["action"], reply["code"], reply["friendly"]) == ("discard", None, None)
+    assert (reply["action"], reply.get("code"), reply.get("friendly")) == ("discard", None, None)
 
 
 def test_quarantine_holds_at_end_of_message(
@@ -574,7 +583,7 @@ def test_quarantine_holds_at_end_of_message(
     assert ctx._eom() == Milter.CONTINUE
     assert held == ["smtp-policy rule hold"]
     (reply,) = events.kind("reply")
-    assert (reply["action"], reply["reason"]) == ("quarantine", "spam_detected")
+    assert (reply["action"], reply.get("reason")) == ("quarantine", "spam_detected")
 
 
 def test_a_failing_setreply_keeps_the_verdict(
@@ -656,7 +665,11 @@ def test_policy_from_configured_rules(
     )
     assert ctx._envfrom("<eve@fine.example>") == Milter.CONTINUE
     (reply,) = events.kind("reply")
-    assert (reply["rule"], reply["reason"], reply["code"]) == ("no-spam", "blocked", 554)
+    assert (reply.get("rule"), reply.get("reason"), reply.get("code")) == (
+        "no-spam",
+        "blocked",
+        554,
+    )
 
 
 def test_an_accept_rule_shields_the_session(kb: KnowledgeBase, events: Recorder) -> None:
@@ -673,7 +686,7 @@ def test_an_accept_rule_shields_the_session(kb: KnowledgeBase, events: Recorder)
     ctx._stage = Milter.M_ENVFROM
     assert m.envfrom("<a@example.com>") == Milter.CONTINUE
     (reply,) = events.kind("reply")
-    assert (reply["action"], reply["rule"], reply["code"]) == ("accept", "trusted", None)
+    assert (reply["action"], reply.get("rule"), reply.get("code")) == ("accept", "trusted", None)
 
 
 def test_the_rules_see_the_sessions_facts(kb: KnowledgeBase, events: Recorder) -> None:

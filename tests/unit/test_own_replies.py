@@ -156,8 +156,12 @@ def test_the_maps_server_gives_our_rule_reply_no_footer_and_its_reason() -> None
     reply = service.lookup(Request("footer", wire.rstrip("\r\n")), "maps-1")
     assert reply.status is Status.NOTFOUND
     (event,) = recorder.events
-    assert (event["reason"], event["rule"], event["by"]) == ("blocked", "no-spam-test", "policy")
-    assert event["friendly"] is None
+    assert (event.get("reason"), event.get("rule"), event["by"]) == (
+        "blocked",
+        "no-spam-test",
+        "policy",
+    )
+    assert event.get("friendly") is None
 
 
 def test_the_maps_server_keeps_footers_under_postfix_rejections() -> None:
@@ -165,7 +169,7 @@ def test_the_maps_server_keeps_footers_under_postfix_rejections() -> None:
     key = "550 5.1.1 <u@local.test>: Recipient address rejected: User unknown in local recipient"
     reply = service.lookup(Request("footer", key + " table"), "maps-1")
     assert reply.status is Status.OK and reply.data
-    assert recorder.events[0]["reason"] == "user_unknown"
+    assert recorder.events[0].get("reason") == "user_unknown"
 
 
 DEFERRAL = "4.4.1 connect to mx.remote.test[192.0.2.7]:25: Connection refused"
@@ -254,8 +258,8 @@ def test_the_follower_reads_a_filtered_bounce_as_the_unfiltered_one() -> None:
     plain, rewritten = reply_events([delivery_line(original), delivery_line(filtered[6:])])
     for key in ("reason", "code", "enhanced", "class", "stage", "text"):
         assert plain[key] == rewritten[key], key
-    assert rewritten["friendly"] == "The address does not exist."
-    assert plain["friendly"] is None
+    assert rewritten.get("friendly") == "The address does not exist."
+    assert plain.get("friendly") is None
 
 
 def test_the_follower_gives_a_rule_rejection_the_rules_reason_and_name() -> None:
@@ -269,8 +273,8 @@ def test_the_follower_gives_a_rule_rejection_the_rules_reason_and_name() -> None
     line = LOG.format(program="smtpd", rest=rest)
     (without,) = reply_events([line])
     (event,) = reply_events([line], config)
-    assert (event["reason"], event["rule"]) == ("blocked", "no-spam-test")
-    assert without["rule"] != "no-spam-test"
+    assert (event.get("reason"), event.get("rule")) == ("blocked", "no-spam-test")
+    assert without.get("rule") != "no-spam-test"
 
 
 def test_preview_and_the_maps_server_answer_a_rule_reply_the_same() -> None:

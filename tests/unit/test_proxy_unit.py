@@ -28,14 +28,14 @@ def test_greeting_and_goodbye_are_the_admins() -> None:
             assert bye == ServerReply(221, ("2.0.0 See you soon",))
             assert await client.closed()
             first, last = h.events()
-            assert first["stage"] == "connect"
-            assert first["text"] == "220 mx.fake.test ESMTP Postfix"
-            assert first["friendly"] == "mx.fake.test ESMTP Welcome to the proxy"
+            assert first.get("stage") == "connect"
+            assert first.get("text") == "220 mx.fake.test ESMTP Postfix"
+            assert first.get("friendly") == "mx.fake.test ESMTP Welcome to the proxy"
             assert first["source"] == "proxy"
-            assert first["direction"] == "upstream"
+            assert first.get("direction") == "upstream"
             assert last["command"] == "QUIT"
-            assert last["text"] == "221 2.0.0 Bye"
-            assert last["friendly"] == "See you soon"
+            assert last.get("text") == "221 2.0.0 Bye"
+            assert last.get("friendly") == "See you soon"
             assert last["rewritten"] is True
 
     run(scenario())
@@ -122,9 +122,9 @@ def test_data_is_passed_through_with_crlf_line_ends() -> None:
             await client.command(b"QUIT")
             assert h.upstream.messages == [message.replace(b"bare\nlf\n", b"bare\r\nlf\r\n")]
             eom = h.events()[-2]
-            assert eom["stage"] == "eom"
-            assert eom["queue_id"] == "4ABCDEF"
-            assert eom["sender"] == "<s@fake.test>"
+            assert eom.get("stage") == "eom"
+            assert eom.get("queue_id") == "4ABCDEF"
+            assert eom.get("sender") == "<s@fake.test>"
 
     run(scenario())
 
@@ -179,13 +179,13 @@ def test_failures_are_rewritten_and_recorded() -> None:
             assert reply == ServerReply(550, ("5.1.1 Nobody called bad@fake.test lives here",))
             await client.command(b"QUIT")
             rcpt = [e for e in h.events() if e["command"] == "RCPT"]
-            assert rcpt[0]["code"] == 503
+            assert rcpt[0].get("code") == 503
             assert rcpt[0]["rewritten"] is True
             assert rcpt[1]["text"].startswith("550 5.1.1 <bad@fake.test>: Recipient address")
-            assert rcpt[1]["friendly"] == "Nobody called bad@fake.test lives here"
-            assert rcpt[1]["reason"] == "user_unknown"
-            assert rcpt[1]["recipient"] == "<bad@fake.test>"
-            assert rcpt[1]["client_name"] == CLIENT_NAME
+            assert rcpt[1].get("friendly") == "Nobody called bad@fake.test lives here"
+            assert rcpt[1].get("reason") == "user_unknown"
+            assert rcpt[1].get("recipient") == "<bad@fake.test>"
+            assert rcpt[1].get("client_name") == CLIENT_NAME
 
     run(scenario())
 
@@ -208,7 +208,7 @@ def test_upstream_down_gives_421_with_the_admins_text() -> None:
             assert greeting["code"] == 220
             assert answer["command"] == "EHLO"
             assert answer["origin"] == "proxy"
-            assert answer["enhanced"] == "4.3.0"
+            assert answer.get("enhanced") == "4.3.0"
 
     run(scenario())
 
@@ -441,7 +441,7 @@ def test_quoted_recipient_is_recorded_whole() -> None:
             await client.command(b'RCPT TO:<"a>b"@fake.test> NOTIFY=NEVER')
             await client.command(b"QUIT")
             rcpt = h.events()[2]
-            assert rcpt["recipient"] == '<"a>b"@fake.test>'
-            assert rcpt["sender"] == '<"s>t"@fake.test>'
+            assert rcpt.get("recipient") == '<"a>b"@fake.test>'
+            assert rcpt.get("sender") == '<"s>t"@fake.test>'
 
     run(scenario())
