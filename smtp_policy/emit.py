@@ -1,7 +1,8 @@
-"""Write events as JSON Lines: the only place events are serialised.
+"""Write events as JSON Lines through structlog: the only place events are serialised.
 
-Each event is one JSON object (:func:`event_line`) written with one ``write`` call; the
-follower's writer is block-buffered and flushed per batch, a daemon's is line-buffered.
+Each event is one JSON object (structlog's renderer here, :func:`_render`) written with one
+``write`` call; the follower's writer is block-buffered and flushed per batch, a daemon's is
+line-buffered.
 
 Files a daemon writes (events, the follower's state) are opened by :func:`open_own_file`: never
 through a symbolic link, only when they are regular files of the daemon's own user, so a local
@@ -18,7 +19,10 @@ import stat
 import sys
 import threading
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict
 
 from smtp_policy.core.events import DETAIL_CAP, Event, EventKind, Source, capped
 from smtp_policy.core.sanitize import json_text
@@ -95,15 +99,38 @@ def _unknown_value(value: object) -> str:
 _ENCODE = json.JSONEncoder(ensure_ascii=False, default=_unknown_value).encode
 
 
-def event_line(event: Event) -> str:
-    """The event as one JSON Lines line (with its newline): :meth:`Event.to_dict`'s fields,
-    ``event`` last, escaped as :func:`~smtp_policy.core.sanitize.json_text` escapes."""
-    data = event.to_dict()
-    data["event"] = data.pop("event")
-    text = _ENCODE(data)
+def _render(_logger: object, _method: str, fields: EventDict) -> str:
+    """structlog's renderer: the fields as one JSON object (``event`` last, as structlog puts
+    it), escaped as :func:`~smtp_policy.core.sanitize.json_text` escapes."""
+    text = _ENCODE(fields)
     if not text.isascii() or "\x7f" in text:  # the rare line json_text has to escape
-        text = json_text(data, default=_unknown_value)
-    return text + "\n"
+        text = json_text(fields, default=_unknown_value)
+    return text
+
+
+class _Lines:
+    """The logger structlog hands rendered events to: one ``write`` per line, flushed at once
+    only when line-buffered (structlog's own loggers flush every line; the follower flushes
+    once per batch)."""
+
+    __slots__ = ("line_buffered", "stream")
+
+    def __init__(self, stream: TextIO, line_buffered: bool) -> None:
+        self.stream = stream
+        self.line_buffered = line_buffered
+
+    def msg(self, message: str) -> None:
+        """Write one rendered event."""
+        self.stream.write(message + "\n")
+        if self.line_buffered:  # stdout or a stream of a caller's: out at once, too
+            self.stream.flush()
+
+    info = msg  # structlog's bound logger calls its level's name
+
+
+def _logger(lines: _Lines) -> Any:
+    """structlog over ``lines``: one renderer, the bound logger cached after its first use."""
+    return structlog.wrap_logger(lines, processors=[_render], cache_logger_on_first_use=True)
 
 
 def _append(path: str, line_buffered: bool) -> TextIO:
@@ -128,6 +155,7 @@ class EventWriter:
         self._path = path
         self._line_buffered = line_buffered
         self._lock = threading.Lock()
+        self._log = _logger(_Lines(stream, line_buffered))
 
     @classmethod
     def open(cls, path: str | None, *, line_buffered: bool = True) -> EventWriter:
@@ -145,11 +173,10 @@ class EventWriter:
 
     def emit(self, event: Event) -> None:
         """Write one event."""
-        line = event_line(event)
+        fields = event.to_dict()
+        name = fields.pop("event")
         with self._lock:
-            self._stream.write(line)
-            if self._line_buffered:  # stdout or a stream of a caller's: out at once, too
-                self._stream.flush()
+            self._log.msg(name, **fields)
 
     def reopen(self, source: Source) -> None:
         """Open the path again (after a rotation); on failure keep the old file and say why."""
@@ -162,6 +189,7 @@ class EventWriter:
             return
         with self._lock:
             old, self._stream = self._stream, stream
+            self._log = _logger(_Lines(stream, self._line_buffered))
         old.close()
 
     def error(self, source: Source, text: str, session: str | None = None) -> None:
