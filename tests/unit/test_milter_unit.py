@@ -222,11 +222,11 @@ def test_stage_events_of_an_accepted_message(
     assert connect["client_addr"] == "192.0.2.7"
     assert connect["client_name"] == "client.example"
     assert helo["helo"] == "client.test"
-    assert mail["sender"] == "<alice@example.com>"
+    assert mail["sender"] == "alice@example.com"
     assert mail["params"] == {"SIZE": "1234", "BODY": "8BITMIME"}
     assert mail["macros"]["{auth_authen}"] == "bob"
     assert rcpt1["queue_id"] is None
-    assert rcpt1["recipient"] == "<bob@local.test>"
+    assert rcpt1["recipient"] == "bob@local.test"
     assert rcpt2["queue_id"] == data["queue_id"] == eom["queue_id"] == "4AB1C2D3E"
     assert eom["recipients"] == 2
     assert session["queue_ids"] == ["4AB1C2D3E"]
@@ -248,7 +248,7 @@ def test_abort_ends_the_transaction(start: Callable[..., FakeMta], events: Recor
     ctx._abort()  # FakeMta's abort also closes
     abort, session = events.all()[-2:]
     assert abort["stage"] == "abort"
-    assert abort["sender"] == "<a@example.com>"
+    assert abort["sender"] == "a@example.com"
     assert session["aborted"] == 1
     assert session["sender"] is None
 
@@ -297,7 +297,7 @@ def test_recipient_rejected_by_postfix(start: Callable[..., FakeMta], events: Re
     assert reply["direction"] == "upstream"
     assert reply["stage"] == "rcpt"
     assert reply["by"] == "mta"
-    assert reply["recipient"] == "<nobody@local.test>"
+    assert reply["recipient"] == "nobody@local.test"
     assert reply["code"] is None
     assert reply["enhanced"] == "5.1.1"
     assert reply["class"] == "permanent"
@@ -461,7 +461,7 @@ def test_policy_reject_is_sanitized_multiline(
     assert reply["by"] == "policy"
     assert reply["action"] == "reject"
     assert reply["rule"] == "no-bob"
-    assert reply["recipient"] == "<bob@local.test>"
+    assert reply["recipient"] == "bob@local.test"
     assert (reply["code"], reply["enhanced"], reply["class"]) == (550, "5.7.1", "permanent")
     assert reply["friendly"].splitlines()[0] == "Quota 100% used;"
     assert reply["friendly"].splitlines() == [x.replace("%%", "%") for x in lines]
