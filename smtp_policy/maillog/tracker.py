@@ -136,7 +136,8 @@ _REFUSING = frozenset({"reject", "discard"})
 #: Reply kinds that are a step of a delivery attempt: a later line gives the outcome (a
 #: ``status=`` line), so counting them too would count one failure twice.
 _DETAIL_KINDS = frozenset({"attempt", "connection_error"})
-#: Who took an action, by the prefix the MTA puts on its action word (``milter-reject``).
+#: Who took an action (``by``, as in the milter's events), by the prefix the MTA puts on its
+#: action word (``milter-reject``); without one, the MTA's own checks.
 _ACTION_BY = {"milter": "milter", "proxy": "proxy"}
 
 _VOLATILE = re.compile(
@@ -475,7 +476,7 @@ class MessageTracker:
                 ("kind", record.kind),
                 ("status", record.status),
                 ("action", action),
-                ("action_by", action_by),
+                ("by", action_by),
                 ("detail", True if record.kind in _DETAIL_KINDS else None),
                 ("transport", "discard" if record.program == "discard" else None),
                 ("relay", record.relay),
@@ -903,11 +904,14 @@ def _recipient_summary(rcpt: _Recipient) -> RecipientSummary:
 
 
 def _action(word: str | None) -> tuple[str | None, str | None]:
-    """One action vocabulary across sources: ``milter-reject`` is ``reject`` by ``milter``."""
-    if word is None or "-" not in word:
-        return word, None
-    by, _, action = word.partition("-")
-    return (action, _ACTION_BY[by]) if by in _ACTION_BY else (word, None)
+    """One action vocabulary across sources: ``milter-reject`` is ``reject`` by ``milter``,
+    ``reject`` is ``reject`` by ``mta``; no action, no one."""
+    if word is None:
+        return None, None
+    by, dash, action = word.partition("-")
+    if dash and by in _ACTION_BY:
+        return action, _ACTION_BY[by]
+    return word, "mta"
 
 
 def _delivery_status(record: LogRecord) -> str:

@@ -170,10 +170,10 @@ def test_notices_are_generated_and_discard_is_named() -> None:
 
 
 def test_one_action_vocabulary() -> None:
-    """``milter-reject`` is action ``reject`` by ``milter``; smtpd's own reject has no ``by``."""
+    """``milter-reject`` is action ``reject`` by ``milter``; smtpd's own is ``reject`` by ``mta``."""
     replies = [e for e in _events(_lines(0, 0, 0, 1, 1)) if e.event == "reply"]
-    assert [(e.extra["action"], e.extra.get("action_by")) for e in replies] == [
-        ("reject", None),
+    assert [(e.extra["action"], e.extra.get("by")) for e in replies] == [
+        ("reject", "mta"),
         ("reject", "milter"),
     ]
     assert replies[1].recipient == "m0@example.org"
