@@ -144,3 +144,41 @@ def test_the_sample_counts_as_pflogsumm_does() -> None:
     milter_rcpt = SAMPLE.read_text().count("milter-reject: RCPT")
     assert milter_rcpt > 0
     assert ours["rejected"] == theirs["rejected"] + milter_rcpt
+
+
+def test_progress_line_only_on_a_terminal(tmp_path: Path) -> None:
+    """stderr a terminal: a progress line (tqdm); stderr a pipe: nothing (checked above)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    big = tmp_path / "mail.log"
+    big.write_bytes(SAMPLE.read_bytes() * 20)
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # 80 columns
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "smtp_policy", "report", str(big)],
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+            timeout=120,
+            check=False,
+        )
+        os.close(terminal)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0
+    assert b"B/s" in seen or b"%" in seen, seen[-300:]
+    assert b"Traceback" not in seen
+    quiet = run(["report", str(big)])
+    assert quiet.stderr == ""
