@@ -15,9 +15,10 @@ continues exactly where it stopped; without it, [follow] state_dir keeps the sta
 With --metrics-listen (or [metrics] listen) it serves Prometheus metrics (docs/metrics.md).
 SIGTERM and SIGINT finish the batch, save and exit 0; SIGHUP reopens the events file (for
 logrotate's rename-and-signal); other configuration changes take a restart. With --from-start
---once, whole files are replayed and the command exits at their end; reading only - ends when
-standard input does. Syslog timestamps carry no year: it is taken from --year, else from
-today's date.
+--once, whole files are replayed and the command exits at their end (exit 1 if one cannot be
+read); --once without --from-start needs --state (it continues from the saved positions), else
+it is a usage error, as it would read nothing; reading only - ends when standard input does.
+Syslog timestamps carry no year: it is taken from --year, else from today's date.
 """
 
 from __future__ import annotations
@@ -181,6 +182,19 @@ def follow_settings(
     )
 
 
+def once_problem(settings: FollowSettings) -> str | None:
+    """Why these settings cannot work with --once, or None: without --from-start and without a
+    state to resume from, files and the journal are read from their end, i.e. not at all."""
+    if not settings.once or settings.from_start or settings.state_dir is not None:
+        return None
+    if settings.logs or settings.journal:
+        return (
+            "--once without --from-start reads nothing (files and the journal are read from "
+            "their end): add --from-start, or --state DIR to continue where the last run stopped"
+        )
+    return None
+
+
 def _metrics_address(option: str | None, configured: str | None) -> ListenAddress | None:
     """--metrics-listen ('' turns metrics off), else [metrics] listen, parsed."""
     text, name = (configured, "metrics.listen") if option is None else (option, "--metrics-listen")
@@ -199,6 +213,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     settings = follow_settings(args, config, os.environ)
+    problem = once_problem(settings)
+    if problem is not None:
+        print(f"smtp-policy follow: {problem}", file=sys.stderr)
+        return 1
     kb = default_knowledge()
     own = own_replies(config.rules, kb=kb, texts=config.texts)  # rule rejections: their reason
     store = StateStore(settings.state_dir) if settings.state_dir else None

@@ -21,7 +21,12 @@ HELP = "summarise mail logs by reason (text, --json or --html)"
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the report options."""
-    parser.add_argument("files", nargs="+", metavar="FILE", help="mail log files, oldest first")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="mail logs, oldest first: files (.gz, .bz2, .xz too), pipes, or - for stdin",
+    )
     form = parser.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="print the report as JSON")
     form.add_argument("--html", action="store_true", help="print one self-contained HTML page")
@@ -31,13 +36,29 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the files, aggregate, print."""
-    from smtp_policy.adapters.follow.pipeline import readable, replay
+    from smtp_policy.adapters.follow.pipeline import input_problems, progress_bar, replay
+    from smtp_policy.adapters.follow.tail import Notice
     from smtp_policy.data import default_knowledge
 
-    if not readable(args.files, "report"):
-        return 2
+    notices: list[Notice] = []
+    progress, done = progress_bar(args.files)
     builder = ReportBuilder(top=args.top)
-    builder.add_all(replay(args.files, default_knowledge(), year=args.year, tap=builder.add_line))
+    try:
+        builder.add_all(
+            replay(
+                args.files,
+                default_knowledge(),
+                year=args.year,
+                notices=notices,
+                progress=progress,
+                tap=builder.add_line,
+            )
+        )
+    finally:
+        done()
+    failed = input_problems(notices, "report")
+    if failed and builder.first is None:
+        return failed  # not one mail log line: no report
     data = builder.result()
     if args.json:
         print(json_text(data, indent=2))
@@ -45,4 +66,4 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(render_html(data))
     else:
         sys.stdout.write(render_text(data))
-    return 0
+    return failed

@@ -22,28 +22,41 @@ HELP = "show a message's journey (by queue id or Message-ID) as a timeline"
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the trace options."""
     parser.add_argument("id", metavar="QUEUE_ID|MESSAGE_ID", help="the message to show")
-    parser.add_argument("files", nargs="+", metavar="FILE", help="mail log files, oldest first")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="mail logs, oldest first: files (.gz, .bz2, .xz too), pipes, or - for stdin",
+    )
     parser.add_argument("--json", action="store_true", help="print the message records as JSON")
     parser.add_argument("--year", type=int, metavar="YYYY", help="year of timestamps without one")
 
 
 def run(args: argparse.Namespace) -> int:
     """Replay the files, pick the message (and its bounce notices), print."""
-    from smtp_policy.adapters.follow.pipeline import readable, replay
+    from smtp_policy.adapters.follow.pipeline import input_problems, progress_bar, replay
+    from smtp_policy.adapters.follow.tail import Notice
     from smtp_policy.data import default_knowledge
 
-    if not readable(args.files, "trace"):
-        return 2
-    found = find(args.id, replay(args.files, default_knowledge(), year=args.year))
+    notices: list[Notice] = []
+    progress, done = progress_bar(args.files)
+    try:
+        events = replay(
+            args.files, default_knowledge(), year=args.year, notices=notices, progress=progress
+        )
+        found = find(args.id, events)
+    finally:
+        done()
+    failed = input_problems(notices, "trace")
     if not found:
         print(f"smtp-policy trace: no message {args.id} in the logs", file=sys.stderr)
-        return 1
+        return max(failed, 1)
     for event in found:
         if args.json:
             print(json_text(event.to_dict()))
         else:
             sys.stdout.write(render(event) + "\n")
-    return 0
+    return failed
 
 
 def find(wanted: str, events: Iterable[Event]) -> list[Event]:
@@ -87,7 +100,14 @@ def _headline(event: Event, record: MessageSummary) -> str:
 
 
 def _envelope(event: Event, record: MessageSummary) -> list[str]:
-    parts = [f"from {event.sender}" if event.sender is not None else "sender unknown"]
+    sender = event.sender
+    parts = [
+        "sender unknown"
+        if sender is None
+        else f"from {sender}"
+        if sender
+        else "from <> (the null sender)"
+    ]
     if record.size is not None:
         parts.append(f"{record.size} bytes")
     if record.nrcpt is not None:
@@ -114,7 +134,7 @@ def _moments(event: Event, record: MessageSummary) -> Iterator[tuple[datetime, l
     for rcpt in record.recipients:
         for attempt in rcpt.attempts:
             head = f"{rcpt.recipient} attempt {attempt.attempt or '?'}: {attempt.status or '?'}" + (
-                f" via {attempt.relay}" if attempt.relay else ""
+                f" via {attempt.relay}" if attempt.relay and attempt.relay != "none" else ""
             )
             yield _at(attempt.ts), [head, *_reply(attempt)]
     for notice in record.notifications:
@@ -129,7 +149,10 @@ def _ending(record: MessageSummary) -> str:
         return "refused at the end of data: never queued"
     if not record.complete:
         return f"last seen, still {status}"
-    return f"left the queue: {status}" + (f" after {delay} s" if delay is not None else "")
+    after = f" after {delay} s" if delay is not None else ""
+    if status == "discarded":
+        return f"left the queue{after}: discarded by the discard transport, not delivered"
+    return f"left the queue: {status}{after}"
 
 
 def _reply(entry: MessageReply) -> list[str]:

@@ -201,9 +201,10 @@ class RecipientSummary:
 class MessageSummary:
     """The record of one message that left the queue (or was flushed): a ``message`` event.
 
-    ``status`` is one of delivered, bounced, partial, expired, rejected, removed, incomplete,
-    not_queued; ``complete`` is False when the record was ``flushed`` (``idle`` or ``end``)
-    before the log said the message was gone. Times are ISO 8601 text, ``delay`` seconds.
+    ``status`` is one of delivered, discarded (by the discard transport), bounced, partial,
+    expired, rejected, removed, incomplete, not_queued; ``complete`` is False when the record
+    was ``flushed`` (``idle`` or ``end``) before the log said the message was gone. Times are
+    ISO 8601 text, ``delay`` seconds.
     """
 
     status: str
@@ -220,6 +221,10 @@ class MessageSummary:
     attempts: tuple[MessageReply, ...] = ()
     notifications: tuple[BounceNotice, ...] = ()
     notification_for: str | None = None
+    #: How the message came in: ``smtpd`` (a client), ``pickup`` (local submission),
+    #: ``sendmail``, or ``notice`` (a bounce/delay notice the MTA itself generated); None when
+    #: the log did not say (it began after the message arrived).
+    origin: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (the ``message`` event's extra fields), in the documented order."""
@@ -244,10 +249,23 @@ class MessageSummary:
             out["notifications"] = [n.to_dict() for n in self.notifications]
         if self.notification_for is not None:
             out["notification_for"] = self.notification_for
+        if self.origin is not None:
+            out["origin"] = self.origin
         return out
 
 
 _REPLY_FIELDS = tuple(f.name for f in fields(MessageReply))
+
+
+#: Schema fields that hold an envelope address: written without angle brackets.
+_ADDRESS_FIELDS = frozenset({"sender", "recipient"})
+
+
+def bare_address(address: str) -> str:
+    """An envelope address as events write it: no angle brackets; ``<>`` (null sender) is ``""``."""
+    if address[:1] == "<" and address[-1:] == ">":
+        return address[1:-1]
+    return address
 
 
 def _json_name(name: str) -> str:
@@ -307,6 +325,8 @@ class Event:
             if value is None:
                 continue
             if isinstance(value, str):
+                if name in _ADDRESS_FIELDS:
+                    value = bare_address(value)
                 value = capped(value, cap)
             out[key] = value
         if self.extra:

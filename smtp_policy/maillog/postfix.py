@@ -485,7 +485,7 @@ def _queue_noise(m: re.Match[str], line: str, head: Head) -> LogRecord:
     "Mar 14 06:27:34 helga postfix/pickup[320974]: 4PbMVG6Tmjz3tG3: uid=0 from=<root>",
 )
 def _pickup(m: re.Match[str], line: str, head: Head) -> LogRecord:
-    return new_record("noise", *head, sender=m["sender"], extra=(("uid", m["uid"]),))
+    return new_record("pickup", *head, sender=m["sender"], extra=(("uid", m["uid"]),))
 
 
 @shape(

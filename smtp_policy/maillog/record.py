@@ -31,6 +31,7 @@ KINDS: Final = (
     "message_id",
     "queued",
     "client",
+    "pickup",
     "removed",
     "connect",
     "disconnect",

@@ -42,6 +42,9 @@ MAX_BARS = 48
 MAX_WARNING_TEXTS = 1000
 _FAILURE_CLASSES = frozenset({"transient", "permanent", "unknown"})
 _NOT_RECEIVED = frozenset({"rejected", "not_queued"})
+#: Recipient statuses Postfix logged as status=sent (pflogsumm's "delivered"): the discard
+#: transport's included, as in the reply events' counts.
+_DELIVERED = frozenset({"sent", "discarded"})
 _WARN_ACTIONS = frozenset({"reject_warning", "warn"})
 #: Upstream actions that accept the message but hold or drop it: the total each counts in.
 _KEPT_ACTIONS: Mapping[str, str] = {"hold": "held", "discard": "discarded"}
@@ -174,7 +177,7 @@ class ReportBuilder:
             return
         size = msg.size or 0
         for rcpt in msg.recipients:
-            if rcpt.status == "sent" and size:
+            if rcpt.status in _DELIVERED and size:
                 self.totals["bytes_delivered"] += size
                 self._delivery(_domain_of(rcpt.recipient)).bytes += size
         if msg.notification_for is not None:
@@ -199,6 +202,8 @@ class ReportBuilder:
 
     def _reply(self, event: Event) -> None:
         extra = event.extra
+        if extra.get("detail"):  # one step of an attempt; the attempt's outcome line counts
+            return
         status = extra.get("status")
         direction = event.direction.value if event.direction else "downstream"
         if direction == "upstream":

@@ -97,6 +97,7 @@ REPLY_KINDS = frozenset(
 _STARTS = frozenset(
     {
         "client",
+        "pickup",
         "message_id",
         "queued",
         "delivery",
@@ -123,12 +124,21 @@ _UPSTREAM_REJECTS = frozenset(
     }
 )
 #: Recipient statuses after which nothing more happens to that recipient.
-FINAL_STATUSES = frozenset({"sent", "bounced", "expired", "deliverable", "undeliverable"})
-_DELIVERED = frozenset({"sent", "deliverable"})
+FINAL_STATUSES = frozenset(
+    {"sent", "discarded", "bounced", "expired", "deliverable", "undeliverable"}
+)
+#: Accepted for the recipient; ``discarded``: by Postfix's discard transport, not delivered.
+_DELIVERED = frozenset({"sent", "deliverable", "discarded"})
 #: Stages at which a reject ends the whole message (it is not queued).
 _WHOLE_MESSAGE_STAGES = frozenset({"data", "eom"})
 #: Actions that refuse a whole message when taken at DATA or END-OF-MESSAGE (hold keeps it).
-_REFUSING = frozenset({"reject", "milter-reject", "discard", "milter-discard", "proxy-reject"})
+_REFUSING = frozenset({"reject", "discard"})
+#: Reply kinds that are a step of a delivery attempt: a later line gives the outcome (a
+#: ``status=`` line), so counting them too would count one failure twice.
+_DETAIL_KINDS = frozenset({"attempt", "connection_error"})
+#: Who took an action (``by``, as in the milter's events), by the prefix the MTA puts on its
+#: action word (``milter-reject``); without one, the MTA's own checks.
+_ACTION_BY = {"milter": "milter", "proxy": "proxy"}
 
 _VOLATILE = re.compile(
     r"<[^<>@\s]{0,256}@|queued as [\w.-]+|\b(?:id|ID|Id)[=:]\s?[\w.@-]+"
@@ -159,6 +169,7 @@ class _Message:
     first_seen: float
     last_seen: float
     mta: str | None = None
+    origin: str | None = None
     client_name: str | None = None
     client_addr: str | None = None
     helo: str | None = None
@@ -458,17 +469,21 @@ class MessageTracker:
         enhanced = record.enhanced or record.dsn
         if enhanced:
             fields["enhanced"] = enhanced
+        action, action_by = _action(record.action)
         extra = {
             k: v
             for k, v in (
                 ("kind", record.kind),
                 ("status", record.status),
-                ("action", record.action),
+                ("action", action),
+                ("by", action_by),
+                ("detail", True if record.kind in _DETAIL_KINDS else None),
+                ("transport", "discard" if record.program == "discard" else None),
                 ("relay", record.relay),
                 ("delay", record.delay),
                 ("delays", record.delays),
                 ("dsn", record.dsn),
-                ("orig_recipient", _angle(record.orig_recipient)),
+                ("orig_recipient", _bare(record.orig_recipient)),
                 ("attempt", self._attempt_number(msg, record)),
                 ("host", record.host),
                 ("program", record.program),
@@ -486,10 +501,8 @@ class MessageTracker:
             client_addr=record.client_addr or (msg.client_addr if msg else None),
             client_name=record.client_name or (msg.client_name if msg else None),
             helo=record.helo or (msg.helo if msg else None),
-            sender=_angle(
-                record.sender if record.sender is not None or msg is None else msg.sender
-            ),
-            recipient=_angle(record.recipient),
+            sender=_bare(record.sender if record.sender is not None or msg is None else msg.sender),
+            recipient=_bare(record.recipient),
             mta=record.mta,
             friendly=record.extra_value("friendly") if record.extra else None,
             extra=extra,
@@ -520,7 +533,7 @@ class MessageTracker:
             return None
         complete = self._finished.get(qid)
         if complete is not None:
-            if complete and kind not in ("client", "message_id", "sendmail_from"):
+            if complete and kind not in ("client", "pickup", "message_id", "sendmail_from"):
                 return None  # a late line about a message already recorded
             del self._finished[qid]  # a reused queue id, or more of an incomplete record
         msg = _Message(qid, now, now, mta=record.mta)
@@ -539,10 +552,15 @@ class MessageTracker:
         now = msg.last_seen
         self._fill_client(msg, record)
         if kind == "client":
+            msg.origin = msg.origin or "smtpd"
             self._link_session(msg, record, now)
+        elif kind == "pickup":
+            msg.origin = msg.origin or "pickup"
         elif kind == "message_id":
             msg.message_id = record.message_id or msg.message_id
         elif kind in ("queued", "sendmail_from"):
+            if kind == "sendmail_from":
+                msg.origin = msg.origin or "sendmail"
             self._queued(msg, record)
         elif kind in _DELIVERIES:
             self._delivered(msg, record, ts, known)
@@ -598,7 +616,7 @@ class MessageTracker:
             if rcpt is None:
                 rcpt = msg.recipients[address] = _Recipient(address, record.orig_recipient)
             rcpt.attempts.append(self._attempt(record, ts, known, attempt=len(rcpt.attempts) + 1))
-            rcpt.status = _status(record.status, record.dsn)
+            rcpt.status = _delivery_status(record)
 
     def _expire(self, msg: _Message, record: LogRecord, ts: datetime, known: _Known | None) -> None:
         msg.expired = True
@@ -619,16 +637,18 @@ class MessageTracker:
         if child is None:
             child = self._messages[new] = _Message(new, now, now, mta=record.mta)
         child.notification_for = msg.queue_id
+        child.origin = "notice"
 
     def _rejected(
         self, msg: _Message, record: LogRecord, ts: datetime, known: _Known | None
     ) -> None:
         stage = _stage(record, known)
-        recipient = _angle(record.recipient)
+        recipient = _bare(record.recipient)
+        action = _action(record.action)[0]
         msg.upstream.append(
-            self._attempt(record, ts, known, stage=stage, recipient=recipient, action=record.action)
+            self._attempt(record, ts, known, stage=stage, recipient=recipient, action=action)
         )
-        refusing = (record.action or "reject") in _REFUSING
+        refusing = (action or "reject") in _REFUSING
         if stage in _WHOLE_MESSAGE_STAGES and refusing:
             msg.rejected = True
 
@@ -647,7 +667,7 @@ class MessageTracker:
         fields = known.fields if known is not None else _NO_FIELDS
         return MessageReply(
             ts=self._iso(ts.timestamp()),
-            status=_status(record.status, record.dsn) if record.status else None,
+            status=_delivery_status(record) if record.status else None,
             code=record.code if record.code is not None else fields.get("code"),
             enhanced=record.enhanced or record.dsn or fields.get("enhanced"),
             dsn=record.dsn,
@@ -807,6 +827,7 @@ def _message_event(
         attempts=tuple(msg.attempts),
         notifications=tuple(msg.notifications),
         notification_for=msg.notification_for,
+        origin=msg.origin,
     )
     return Event(
         event=EventKind.MESSAGE,
@@ -816,8 +837,8 @@ def _message_event(
         client_addr=msg.client_addr,
         client_name=msg.client_name,
         helo=msg.helo,
-        sender=_angle(msg.sender),
-        recipient=_angle(rcpts[0].address) if len(rcpts) == 1 else None,
+        sender=_bare(msg.sender),
+        recipient=_bare(rcpts[0].address) if len(rcpts) == 1 else None,
         mta=msg.mta,
         code=deciding.code if deciding else None,
         enhanced=deciding.enhanced if deciding else None,
@@ -840,6 +861,8 @@ def _message_status(msg: _Message, flushed: str | None) -> str:
     finals = {r.status for r in msg.recipients.values()}
     if not finals:
         return "removed"
+    if finals == {"discarded"}:
+        return "discarded"
     if finals <= _DELIVERED:
         return "delivered"
     if not finals & _DELIVERED:
@@ -871,13 +894,30 @@ def _message_delay(msg: _Message, now: float) -> float:
 def _recipient_summary(rcpt: _Recipient) -> RecipientSummary:
     last = rcpt.attempts[-1] if rcpt.attempts else None
     return RecipientSummary(
-        recipient=_angle(rcpt.address),
-        orig_recipient=_angle(rcpt.orig),
+        recipient=_bare(rcpt.address),
+        orig_recipient=_bare(rcpt.orig),
         status=rcpt.status,
         dsn=last.dsn if last else None,
         relay=last.relay if last else None,
         attempts=tuple(rcpt.attempts),
     )
+
+
+def _action(word: str | None) -> tuple[str | None, str | None]:
+    """One action vocabulary across sources: ``milter-reject`` is ``reject`` by ``milter``,
+    ``reject`` is ``reject`` by ``mta``; no action, no one."""
+    if word is None:
+        return None, None
+    by, dash, action = word.partition("-")
+    if dash and by in _ACTION_BY:
+        return action, _ACTION_BY[by]
+    return word, "mta"
+
+
+def _delivery_status(record: LogRecord) -> str:
+    """A recipient's status after this line; the discard transport's ``sent`` is ``discarded``."""
+    status = _status(record.status, record.dsn)
+    return "discarded" if status == "sent" and record.program == "discard" else status
 
 
 def _status(status: str | None, dsn: str | None) -> str:
@@ -927,13 +967,13 @@ def _recipients(value: str | None) -> list[str]:
     return [part.strip("<> ") for part in value.split(",") if part.strip("<> ")]
 
 
-def _angle(address: str | None) -> str | None:
-    """An address as the event schema writes it: in angle brackets, ``<>`` for the null one."""
+def _bare(address: str | None) -> str | None:
+    """An address as the event schema writes it: no angle brackets, ``""`` for the null one."""
     if address is None:
         return None
     if address.startswith("<") and address.endswith(">"):
-        return address
-    return f"<{address}>"
+        return address[1:-1]
+    return address
 
 
 def _str(value: object) -> str | None:

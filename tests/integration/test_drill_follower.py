@@ -63,10 +63,10 @@ Key = tuple[Any, ...]
 
 
 def angle(address: str | None) -> str | None:
-    """An address as events write it."""
-    if address is None or (address.startswith("<") and address.endswith(">")):
-        return address
-    return f"<{address}>"
+    """An address as events write it: without angle brackets."""
+    if address is not None and address.startswith("<") and address.endswith(">"):
+        return address[1:-1]
+    return address
 
 
 def record_key(r: LogRecord) -> Key:

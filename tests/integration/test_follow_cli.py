@@ -162,7 +162,8 @@ def test_file_without_permission(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", ["follow", "report", "trace"])
 def test_binary_garbage_is_not_fatal(tmp_path: Path, command: str) -> None:
-    """Random bytes: counted as unknown lines, one UTF-8 warning, no traceback."""
+    """Random bytes: counted as unknown lines, one UTF-8 warning, no traceback; report and
+    trace warn that not one mail log line was found, and exit 1."""
     garbage = tmp_path / "garbage.log"
     garbage.write_bytes(os.urandom(200_000) + b"\n\x00\xff\n")
     out = tmp_path / "events.jsonl"
@@ -172,7 +173,10 @@ def test_binary_garbage_is_not_fatal(tmp_path: Path, command: str) -> None:
         "trace": ("trace", "ABCDEF", str(garbage)),
     }[command]
     proc = cli(*args)
-    assert proc.returncode == (1 if command == "trace" else 0), proc.stderr
+    assert proc.returncode == (0 if command == "follow" else 1), proc.stderr
+    assert "Traceback" not in proc.stderr
+    if command != "follow":
+        assert "no Postfix or Sendmail log line" in proc.stderr
     if command == "follow":
         events = read_events(out)
         assert [e["kind"] for e in events if e["event"] == "warning"] == ["invalid_utf8"]

@@ -8,6 +8,7 @@ whole files for ``report`` and ``trace``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import sys
@@ -17,8 +18,9 @@ from datetime import UTC, datetime, tzinfo
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from smtp_policy.adapters.follow.inputs import Progress
 from smtp_policy.adapters.follow.state import StateStore, snapshot
-from smtp_policy.adapters.follow.tail import Batch, FileTail, Notice, Tailer
+from smtp_policy.adapters.follow.tail import Batch, Notice, Tailer
 from smtp_policy.core.events import Event, EventKind
 from smtp_policy.core.events import Source as EventSource
 from smtp_policy.core.knowledge import KnowledgeBase
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 
 #: Notices that mean a source could not be read at all (reported on stderr, too).
 _FATAL_NOTICES = frozenset({"missing", "unreadable", "journal_error"})
+#: Notices about a whole input that make ``report`` and ``trace`` exit 1.
+INPUT_PROBLEMS = frozenset({*_FATAL_NOTICES, "corrupt", "no_mail_lines"})
 
 Parse = Callable[[str], "LogRecord | None"]
 
@@ -230,55 +234,60 @@ def replay(
     notices: list[Notice] | None = None,
     own: Iterable[OwnReply] = (),
     tap: Callable[[str, LogRecord], None] | None = None,
+    progress: Progress | None = None,
 ) -> Iterator[Event]:
-    """Every event of whole files, in order, then the messages still in flight (incomplete);
-    ``own`` are the replies of the configured rules, recognised in the log; ``tap`` is given
-    every line the parser recognised, with its record (``report`` reads warnings and TLS so)."""
+    """Every event of whole inputs (files, ``-``, pipes, compressed archives), in order, then
+    the messages still in flight (incomplete); ``own`` are the replies of the configured rules,
+    recognised in the log; ``tap`` is given every line the parser recognised, with its
+    record (``report`` reads warnings and TLS so). Problems go to ``notices``: an input that
+    cannot be read, a damaged archive, or one without a single mail log line
+    (``no_mail_lines``)."""
+    from smtp_policy.adapters.follow.inputs import read_lines
     from smtp_policy.maillog.parse import parse_line
 
+    found = notices if notices is not None else []
     tracker = MessageTracker(kb, tz=local_timezone(), year=year, own=own)
     now = datetime.now(UTC)
+    feed = tracker.feed
     for path in paths:
-        tail = FileTail(path, from_start=True)
-        try:
-            while True:
-                batch = tail.poll()
-                if notices is not None:
-                    notices += batch.notices
-                yield from _replay_lines(batch.lines, parse_line, tracker, now, tap)
-                if tail.exhausted:
-                    break
-            yield from _replay_lines(tail.finish().lines, parse_line, tracker, now, tap)
-        finally:
-            tail.close()
+        before = len(found)
+        mail_lines = 0
+        for lines in read_lines(path, found, progress):
+            for line in lines:
+                record = parse_line(line)
+                if record is not None:
+                    mail_lines += 1
+                    if tap is not None:
+                        tap(line, record)
+                    yield from feed(record, now)
+        unread = any(n.kind in INPUT_PROBLEMS for n in found[before:])
+        if not mail_lines and not unread:
+            name = "standard input" if path == "-" else path
+            found.append(Notice(path, "no_mail_lines", f"{name}: no Postfix or Sendmail log line"))
     yield from tracker.flush_all()
 
 
-def _replay_lines(
-    lines: Sequence[str],
-    parse: Parse,
-    tracker: MessageTracker,
-    now: datetime,
-    tap: Callable[[str, LogRecord], None] | None = None,
-) -> Iterator[Event]:
-    for line in lines:
-        record = parse(line)
-        if record is not None:
-            if tap is not None:
-                tap(line, record)
-            yield from tracker.feed(record, now)
+def input_problems(notices: Sequence[Notice], command: str) -> int:
+    """Say on stderr what went wrong with the inputs; the exit code it calls for: 2 when an
+    input could not be read at all, 1 when one was damaged or held no mail log line, else 0."""
+    problems = [n for n in notices if n.kind in INPUT_PROBLEMS]
+    for notice in problems:
+        print(f"smtp-policy {command}: warning: {notice.message}", file=sys.stderr)
+    if any(n.kind in _FATAL_NOTICES for n in problems):
+        return 2
+    return 1 if problems else 0
 
 
-def readable(paths: Sequence[str], command: str) -> bool:
-    """True if every path is a readable regular file; else say which is not, on stderr."""
-    ok = True
+def progress_bar(paths: Sequence[str]) -> tuple[Progress | None, Callable[[], None]]:
+    """A progress line on stderr when it is a terminal (the bytes of the inputs), else none;
+    and what closes it."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+
+    total = 0
     for path in paths:
-        try:
-            with open(path, "rb"):
-                pass
-            if not os.path.isfile(path):
-                raise IsADirectoryError(21, "not a regular file")
-        except OSError as exc:
-            print(f"smtp-policy {command}: cannot read {path}: {exc.strerror}", file=sys.stderr)
-            ok = False
-    return ok
+        with contextlib.suppress(OSError):
+            total += os.stat(path).st_size if path != "-" and os.path.isfile(path) else 0
+    bar = tqdm(total=total or None, unit="B", unit_scale=True, leave=False, file=sys.stderr)
+    return bar.update, bar.close

@@ -1,0 +1,98 @@
+"""The grand totals of a mail log, each thing counted once (pure: events in, numbers out).
+
+The one definition of "how many" that ``report``, ``trace`` and the metrics share, in
+pflogsumm's terms where they mean the same:
+
+- *received*: messages that came in through smtpd (a ``client=`` line) or pickup, or that
+  Sendmail logged a ``from=`` line for; a bounce or delay notice the MTA generated itself is
+  *generated*, not received. A message refused at END-OF-MESSAGE was received (and rejected),
+  as pflogsumm counts it;
+- *delivered*, *bounced*: per-recipient ``status=sent``/``bounced`` lines; *discarded_delivered*
+  says how many of the delivered went to Postfix's discard transport;
+- *deferred*: messages deferred at least once; *deferrals*: ``status=deferred`` lines. The
+  lines that only describe a step of an attempt (``connect to ...: Connection refused``, a
+  non-final MX's reply: reply events with ``detail``) are not counted: their outcome is;
+- *rejected*, *reject_warnings*, *held*, *discarded*: the MTA's (or a milter's, or a
+  before-queue filter's) actions on clients, per line, including milter rejects at RCPT;
+- *expired*: messages returned after the maximal queue lifetime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from smtp_policy.core.events import Direction, Event, EventKind
+
+__all__ = ["TOTALS", "Tally"]
+
+#: The keys of :meth:`Tally.totals`, in order.
+TOTALS = (
+    "received",
+    "generated",
+    "delivered",
+    "discarded_delivered",
+    "deferred",
+    "deferrals",
+    "bounced",
+    "rejected",
+    "reject_warnings",
+    "held",
+    "discarded",
+    "expired",
+)
+_RECEIVED_ORIGINS = frozenset({"smtpd", "pickup", "sendmail"})
+_ACTIONS = {
+    "reject": "rejected",
+    "tempfail": "rejected",
+    "reject_warning": "reject_warnings",
+    "hold": "held",
+    "quarantine": "held",
+    "discard": "discarded",
+}
+
+
+@dataclass(slots=True)
+class Tally:
+    """Counts :class:`Event` values; :meth:`totals` gives the numbers."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0))
+    _deferred_ids: set[str] = field(default_factory=set)
+
+    def add(self, event: Event) -> None:
+        """Count one event (only ``reply`` and ``message`` events count)."""
+        if event.event == EventKind.REPLY:
+            self._reply(event)
+        elif event.event == EventKind.MESSAGE and event.message is not None:
+            record = event.message
+            if record.origin == "notice":
+                self.counts["generated"] += 1
+            elif record.origin in _RECEIVED_ORIGINS:
+                self.counts["received"] += 1
+            if record.status == "expired":
+                self.counts["expired"] += 1
+
+    def _reply(self, event: Event) -> None:
+        extra = event.extra
+        if extra.get("detail"):
+            return
+        if event.direction == Direction.UPSTREAM:
+            action = str(extra.get("action") or "reject")
+            counted = _ACTIONS.get(action)
+            if counted is not None and event.klass != "success":
+                self.counts[counted] += 1
+            return
+        status = extra.get("status")
+        if status == "sent":
+            self.counts["delivered"] += 1
+            if extra.get("transport") == "discard":
+                self.counts["discarded_delivered"] += 1
+        elif status == "bounced":
+            self.counts["bounced"] += 1
+        elif status == "deferred":
+            self.counts["deferrals"] += 1
+            if event.queue_id is not None:
+                self._deferred_ids.add(event.queue_id)
+
+    def totals(self) -> dict[str, int]:
+        """Every count of :data:`TOTALS`, in that order."""
+        return {**self.counts, "deferred": len(self._deferred_ids)}
