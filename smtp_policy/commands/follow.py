@@ -258,6 +258,7 @@ def _follow(
     if settings.metrics is not None:
         started["metrics"] = str(settings.metrics)
     pipeline.emit_control(EventKind.STARTED, started)
+    writer.flush()  # the events are block-buffered: "started" is out before the first poll
     try:
         loop = Loop(tailer, pipeline, store, writer, stats_interval=settings.stats_interval)
         loop.run(stop, once=settings.once)

@@ -93,6 +93,6 @@ def test_follower_reopens_its_events_on_sighup(tmp_path: Path) -> None:
     finally:
         proc.stop()
     recipients = sorted(e["recipient"] for e in replies())
-    assert recipients == sorted(f"<u{i}@local.test>" for i in range(1, n + 1))
+    assert recipients == sorted(f"u{i}@local.test" for i in range(1, n + 1))
     assert all(len([e for e in read_events(f) if e["event"] == "reply"]) == 5 for f in
                tmp_path.glob("events.jsonl*"))  # fmt: skip

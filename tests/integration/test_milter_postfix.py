@@ -247,7 +247,7 @@ def _policy_reply(milter: MilterProcess, rule: str, marker: str) -> Ev:
         lambda e: (
             e["event"] == "reply"
             and e.get("rule") == rule
-            and marker in f"{e['recipient']} {e['sender']}"
+            and marker in f"{e.get('recipient')} {e.get('sender')}"
         )
     )
     return event

@@ -218,10 +218,10 @@ def pflogsumm_totals(log: Path) -> dict[str, int]:
     return totals
 
 
-def reasons(events: list[dict[str, Any]]) -> Counter[tuple[str, str, str]]:
+def reasons(events: list[dict[str, Any]]) -> Counter[tuple[str, str | None, str | None]]:
     """(status, enhanced code, reason) of every delivery line the follower read."""
     return Counter(
-        (e["status"], e["enhanced"], e["reason"])
+        (e["status"], e.get("enhanced"), e.get("reason"))
         for e in events
         if e["event"] == "reply" and e["source"] == "log" and e.get("kind") == "delivery"
     )

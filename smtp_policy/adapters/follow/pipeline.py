@@ -212,6 +212,7 @@ class Loop:
             if self._clock() >= self._next_stats:
                 self._next_stats = self._clock() + self.stats_interval
                 self.pipeline.emit_stats()
+            self.writer.flush()  # what a quiet round wrote (stats) is out too; cheap when empty
 
     def save(self) -> None:
         """Flush the events, then replace the state file (events first: never lose one)."""
