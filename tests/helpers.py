@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -88,6 +89,8 @@ class Daemon:
     tells apart the files of two daemons of one command in one ``workdir``; ``events``: the
     event file, ``WORKDIR/NAME-events.jsonl`` unless given; ``cwd``: the directory it runs in
     (a benchmark's source tree, whose ``smtp_policy`` it then imports), the caller's unless given.
+    ``nofile``: its file-descriptor limit (RLIMIT_NOFILE, soft and hard), as a unit's
+    ``LimitNOFILE=`` sets it; the caller's unless given.
     """
 
     def __init__(
@@ -99,9 +102,11 @@ class Daemon:
         name: str | None = None,
         events: Path | None = None,
         cwd: Path | None = None,
+        nofile: int | None = None,
     ) -> None:
         self.command = command
         self.cwd = cwd
+        self.nofile = nofile
         self.workdir = workdir
         self.name = name or command
         self.port = port
@@ -127,6 +132,11 @@ class Daemon:
         assert self.proc is not None, f"{self.name} is not running"
         return self.proc.pid
 
+    def _limit_files(self) -> None:
+        """In the child, before exec: lower RLIMIT_NOFILE to ``nofile``."""
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
     def start(self, timeout: float = 60) -> Self:
         """Start it and wait for its ``started`` event; fail with its stderr if it exits."""
         starts = len(self.events.of("started"))
@@ -137,6 +147,8 @@ class Daemon:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 cwd=self.cwd,
+                # setrlimit is one system call, safe between fork and exec even with threads
+                preexec_fn=None if self.nofile is None else self._limit_files,  # noqa: PLW1509
             )
         self.wait_for(lambda e: e["event"] == "started", timeout, count=starts + 1)
         return self

@@ -76,6 +76,7 @@ import itertools
 import re
 import socket
 import ssl
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -279,6 +280,7 @@ class ProxyService:
         self._ids = itertools.count(1)
         self._greeting: ServerReply | None = None
         self._greeting_lock = asyncio.Lock()
+        self._at_cap: dict[str, _CapRefusals] = {}
 
     def reconfigure(self, config: Config) -> None:
         """Take the admin's texts from a (re)loaded configuration; sessions pick them up."""
@@ -288,11 +290,12 @@ class ProxyService:
         """Serve one client connection (the ``start_server`` callback)."""
         session = ProxySession(self, f"proxy-{next(self._ids)}", reader, writer)
         if self.active >= self.settings.max_connections:
-            await session.refuse(TOO_MANY)
+            await session.refuse(TOO_MANY, self._at_cap.setdefault("global", _CapRefusals()))
             return
         addr = session.client_addr or ""
         if self.per_address[addr] >= self.settings.max_per_address:
-            await session.refuse(TOO_MANY_FROM_YOU)
+            tally = self._at_cap.setdefault(f"address {addr}", _CapRefusals())
+            await session.refuse(TOO_MANY_FROM_YOU, tally)
             return
         self.active += 1
         self.per_address[addr] += 1
@@ -348,6 +351,29 @@ class ProxyService:
                 writer.close()
         self.learn_greeting(reply)
         return self._greeting or fallback
+
+
+@dataclass(slots=True)
+class _CapRefusals:
+    """The refusals at one connection cap (global, or one client address): at most one
+    ``reply`` event a second; the ones between are counted, and the count is written as one
+    event with ``repeated`` at the next second's refusal, or a second later."""
+
+    second: int = -1  # the monotonic second of the last recorded refusal
+    held: int = 0  # refusals sent since then, not recorded
+    wire: bytes = b""  # the last recorded refusal as sent
+    record: dict[str, Any] | None = None  # and its event's fields
+    recorder: ProxySession | None = None  # the session that wrote it
+    flush: asyncio.TimerHandle | None = None
+
+    def write_held(self) -> None:
+        """Write the count of the refusals held back (if any) as one event."""
+        if self.flush is not None:
+            self.flush.cancel()
+            self.flush = None
+        if self.held and self.record is not None and self.recorder is not None:
+            self.recorder.record_repeats(self.record, self.held)
+        self.held = 0
 
 
 @dataclass(slots=True)
@@ -429,10 +455,31 @@ class ProxySession:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def refuse(self, reply: ServerReply) -> None:
-        """Answer ``reply`` (421 4.7.0: too many connections) and close, upstream untouched."""
-        self._answer(reply, _Pending(None, "connect"), origin="proxy")
+    async def refuse(self, reply: ServerReply, tally: _CapRefusals | None = None) -> None:
+        """Answer ``reply`` (421 4.7.0: too many connections) and close, upstream untouched.
+
+        With ``tally`` (the cap's refusals so far), at most one event a second is written;
+        the refusals between are counted into one event with ``repeated``.
+        """
+        second = int(time.monotonic())
+        if tally is not None and tally.record is not None and tally.second == second:
+            tally.held += 1
+            self._to_client += tally.wire
+            self._schedule_flush()
+            if tally.flush is None:
+                tally.flush = asyncio.get_running_loop().call_later(1.0, tally.write_held)
+        else:
+            if tally is not None:
+                tally.write_held()
+            record = self._answer(reply, _Pending(None, "connect"), origin="proxy")
+            if tally is not None:
+                tally.second, tally.wire, tally.record = second, bytes(self._to_client), record
+                tally.recorder = self
         await self._close()
+
+    def record_repeats(self, record: dict[str, Any], count: int) -> None:
+        """One event for ``count`` more replies like ``record`` that were sent unrecorded."""
+        self._emit(EventKind.REPLY, **{**record, "extra": {**record["extra"], "repeated": count}})
 
     @property
     def client_addr(self) -> str | None:
@@ -910,8 +957,11 @@ class ProxySession:
 
     # -- replies and events -----------------------------------------------------------------
 
-    def _answer(self, reply: ServerReply, pending: _Pending, *, origin: str) -> None:
-        """Explain, rewrite, sanitize, send and record one reply to the client.
+    def _answer(
+        self, reply: ServerReply, pending: _Pending, *, origin: str
+    ) -> dict[str, Any] | None:
+        """Explain, rewrite, sanitize, send and record one reply to the client; the recorded
+        event's fields (None for a repeat not recorded).
 
         A run of identical refusals by the proxy itself is recorded twice: its first reply,
         then (when the run ends) one event with ``repeated``, how many more were sent.
@@ -923,7 +973,7 @@ class ProxySession:
                 self._to_client += self._run_wire
                 self._schedule_flush()
                 self._run_count += 1
-                return
+                return None
         self._end_refusal_run()
         explanation = explain_text(reply.text, self._svc.kb)
         enhanced, body = _split_enhanced(reply)
@@ -949,6 +999,7 @@ class ProxySession:
         self._emit(EventKind.REPLY, **record)
         if key is not None:
             self._run, self._run_wire, self._run_record = key, wire, record
+        return record
 
     def _end_refusal_run(self) -> None:
         """Record how often the last refusal was repeated (if it was), and start afresh."""

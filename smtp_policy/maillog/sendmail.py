@@ -3,7 +3,10 @@ envelopes, ruleset and milter rejects, lost connections, milter warnings and noi
 
 Sendmail's free-text ``key=value`` runs (``to=<list>, delay=..., stat=<text>``, ``ruleset=R,
 arg1=A, relay=H, reject=T``) are split with string scans rather than one regex, so that no
-line can make a match backtrack for long.
+line can make a match backtrack for long. The addresses in them are the client's text: a field
+ends only at a ``, `` outside a quoted string (RFC 5321 quoted local parts), and the ruleset
+line's arguments end only where Sendmail's ``relay=NAME [ADDR], reject=`` follows, so that no
+address (nor a reply echoing it) can forge the fields after it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,17 @@ __all__ = ["SENDMAIL_SHAPES"]
 _SM_CLIENT: Final = re.compile(r"(?P<name>[^\s\[\]]+)?(?: ?\[(?P<addr>[^\]]*)\])?")
 _SM_DELAY: Final = re.compile(r"(?:\d+\+)?\d+:\d\d:\d\d\Z")
 _SM_FIELD: Final = re.compile(r"(?P<key>\w+)=(?P<value>.*?)(?=, \w+=|\Z)")
+#: A quoted string (``\\`` escapes) or a comma: what :func:`_unquoted` steps through.
+_SM_QUOTED_OR_COMMA: Final = re.compile(r'"(?:[^"\\]++|\\.)*+"|,')
+#: Sendmail's ``$_``: ``name [addr]``, ``[addr]`` or ``user@host``, maybe ``(may be forged)``.
+_SM_RELAY: Final = r"(?:[^\s,\[\]\"]+(?: \[[^\s,\]]*\])?|\[[^\s,\]]*\])(?: \(may be forged\))?"
+_SM_VERDICT: Final = r"(?=reject=|quarantine=|discard\Z)"
+#: Where a ruleset line's arguments end: ``, relay=H, `` then the verdict (or, with no relay
+#: logged, the verdict alone); and where ``arg1`` ends when an ``arg2`` follows.
+_SM_RELAY_END: Final = re.compile(rf", relay=(?P<relay>{_SM_RELAY}), {_SM_VERDICT}")
+_SM_BARE_END: Final = re.compile(rf", {_SM_VERDICT}")
+_SM_ARG2: Final = re.compile(r", arg2=")
+_SM_STAT: Final = re.compile(r", stat=")
 #: The rulesets for commands outside a mail transaction (no :class:`Stage`): their command.
 _SM_COMMAND_RULESETS: Final = {"check_etrn": "etrn", "check_vrfy": "vrfy"}
 _SM_MILTER_ACTIONS: Final = {
@@ -61,6 +75,20 @@ def _sm_client(text: str | None) -> tuple[str | None, str | None]:
     return name, addr
 
 
+def _unquoted(
+    pattern: re.Pattern[str], line: str, start: int, end: int | None = None
+) -> re.Match[str] | None:
+    """The first match of ``pattern`` at a ``,`` of ``line[start:end]`` that is outside every
+    quoted string: where a Sendmail field ends, whatever the address before it holds."""
+    end = len(line) if end is None else end
+    for step in _SM_QUOTED_OR_COMMA.finditer(line, start, end):
+        if step[0] == ",":
+            found = pattern.match(line, step.start(), end)
+            if found is not None:
+                return found
+    return None
+
+
 def _ruleset_stage(ruleset: str) -> str | None:
     """The stage a ``check_*`` ruleset decides (``check_rcpt`` is ``rcpt``); None for others."""
     if not ruleset.startswith("check_"):
@@ -69,10 +97,17 @@ def _ruleset_stage(ruleset: str) -> str | None:
 
 
 def _addresses(text: str) -> str:
-    """Sendmail's ``to=`` list (``<a>,<b>`` or ``a``) as ``a,b``."""
+    """Sendmail's ``to=`` list (``<a>,<b>`` or ``a``) as ``a,b`` (a comma in a quoted local
+    part stays in its address)."""
     if "," not in text:
         return text.strip("<> ")
-    return ",".join(part.strip("<> ") for part in text.split(","))
+    parts, start = [], 0
+    for step in _SM_QUOTED_OR_COMMA.finditer(text):
+        if step[0] == ",":
+            parts.append(text[start : step.start()].strip("<> "))
+            start = step.end()
+    parts.append(text[start:].strip("<> "))
+    return ",".join(parts)
 
 
 @shape(
@@ -86,13 +121,17 @@ def _sendmail_to(m: re.Match[str], line: str, head: Head) -> LogRecord:
     """A Sendmail recipient status: a delivery, or (without mailer/xdelay/dsn) a recipient of a
     message that was never accepted (refused at end of data, or its client timed out).
 
-    ``to=<list>, key=value, ..., stat=<text>`` is split with plain string scans (``stat=`` is
-    always last), not one regex, so that no input can make it backtrack.
+    ``to=<list>, key=value, ..., stat=<text>`` is split with plain string scans, not one
+    regex, so that no input can make it backtrack. ``stat=`` is always last and the rest of
+    the line; the list ends at the first ``, key=`` outside a quoted address, and ``stat=``
+    is the first one after it outside quotes (a recipient, and a reply echoing it, may hold
+    ``, stat=`` in quotes).
     """
     start = m.end()
-    stat_at = line.find(", stat=", start)
+    found = _unquoted(_SM_STAT, line, start) or _SM_STAT.search(line, start)
+    stat_at = found.start() if found is not None else len(line)
     stat = line[stat_at + 7 :]
-    first = _SM_NEXT_FIELD.search(line, start, stat_at)
+    first = _unquoted(_SM_NEXT_FIELD, line, start, stat_at)
     end = first.start() if first is not None else stat_at
     to = _addresses(line[start:end].removesuffix(" [more]"))
     fields = _sm_fields(line[end + 2 : stat_at]) if first is not None else {}
@@ -119,6 +158,7 @@ def _sendmail_to(m: re.Match[str], line: str, head: Head) -> LogRecord:
 
 
 _SM_NEXT_FIELD: Final = re.compile(r", (?=[a-z_]+=)")
+_SM_KEY: Final = re.compile(r"(\w+)=")
 _SM_DSN: Final = re.compile(r"\d\.\d{1,3}\.\d{1,3}\Z")
 _SM_EXTRA: Final = ("pri", "mailer", "xdelay", "ctladdr", "quarantine", "ntries", "stage")
 
@@ -126,9 +166,23 @@ _SM_EXTRA: Final = ("pri", "mailer", "xdelay", "ctladdr", "quarantine", "ntries"
 def _sm_fields(text: str) -> dict[str, str]:
     """Sendmail's ``key=value, key=value`` run as a dict (a bad ``dsn=`` is dropped).
 
-    One published log lost the comma in ``relay=host dsn=4.0.0``; that is split too.
+    A value ends at a ``, key=`` outside quotes (``ctladdr=`` holds an address); ``reply=``,
+    the remote server's text and the last field before ``stat=``, takes the rest; the first
+    of a key counts. One published log lost the comma in ``relay=host dsn=4.0.0``; that is
+    split too.
     """
-    fields = dict(_SM_FIELD.findall(text))
+    fields: dict[str, str] = {}
+    pos = 0
+    while (key := _SM_KEY.match(text, pos)) is not None:
+        value_at = key.end()
+        if key[1] == "reply":
+            fields.setdefault("reply", text[value_at:])
+            break
+        comma = _unquoted(_SM_NEXT_FIELD, text, value_at)
+        fields.setdefault(key[1], text[value_at : comma.start() if comma else len(text)])
+        if comma is None:
+            break
+        pos = comma.end()
     relay = fields.get("relay")
     if relay is not None and "dsn" not in fields and " dsn=" in relay:
         fields["relay"], _, fields["dsn"] = relay.partition(" dsn=")
@@ -232,23 +286,37 @@ def _sendmail_from(m: re.Match[str], line: str, head: Head) -> LogRecord:
     " [189.30.205.74], reject=550 5.1.1 <non-existing-user@example.com>... User unknown",
 )
 def _sendmail_ruleset_reject(m: re.Match[str], line: str, head: Head) -> LogRecord:
-    """``ruleset=R, arg1=A[, arg2=B][, relay=H], reject=T|discard|quarantine=Q``, split with
-    string scans from both ends (the arguments are free text)."""
+    """``ruleset=R, arg1=A[, arg2=B][, relay=H], reject=T|discard|quarantine=Q``, as Sendmail's
+    ``rscheck`` writes it.
+
+    The arguments (and the reply, which often echoes them) are the client's text: they end at
+    the first ``, relay=NAME [ADDR], `` + verdict outside a quoted string (without a relay
+    logged, at the first ``, `` + verdict), so an address holding ``, relay=..., reject=...``
+    forges nothing.
+    """
     ruleset, start = m["ruleset"], m.end()
+    end = (
+        _unquoted(_SM_RELAY_END, line, start)
+        or _unquoted(_SM_BARE_END, line, start)
+        or _SM_RELAY_END.search(line, start)
+        or _SM_BARE_END.search(line, start)
+    )
+    assert end is not None  # the shape's lookahead saw a verdict
+    relay, verdict_at = end["relay"], end.end()
     action, reply, quarantine = "reject", None, None
-    cut = line.find(", reject=", start)
-    if cut >= 0:
-        reply = line[cut + 9 :]
-    elif line.endswith(", discard"):
-        action, cut = "discard", len(line) - 9
+    if line.startswith("reject=", verdict_at):
+        reply = line[verdict_at + 7 :]
+    elif line.startswith("quarantine=", verdict_at):
+        action, quarantine = "quarantine", line[verdict_at + 11 :]
     else:
-        action, cut = "quarantine", line.find(", quarantine=", start)
-        quarantine = line[cut + 13 :]
-    args = line[start:cut]
-    args, _, relay = args.partition(", relay=") if ", relay=" in args else (args, "", None)
-    arg1, _, arg2 = args.partition(", arg2=")
+        action = "discard"
+    arg2_at = _unquoted(_SM_ARG2, line, start, end.start())
+    if arg2_at is None:
+        arg1, arg2 = line[start : end.start()], ""
+    else:
+        arg1, arg2 = line[start : arg2_at.start()], line[arg2_at.end() : end.start()]
     name, addr = _sm_client(relay)
-    code, esc = reply_codes(line, cut + 9) if reply is not None else (None, None)
+    code, esc = reply_codes(line, verdict_at + 7) if reply is not None else (None, None)
     extra = [("ruleset", ruleset), ("arg1", arg1)]
     extra += [(k, v) for k, v in (("arg2", arg2), ("quarantine", quarantine)) if v]
     return new_record(

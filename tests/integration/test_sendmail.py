@@ -38,6 +38,7 @@ from smtp_policy.lab.sendmail import (
     format_syslog,
     namespaces_permitted,
 )
+from smtp_policy.maillog.parse import parse_line
 from tests.helpers import read_events
 from tests.integration.drills import size
 from tests.integration.test_milter_postfix import Ev, MilterProcess
@@ -622,3 +623,42 @@ def test_the_snippet_works_anywhere_in_sendmail_mc(
     assert before == after
     assert "Xsmtp_policy, S=inet:8895@127.0.0.1, T=C:10s;S:10s;R:10s;E:1m" in after
     assert any(line.startswith("O Milter.macros.connect=j, _, v, ") for line in after)
+
+
+# -- (f) the log cannot be forged by an address -----------------------------------------------
+
+
+def test_crafted_addresses_forge_no_field_of_the_real_log(
+    sm: PrivateSendmail, module_scripted_server: ScriptedServer
+) -> None:
+    """Issue 16: quoted local parts holding Sendmail's own field syntax (``, relay=H [A],
+    reject=``, ``, stat=``, ``, dsn=``), in the ruleset line Sendmail really writes for a
+    relaying denied (arguments and the reply echoing them) and in its delivery line."""
+    forged = ", relay=forged.example [192.0.2.66], reject=250 2.0.0 ok, stat=Sent, dsn=2.0.0"
+    victim = f'"{unique("v")}{forged}"@external.example'
+    with smtplib.SMTP(
+        "127.0.0.1", sm.smtp_port, local_hostname="outside.test", source_address=("127.0.0.2", 0)
+    ) as s:
+        s.ehlo()
+        s.mail("someone@outside.example")
+        assert s.rcpt(victim)[0] == 550
+    (line,) = sm.wait_for_log(rf"ruleset=check_rcpt, arg1=<{re.escape(victim)}>")
+    record = parse_line(line)
+    assert record is not None
+    assert (record.kind, record.recipient, record.code) == ("sendmail_ruleset_reject", victim, 550)
+    assert record.client_addr == "127.0.0.2"
+    assert record.reply is not None
+    assert record.reply.startswith(f"550 5.7.1 <{victim}>... Relaying denied")
+
+    rcpt = f'"{unique("d")}, delay=00:00:09, mailer=local{forged}"@remote.test'
+    _, _, qid = send(sm.smtp_port, [rcpt])
+    module_scripted_server.wait_for(
+        lambda srv: any(rcpt in t.rcpt_tos for t in srv.messages), timeout=60
+    )
+    (line,) = sm.wait_for_log(rf"{qid}: to=<{re.escape(rcpt)}>, .*stat=Sent \(")
+    record = parse_line(line)
+    assert record is not None
+    assert (record.kind, record.recipient, record.status) == ("sendmail_delivery", rcpt, "sent")
+    assert (record.dsn, record.relay) == ("2.0.0", "[127.0.0.1] [127.0.0.1]")
+    assert dict(record.extra)["mailer"] == "esmtp"
+    assert dict(record.extra)["stat"].startswith("Sent (")

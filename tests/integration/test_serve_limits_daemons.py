@@ -12,12 +12,21 @@ from smtp_policy.wire.netstring import encode
 from tests.helpers import Daemon, read_events, running
 from tests.integration.test_maps_server import needs_postmap, postmap
 
+#: The units' ``LimitNOFILE=`` (systemd/smtp-policy-maps.service), and an idle flood past it.
+UNIT_NOFILE = 512
+IDLE_FLOOD = 600
+
 
 @needs_postmap
 def test_idle_flood_then_a_real_lookup(tmp_path: Path) -> None:
+    """With the unit's file-descriptor limit, more idle connections than it allows: the cap
+    (which closes the idlest) keeps descriptors free, and Postfix's lookup is answered.
+    Without the cap, accept() fails (EMFILE) and the lookup (or a connect) times out."""
     port = free_port()
-    with running(Daemon("maps", tmp_path, port=port)):
-        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(300)]
+    with running(Daemon("maps", tmp_path, port=port, nofile=UNIT_NOFILE)):
+        idle = [
+            socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(IDLE_FLOOD)
+        ]
         try:
             done = postmap(port, "footer", "554 5.7.1 <a@b>: Relay access denied")
             assert done.returncode == 0, done.stderr

@@ -153,3 +153,36 @@ def test_first_valid_command_opens_the_inner_session() -> None:
             assert [line.split()[0] for line in h.upstream.lines] == [b"XCLIENT", b"EHLO", b"QUIT"]
 
     run(scenario())
+
+
+def test_a_flood_at_the_connection_caps_writes_bounded_events() -> None:
+    """200 connections past each cap (global, per address) each get 421 4.7.0, and the
+    events are bounded: at most one refusal recorded a second, the ones between counted into
+    one event with ``repeated`` (written a second later once the flood stops)."""
+
+    async def flood(h: Harness, text: str) -> None:
+        started = time.monotonic()
+        for _ in range(200):
+            refused = await h.connect()
+            reply = await refused.reply()
+            assert (reply.code, reply.lines) == (421, (text,))
+            assert await refused.closed()
+        seconds = time.monotonic() - started
+        await asyncio.sleep(1.2)  # the held-back count is written a second later
+        refusals = [e for e in h.events() if e.get("code") == 421]
+        assert len(refusals) <= 2 * (int(seconds) + 2)
+        assert (
+            sum(1 for e in refusals if "repeated" not in e)
+            + sum(e.get("repeated", 0) for e in refusals)
+            == 200
+        )
+
+    async def scenario() -> None:
+        async with harness(max_connections=1) as h:
+            await h.client()
+            await flood(h, "4.7.0 Too many connections, please try again later")
+        async with harness(max_per_address=1) as h:
+            await h.client()
+            await flood(h, "4.7.0 Error: too many connections from your address")
+
+    run(scenario())
