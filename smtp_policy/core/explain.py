@@ -24,6 +24,11 @@ def explain_text(text: str, kb: KnowledgeBase) -> Explanation:
     return _explain_cached(text, _Same(kb))
 
 
+def forget_explanations() -> None:
+    """Empty the cache of :func:`explain_text` (benchmarks start each round cold)."""
+    _explain_cached.cache_clear()
+
+
 class _Same:
     """A knowledge base as a cache key: equal only to itself (the base is not hashable)."""
 
