@@ -34,13 +34,15 @@ from smtp_policy.config import Config
 from smtp_policy.core.events import Direction, Event, EventKind, Source, reply_fields
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.policy import OwnReply, own_replies, recognised_rule
-from smtp_policy.core.rewrite import answer_lookup
+from smtp_policy.core.rewrite import MapAnswer, answer_lookup
 from smtp_policy.data.i18n import bounce_words
 from smtp_policy.emit import EventWriter
 from smtp_policy.wire.netstring import NetstringDecoder
 from smtp_policy.wire.socketmap import NOT_FOUND, Request, SocketmapReply, Status
 
 IDLE_TIMEOUT = 300.0  # Postfix closes idle socketmap connections after 10 s itself
+#: How many rendered answers are remembered, per (map, key); emptied on reconfigure.
+ANSWER_CACHE_SIZE = 4096
 
 
 class MapsService:
@@ -64,6 +66,9 @@ class MapsService:
         self._idle_timeout = idle_timeout
         self._ids = itertools.count(1)
         self._budget = EventBudget()
+        #: (map, key) -> the answer, and the second it was rendered in for a dsn answer
+        #: (a bounce entry names the time, to the second); None: it holds at any time.
+        self._answers: dict[tuple[str, str], tuple[MapAnswer | None, int | None]] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -75,19 +80,11 @@ class MapsService:
         self._bounce_words = bounce_words(config.bounce.language)
         option = self._same_line_option
         self._same_line = config.maps.same_line if option is None else option
+        self._answers.clear()
 
     def lookup(self, request: Request, session: str) -> SocketmapReply:
         """Answer one lookup and record it as one event."""
-        answer = answer_lookup(
-            request.name,
-            request.key,
-            self._kb,
-            self._texts,
-            same_line=self._same_line,
-            dsn_deferrals=self._dsn_deferrals,
-            own_rule=partial(recognised_rule, self._own),
-            bounce=(self._bounce_words, self._clock()),
-        )
+        answer = self._answer_for(request.name, request.key)
         explanation = None if answer is None else answer.explanation
         text = None if answer is None else answer.text
         extra: dict[str, object] = {"map": request.name}
@@ -122,6 +119,33 @@ class MapsService:
             )
         )
         return reply
+
+    def _answer_for(self, name: str, key: str) -> MapAnswer | None:
+        """The answer to ``key`` in map ``name``: rendered once, then remembered.
+
+        It depends on the key and the configuration alone, except that a dsn text laid out
+        as a bounce entry names the time to the second: that one is reused within its second.
+        """
+        now = self._clock()
+        second = int(now.timestamp())
+        cached = self._answers.get((name, key))
+        if cached is not None and cached[1] in (None, second):
+            return cached[0]
+        answer = answer_lookup(
+            name,
+            key,
+            self._kb,
+            self._texts,
+            same_line=self._same_line,
+            dsn_deferrals=self._dsn_deferrals,
+            own_rule=partial(recognised_rule, self._own),
+            bounce=(self._bounce_words, now),
+        )
+        if len(self._answers) >= ANSWER_CACHE_SIZE and (name, key) not in self._answers:
+            del self._answers[next(iter(self._answers))]  # the oldest entry
+        timed = answer is not None and answer.entry == "bounce"
+        self._answers[(name, key)] = (answer, second if timed else None)
+        return answer
 
     def _answer(self, request: Request, session: str) -> SocketmapReply:
         try:

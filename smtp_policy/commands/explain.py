@@ -21,6 +21,7 @@ import re
 import shutil
 import sys
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from typing import IO
 
 from smtp_policy.core.explain import explain_text, render_explanation
@@ -32,6 +33,8 @@ HELP = "explain an SMTP reply (or a JSON Lines stream of them)"
 
 #: A reply longer than this is explained from its first part only (parse bounds it too).
 MAX_INPUT_CHARS = 1_048_576
+#: How many distinct input lines --jsonl remembers the answer of.
+LINE_CACHE_SIZE = 16_384
 #: The text answer's width: the terminal's, kept within these bounds; 100 off a terminal.
 MIN_WIDTH, MAX_WIDTH, PIPE_WIDTH = 40, 120, 100
 
@@ -62,11 +65,11 @@ def run(args: argparse.Namespace) -> int:
         if args.text:
             raise_usage("--jsonl takes a file, not reply text")
         if args.jsonl == "-":
-            _explain_stream(sys.stdin.buffer, sys.stdout, kb)
+            _explain_stream(sys.stdin.buffer, sys.stdout, kb, flush=True)
         else:
             try:
                 with open(args.jsonl, "rb") as fh:
-                    _explain_stream(fh, sys.stdout, kb)
+                    _explain_stream(fh, sys.stdout, kb, flush=False)
             except OSError as exc:
                 print(
                     f"smtp-policy explain: cannot read {args.jsonl}: {exc.strerror}",
@@ -138,16 +141,34 @@ def raise_usage(message: str) -> None:
     raise SystemExit(2)
 
 
-def explain_lines(lines: Iterable[bytes], kb: KnowledgeBase) -> Iterator[dict[str, object]]:
-    """One result object per input line; never raises for a bad line."""
-    for number, raw in enumerate(lines, start=1):
-        line = raw.decode("utf-8", "replace").strip()
+def explain_lines(lines: Iterable[bytes], kb: KnowledgeBase) -> Iterator[str]:
+    """One JSON text per input line, in order; never raises for a bad line.
+
+    A line met before is answered from a bounded cache of the JSON text it got: the answer
+    depends on the line alone (a bad line's also names its number, so it is not cached).
+    """
+
+    @lru_cache(maxsize=LINE_CACHE_SIZE)
+    def answer(line: str) -> str | None:
         try:
             reply = _reply_of(line)
-        except ValueError as exc:
-            yield {"line": number, "reply": None, "error": str(exc)}
-            continue
-        yield explain_text(reply[:MAX_INPUT_CHARS], kb).to_dict()
+        except ValueError:
+            return None
+        return json_text(explain_text(reply[:MAX_INPUT_CHARS], kb).to_dict())
+
+    for number, raw in enumerate(lines, start=1):
+        line = raw.decode("utf-8", "replace").strip()
+        text = answer(line)
+        yield text if text is not None else _error_text(number, line)
+
+
+def _error_text(number: int, line: str) -> str:
+    """The answer to a line that holds no reply: its number and what is wrong with it."""
+    try:
+        _reply_of(line)
+    except ValueError as exc:
+        return json_text({"line": number, "reply": None, "error": str(exc)})
+    raise AssertionError("a line that holds a reply has an answer")
 
 
 def _reply_of(line: str) -> str:
@@ -166,7 +187,11 @@ def _reply_of(line: str) -> str:
     return value
 
 
-def _explain_stream(src: IO[bytes], out: IO[str], kb: KnowledgeBase) -> None:
-    for obj in explain_lines(src, kb):
-        out.write(json_text(obj) + "\n")
-        out.flush()
+def _explain_stream(src: IO[bytes], out: IO[str], kb: KnowledgeBase, *, flush: bool) -> None:
+    """Write one line per input line; with ``flush``, each as soon as it is known (a live
+    stream on standard input), else in large buffered writes (a file)."""
+    for text in explain_lines(src, kb):
+        out.write(text + "\n")
+        if flush:
+            out.flush()
+    out.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from functools import lru_cache
 
 from smtp_policy.core.classify import classify
 from smtp_policy.core.knowledge import KnowledgeBase, Rule
@@ -10,10 +11,42 @@ from smtp_policy.core.model import Actor, Classification, Explanation, ReplyClas
 from smtp_policy.core.parse import parse_reply
 from smtp_policy.core.sanitize import printable
 
+#: How many distinct reply texts :func:`explain_text` remembers (least recently used go first).
+EXPLAIN_CACHE_SIZE = 4096
+
 
 def explain_text(text: str, kb: KnowledgeBase) -> Explanation:
-    """Parse, classify and explain one reply in any form :func:`parse_reply` reads."""
-    return explain(classify(parse_reply(text, kb.codebook), kb), kb)
+    """Parse, classify and explain one reply in any form :func:`parse_reply` reads.
+
+    Each distinct text is worked out once per knowledge base: the answer depends on nothing
+    else, and an Explanation is immutable, so a remembered one is handed out again.
+    """
+    return _explain_cached(text, _Same(kb))
+
+
+def forget_explanations() -> None:
+    """Empty the cache of :func:`explain_text` (benchmarks start each round cold)."""
+    _explain_cached.cache_clear()
+
+
+class _Same:
+    """A knowledge base as a cache key: equal only to itself (the base is not hashable)."""
+
+    __slots__ = ("kb",)
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        self.kb = kb
+
+    def __hash__(self) -> int:
+        return id(self.kb)  # unique while cached: the cache entry keeps the base alive
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.kb is self.kb
+
+
+@lru_cache(maxsize=EXPLAIN_CACHE_SIZE)
+def _explain_cached(text: str, kb: _Same) -> Explanation:
+    return explain(classify(parse_reply(text, kb.kb.codebook), kb.kb), kb.kb)
 
 
 def explain(classification: Classification, kb: KnowledgeBase) -> Explanation:

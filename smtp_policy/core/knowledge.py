@@ -155,7 +155,7 @@ class KnowledgeBase:
 class PhraseIndex:
     """Finds every rule one of whose phrases occurs in a normalised text, in one scan."""
 
-    __slots__ = ("_by_phrase", "_implied", "_regex")
+    __slots__ = ("_by_phrase", "_implied", "_phrases", "_regex")
 
     def __init__(self, rules: Iterable[Rule]) -> None:
         by_phrase: dict[str, list[Rule]] = {}
@@ -164,9 +164,10 @@ class PhraseIndex:
                 by_phrase.setdefault(phrase, []).append(rule)
         self._by_phrase = {p: tuple(rs) for p, rs in by_phrase.items()}
         phrases = sorted(by_phrase)
+        self._phrases = tuple(phrases)
         # A scan finds the longest phrase starting at each position; the phrases inside it
-        # occur too, so each phrase carries the list of phrases it contains.
-        self._implied = {p: tuple(q for q in phrases if q != p and q in p) for p in phrases}
+        # occur too: each phrase's list of the phrases it contains, worked out when first met.
+        self._implied: dict[str, tuple[str, ...]] = {}
         body = _trie_pattern(phrases) if phrases else "(?!)"
         # Phrases start at a word start: fewer positions to try, and no "spam" inside "antispam".
         self._regex = re.compile(f"(?<![a-z0-9])(?=({body}))")
@@ -178,7 +179,11 @@ class PhraseIndex:
             phrase = m.group(1)
             if phrase not in found:
                 found[phrase] = None
-                for inner in self._implied[phrase]:
+                implied = self._implied.get(phrase)
+                if implied is None:
+                    implied = tuple(q for q in self._phrases if q != phrase and q in phrase)
+                    self._implied[phrase] = implied
+                for inner in implied:
                     found.setdefault(inner, None)
         return [(p, rule) for p in found for rule in self._by_phrase[p]]
 
