@@ -290,12 +290,11 @@ class ProxyService:
         """Serve one client connection (the ``start_server`` callback)."""
         session = ProxySession(self, f"proxy-{next(self._ids)}", reader, writer)
         if self.active >= self.settings.max_connections:
-            await session.refuse(TOO_MANY, self._at_cap.setdefault("global", _CapRefusals()))
+            await session.refuse(TOO_MANY, self._cap_tally("global"))
             return
         addr = session.client_addr or ""
         if self.per_address[addr] >= self.settings.max_per_address:
-            tally = self._at_cap.setdefault(f"address {addr}", _CapRefusals())
-            await session.refuse(TOO_MANY_FROM_YOU, tally)
+            await session.refuse(TOO_MANY_FROM_YOU, self._cap_tally(f"address {addr}"))
             return
         self.active += 1
         self.per_address[addr] += 1
@@ -306,6 +305,20 @@ class ProxyService:
             self.per_address[addr] -= 1
             if not self.per_address[addr]:
                 del self.per_address[addr]
+
+    def _cap_tally(self, key: str) -> _CapRefusals:
+        """The refusals at one cap (global, or one client address). At most
+        :data:`MAX_CAP_TALLIES` are kept: a flood from many addresses cannot grow the table;
+        the quietest go first, their held counts written out."""
+        tally = self._at_cap.get(key)
+        if tally is None:
+            if len(self._at_cap) >= MAX_CAP_TALLIES:
+                now = int(time.monotonic())
+                quiet = [k for k, t in self._at_cap.items() if t.second < now]
+                for gone in quiet or list(self._at_cap)[: len(self._at_cap) // 2]:
+                    self._at_cap.pop(gone).write_held()
+            tally = self._at_cap[key] = _CapRefusals()
+        return tally
 
     async def open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A new connection to the inner smtpd (TCP or unix socket)."""
@@ -351,6 +364,10 @@ class ProxyService:
                 writer.close()
         self.learn_greeting(reply)
         return self._greeting or fallback
+
+
+#: The connection caps whose refusals are tallied at once (one per refusing client address).
+MAX_CAP_TALLIES = 1024
 
 
 @dataclass(slots=True)

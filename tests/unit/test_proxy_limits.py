@@ -186,3 +186,17 @@ def test_a_flood_at_the_connection_caps_writes_bounded_events() -> None:
             await flood(h, "4.7.0 Error: too many connections from your address")
 
     run(scenario())
+
+
+def test_refusals_from_many_addresses_keep_a_bounded_table() -> None:
+    """A flood from many client addresses cannot grow the table of tallied refusals: past
+    MAX_CAP_TALLIES the quietest tallies go (their held counts written first)."""
+    from smtp_policy.adapters.proxy import MAX_CAP_TALLIES
+
+    async def scenario() -> None:
+        async with harness() as h:
+            for i in range(3 * MAX_CAP_TALLIES):
+                h.service._cap_tally(f"address 10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+                assert len(h.service._at_cap) <= MAX_CAP_TALLIES
+
+    run(scenario())
