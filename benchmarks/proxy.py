@@ -60,7 +60,9 @@ MESSAGE = b"Subject: benchmark\r\n\r\n" + b"x" * 70 + b"\r\n" + b"y" * 900 + b"\
 
 
 @contextmanager
-def postfix_and_proxy(profile: Path | None = None) -> Iterator[tuple[int, int, int]]:
+def postfix_and_proxy(
+    profile: Path | None = None, event_loop: str = "auto"
+) -> Iterator[tuple[int, int, int]]:
     """A discarding Postfix and a proxy in front of it: (direct port, proxy port, proxy pid)."""
     inner = free_port()
     master = [
@@ -71,7 +73,7 @@ def postfix_and_proxy(profile: Path | None = None) -> Iterator[tuple[int, int, i
         proxy = Daemon(
             "proxy", Path(tmp), "--upstream", f"127.0.0.1:{inner}",
             "--max-connections", "1000", "--max-per-address", "1000", "--no-reverse-dns",
-            port=free_port(), events=Path(tmp) / "events",
+            "--event-loop", event_loop, port=free_port(), events=Path(tmp) / "events",
         )  # fmt: skip
         if profile is not None:
             proxy.argv[1:1] = ["-c", PROFILED, str(profile)]  # then -m smtp_policy proxy ...
@@ -140,6 +142,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one round of 500 messages")
     parser.add_argument("--profile", type=Path, metavar="FILE", help="cProfile the proxy")
+    parser.add_argument("--event-loop", default="auto", help="the proxy's --event-loop")
     args = parser.parse_args()
     if args.quick:
         args.messages, args.latency_count, args.rounds = 500, 200, 1
@@ -147,7 +150,7 @@ def main() -> None:
     reused: dict[str, list[float]] = {"direct": [], "proxy": []}
     lat: dict[str, list[float]] = {"direct": [], "proxy": []}
     cpu: dict[str, list[float]] = {"new": [], "reused": []}
-    with postfix_and_proxy(args.profile) as (direct, proxied, pid):
+    with postfix_and_proxy(args.profile, args.event_loop) as (direct, proxied, pid):
         ports = {"direct": direct, "proxy": proxied}
         latencies(direct, 20)  # warm up both paths (smtpd processes, caches)
         latencies(proxied, 20)

@@ -119,6 +119,9 @@ OPENING_VERBS = frozenset(
     {"EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "VRFY", "EXPN", "HELP", "AUTH"}
 )
 READ_SIZE = 65536
+#: Distinct replies whose explanation and sanitized wire form are kept (Postfix repeats a few
+#: hundred texts; a full cache starts afresh).
+CACHED_REPLIES = 4096
 
 _QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
 _ENHANCED_PREFIX = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?: +|$)")
@@ -279,6 +282,30 @@ class ProxyService:
         self._ids = itertools.count(1)
         self._greeting: ServerReply | None = None
         self._greeting_lock = asyncio.Lock()
+        self._explained: dict[str, Explanation] = {}
+        self._rendered: dict[tuple[ServerReply, tuple[str, ...] | None], tuple[bytes, str]] = {}
+
+    def explain(self, text: str) -> Explanation:
+        """The core's explanation of a reply text, worked out once per distinct text."""
+        explanation = self._explained.get(text)
+        if explanation is None:
+            if len(self._explained) >= CACHED_REPLIES:
+                self._explained.clear()
+            explanation = self._explained[text] = explain_text(text, self.kb)
+        return explanation
+
+    def render(self, reply: ServerReply, lines: Sequence[str] | None) -> tuple[bytes, str]:
+        """``reply`` (with ``lines`` instead of its text, if given) sanitized: its bytes on
+        the wire and its lines joined by LF; worked out once per distinct reply and lines."""
+        key = (reply, None if lines is None else tuple(lines))
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            enhanced, body = _split_enhanced(reply)
+            safe = sanitize_reply(reply.code, enhanced, body if lines is None else lines)
+            if len(self._rendered) >= CACHED_REPLIES:
+                self._rendered.clear()
+            rendered = self._rendered[key] = (safe.wire().encode("ascii"), "\n".join(safe.lines))
+        return rendered
 
     def reconfigure(self, config: Config) -> None:
         """Take the admin's texts from a (re)loaded configuration; sessions pick them up."""
@@ -494,9 +521,8 @@ class ProxySession:
         if self._peer.addr is None:
             return "[UNAVAILABLE]"
         try:
-            name = await asyncio.wait_for(
-                self._svc.resolver(self._peer.addr), self._cfg.resolve_timeout
-            )
+            async with asyncio.timeout(self._cfg.resolve_timeout):
+                name = await self._svc.resolver(self._peer.addr)
         except TimeoutError:
             return "[TEMPUNAVAIL]"
         if name is None or not _HOSTNAME.match(name):
@@ -540,7 +566,8 @@ class ProxySession:
         for writer in (self._up_w, self._client_w):
             if writer is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.wait_closed(), 5)
+                    async with asyncio.timeout(5):
+                        await writer.wait_closed()
 
     # -- the client pump --------------------------------------------------------------------
 
@@ -581,7 +608,8 @@ class ProxySession:
 
     async def _read_client(self) -> None:
         try:
-            data = await asyncio.wait_for(self._client_r.read(READ_SIZE), self._read_timeout())
+            async with asyncio.timeout(self._read_timeout()):  # no task per read, as wait_for has
+                data = await self._client_r.read(READ_SIZE)
         except TimeoutError:
             raise
         except OSError:  # a reset; TimeoutError, an OSError too, is the idle timeout above
@@ -676,8 +704,9 @@ class ProxySession:
                 self._push(_Pending(".", "eom", sender=self._peer.sender))
                 self._in_data = False
                 self._peer.sender = None  # the transaction ends with the reply to the dot
-            self._send_upstream(event.data)
-            self._flush_io()
+            self._flush_io()  # what was collected before goes first
+            if not self._up_w.is_closing():
+                self._up_w.write(event.data)  # the chunk as the reader made it: no copy here
             with contextlib.suppress(ConnectionError):  # the upstream pump reports it
                 await self._up_w.drain()
             if event.last:
@@ -790,7 +819,8 @@ class ProxySession:
             if reply is not None:
                 return reply
             try:
-                data = await asyncio.wait_for(self._up_r.read(READ_SIZE), self._cfg.reply_timeout)
+                async with asyncio.timeout(self._cfg.reply_timeout):
+                    data = await self._up_r.read(READ_SIZE)
             except TimeoutError:
                 if waiting():
                     raise _UpstreamGoneError(f"no reply in {self._cfg.reply_timeout:g} s") from None
@@ -820,10 +850,14 @@ class ProxySession:
     def _flush_io(self) -> None:
         """Write out what was collected for the client and for Postfix."""
         self._flush_scheduled = False
-        for buffer, writer in ((self._to_upstream, self._up_w), (self._to_client, self._client_w)):
-            if buffer and writer is not None and not writer.is_closing():
-                writer.write(bytes(buffer))
-            buffer.clear()
+        if self._to_upstream:
+            collected, self._to_upstream = self._to_upstream, bytearray()
+            if self._up_w is not None and not self._up_w.is_closing():
+                self._up_w.write(collected)  # handed over, never changed again: no copy
+        if self._to_client:
+            collected, self._to_client = self._to_client, bytearray()
+            if not self._client_w.is_closing():
+                self._client_w.write(collected)
 
     # -- the queue --------------------------------------------------------------------------
 
@@ -875,10 +909,14 @@ class ProxySession:
         """Wait until the client has read what it was sent; _ClientStuckError if it doesn't."""
         self._flush_io()
         transport = self._client_w.transport
-        if transport.get_write_buffer_size() > self._cfg.max_unread:
+        unread = transport.get_write_buffer_size()
+        if unread > self._cfg.max_unread:
             raise _ClientStuckError
+        if not unread and not transport.is_closing():
+            return  # all of it is in the kernel's hands: drain() would return at once
         try:
-            await asyncio.wait_for(self._client_w.drain(), self._cfg.idle_timeout)
+            async with asyncio.timeout(self._cfg.idle_timeout):
+                await self._client_w.drain()
         except TimeoutError:
             raise _ClientStuckError from None
         except ConnectionError:  # the client pump notices it
@@ -925,21 +963,20 @@ class ProxySession:
                 self._run_count += 1
                 return
         self._end_refusal_run()
-        explanation = explain_text(reply.text, self._svc.kb)
-        enhanced, body = _split_enhanced(reply)
+        text = reply.text  # worked out on each call: once here
+        explanation = self._svc.explain(text)
         lines = self._rewrite(reply, pending, explanation)
-        safe = sanitize_reply(reply.code, enhanced, body if lines is None else lines)
-        wire = safe.wire().encode("ascii")
+        wire, friendly = self._svc.render(reply, lines)
         self._to_client += wire
         self._schedule_flush()
         queue_id = None
         if pending.verb == "." and reply.code == 250:
-            found = _QUEUED_AS.search(reply.text)
+            found = _QUEUED_AS.search(text)
             queue_id = found[1] if found else None
         record: dict[str, Any] = {
             "explanation": explanation,
-            "original": reply.text,
-            "friendly": "\n".join(safe.lines),
+            "original": text,
+            "friendly": friendly,
             "stage": pending.stage,
             "sender": pending.sender,
             "recipient": pending.recipient,
