@@ -76,6 +76,7 @@ import itertools
 import re
 import socket
 import ssl
+import string
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,13 @@ from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import EnhancedCode, Explanation
 from smtp_policy.core.sanitize import sanitize_reply
-from smtp_policy.core.texts import TextsConfig, audience_of, render_reply_text, render_template
+from smtp_policy.core.texts import (
+    PLACEHOLDERS,
+    TextsConfig,
+    audience_of,
+    render_reply_text,
+    render_template,
+)
 from smtp_policy.emit import EventWriter
 from smtp_policy.wire.smtp import (
     Command,
@@ -170,19 +177,58 @@ class ConfiguredTexts:
     def __init__(self, texts: TextsConfig, banner: BannerConfig) -> None:
         self._texts = texts
         self._banner = banner
+        self._greeting = _BannerTemplate(banner.greeting, 220)
+        self._goodbye = _BannerTemplate(banner.goodbye, 221)
 
     def greeting(self, upstream: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
         """``[banner] greeting``."""
-        return render_template(self._banner.greeting, context, code=220)
+        return self._greeting.render(context)
 
     def goodbye(self, upstream: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
         """``[banner] goodbye``."""
-        return render_template(self._banner.goodbye, context, code=221)
+        return self._goodbye.render(context)
 
     def rewrite(self, explanation: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
         """``[texts]``: enhanced code, then code, then reason, then the default text."""
         audience = audience_of(context.get("client_addr", ""), self._texts)
         return render_reply_text(self._texts, explanation, context, audience)
+
+
+class _BannerTemplate:
+    """A ``[banner]`` template, rendered once per distinct value of the placeholders it uses
+    (``{hostname} ESMTP`` once per host name, not once per session)."""
+
+    def __init__(self, template: str, code: int) -> None:
+        self.template = template
+        self.code = code
+        self.names = _placeholders(template)  # None: rendered every time
+        self._rendered: dict[tuple[str, ...], list[str]] = {}
+
+    def render(self, context: Mapping[str, str]) -> list[str]:
+        """The template filled in with ``context`` and sanitized."""
+        if self.names is None:
+            return render_template(self.template, context, code=self.code)
+        key = tuple(context.get(name, "") for name in self.names)
+        lines = self._rendered.get(key)
+        if lines is None:
+            lines = render_template(self.template, context, code=self.code)
+            if len(self._rendered) >= CACHED_REPLIES:
+                self._rendered.clear()
+            self._rendered[key] = lines
+        return list(lines)
+
+
+def _placeholders(template: str) -> tuple[str, ...] | None:
+    """The placeholders a template uses, or None when that is not plain (an index, an
+    attribute, a nested field, a brace error): such a template is never cached."""
+    try:
+        fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(template)]
+    except ValueError:
+        return None
+    names = {name for name, _ in fields if name is not None}
+    if any(spec and "{" in spec for _, spec in fields) or not names <= PLACEHOLDERS:
+        return None
+    return tuple(sorted(names))
 
 
 def _local(code: int, text: str) -> ServerReply:
