@@ -73,7 +73,8 @@ def postfix_and_proxy(
         proxy = Daemon(
             "proxy", Path(tmp), "--upstream", f"127.0.0.1:{inner}",
             "--max-connections", "1000", "--max-per-address", "1000", "--no-reverse-dns",
-            "--event-loop", event_loop, port=free_port(), events=Path(tmp) / "events",
+            *(["--event-loop", event_loop] if event_loop != "auto" else []),
+            port=free_port(), events=Path(tmp) / "events",
         )  # fmt: skip
         if profile is not None:
             proxy.argv[1:1] = ["-c", PROFILED, str(profile)]  # then -m smtp_policy proxy ...
