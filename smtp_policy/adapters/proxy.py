@@ -61,6 +61,12 @@ explained by the core, rewritten by the admin's texts (220 greeting, 221 goodbye
 by code, enhanced code or reason), filtered (EHLO keywords), passed through the one sanitizer
 (``sanitize_reply``) and recorded as one ``reply`` event with the original and the sent text.
 
+Cost: the daemon runs on uvloop when it is installed (``smtp-policy proxy --event-loop``).
+Each read waits under ``asyncio.timeout`` (no task per read), bytes collected for a peer and
+DATA chunks go to the transport without another copy, and each distinct reply is explained,
+sanitized and encoded once (bounded caches on the service), as is each ``[banner]`` text
+per value of its placeholders; what a message costs beyond that is its reply events.
+
 Faults: upstream unreachable, closed mid-session, silent or speaking garbage -> 421 4.3.0 and
 close. Client gone -> QUIT upstream when the session is between commands, a plain close in
 the middle of a message (Postfix then discards it). Idle and total session time are bounded,
