@@ -1125,6 +1125,8 @@ def _peer_of(writer: asyncio.StreamWriter) -> _Peer:
     if not isinstance(peername, tuple) or len(peername) < 2:
         return _Peer()
     addr = str(peername[0])
+    if ":" not in addr:  # IPv4: nothing to unwrap
+        return _Peer(addr=addr, port=int(peername[1]))
     with contextlib.suppress(ValueError):
         ip = ipaddress.ip_address(addr)
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
