@@ -14,11 +14,18 @@ proxied runs in the same process so that both see the same machine state:
 Prints each round and the proxied/direct ratios. Nothing is asserted: the machine is shared.
 
     .venv/bin/python benchmarks/proxy.py [--messages 2000] [--sessions 10] [--rounds 3]
+    .venv/bin/python benchmarks/proxy.py --quick --profile /tmp/proxy.prof   # then pstats
+
+``--quick`` is one short round for iterating; ``--profile FILE`` runs the proxy under cProfile
+with a CPU-time clock (written when the proxy stops) for ``python -m pstats FILE``. Each round
+also prints the proxy process's own CPU time per message (user + system, from /proc): the
+number that a busy, shared machine disturbs least.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import subprocess
@@ -39,12 +46,24 @@ from smtp_policy.lab.postfix import PrivatePostfix  # noqa: E402
 from tests.helpers import Daemon, running  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
+#: ``python -c PROFILED FILE -m smtp_policy ...``: the proxy under cProfile, CPU time as its clock.
+PROFILED = """\
+import cProfile, runpy, sys, time
+out, _, module = sys.argv.pop(1), sys.argv.pop(1), sys.argv.pop(1)
+profile = cProfile.Profile(time.process_time)
+try:
+    profile.runcall(runpy.run_module, module, run_name="__main__", alter_sys=True)
+finally:
+    profile.dump_stats(out)
+"""
 MESSAGE = b"Subject: benchmark\r\n\r\n" + b"x" * 70 + b"\r\n" + b"y" * 900 + b"\r\n.\r\n"
 
 
 @contextmanager
-def postfix_and_proxy() -> Iterator[tuple[int, int]]:
-    """A discarding Postfix and a proxy in front of it: (direct port, proxy port)."""
+def postfix_and_proxy(
+    profile: Path | None = None, event_loop: str = "auto"
+) -> Iterator[tuple[int, int, int]]:
+    """A discarding Postfix and a proxy in front of it: (direct port, proxy port, proxy pid)."""
     inner = free_port()
     master = [
         f"127.0.0.1:{inner} inet n - n - - smtpd",
@@ -54,10 +73,19 @@ def postfix_and_proxy() -> Iterator[tuple[int, int]]:
         proxy = Daemon(
             "proxy", Path(tmp), "--upstream", f"127.0.0.1:{inner}",
             "--max-connections", "1000", "--max-per-address", "1000", "--no-reverse-dns",
+            *(["--event-loop", event_loop] if event_loop != "auto" else []),
             port=free_port(), events=Path(tmp) / "events",
         )  # fmt: skip
+        if profile is not None:
+            proxy.argv[1:1] = ["-c", PROFILED, str(profile)]  # then -m smtp_policy proxy ...
         with running(proxy):  # ready once it wrote its started event (it listens by then)
-            yield pf.smtp_port, proxy.tcp_port
+            yield pf.smtp_port, proxy.tcp_port, proxy.pid
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def throughput(port: int, messages: int, sessions: int, *, reuse: bool = False) -> float:
@@ -113,33 +141,51 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--latency-count", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one round of 500 messages")
+    parser.add_argument("--profile", type=Path, metavar="FILE", help="cProfile the proxy")
+    parser.add_argument("--event-loop", default="auto", help="the proxy's --event-loop")
     args = parser.parse_args()
+    if args.quick:
+        args.messages, args.latency_count, args.rounds = 500, 200, 1
     rates: dict[str, list[float]] = {"direct": [], "proxy": []}
     reused: dict[str, list[float]] = {"direct": [], "proxy": []}
     lat: dict[str, list[float]] = {"direct": [], "proxy": []}
-    with postfix_and_proxy() as (direct, proxied):
+    cpu: dict[str, list[float]] = {"new": [], "reused": []}
+    with postfix_and_proxy(args.profile, args.event_loop) as (direct, proxied, pid):
         ports = {"direct": direct, "proxy": proxied}
         latencies(direct, 20)  # warm up both paths (smtpd processes, caches)
         latencies(proxied, 20)
         for n in range(1, args.rounds + 1):
             for name, port in ports.items():
+                used = cpu_seconds(pid)
                 rate = throughput(port, args.messages, args.sessions)
+                between = cpu_seconds(pid)
                 rate_reused = throughput(port, args.messages, args.sessions, reuse=True)
+                after = cpu_seconds(pid)
                 got = latencies(port, args.latency_count)
                 rates[name].append(rate)
                 reused[name].append(rate_reused)
                 lat[name] += got
                 median, p95 = statistics.median(got) * 1e3, percentile(got, 0.95) * 1e3
-                print(
+                line = (
                     f"round {n} {name:6}: {rate:6.0f} msg/s (1 per connection) "
                     f"{rate_reused:6.0f} msg/s (-d)   "
                     f"latency median {median:5.2f} ms  p95 {p95:5.2f} ms"
                 )
-    _summary(rates, reused, lat)
+                if name == "proxy":
+                    cpu["new"].append((between - used) / args.messages)
+                    cpu["reused"].append((after - between) / args.messages)
+                    line += f"   proxy CPU {cpu['new'][-1] * 1e3:.2f}/{cpu['reused'][-1] * 1e3:.2f}"
+                    line += " ms/msg"
+                print(line, flush=True)
+    _summary(rates, reused, lat, cpu)
 
 
 def _summary(
-    rates: dict[str, list[float]], reused: dict[str, list[float]], lat: dict[str, list[float]]
+    rates: dict[str, list[float]],
+    reused: dict[str, list[float]],
+    lat: dict[str, list[float]],
+    cpu: dict[str, list[float]],
 ) -> None:
     d_lat, p_lat = lat["direct"], lat["proxy"]
     rows = [
@@ -153,6 +199,12 @@ def _summary(
         print(
             f"{label:17} direct {direct:9.2f}   proxy {proxied:9.2f}   ratio {proxied / direct:.2f}"
         )
+    added = (statistics.median(p_lat) - statistics.median(d_lat)) * 1e3
+    print(f"added latency per transaction, median: {added:.2f} ms (target < 1 ms)")
+    print(
+        f"proxy CPU per message: {statistics.median(cpu['new']) * 1e3:.2f} ms (new conn.), "
+        f"{statistics.median(cpu['reused']) * 1e3:.2f} ms (reused)"
+    )
 
 
 if __name__ == "__main__":

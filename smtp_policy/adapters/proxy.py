@@ -61,6 +61,12 @@ explained by the core, rewritten by the admin's texts (220 greeting, 221 goodbye
 by code, enhanced code or reason), filtered (EHLO keywords), passed through the one sanitizer
 (``sanitize_reply``) and recorded as one ``reply`` event with the original and the sent text.
 
+Cost: the daemon runs on uvloop when it is installed (``smtp-policy proxy --event-loop``).
+Each read waits under ``asyncio.timeout`` (no task per read), bytes collected for a peer and
+DATA chunks go to the transport without another copy, and each distinct reply is explained,
+sanitized and encoded once (bounded caches on the service), as is each ``[banner]`` text
+per value of its placeholders; what a message costs beyond that is its reply events.
+
 Faults: upstream unreachable, closed mid-session, silent or speaking garbage -> 421 4.3.0 and
 close. Client gone -> QUIT upstream when the session is between commands, a plain close in
 the middle of a message (Postfix then discards it). Idle and total session time are bounded,
@@ -76,6 +82,7 @@ import itertools
 import re
 import socket
 import ssl
+import string
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -91,7 +98,13 @@ from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import EnhancedCode, Explanation
 from smtp_policy.core.sanitize import sanitize_reply
-from smtp_policy.core.texts import TextsConfig, audience_of, render_reply_text, render_template
+from smtp_policy.core.texts import (
+    PLACEHOLDERS,
+    TextsConfig,
+    audience_of,
+    render_reply_text,
+    render_template,
+)
 from smtp_policy.emit import EventWriter
 from smtp_policy.wire.smtp import (
     Command,
@@ -120,6 +133,9 @@ OPENING_VERBS = frozenset(
     {"EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "VRFY", "EXPN", "HELP", "AUTH"}
 )
 READ_SIZE = 65536
+#: Distinct replies whose explanation and sanitized wire form are kept (Postfix repeats a few
+#: hundred texts; a full cache starts afresh).
+CACHED_REPLIES = 4096
 
 _QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
 _ENHANCED_PREFIX = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?: +|$)")
@@ -168,19 +184,58 @@ class ConfiguredTexts:
     def __init__(self, texts: TextsConfig, banner: BannerConfig) -> None:
         self._texts = texts
         self._banner = banner
+        self._greeting = _BannerTemplate(banner.greeting, 220)
+        self._goodbye = _BannerTemplate(banner.goodbye, 221)
 
     def greeting(self, upstream: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
         """``[banner] greeting``."""
-        return render_template(self._banner.greeting, context, code=220)
+        return self._greeting.render(context)
 
     def goodbye(self, upstream: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
         """``[banner] goodbye``."""
-        return render_template(self._banner.goodbye, context, code=221)
+        return self._goodbye.render(context)
 
     def rewrite(self, explanation: Explanation, context: Mapping[str, str]) -> Sequence[str] | None:
         """``[texts]``: enhanced code, then code, then reason, then the default text."""
         audience = audience_of(context.get("client_addr", ""), self._texts)
         return render_reply_text(self._texts, explanation, context, audience)
+
+
+class _BannerTemplate:
+    """A ``[banner]`` template, rendered once per distinct value of the placeholders it uses
+    (``{hostname} ESMTP`` once per host name, not once per session)."""
+
+    def __init__(self, template: str, code: int) -> None:
+        self.template = template
+        self.code = code
+        self.names = _placeholders(template)  # None: rendered every time
+        self._rendered: dict[tuple[str, ...], list[str]] = {}
+
+    def render(self, context: Mapping[str, str]) -> list[str]:
+        """The template filled in with ``context`` and sanitized."""
+        if self.names is None:
+            return render_template(self.template, context, code=self.code)
+        key = tuple(context.get(name, "") for name in self.names)
+        lines = self._rendered.get(key)
+        if lines is None:
+            lines = render_template(self.template, context, code=self.code)
+            if len(self._rendered) >= CACHED_REPLIES:
+                self._rendered.clear()
+            self._rendered[key] = lines
+        return list(lines)
+
+
+def _placeholders(template: str) -> tuple[str, ...] | None:
+    """The placeholders a template uses, or None when that is not plain (an index, an
+    attribute, a nested field, a brace error): such a template is never cached."""
+    try:
+        fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(template)]
+    except ValueError:
+        return None
+    names = {name for name, _ in fields if name is not None}
+    if any(spec and "{" in spec for _, spec in fields) or not names <= PLACEHOLDERS:
+        return None
+    return tuple(sorted(names))
 
 
 def _local(code: int, text: str) -> ServerReply:
@@ -281,6 +336,24 @@ class ProxyService:
         self._greeting: ServerReply | None = None
         self._greeting_lock = asyncio.Lock()
         self._at_cap: dict[str, _CapRefusals] = {}
+        self._rendered: dict[tuple[ServerReply, tuple[str, ...] | None], tuple[bytes, str]] = {}
+
+    def explain(self, text: str) -> Explanation:
+        """The core's explanation of a reply text (``explain_text`` remembers each one)."""
+        return explain_text(text, self.kb)
+
+    def render(self, reply: ServerReply, lines: Sequence[str] | None) -> tuple[bytes, str]:
+        """``reply`` (with ``lines`` instead of its text, if given) sanitized: its bytes on
+        the wire and its lines joined by LF; worked out once per distinct reply and lines."""
+        key = (reply, None if lines is None else tuple(lines))
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            enhanced, body = _split_enhanced(reply)
+            safe = sanitize_reply(reply.code, enhanced, body if lines is None else lines)
+            if len(self._rendered) >= CACHED_REPLIES:
+                self._rendered.clear()
+            rendered = self._rendered[key] = (safe.wire().encode("ascii"), "\n".join(safe.lines))
+        return rendered
 
     def reconfigure(self, config: Config) -> None:
         """Take the admin's texts from a (re)loaded configuration; sessions pick them up."""
@@ -558,9 +631,8 @@ class ProxySession:
         if self._peer.addr is None:
             return "[UNAVAILABLE]"
         try:
-            name = await asyncio.wait_for(
-                self._svc.resolver(self._peer.addr), self._cfg.resolve_timeout
-            )
+            async with asyncio.timeout(self._cfg.resolve_timeout):
+                name = await self._svc.resolver(self._peer.addr)
         except TimeoutError:
             return "[TEMPUNAVAIL]"
         if name is None or not _HOSTNAME.match(name):
@@ -604,7 +676,8 @@ class ProxySession:
         for writer in (self._up_w, self._client_w):
             if writer is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.wait_closed(), 5)
+                    async with asyncio.timeout(5):
+                        await writer.wait_closed()
 
     # -- the client pump --------------------------------------------------------------------
 
@@ -645,7 +718,8 @@ class ProxySession:
 
     async def _read_client(self) -> None:
         try:
-            data = await asyncio.wait_for(self._client_r.read(READ_SIZE), self._read_timeout())
+            async with asyncio.timeout(self._read_timeout()):  # no task per read, as wait_for has
+                data = await self._client_r.read(READ_SIZE)
         except TimeoutError:
             raise
         except OSError:  # a reset; TimeoutError, an OSError too, is the idle timeout above
@@ -740,8 +814,9 @@ class ProxySession:
                 self._push(_Pending(".", "eom", sender=self._peer.sender))
                 self._in_data = False
                 self._peer.sender = None  # the transaction ends with the reply to the dot
-            self._send_upstream(event.data)
-            self._flush_io()
+            self._flush_io()  # what was collected before goes first
+            if not self._up_w.is_closing():
+                self._up_w.write(event.data)  # the chunk as the reader made it: no copy here
             with contextlib.suppress(ConnectionError):  # the upstream pump reports it
                 await self._up_w.drain()
             if event.last:
@@ -854,7 +929,8 @@ class ProxySession:
             if reply is not None:
                 return reply
             try:
-                data = await asyncio.wait_for(self._up_r.read(READ_SIZE), self._cfg.reply_timeout)
+                async with asyncio.timeout(self._cfg.reply_timeout):
+                    data = await self._up_r.read(READ_SIZE)
             except TimeoutError:
                 if waiting():
                     raise _UpstreamGoneError(f"no reply in {self._cfg.reply_timeout:g} s") from None
@@ -884,10 +960,14 @@ class ProxySession:
     def _flush_io(self) -> None:
         """Write out what was collected for the client and for Postfix."""
         self._flush_scheduled = False
-        for buffer, writer in ((self._to_upstream, self._up_w), (self._to_client, self._client_w)):
-            if buffer and writer is not None and not writer.is_closing():
-                writer.write(bytes(buffer))
-            buffer.clear()
+        if self._to_upstream:
+            collected, self._to_upstream = self._to_upstream, bytearray()
+            if self._up_w is not None and not self._up_w.is_closing():
+                self._up_w.write(collected)  # handed over, never changed again: no copy
+        if self._to_client:
+            collected, self._to_client = self._to_client, bytearray()
+            if not self._client_w.is_closing():
+                self._client_w.write(collected)
 
     # -- the queue --------------------------------------------------------------------------
 
@@ -939,10 +1019,14 @@ class ProxySession:
         """Wait until the client has read what it was sent; _ClientStuckError if it doesn't."""
         self._flush_io()
         transport = self._client_w.transport
-        if transport.get_write_buffer_size() > self._cfg.max_unread:
+        unread = transport.get_write_buffer_size()
+        if unread > self._cfg.max_unread:
             raise _ClientStuckError
+        if not unread and not transport.is_closing():
+            return  # all of it is in the kernel's hands: drain() would return at once
         try:
-            await asyncio.wait_for(self._client_w.drain(), self._cfg.idle_timeout)
+            async with asyncio.timeout(self._cfg.idle_timeout):
+                await self._client_w.drain()
         except TimeoutError:
             raise _ClientStuckError from None
         except ConnectionError:  # the client pump notices it
@@ -992,21 +1076,20 @@ class ProxySession:
                 self._run_count += 1
                 return None
         self._end_refusal_run()
-        explanation = explain_text(reply.text, self._svc.kb)
-        enhanced, body = _split_enhanced(reply)
+        text = reply.text  # worked out on each call: once here
+        explanation = self._svc.explain(text)
         lines = self._rewrite(reply, pending, explanation)
-        safe = sanitize_reply(reply.code, enhanced, body if lines is None else lines)
-        wire = safe.wire().encode("ascii")
+        wire, friendly = self._svc.render(reply, lines)
         self._to_client += wire
         self._schedule_flush()
         queue_id = None
         if pending.verb == "." and reply.code == 250:
-            found = _QUEUED_AS.search(reply.text)
+            found = _QUEUED_AS.search(text)
             queue_id = found[1] if found else None
         record: dict[str, Any] = {
             "explanation": explanation,
-            "original": reply.text,
-            "friendly": "\n".join(safe.lines),
+            "original": text,
+            "friendly": friendly,
             "stage": pending.stage,
             "sender": pending.sender,
             "recipient": pending.recipient,
@@ -1104,6 +1187,8 @@ def _peer_of(writer: asyncio.StreamWriter) -> _Peer:
     if not isinstance(peername, tuple) or len(peername) < 2:
         return _Peer()
     addr = str(peername[0])
+    if ":" not in addr:  # IPv4: nothing to unwrap
+        return _Peer(addr=addr, port=int(peername[1]))
     with contextlib.suppress(ValueError):
         ip = ipaddress.ip_address(addr)
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:

@@ -24,8 +24,11 @@ SIGTERM or SIGINT stops the proxy (open sessions are cut); SIGHUP re-reads the c
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import ssl
 import sys
+from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 from smtp_policy.commands._options import add_config_option
@@ -35,6 +38,7 @@ from smtp_policy.core.errors import ConfigError
 HELP = "run the SMTP front proxy (custom 220/221 and reject texts, every reply recorded)"
 
 DEFAULT_UPSTREAM = "unix:/var/spool/postfix/public/smtp-policy-proxy"
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +101,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar="SECONDS",
         help="the wait before each error reply past the soft limit (default 1)",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default="auto",
+        help="uvloop (libuv: less CPU per relayed byte) or asyncio's own; auto: uvloop if it is "
+        "installed (default auto)",
     )
     parser.add_argument(
         "--no-reverse-dns",
@@ -180,7 +191,30 @@ def _serve(args: argparse.Namespace, upstream: ListenAddress) -> int:
         service.reconfigure(config)
         return service
 
-    return serve(args, Source.PROXY, lambda config: args.listen, make)
+    with event_loop(args.event_loop):
+        return serve(args, Source.PROXY, lambda config: args.listen, make)
+
+
+@contextlib.contextmanager
+def event_loop(choice: str) -> Iterator[str]:
+    """Run the daemon's loop on uvloop (``auto`` when it is installed) or asyncio's own;
+    yields the one chosen. The previous loop policy comes back afterwards."""
+    if choice == "asyncio":
+        yield choice
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(["--event-loop uvloop: uvloop is not installed"]) from None
+        yield "asyncio"
+        return
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield "uvloop"
+    finally:
+        asyncio.set_event_loop_policy(previous)
 
 
 def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:

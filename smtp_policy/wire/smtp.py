@@ -60,8 +60,6 @@ _REPLY_LINE = re.compile(rb"([2-5]\d\d)([ -]|\r?$)")
 _XTEXT_SAFE = frozenset(range(0x21, 0x7F)) - {ord("+"), ord("=")}
 #: C0 controls and DEL: no command line may hold one (its CRLF is not part of it).
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
-#: A line end that is not CRLF: a CR not followed by LF, or an LF not preceded by CR.
-_BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _END_OF_DATA = b"\r\n.\r\n"
 #: The longest path kept from MAIL/RCPT, angle brackets excluded.
@@ -254,11 +252,24 @@ class CommandReader:
             found = buf.find(_END_OF_DATA, 0, ready)
             end = found + len(_END_OF_DATA) if found >= 0 else -1
         size = ready if end < 0 else end
-        del self._buf[:size]
+        if size == len(buf):
+            self._buf.clear()
+        else:
+            del self._buf[:size]
         chunk, self._data_state = _normalize(buf, size, self._data_state, ended=end >= 0)
         if end >= 0:
             self._mode = _COMMAND
         return Data(chunk, last=end >= 0)
+
+
+def _has_bare_line_end(buf: bytes, size: int) -> bool:
+    """Whether ``buf[:size]`` holds a CR or LF that is not part of a CRLF.
+
+    Counting in C instead of a regular expression: every CRLF takes one CR and one LF, so
+    there is a bare one exactly when there are more CRs or more LFs than CRLFs.
+    """
+    crlf = buf.count(b"\r\n", 0, size)
+    return buf.count(b"\n", 0, size) != crlf or buf.count(b"\r", 0, size) != crlf
 
 
 def _normalize(buf: bytes, size: int, state: str, *, ended: bool) -> tuple[bytes, str]:
@@ -270,8 +281,8 @@ def _normalize(buf: bytes, size: int, state: str, *, ended: bool) -> tuple[bytes
     is known whenever ``buf[:size]`` ends with a CR (the caller holds back a final CR).
     """
     starts_dot_line = state == _AFTER_BARE and buf.startswith((b".\r", b".\n"))
-    if not starts_dot_line and _BARE_LINE_END.search(buf, 0, size) is None:
-        chunk = buf[:size]  # the usual case: CRLF lines only, passed as they are
+    if not starts_dot_line and not _has_bare_line_end(buf, size):
+        chunk = buf if size == len(buf) else buf[:size]  # the usual case: CRLF lines only
         return chunk, _AFTER_CRLF if chunk.endswith(b"\r\n") else _MID_LINE
     out = bytearray()
     pos, line_start = 0, state != _MID_LINE

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 
 import pytest
 
 from smtp_policy.commands.proxy import (
     DEFAULT_UPSTREAM,
+    event_loop,
     postfix_config,
     register,
     run,
@@ -55,3 +58,28 @@ def test_limits_are_checked(option: str, value: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
         run(args)
     assert caught.value.problems == [problem]
+
+
+def test_the_event_loop_is_uvloop_when_installed_and_the_policy_comes_back() -> None:
+    """auto and uvloop run the daemon on uvloop; asyncio's policy is back afterwards."""
+    uvloop = pytest.importorskip("uvloop")
+    before = asyncio.get_event_loop_policy()
+    for choice in ("auto", "uvloop"):
+        with event_loop(choice) as chosen:
+            assert chosen == "uvloop"
+            assert isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+        assert asyncio.get_event_loop_policy() is before
+    with event_loop("asyncio") as chosen:
+        assert chosen == "asyncio"
+        assert asyncio.get_event_loop_policy() is before
+
+
+def test_without_uvloop_auto_falls_back_and_uvloop_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A missing uvloop: auto runs on asyncio's loop, --event-loop uvloop says why not."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    with event_loop("auto") as chosen:
+        assert chosen == "asyncio"
+    with pytest.raises(ConfigError, match="uvloop is not installed"), event_loop("uvloop"):
+        pass

@@ -445,3 +445,23 @@ def test_quoted_recipient_is_recorded_whole() -> None:
             assert rcpt.get("sender") == '"s>t"@fake.test'
 
     run(scenario())
+
+
+def test_banner_templates_are_cached_by_the_values_they_use() -> None:
+    """A [banner] template renders once per value of its placeholders, and only plain ones
+    are cached: the same lines as rendering it every time."""
+    from smtp_policy.adapters.proxy import _BannerTemplate
+    from smtp_policy.core.texts import render_template
+
+    contexts = [
+        {"hostname": host, "date": date, "client_addr": "192.0.2.1"}
+        for host in ("mx1.example.test", "mx2.example.test")
+        for date in ("Mon, 1 Jan 2024", "Tue, 2 Jan 2024")
+    ]
+    for template in ("{hostname} ESMTP", "{hostname} ESMTP {date}", "Bye", "{client_addr}"):
+        banner = _BannerTemplate(template, 220)
+        for context in contexts * 2:
+            assert banner.render(context) == render_template(template, context, code=220)
+    assert _BannerTemplate("{hostname} ESMTP", 220).names == ("hostname",)
+    assert _BannerTemplate("{hostname:>{date}}", 220).names is None
+    assert _BannerTemplate("{hostname[0]}", 220).names is None

@@ -21,6 +21,7 @@ from smtp_policy.wire.smtp import (
     LineTooLong,
     ReplyReader,
     ServerReply,
+    _has_bare_line_end,  # the DATA scan's fast path
     encode_command,
     filter_ehlo,
     has_control,
@@ -445,6 +446,17 @@ class TestProperties:
         rest = CommandReader()
         rest.feed(data[expected[1] :])
         assert after == events(rest)
+
+    @settings(max_examples=500)
+    @given(
+        st.binary(max_size=60).map(lambda b: bytes(b"\r\nx."[x % 4] for x in b)),
+        st.integers(min_value=0, max_value=60),
+    )
+    def test_bare_line_end_check_matches_its_definition(self, data: bytes, size: int) -> None:
+        """The counting fast path finds a bare CR or LF exactly where the pattern does."""
+        size = min(size, len(data))
+        expected = BARE.search(data, 0, size) is not None
+        assert _has_bare_line_end(data, size) == expected
 
 
 class TestEncoding:
