@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from smtp_policy.adapters._serve import Connections, Handler, start_server
 from smtp_policy.commands._options import add_config_option
@@ -80,6 +80,23 @@ def warning_printer(daemon: str) -> Callable[[str], None]:
     return warn
 
 
+def _one_line_errors(
+    source: Source, events: EventWriter
+) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """asyncio's own errors (``accept()`` out of descriptors, after which it pauses accepting for
+    a second; a callback that raised) as one line on stderr and one error event, never the
+    traceback asyncio's default handler prints."""
+
+    def handle(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message") or "event loop error")
+        if (exc := context.get("exception")) is not None:
+            message = f"{message}: {exc}"
+        print(f"smtp-policy {source.value}: {message}", file=sys.stderr, flush=True)
+        events.error(source, message)
+
+    return handle
+
+
 async def _serve(
     address: ListenAddress,
     source: Source,
@@ -118,6 +135,7 @@ async def _serve(
     server = await start_server(address, handler)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_one_line_errors(source, events))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)

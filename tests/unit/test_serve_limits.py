@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from smtp_policy.adapters._serve import Connections, EventBudget, serve_requests
 from smtp_policy.wire.netstring import NetstringDecoder, encode
 
@@ -71,3 +73,31 @@ def test_the_event_rate_is_configured_per_server_and_checked() -> None:
     assert (config.maps.events_per_second, config.policy.events_per_second) == (100, 1000)
     _, problems = check("[policy]\nevents_per_second = 0\n")
     assert any("policy.events_per_second" in p and "at least 1" in p for p in problems)
+
+
+def test_asyncio_errors_are_one_line_and_an_event(capsys: pytest.CaptureFixture[str]) -> None:
+    """accept() out of descriptors (asyncio then pauses accepting): one stderr line and one
+    error event, not asyncio's traceback."""
+    import io
+    import json
+
+    from smtp_policy.commands._serve import _one_line_errors
+    from smtp_policy.core.events import Source
+    from smtp_policy.emit import EventWriter
+
+    out = io.StringIO()
+    handle = _one_line_errors(Source.MAPS, EventWriter(out))
+    context = {
+        "message": "socket.accept() out of system resource",
+        "exception": OSError(24, "Too many open files"),
+    }
+    loop = asyncio.new_event_loop()
+    try:
+        handle(loop, context)
+    finally:
+        loop.close()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "Too many open files" in err
+    (event,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert event["event"] == "error" and "Too many open files" in event["text"]
