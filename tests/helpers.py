@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
 
-from smtp_policy.lab.instance import poll
+from smtp_policy.lab.instance import free_port, poll
 
 #: The sample mail logs the tests read (see its README.md).
 SAMPLES = Path(__file__).resolve().parent / "samples"
@@ -244,3 +244,11 @@ def running(*daemons: Daemon) -> Iterator[None]:
                 failures.append(failure)
         if failures:
             raise failures[0]
+
+
+def configured_daemon(command: str, workdir: Path) -> Iterator[Daemon]:
+    """For a module fixture: ``smtp-policy COMMAND`` reading ``WORKDIR/config.toml`` on a free
+    loopback port, started, yielded, and stopped at the end (``yield from`` it)."""
+    daemon = Daemon(command, workdir, "--config", str(workdir / "config.toml"), port=free_port())
+    with running(daemon):
+        yield daemon

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from smtp_policy.lab.instance import delivery_report, free_port
+from smtp_policy.lab.instance import delivery_report
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from tests.helpers import Daemon
+from tests.helpers import Daemon, configured_daemon
 
 pytestmark = pytest.mark.postfix
 
@@ -50,10 +50,7 @@ def _tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(name="maps", scope="module")
 def _maps(tmp: Path) -> Iterator[Daemon]:
-    daemon = Daemon("maps", tmp, "--config", str(tmp / "config.toml"), port=free_port())
-    daemon.start()
-    yield daemon
-    daemon.stop()
+    yield from configured_daemon("maps", tmp)
 
 
 @pytest.fixture(name="pf", scope="module")

@@ -27,10 +27,9 @@ from typing import Any
 
 import pytest
 
-from smtp_policy.lab.instance import free_port
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from tests.helpers import Daemon, read_events
+from tests.helpers import Daemon, configured_daemon, read_events
 
 pytestmark = pytest.mark.postfix
 
@@ -63,18 +62,12 @@ def _tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(name="maps", scope="module")
 def _maps(tmp: Path) -> Iterator[Daemon]:
-    daemon = Daemon("maps", tmp, "--config", str(tmp / "config.toml"), port=free_port())
-    daemon.start()
-    yield daemon
-    daemon.stop()
+    yield from configured_daemon("maps", tmp)
 
 
 @pytest.fixture(name="milter", scope="module")
 def _milter(tmp: Path) -> Iterator[Daemon]:
-    daemon = Daemon("milter", tmp, "--config", str(tmp / "config.toml"), port=free_port())
-    daemon.start()
-    yield daemon
-    daemon.stop()
+    yield from configured_daemon("milter", tmp)
 
 
 def footer_maps(maps: Daemon) -> str:
