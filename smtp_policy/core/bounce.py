@@ -79,12 +79,24 @@ class ReasonWords:
     transient_action: str | None = None
 
 
+#: What a rule may say in its own words in a bounce, in the order of :class:`RuleWords`.
+RULE_KEYS = ("summary", "action")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleWords:
+    """One knowledge rule's own words in one language (None: the reason's translation)."""
+
+    summary: str | None = None
+    action: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class BounceWords:
     """Everything a bounce says, in one language.
 
-    ``reasons`` is empty for English: English entries use the knowledge's own words, which
-    may be a rule's more precise ones.
+    ``reasons`` and ``rules`` (by rule id) are empty for English: English entries use the
+    knowledge's own words, which may be a rule's more precise ones.
     """
 
     language: str
@@ -95,10 +107,20 @@ class BounceWords:
     more_information: str
     for_administrators: str
     reasons: Mapping[Reason, ReasonWords] = field(default_factory=dict)
+    rules: Mapping[str, RuleWords] = field(default_factory=dict)
 
 
-def words_from_table(language: str, table: Mapping[str, Any]) -> BounceWords:
-    """A language's words from its TOML table; ConfigError names every missing piece."""
+def words_from_table(
+    language: str,
+    table: Mapping[str, Any],
+    rules: Mapping[str, frozenset[str]] | None = None,
+) -> BounceWords:
+    """A language's words from its TOML table; ConfigError names every missing piece.
+
+    ``rules`` maps every knowledge rule's id to the keys of ``RULE_KEYS`` it has its own
+    English words for: a language other than English must translate exactly those (None
+    checks only the shape of the ``[rule]`` tables).
+    """
     problems: list[str] = []
 
     def text(where: Mapping[str, Any], key: str, path: str) -> str:
@@ -134,6 +156,7 @@ def words_from_table(language: str, table: Mapping[str, Any]) -> BounceWords:
         for name in reason_tables
         if name not in {r.value for r in Reason}
     ]
+    rule_words = _rule_words(language, _table(table.get("rule")), rules, problems)
     if problems:
         raise ConfigError(problems)
     return BounceWords(
@@ -145,7 +168,46 @@ def words_from_table(language: str, table: Mapping[str, Any]) -> BounceWords:
         text(words, "more_information", "words."),
         text(words, "for_administrators", "words."),
         reasons,
+        rule_words,
     )
+
+
+def _rule_words(
+    language: str,
+    tables: Mapping[str, Any],
+    rules: Mapping[str, frozenset[str]] | None,
+    problems: list[str],
+) -> dict[str, RuleWords]:
+    """``[rule."<id>"]`` tables: a translation of each rule's own words, and nothing else."""
+    if language == "en":
+        problems += [f"en: rule.{r}: English uses the rule's own words" for r in tables]
+        return {}
+    wanted = {} if rules is None else {rule: keys for rule, keys in rules.items() if keys}
+    found: dict[str, RuleWords] = {}
+    for rule_id in sorted(set(tables) | set(wanted)):
+        path = f"{language}: rule.{rule_id}"
+        entry = tables.get(rule_id, {})
+        if rules is not None and rule_id not in rules:
+            problems.append(f"{path}: not a rule")
+            continue
+        if not isinstance(entry, dict):
+            problems.append(f"{path}: expected a table of {', '.join(RULE_KEYS)}")
+            continue
+        own = frozenset(RULE_KEYS) if rules is None else rules[rule_id]
+        for key in entry:
+            if key not in RULE_KEYS:
+                problems.append(f"{path}.{key}: unknown key (use {', '.join(RULE_KEYS)})")
+            elif key not in own:
+                problems.append(f"{path}.{key}: the rule has no {key} of its own")
+        values: dict[str, str] = {}
+        for key in RULE_KEYS:
+            value = entry.get(key)
+            if key in own and isinstance(value, str) and value.strip():
+                values[key] = value
+            elif key in wanted.get(rule_id, ()):
+                problems.append(f"{path}.{key}: missing text")
+        found[rule_id] = RuleWords(values.get("summary"), values.get("action"))
+    return found
 
 
 def _table(value: object) -> Mapping[str, Any]:
@@ -262,6 +324,10 @@ def recipient_lines(
         action = translated.action
         if c.klass is ReplyClass.TRANSIENT and translated.transient_action:
             action = translated.transient_action
+    own = words.rules.get(c.rule) if c.rule is not None else None
+    if own is not None:  # the rule's own words, where it has them, as in English
+        summary = own.summary or summary
+        action = own.action or action
     lines = [
         f"{summary.rstrip('.')}. {words.who[explanation.actor]}",
         f"{words.what_to_do} {action}",

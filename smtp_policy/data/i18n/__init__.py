@@ -6,7 +6,8 @@ import tomllib
 from functools import cache
 from importlib import resources
 
-from smtp_policy.core.bounce import BounceWords, words_from_table
+from smtp_policy.core.bounce import RULE_KEYS, BounceWords, words_from_table
+from smtp_policy.data import default_knowledge
 
 #: The languages a bounce can be written in (``[bounce] language``).
 LANGUAGES = ("en", "de", "fr")
@@ -16,9 +17,14 @@ LANGUAGES = ("en", "de", "fr")
 def bounce_words(language: str) -> BounceWords:
     """A shipped language's words, loaded and checked once per process.
 
-    Raises ValueError for a language that is not shipped (check-config refuses it first).
+    Every knowledge rule's own words (``RULE_KEYS``) must be translated. Raises ValueError
+    for a language that is not shipped (check-config refuses it first).
     """
     if language not in LANGUAGES:
         raise ValueError(f"no bounce texts in {language!r} (there are: {', '.join(LANGUAGES)})")
     raw = (resources.files("smtp_policy") / "data" / "i18n" / f"{language}.toml").read_text("utf-8")
-    return words_from_table(language, tomllib.loads(raw))
+    own = {
+        rule.id: frozenset(key for key in RULE_KEYS if getattr(rule, key))
+        for rule in default_knowledge().rules
+    }
+    return words_from_table(language, tomllib.loads(raw), own)
