@@ -822,7 +822,15 @@ def _bounce(ck: _Checker, table: Mapping[str, Any]) -> BounceConfig:
                 ck.add((*path, name, key), f"expected a string, got {_describe(value)}")
     config = BounceConfig(language, contact, help_url, templates)
     try:
-        bounce_file(config, bounce_words(language))
+        words = bounce_words(language)
+    except ConfigError as exc:  # a shipped file edited by hand, or a rule added untranslated
+        shipped = f"smtp_policy/data/i18n/{language}.toml"
+        for problem in exc.problems:
+            _, _, what = problem.partition(": ")
+            ck.add((*path, "language"), f"the shipped texts ({shipped}) are incomplete: {what}")
+        return config
+    try:
+        bounce_file(config, words)
     except ConfigError as exc:
         for problem in exc.problems:
             where, _, message = problem.partition(": ")

@@ -17,6 +17,7 @@ from smtp_policy.core.bounce import (
     RULE_KEYS,
     TEMPLATES,
     BounceConfig,
+    BounceWords,
     bounce_file,
     help_link,
     recipient_lines,
@@ -341,6 +342,26 @@ def test_check_config_finds_bad_bounce_values_with_file_and_line(text: str, prob
     assert config is None
     (found,) = problems
     assert found.startswith(problem), found
+
+
+def test_check_config_names_an_untranslated_rule_in_the_shipped_texts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shipped language that lacks a rule's words is one clear problem, not a traceback."""
+
+    def broken(language: str) -> BounceWords:
+        raise ConfigError([f"{language}: rule.postfix.helo_not_fqdn.summary: missing text"])
+
+    monkeypatch.setattr("smtp_policy.config.check.bounce_words", broken)
+    config, problems = validate([default_source(), ConfigSource("b.toml", _GERMAN)])
+    assert config is None
+    assert [str(p) for p in problems] == [
+        "b.toml:2: bounce.language: the shipped texts (smtp_policy/data/i18n/de.toml) are "
+        "incomplete: rule.postfix.helo_not_fqdn.summary: missing text"
+    ]
+
+
+_GERMAN = '[bounce]\nlanguage = "de"'
 
 
 def test_check_config_warns_about_an_example_contact() -> None:
