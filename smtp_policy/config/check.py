@@ -54,7 +54,7 @@ from smtp_policy.core.texts import (
     help_url_problems,
     template_problems,
 )
-from smtp_policy.data.i18n import LANGUAGES, bounce_words
+from smtp_policy.data.i18n import LANGUAGES, bounce_words, shipped_translation
 
 _E = TypeVar("_E", Stage, RuleAction)
 _K = TypeVar("_K")
@@ -701,6 +701,7 @@ def _texts(ck: _Checker, table: Mapping[str, Any]) -> TextsConfig:
         reason=_keyed(ck, table, path, "reason", _reason_key),
         enhanced=_keyed(ck, table, path, "enhanced", _enhanced_key),
         code=_keyed(ck, table, path, "code", _code_key),
+        translation=shipped_translation(language) if _LANG_TAG.fullmatch(language) else None,
     )
 
 

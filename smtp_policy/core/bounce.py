@@ -30,10 +30,15 @@ from email.header import Header
 from typing import Any
 
 from smtp_policy.core.errors import ConfigError
-from smtp_policy.core.model import Actor, Explanation, Reason, ReplyClass
+from smtp_policy.core.model import Actor, Explanation, Reason
 from smtp_policy.core.texts import (
+    ASCII_GERMAN,
+    RULE_KEYS,
+    ReasonWords,
+    RuleWords,
     TextsConfig,
     render_help_url,
+    translated_words,
 )
 
 TEMPLATES = ("failure", "delay", "success", "verify")
@@ -51,8 +56,6 @@ _HEADERS = (
 _PLACEHOLDER = re.compile(r"(?<!\$)\{([^{}\s]*)\}")
 _URL = re.compile(r"https?://[^\s<>()\"']+", re.IGNORECASE)
 #: German letters written the way German does in plain ASCII (the DSN text must be ASCII).
-_ASCII_GERMAN = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue"})
-_ASCII_GERMAN[ord("ß")] = "ss"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,27 +71,6 @@ class BounceConfig:
     contact: str = ""
     help_url: str = ""
     templates: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class ReasonWords:
-    """One reason in one language: its summary and what to do (final, and when retried)."""
-
-    summary: str
-    action: str
-    transient_action: str | None = None
-
-
-#: What a rule may say in its own words in a bounce, in the order of :class:`RuleWords`.
-RULE_KEYS = ("summary", "action")
-
-
-@dataclass(frozen=True, slots=True)
-class RuleWords:
-    """One knowledge rule's own words in one language (None: the reason's translation)."""
-
-    summary: str | None = None
-    action: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,18 +298,7 @@ def recipient_lines(
     """What happened and who can fix it; what you can do; a help link; the administrators'
     label with the time ``at`` (timezone-aware), after which
     :func:`smtp_policy.core.rewrite.dsn_text` puts the reply verbatim."""
-    c = explanation.classification
-    summary, action = explanation.summary, explanation.action
-    translated = words.reasons.get(c.reason) if c.reason is not None else None
-    if translated is not None:
-        summary = translated.summary
-        action = translated.action
-        if c.klass is ReplyClass.TRANSIENT and translated.transient_action:
-            action = translated.transient_action
-    own = words.rules.get(c.rule) if c.rule is not None else None
-    if own is not None:  # the rule's own words, where it has them, as in English
-        summary = own.summary or summary
-        action = own.action or action
+    summary, action = translated_words(explanation, words.reasons, words.rules)
     lines = [
         f"{summary.rstrip('.')}. {words.who[explanation.actor]}",
         f"{words.what_to_do} {action}",
@@ -337,7 +308,7 @@ def recipient_lines(
         lines.append(f"{words.more_information} <{link}>.")  # brackets: RFC 3986 app. C
     when = at.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
     lines.append(words.for_administrators.replace("{time}", when))
-    return [line.translate(_ASCII_GERMAN) for line in lines]
+    return [line.translate(ASCII_GERMAN) for line in lines]
 
 
 def help_link(explanation: Explanation, texts: TextsConfig) -> str:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from smtp_policy.core.errors import ConfigError
-from smtp_policy.core.model import EnhancedCode, Explanation, Reason
+from smtp_policy.core.model import EnhancedCode, Explanation, Reason, ReplyClass
 from smtp_policy.core.networks import IPNetwork, in_networks
 from smtp_policy.core.sanitize import MAX_LINES, clean_text, sanitize_reply
 
@@ -107,6 +107,9 @@ class TextSet:
     def choose(self, audience: Audience, language: str) -> tuple[str, str] | None:
         """The key inside this entry (``lang.de.internal``, ``external``) and its text."""
         translated = self.lang.get(language)
+        if translated is None and "-" in language:  # fr-CA: the fr text, where there is no fr-CA
+            language = language.split("-", 1)[0]
+            translated = self.lang.get(language)
         wanted: tuple[Audience, ...] = (
             ("external",) if audience == "external" else ("internal", "external")
         )
@@ -118,9 +121,71 @@ class TextSet:
         return None
 
 
+#: German written in ASCII the way Germans do (ae, oe, ue, ss), before the sanitizer would
+#: drop the dots (which reads as other words).
+ASCII_GERMAN = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue"})
+ASCII_GERMAN[ord("ß")] = "ss"
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonWords:
+    """One reason in one language: its summary and what to do (final, and when retried)."""
+
+    summary: str
+    action: str
+    transient_action: str | None = None
+
+
+#: What a rule may say in its own words in another language, in the order of :class:`RuleWords`.
+RULE_KEYS = ("summary", "action")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleWords:
+    """One knowledge rule's own words in one language (None: the reason's translation)."""
+
+    summary: str | None = None
+    action: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """The reasons' and rules' words in one shipped language, for ``{summary}`` and ``{action}``."""
+
+    language: str
+    reasons: Mapping[Reason, ReasonWords]
+    rules: Mapping[str, RuleWords] = field(default_factory=dict)
+
+
+def translated_words(
+    explanation: Explanation,
+    reasons: Mapping[Reason, ReasonWords],
+    rules: Mapping[str, RuleWords],
+) -> tuple[str, str]:
+    """The summary and action of ``explanation`` in another language: the deciding rule's own
+    words where it has them, else its reason's (the retry advice for a 4xx), else English."""
+    c = explanation.classification
+    summary, action = explanation.summary, explanation.action
+    translated = reasons.get(c.reason) if c.reason is not None else None
+    if translated is not None:
+        summary = translated.summary
+        action = translated.action
+        if c.klass is ReplyClass.TRANSIENT and translated.transient_action:
+            action = translated.transient_action
+    own = rules.get(c.rule) if c.rule is not None else None
+    if own is not None:
+        summary = own.summary or summary
+        action = own.action or action
+    return summary, action
+
+
 @dataclass(frozen=True, slots=True)
 class TextsConfig:
-    """The ``[texts]`` section, validated."""
+    """The ``[texts]`` section, validated.
+
+    ``translation`` holds the words of ``default_language`` when it is a shipped language
+    other than English: ``{summary}`` and ``{action}`` then speak it.
+    """
 
     default: TextSet = TextSet(external=DEFAULT_TEMPLATE)
     default_language: str = "en"
@@ -129,6 +194,7 @@ class TextsConfig:
     reason: Mapping[Reason, TextSet] = field(default_factory=dict)
     enhanced: Mapping[str, TextSet] = field(default_factory=dict)
     code: Mapping[int, TextSet] = field(default_factory=dict)
+    translation: Translation | None = None
 
 
 def audience_of(client_addr: str, texts: TextsConfig) -> Audience:
@@ -197,6 +263,12 @@ def reply_values(
     values["summary"] = explanation.summary
     values["explanation"] = explanation.explanation
     values["action"] = explanation.action
+    if texts.translation is not None:
+        t = texts.translation
+        summary, action = translated_words(explanation, t.reasons, t.rules)
+        if t.language == "de":
+            summary, action = summary.translate(ASCII_GERMAN), action.translate(ASCII_GERMAN)
+        values["summary"], values["action"] = summary, action
     values["help_url"] = c.help_url or render_help_url(texts.help_url, base)
     return values
 

@@ -16,6 +16,7 @@ from smtp_policy.core.events import (
     Event,
     EventKind,
     Source,
+    bare_address,
     capped,
 )
 from smtp_policy.core.sanitize import json_text, printable
@@ -67,7 +68,7 @@ def test_any_event_is_one_valid_utf8_json_line(
     data = json.loads(line)
     assert data.get("text") == capped(text, TEXT_CAP)
     assert data.get("helo") == capped(helo, NAME_CAP)
-    assert data.get("recipient") == capped(recipient, NAME_CAP)
+    assert data.get("recipient") == capped(bare_address(recipient), NAME_CAP)
     assert data.get("summary") == capped(summary, DETAIL_CAP)
     nested = data[capped("x-" + extra_key, NAME_CAP)]
     assert nested == {capped(extra_key, NAME_CAP): [capped(extra_value, DETAIL_CAP)]}

@@ -14,7 +14,6 @@ import pytest
 
 from smtp_policy.config import ConfigSource, check_sources, default_source, validate
 from smtp_policy.core.bounce import (
-    RULE_KEYS,
     TEMPLATES,
     BounceConfig,
     BounceWords,
@@ -30,7 +29,7 @@ from smtp_policy.core.knowledge import Rule
 from smtp_policy.core.model import Actor, Reason
 from smtp_policy.core.rewrite import answer_lookup, dsn_text
 from smtp_policy.core.sanitize import clean_text
-from smtp_policy.core.texts import TextsConfig, TextSet
+from smtp_policy.core.texts import RULE_KEYS, TextsConfig, TextSet
 from smtp_policy.data import default_knowledge
 from smtp_policy.data.i18n import LANGUAGES, bounce_words
 

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from smtp_policy.config import ConfigSource, default_source, validate
 from smtp_policy.core.errors import ConfigError
+from smtp_policy.core.explain import explain_text
 from smtp_policy.core.model import (
     Actor,
     Classification,
@@ -34,6 +36,7 @@ from smtp_policy.core.texts import (
     select_template,
     template_problems,
 )
+from smtp_policy.data import default_knowledge
 
 INTERNAL = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"))
 
@@ -387,3 +390,46 @@ def test_render_reply_text_is_always_safe(
         and len(f"550-5.7.1 {line}\r\n".encode()) <= MAX_LINE_OCTETS
         for line in lines
     )
+
+
+_HELO = "504 5.5.2 <ws42>: Helo command rejected: need fully-qualified hostname"
+
+
+def _texts_in(language: str) -> TextsConfig:
+    source = ConfigSource(
+        "user.toml", f'[texts]\ndefault_language = "{language}"\nhelp_url = "https://h.example/"\n'
+    )
+    config, problems = validate([default_source(), source])
+    assert config is not None and not problems
+    return config.texts
+
+
+@pytest.mark.parametrize(
+    ("language", "start", "more"),
+    [
+        (
+            "de",
+            "Der Server hat den HELO/EHLO-Namen des Absenders abgelehnt: er ist kein "
+            "vollstaendiger Hostname.",
+            "Weitere Informationen: https://h.example/",
+        ),
+        ("fr-CA", "Le serveur a refuse le nom HELO/EHLO de l'expediteur", "Plus d'informations :"),
+        ("en", "The server refused the client's HELO/EHLO name", "More information:"),
+        ("pt-BR", "The server refused the client's HELO/EHLO name", "More information:"),
+    ],
+)
+def test_a_shipped_default_language_speaks_in_summary_and_action(
+    language: str, start: str, more: str
+) -> None:
+    explanation = explain_text(_HELO, default_knowledge())
+    assert explanation.classification.rule == "postfix.helo_not_fqdn"
+    lines = render_reply_text(_texts_in(language), explanation, {}, "external")
+    assert lines[0].startswith(start)
+    assert lines[-1].startswith(more)
+
+
+def test_a_german_reply_writes_umlauts_as_germans_do_in_ascii() -> None:
+    explanation = explain_text("550 5.1.1 <x@example.org>: User unknown", default_knowledge())
+    text = " ".join(render_reply_text(_texts_in("de"), explanation, {}, "external"))
+    assert text.isascii()
+    assert not any(word in text for word in ("konnen", "fur ", "Empfanger"))

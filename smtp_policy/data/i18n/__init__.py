@@ -6,7 +6,8 @@ import tomllib
 from functools import cache
 from importlib import resources
 
-from smtp_policy.core.bounce import RULE_KEYS, BounceWords, words_from_table
+from smtp_policy.core.bounce import BounceWords, words_from_table
+from smtp_policy.core.texts import RULE_KEYS, Translation
 from smtp_policy.data import default_knowledge
 
 #: The languages a bounce can be written in (``[bounce] language``).
@@ -28,3 +29,13 @@ def bounce_words(language: str) -> BounceWords:
         for rule in default_knowledge().rules
     }
     return words_from_table(language, tomllib.loads(raw), own)
+
+
+def shipped_translation(language_tag: str) -> Translation | None:
+    """The reasons' and rules' words for ``[texts] default_language`` (``de``, ``fr-CA``...),
+    or None where English is meant or the language is not shipped."""
+    primary = language_tag.split("-", 1)[0].lower()
+    if primary == "en" or primary not in LANGUAGES:
+        return None
+    words = bounce_words(primary)
+    return Translation(primary, words.reasons, words.rules)
