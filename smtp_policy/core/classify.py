@@ -40,7 +40,7 @@ def classify(reply: Reply, kb: KnowledgeBase) -> Classification:
     klass = _class_from_codes(reply, kb)
     rule = _best_rule(reply, klass, kb)
     if klass is None:
-        klass = rule.klass if rule is not None and rule.klass is not None else ReplyClass.UNKNOWN
+        klass = _class_from_rule(rule, kb)
     if klass in (ReplyClass.SUCCESS, ReplyClass.INTERMEDIATE):
         if rule is not None and rule.reason is None:  # a known success text
             return _by_rule(reply, klass, rule)
@@ -51,6 +51,18 @@ def classify(reply: Reply, kb: KnowledgeBase) -> Classification:
     if reason is None:
         return Classification(reply, klass, Reason.UNDEFINED, decided_by=_present_code(reply))
     return Classification(reply, klass, reason, decided_by=source)
+
+
+def _class_from_rule(rule: Rule | None, kb: KnowledgeBase) -> ReplyClass:
+    """The class of a code-less reply: the rule's own, else its reason's code-less class."""
+    if rule is None:
+        return ReplyClass.UNKNOWN
+    if rule.klass is not None:
+        return rule.klass
+    info = kb.reasons.get(rule.reason) if rule.reason is not None else None
+    if info is not None and info.codeless_class is not None:
+        return info.codeless_class
+    return ReplyClass.UNKNOWN
 
 
 def _by_rule(reply: Reply, klass: ReplyClass, rule: Rule) -> Classification:

@@ -38,6 +38,9 @@ class ReasonInfo:
     actor: Actor
     transient_action: str | None = None
     transient_actor: Actor | None = None
+    #: The class of a reply with no code at all when a rule without its own ``class`` names
+    #: this reason: a bounce that says why it failed ("Relay not permitted") failed for good.
+    codeless_class: ReplyClass | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +230,7 @@ def _build_reasons(data: Mapping[str, Any]) -> dict[Reason, ReasonInfo]:
             where,
             name,
             required={"description", "summary", "explanation", "action", "actor"},
-            optional={"transient_action", "transient_actor"},
+            optional={"transient_action", "transient_actor", "codeless_class"},
         )
         out[reason] = ReasonInfo(
             reason=reason,
@@ -239,6 +242,11 @@ def _build_reasons(data: Mapping[str, Any]) -> dict[Reason, ReasonInfo]:
             transient_action=entry.get("transient_action"),
             transient_actor=_enum(Actor, entry["transient_actor"], where, f"{name}.transient_actor")
             if "transient_actor" in entry
+            else None,
+            codeless_class=_enum(
+                ReplyClass, entry["codeless_class"], where, f"{name}.codeless_class"
+            )
+            if "codeless_class" in entry
             else None,
         )
     missing = set(Reason) - set(out)

@@ -64,9 +64,12 @@ _DIAGNOSTIC = re.compile(
     re.DOTALL | re.IGNORECASE,
 )
 #: A reply code where a reply starts inside free text: "Remote host said: 550 …",
-#: "The reason given for the delay: 450 …", "552: Message rejected …".
+#: "The reason given for the delay: 450 …", "552: Message rejected …". A colon right after
+#: an address ("[192.0.2.1]:465:", "192.0.2.1:25") starts a port, not a reply, unless a space
+#: follows it ("host mx.example [192.0.2.1]: 550 …").
 _CODE_IN_TEXT = re.compile(
-    r"(?:^|[:;]|\bsaid)[ \t]*(?P<code>[2-5]\d\d)(?=[ \t:-]|$)", re.IGNORECASE
+    r"(?:^|(?<![\]\d])[:;]|(?<=[\]\d])[:;](?=[ \t])|\bsaid)[ \t]*(?P<code>[2-5]\d\d)(?=[ \t:-]|$)",
+    re.IGNORECASE,
 )
 _SHORTHAND = re.compile(
     r"\b(?:smtp|reply|status|error)[ -]?(?:error|code|status)?[ :#]*"

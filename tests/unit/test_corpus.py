@@ -3,7 +3,9 @@
 ``replies.jsonl`` is the development corpus: the knowledge base was tuned against it, and it
 must score >= 95 % on reason and 100 % on class. ``holdout.jsonl`` was collected later, by
 someone who never saw the rules, and nobody tunes on it: its score is the honest measure of
-how well the knowledge generalises. It is printed, and guarded only against regressions.
+how well the knowledge generalises. Only its totals are printed (never its rows or misses, so
+that nobody tunes on them by accident), and each collection in it is guarded against
+regressions from where it stood when it arrived.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from smtp_policy.core.explain import explain_text
 from smtp_policy.data import default_knowledge
@@ -47,14 +50,29 @@ class Score:
         return "\n".join([head, *top, *self.misses])
 
 
-def score(name: str) -> Score:
-    """Explain every reply of a corpus file and compare with its labels."""
+#: The holdout's collections, in file order: (name, rows, reason floor, class floor). The floors
+#: are the scores each collection had when it arrived, before anyone tuned after it came.
+HOLDOUT_COLLECTIONS = (
+    ("first collection and issue 15's first half", 240, 0.74, 0.93),
+    ("issue 15's second collection", 95, 0.54, 0.83),
+    ("issue 15's third collection", 26, 0.73, 1.0),
+    ("issue 15's fourth collection", 17, 0.76, 0.88),
+    ("issue 15's fifth collection", 6, 1.0, 1.0),
+    ("issue 15's sixth collection", 7, 0.71, 0.71),
+)
+
+
+def rows(name: str) -> list[dict[str, Any]]:
+    """The rows of a corpus file, in order."""
+    text = (CORPUS / name).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+def score(name: str, only: list[dict[str, Any]] | None = None) -> Score:
+    """Explain every reply of a corpus file (or of some of its rows) and compare with labels."""
     kb = default_knowledge()
     result = Score(name)
-    for line in (CORPUS / name).read_text(encoding="utf-8").splitlines():
-        if not line:
-            continue
-        row = json.loads(line)
+    for row in rows(name) if only is None else only:
         got = explain_text(row["reply"], kb).classification
         got_reason = got.reason.value if got.reason else None
         result.total += 1
@@ -83,9 +101,17 @@ def test_development_corpus() -> None:
 
 
 def test_holdout_corpus() -> None:
-    """The holdout's score is printed; it may not fall below where it stood when it arrived."""
-    result = score("holdout.jsonl")
-    print(result.report())
-    assert result.total >= 200
-    assert result.class_rate >= 0.93, result.report()
-    assert result.reason_rate >= 0.74, result.report()
+    """The holdout's totals are printed; no collection may fall below where it stood."""
+    holdout = rows("holdout.jsonl")
+    assert len(holdout) == sum(size for _, size, _, _ in HOLDOUT_COLLECTIONS)
+    whole = score("holdout.jsonl", holdout)
+    print(whole.report().splitlines()[0])
+    start = 0
+    for name, size, reason_floor, class_floor in HOLDOUT_COLLECTIONS:
+        part = score(f"holdout.jsonl, {name}", holdout[start : start + size])
+        head = part.report().splitlines()[0]
+        print(head)
+        assert part.class_rate >= class_floor, head
+        assert part.reason_rate >= reason_floor, head
+        start += size
+    assert whole.total >= 200
