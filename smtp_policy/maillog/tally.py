@@ -4,9 +4,10 @@ The one definition of "how many" that ``report``, ``trace`` and the metrics shar
 pflogsumm's terms where they mean the same:
 
 - *received*: messages that came in through smtpd (a ``client=`` line) or pickup, or that
-  Sendmail logged a ``from=`` line for; a bounce or delay notice the MTA generated itself is
-  *generated*, not received. A message refused at END-OF-MESSAGE was received (and rejected),
-  as pflogsumm counts it;
+  Sendmail logged a ``from=`` line for (:func:`counted_as`: a queue id and a client, as
+  pflogsumm counts); a bounce or delay notice the MTA generated itself is *generated*, not
+  received. A message refused at DATA or END-OF-MESSAGE was received (and rejected), as
+  pflogsumm counts it;
 - *delivered*, *bounced*: per-recipient ``status=sent``/``bounced`` lines; *discarded_delivered*
   says how many of the delivered went to Postfix's discard transport;
 - *deferred*: messages deferred at least once; *deferrals*: ``status=deferred`` lines. The
@@ -20,10 +21,11 @@ pflogsumm's terms where they mean the same:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from smtp_policy.core.events import Direction, Event, EventKind
+from smtp_policy.core.events import Direction, Event, EventKind, MessageSummary
 
-__all__ = ["TOTALS", "Tally"]
+__all__ = ["TOTALS", "Tally", "counted_as"]
 
 #: The keys of :meth:`Tally.totals`, in order.
 TOTALS = (
@@ -51,6 +53,19 @@ _ACTIONS = {
 }
 
 
+def counted_as(record: MessageSummary) -> Literal["received", "generated"] | None:
+    """How a message record counts: ``received`` (it came from a client, smtpd's ``client=``,
+    pickup or Sendmail's ``from=``: a queue id and a client, as pflogsumm counts; refused
+    later or not), ``generated`` (a notice this MTA wrote), or None (the log did not say how
+    it came in)."""
+    origin = record.origin
+    if origin == "notice":
+        return "generated"
+    if origin in _RECEIVED_ORIGINS:
+        return "received"
+    return None
+
+
 @dataclass(slots=True)
 class Tally:
     """Counts :class:`Event` values; :meth:`totals` gives the numbers."""
@@ -64,10 +79,9 @@ class Tally:
             self._reply(event)
         elif event.event == EventKind.MESSAGE and event.message is not None:
             record = event.message
-            if record.origin == "notice":
-                self.counts["generated"] += 1
-            elif record.origin in _RECEIVED_ORIGINS:
-                self.counts["received"] += 1
+            counted = counted_as(record)
+            if counted is not None:
+                self.counts[counted] += 1
             if record.status == "expired":
                 self.counts["expired"] += 1
 
