@@ -75,9 +75,12 @@ class Pipeline:
         emit: Callable[[Event], None],
         parse: Parse,
         metrics: FollowMetrics | None = None,
+        *,
+        emit_all: Callable[[list[Event]], None] | None = None,
     ) -> None:
         self.tracker = tracker
         self._emit = emit
+        self._emit_all = emit_all
         self._parse = parse
         self._metrics = metrics
         self.kinds: collections.Counter[str] = collections.Counter()
@@ -97,30 +100,46 @@ class Pipeline:
         self.feed(batch.lines)
 
     def feed(self, lines: Sequence[str]) -> None:
-        """Parse and track lines; write every event they complete."""
+        """Parse and track lines; write every event they complete (with ``emit_all``: all of
+        them at the end, in one call, and what was done if the tracker fails midway)."""
         parse, feed, emit = self._parse, self.tracker.feed, self._emit
         kinds: collections.Counter[str] = collections.Counter()
+        names: collections.Counter[str] = collections.Counter()
         observe = self._metrics.observe if self._metrics is not None else None
         observe_record = self._metrics.observe_record if self._metrics is not None else None
         counted = self._metrics.record_kinds if self._metrics is not None else frozenset()
         now = datetime.now(UTC)
-        for line in lines:
-            try:
-                record = parse(line)
-            except Exception:  # a parser bug must not stop the follower: count the line
-                kinds["parse_error"] += 1
-                continue
-            if record is None:
-                kinds["other"] += 1
-                continue
-            kinds[record.kind] += 1
-            if observe_record is not None and record.kind in counted:
-                observe_record(record)
-            for event in feed(record, now):
-                emit(event)
-                self.events[event.event] += 1
-                if observe is not None:
-                    observe(event)
+        done: list[Event] = []
+        keep = done.extend if self._emit_all is not None else None
+        try:
+            for line in lines:
+                try:
+                    record = parse(line)
+                except Exception:  # a parser bug must not stop the follower: count the line
+                    kinds["parse_error"] += 1
+                    continue
+                if record is None:
+                    kinds["other"] += 1
+                    continue
+                kinds[record.kind] += 1
+                if observe_record is not None and record.kind in counted:
+                    observe_record(record)
+                events = feed(record, now)
+                if not events:
+                    continue
+                if keep is not None:
+                    keep(events)
+                else:
+                    for event in events:
+                        emit(event)
+                for event in events:
+                    names[event.event] += 1
+                    if observe is not None:
+                        observe(event)
+        finally:
+            if self._emit_all is not None:
+                self._emit_all(done)
+            self.events.update(names)
         self.lines += len(lines)
         self.kinds.update(kinds)
         if self._metrics is not None:
