@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -37,8 +38,8 @@ from tests.helpers import SAMPLES
 TS = datetime(2026, 11, 28, 12, 31, 59, tzinfo=UTC)
 
 
-def _reply(**changes: object) -> dict[str, object]:
-    fields: dict[str, object] = {
+def _reply(**changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
         "event": EventKind.REPLY,
         "source": Source.LOG,
         "ts": TS,
