@@ -3,7 +3,9 @@
 :class:`ReportBuilder` consumes the events ``smtp-policy follow`` writes (``reply`` and
 ``message``) one at a time, and the log lines no event carries (warnings, fatal and panic lines,
 SASL failures, TLS) through :meth:`ReportBuilder.add_line`. It keeps counters only (and the
-distinct senders and recipients, as pflogsumm does). What is counted (docs/report.md):
+distinct senders and recipients, as pflogsumm does; the queue ids of deferred messages only
+while they are in flight: :class:`~smtp_policy.maillog.tally.DistinctMessages`). What is
+counted (docs/report.md):
 
 - *received*: messages that came from a client, as :func:`smtp_policy.maillog.tally.counted_as`
   (and pflogsumm) count them: a queue id and a client; bounce notices count as *generated*. A
@@ -36,7 +38,7 @@ from typing import Any
 from smtp_policy.core.events import Event, EventKind
 from smtp_policy.core.sanitize import printable
 from smtp_policy.maillog.record import LogRecord
-from smtp_policy.maillog.tally import counted_as
+from smtp_policy.maillog.tally import DistinctMessages, counted_as
 
 #: Candidate widths of one bar in "reasons over time", smallest first (seconds).
 BUCKET_WIDTHS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
@@ -114,7 +116,7 @@ class ReportBuilder:
         self.sasl_logins: collections.Counter[str] = collections.Counter()
         self.tls: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.tls_ciphers: collections.Counter[str] = collections.Counter()
-        self._deferred_ids: set[str] = set()
+        self._deferred_ids = DistinctMessages()
         self.first: datetime | None = None
         self.last: datetime | None = None
 
@@ -176,6 +178,7 @@ class ReportBuilder:
         msg = event.message
         status = msg.status if msg is not None else "unknown"
         self.statuses[status] += 1
+        self._deferred_ids.finish(event.queue_id)
         if msg is None:
             return
         counted = counted_as(msg)

@@ -20,12 +20,13 @@ pflogsumm's terms where they mean the same:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
 from smtp_policy.core.events import Direction, Event, EventKind, MessageSummary
 
-__all__ = ["TOTALS", "Tally", "counted_as"]
+__all__ = ["TOTALS", "DistinctMessages", "Tally", "counted_as"]
 
 #: The keys of :meth:`Tally.totals`, in order.
 TOTALS = (
@@ -66,12 +67,47 @@ def counted_as(record: MessageSummary) -> Literal["received", "generated"] | Non
     return None
 
 
+#: How many finished queue ids :class:`DistinctMessages` remembers (as the tracker does).
+FINISHED_MEMORY = 16_384
+
+
+@dataclass(slots=True)
+class DistinctMessages:
+    """How many distinct messages (queue ids) something happened to, in memory that does not
+    grow with the log: an id is kept while its message is in flight, counted when its message
+    record arrives (:meth:`finish`), then remembered among the last ``memory`` finished ones
+    only, so that a late line about it does not count it twice."""
+
+    memory: int = FINISHED_MEMORY
+    finished: int = 0
+    _open: set[str] = field(default_factory=set)
+    _done: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def add(self, queue_id: str) -> None:
+        """Something happened to this message."""
+        if queue_id not in self._open and queue_id not in self._done:
+            self._open.add(queue_id)
+
+    def finish(self, queue_id: str | None) -> None:
+        """This message's record arrived: count it, if something happened to it."""
+        if queue_id is None or queue_id not in self._open:
+            return
+        self._open.discard(queue_id)
+        self.finished += 1
+        self._done[queue_id] = None
+        if len(self._done) > self.memory:
+            self._done.popitem(last=False)
+
+    def __len__(self) -> int:
+        return self.finished + len(self._open)
+
+
 @dataclass(slots=True)
 class Tally:
     """Counts :class:`Event` values; :meth:`totals` gives the numbers."""
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0))
-    _deferred_ids: set[str] = field(default_factory=set)
+    _deferred_ids: DistinctMessages = field(default_factory=DistinctMessages)
 
     def add(self, event: Event) -> None:
         """Count one event (only ``reply`` and ``message`` events count)."""
@@ -79,6 +115,7 @@ class Tally:
             self._reply(event)
         elif event.event == EventKind.MESSAGE and event.message is not None:
             record = event.message
+            self._deferred_ids.finish(event.queue_id)
             counted = counted_as(record)
             if counted is not None:
                 self.counts[counted] += 1

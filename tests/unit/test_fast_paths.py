@@ -125,3 +125,22 @@ def test_pipeline_batch_writes_every_event_in_order() -> None:
     batched.feed(lines)
     assert len(batches) == 1 and batches[0] == one and len(one) > 500
     assert batched.events == plain.events
+
+
+def test_distinct_messages_forget_finished_ids() -> None:
+    """Counted once per message; an id is dropped when its record arrives (memory does not
+    grow with the log) and a late line within the memory does not count it again."""
+    from smtp_policy.maillog.tally import DistinctMessages
+
+    seen = DistinctMessages(memory=2)
+    for qid in ("A", "A", "B"):
+        seen.add(qid)
+    assert len(seen) == 2
+    seen.finish("A")
+    seen.finish("C")  # nothing happened to C: not counted
+    seen.add("A")  # a late line about A
+    assert len(seen) == 2 and seen._open == {"B"}
+    for qid in ("B", "D", "E"):
+        seen.add(qid)
+        seen.finish(qid)
+    assert len(seen) == 4 and len(seen._done) == 2

@@ -279,7 +279,9 @@ def replay(
                     mail_lines += 1
                     if tap is not None:
                         tap(line, record)
-                    yield from feed(record, now)
+                    events = feed(record, now)
+                    if events:  # most lines complete no event
+                        yield from events
         unread = any(n.kind in INPUT_PROBLEMS for n in found[before:])
         if not mail_lines and not unread:
             name = "standard input" if path == "-" else path
