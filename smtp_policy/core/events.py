@@ -51,7 +51,7 @@ def capped_detail(value: object) -> object:
     """An extra's value as an event writes it: every string in it :func:`capped` (object keys
     at :data:`NAME_CAP`, other strings at :data:`DETAIL_CAP`), at any depth."""
     if type(value) is str:  # the common cases first, without a call to capped()
-        return value if _fits(value, DETAIL_CAP) else capped(value, DETAIL_CAP)
+        return value if len(value) <= DETAIL_CAP and value.isascii() else capped(value, DETAIL_CAP)
     if type(value) in _SCALARS:
         return value
     if isinstance(value, str):
@@ -135,6 +135,14 @@ class EventKind(StrEnum):
 
 _EMPTY: Mapping[str, object] = MappingProxyType({})
 
+#: What a record's ``to_dict`` does to each value: nothing (state, tests), or
+#: :func:`capped_detail` (an event, as it is written).
+Cap = Callable[[Any], Any]
+
+
+def _same(value: Any) -> Any:
+    return value
+
 
 @dataclass(frozen=True, slots=True)
 class MessageReply:
@@ -161,12 +169,13 @@ class MessageReply:
     action: str | None = None
     attempt: int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form: the fields that are known, ``klass`` written as ``class``."""
+    def to_dict(self, cap: Cap = _same) -> dict[str, Any]:
+        """The JSON form: the fields that are known, ``klass`` written as ``class``; each value
+        as ``cap`` gives it (an event caps them: :func:`capped_detail`)."""
         return {
-            _json_name(name): value
-            for name in _REPLY_FIELDS
-            if (value := getattr(self, name)) is not None
+            key: cap(value)
+            for key, value in zip(_REPLY_KEYS, _reply_values(self), strict=True)
+            if value is not None
         }
 
     @classmethod
@@ -184,12 +193,10 @@ class BounceNotice:
     queue_id: str | None = None
     type: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form: the fields that are known."""
-        return {
-            k: v for k, v in (("queue_id", self.queue_id), ("type", self.type), ("ts", self.ts))
-            if v is not None
-        }  # fmt: skip
+    def to_dict(self, cap: Cap = _same) -> dict[str, Any]:
+        """The JSON form: the fields that are known, each as ``cap`` gives it."""
+        pairs = (("queue_id", self.queue_id), ("type", self.type), ("ts", self.ts))
+        return {k: cap(v) for k, v in pairs if v is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BounceNotice:
@@ -208,10 +215,11 @@ class RecipientSummary:
     relay: str | None = None
     attempts: tuple[MessageReply, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form: the fields that are known; ``attempts`` always."""
+    def to_dict(self, cap: Cap = _same) -> dict[str, Any]:
+        """The JSON form: the fields that are known, each as ``cap`` gives it; ``attempts``
+        always."""
         out: dict[str, Any] = {
-            k: v
+            k: cap(v)
             for k, v in (
                 ("recipient", self.recipient),
                 ("orig_recipient", self.orig_recipient),
@@ -221,7 +229,7 @@ class RecipientSummary:
             )
             if v is not None
         }
-        out["attempts"] = [a.to_dict() for a in self.attempts]
+        out["attempts"] = [a.to_dict(cap) for a in self.attempts]
         return out
 
 
@@ -254,9 +262,10 @@ class MessageSummary:
     #: the log did not say (it began after the message arrived).
     origin: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (the ``message`` event's extra fields), in the documented order."""
-        out: dict[str, Any] = {"status": self.status, "complete": self.complete}
+    def to_dict(self, cap: Cap = _same) -> dict[str, Any]:
+        """The JSON form (the ``message`` event's extra fields), in the documented order; each
+        value as ``cap`` gives it (an event caps them: :func:`capped_detail`)."""
+        out: dict[str, Any] = {"status": cap(self.status), "complete": cap(self.complete)}
         for key, value in (
             ("flushed", self.flushed),
             ("message_id", self.message_id),
@@ -267,18 +276,18 @@ class MessageSummary:
             ("delay", self.delay),
         ):
             if value is not None:
-                out[key] = value
-        out["recipients"] = [r.to_dict() for r in self.recipients]
+                out[key] = cap(value)
+        out["recipients"] = [r.to_dict(cap) for r in self.recipients]
         if self.upstream:
-            out["upstream"] = [u.to_dict() for u in self.upstream]
+            out["upstream"] = [u.to_dict(cap) for u in self.upstream]
         if self.attempts:
-            out["attempts"] = [a.to_dict() for a in self.attempts]
+            out["attempts"] = [a.to_dict(cap) for a in self.attempts]
         if self.notifications:
-            out["notifications"] = [n.to_dict() for n in self.notifications]
+            out["notifications"] = [n.to_dict(cap) for n in self.notifications]
         if self.notification_for is not None:
-            out["notification_for"] = self.notification_for
+            out["notification_for"] = cap(self.notification_for)
         if self.origin is not None:
-            out["origin"] = self.origin
+            out["origin"] = cap(self.origin)
         return out
 
 
@@ -298,6 +307,11 @@ def bare_address(address: str) -> str:
 
 def _json_name(name: str) -> str:
     return "class" if name == "klass" else name
+
+
+_REPLY_KEYS = tuple(_json_name(name) for name in _REPLY_FIELDS)
+#: Every field of a :class:`MessageReply` at once (one C call, not a ``getattr`` each).
+_reply_values = attrgetter(*_REPLY_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,8 +372,8 @@ class Event:
                 out[key] = value
         if self.extra:
             out.update(_capped_object(self.extra))
-        if self.message is not None:
-            out.update(_capped_object(self.message.to_dict()))
+        if self.message is not None:  # its keys are the schema's: capped where they are built
+            out.update(self.message.to_dict(capped_detail))
         return out
 
 
