@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from smtp_policy.adapters.follow.pipeline import Pipeline
+from smtp_policy.adapters.follow.pipeline import WRITE_EVERY, Pipeline
 from smtp_policy.core.events import (
     DETAIL_CAP,
     NAME_CAP,
@@ -123,7 +123,9 @@ def test_pipeline_batch_writes_every_event_in_order() -> None:
     )
     plain.feed(lines)
     batched.feed(lines)
-    assert len(batches) == 1 and batches[0] == one and len(one) > 500
+    assert [e for batch in batches for e in batch] == one and len(one) > 500
+    assert len(batches) > 1
+    assert all(len(batch) >= WRITE_EVERY for batch in batches[:-1])
     assert batched.events == plain.events
 
 

@@ -38,6 +38,8 @@ _FATAL_NOTICES = frozenset({"missing", "unreadable", "journal_error"})
 INPUT_PROBLEMS = frozenset({*_FATAL_NOTICES, "corrupt", "no_mail_lines"})
 
 Parse = Callable[[str], "LogRecord | None"]
+#: With ``emit_all``, the pipeline hands the writer this many events at a time (at least).
+WRITE_EVERY = 256
 
 
 class StopFlag:
@@ -100,8 +102,9 @@ class Pipeline:
         self.feed(batch.lines)
 
     def feed(self, lines: Sequence[str]) -> None:
-        """Parse and track lines; write every event they complete (with ``emit_all``: all of
-        them at the end, in one call, and what was done if the tracker fails midway)."""
+        """Parse and track lines; write every event they complete (with ``emit_all``: in
+        slices of :data:`WRITE_EVERY` or more, one call each, and what was done if the tracker
+        fails midway)."""
         parse, feed, emit = self._parse, self.tracker.feed, self._emit
         kinds: collections.Counter[str] = collections.Counter()
         names: collections.Counter[str] = collections.Counter()
@@ -110,7 +113,7 @@ class Pipeline:
         counted = self._metrics.record_kinds if self._metrics is not None else frozenset()
         now = datetime.now(UTC)
         done: list[Event] = []
-        keep = done.extend if self._emit_all is not None else None
+        emit_all = self._emit_all
         try:
             for line in lines:
                 try:
@@ -127,8 +130,11 @@ class Pipeline:
                 events = feed(record, now)
                 if not events:
                     continue
-                if keep is not None:
-                    keep(events)
+                if emit_all is not None:
+                    done += events
+                    if len(done) >= WRITE_EVERY:  # out in slices: memory stays small
+                        emit_all(done)
+                        done = []
                 else:
                     for event in events:
                         emit(event)
@@ -137,8 +143,8 @@ class Pipeline:
                     if observe is not None:
                         observe(event)
         finally:
-            if self._emit_all is not None:
-                self._emit_all(done)
+            if emit_all is not None and done:
+                emit_all(done)
             self.events.update(names)
         self.lines += len(lines)
         self.kinds.update(kinds)
