@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from smtp_policy.core.events import Direction, Event, EventKind, MessageSummary
+from smtp_policy.maillog.tracker import FINISHED_MEMORY
 
 __all__ = ["TOTALS", "DistinctMessages", "Tally", "counted_as"]
 
@@ -67,16 +68,13 @@ def counted_as(record: MessageSummary) -> Literal["received", "generated"] | Non
     return None
 
 
-#: How many finished queue ids :class:`DistinctMessages` remembers (as the tracker does).
-FINISHED_MEMORY = 16_384
-
-
 @dataclass(slots=True)
 class DistinctMessages:
     """How many distinct messages (queue ids) something happened to, in memory that does not
     grow with the log: an id is kept while its message is in flight, counted when its message
     record arrives (:meth:`finish`), then remembered among the last ``memory`` finished ones
-    only, so that a late line about it does not count it twice."""
+    only (as many as the tracker remembers), so that a late line about it does not count it
+    twice."""
 
     memory: int = FINISHED_MEMORY
     finished: int = 0
