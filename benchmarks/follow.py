@@ -9,8 +9,9 @@ Then times, in alternating rounds on the same file, ``smtp-policy follow --from-
 --events FILE`` (a child process; its peak RSS from ``wait4``; events to /dev/null, or to a real
 file with ``--events-file``), ``smtp-policy report`` and ``pflogsumm`` (Debian's
 /usr/sbin/pflogsumm), reports to /dev/null. Prints lines/s for each, both ratios against
-pflogsumm (median of the rounds), and peak RSS. Nothing is asserted: the machine is shared and
-noisy.
+pflogsumm (median of the rounds), the same per CPU second (user + system time of each child,
+from ``wait4``: less sensitive to other work on a shared machine), and peak RSS. Nothing is
+asserted: the machine is shared and noisy.
 
     .venv/bin/python benchmarks/follow.py [--lines 1000000] [--rounds 3] [--keep DIR]
 """
@@ -171,8 +172,9 @@ def _time(line: str) -> datetime:
     )
 
 
-def timed(cmd: list[str]) -> tuple[float, int, int]:
-    """Wall seconds, exit status and peak RSS (KiB) of one child process."""
+def timed(cmd: list[str]) -> tuple[float, int, int, float]:
+    """Wall seconds, exit status, peak RSS (KiB) and CPU seconds (user + system) of one child
+    process."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -183,7 +185,7 @@ def timed(cmd: list[str]) -> tuple[float, int, int]:
         print(f"  {cmd[0]} exited {proc.returncode}: {err.strip()[:300]}", file=sys.stderr)
     if proc.stderr:
         proc.stderr.close()
-    return elapsed, proc.returncode, usage.ru_maxrss
+    return elapsed, proc.returncode, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -227,20 +229,24 @@ def main() -> None:
             commands["pflogsumm"] = [PFLOGSUMM, str(log)]
         speeds: dict[str, list[float]] = {name: [] for name in commands}
         peaks: dict[str, list[int]] = {name: [] for name in commands}
+        cpu_speeds: dict[str, list[float]] = {name: [] for name in commands}
         for i in range(args.rounds):
             parts = []
             for name, cmd in commands.items():
                 if name == "follow" and events != os.devnull:
                     Path(events).unlink(missing_ok=True)
-                secs, _, peak = timed(cmd)
+                secs, _, peak, cpu = timed(cmd)
                 speeds[name].append(n / secs)
+                cpu_speeds[name].append(n / cpu if cpu else 0.0)
                 peaks[name].append(peak)
-                parts.append(f"{name} {n / secs:,.0f} lines/s ({secs:.2f} s)")
+                parts.append(f"{name} {n / secs:,.0f} lines/s ({secs:.2f} s, {cpu:.2f} s CPU)")
             print(f"round {i + 1}: " + ", ".join(parts), flush=True)
         median = {name: statistics.median(values) for name, values in speeds.items()}
+        per_cpu = {name: statistics.median(values) for name, values in cpu_speeds.items()}
         for name in commands:
             print(
                 f"{name + ':':<11} {median[name]:>9,.0f} lines/s (median of {args.rounds}), "
+                f"{per_cpu[name]:>9,.0f} lines per CPU second, "
                 f"peak RSS {max(peaks[name]) / 1024:.0f} MB"
             )
         if events != os.devnull:
@@ -249,6 +255,12 @@ def main() -> None:
             theirs = median["pflogsumm"]
             print(f"ratio follow/pflogsumm: {median['follow'] / theirs:.2f}x")
             print(f"ratio report/pflogsumm: {median['report'] / theirs:.2f}x")
+            cpu = per_cpu["pflogsumm"]
+            print(
+                f"ratio per CPU second (less sensitive to a loaded machine): "
+                f"follow/pflogsumm {per_cpu['follow'] / cpu:.2f}x, "
+                f"report/pflogsumm {per_cpu['report'] / cpu:.2f}x"
+            )
         else:
             print(f"pflogsumm not found at {PFLOGSUMM}")
 

@@ -1,7 +1,8 @@
 """Write events as JSON Lines through structlog: the only place events are serialised.
 
 Each event is one JSON object (structlog's renderer here, :func:`_render`) written with one
-``write`` call; the follower's writer is block-buffered and flushed per batch, a daemon's is
+``write`` call; the follower's writer is block-buffered, writes a batch's events with one call
+(:meth:`EventWriter.emit_all`, the same renderer) and is flushed per batch; a daemon's is
 line-buffered.
 
 Files a daemon writes (events, the follower's state) are opened by :func:`open_own_file`: never
@@ -18,6 +19,7 @@ import os
 import stat
 import sys
 import threading
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -177,6 +179,24 @@ class EventWriter:
         name = fields.pop("event")
         with self._lock:
             self._log.msg(name, **fields)
+
+    def emit_all(self, events: Iterable[Event]) -> None:
+        """Write events in order with one ``write``, each line exactly as :meth:`emit` writes
+        it (the same renderer; structlog's per-call machinery is skipped: the follower writes
+        thousands of events per batch)."""
+        render = _render
+        lines = []
+        for event in events:
+            fields = event.to_dict()
+            fields["event"] = fields.pop("event")  # last, where structlog puts it
+            lines.append(render(None, "info", fields))
+        if not lines:
+            return
+        lines.append("")
+        with self._lock:
+            self._stream.write("\n".join(lines))
+            if self._line_buffered:
+                self._stream.flush()
 
     def reopen(self, source: Source) -> None:
         """Open the path again (after a rotation); on failure keep the old file and say why."""

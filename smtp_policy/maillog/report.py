@@ -3,10 +3,14 @@
 :class:`ReportBuilder` consumes the events ``smtp-policy follow`` writes (``reply`` and
 ``message``) one at a time, and the log lines no event carries (warnings, fatal and panic lines,
 SASL failures, TLS) through :meth:`ReportBuilder.add_line`. It keeps counters only (and the
-distinct senders and recipients, as pflogsumm does). What is counted (docs/report.md):
+distinct senders and recipients, as pflogsumm does; the queue ids of deferred messages only
+while they are in flight: :class:`~smtp_policy.maillog.tally.DistinctMessages`). What is
+counted (docs/report.md):
 
-- *received*: messages that entered the queue from a client (``message`` records neither
-  rejected at the door nor generated here: bounce notices count as *generated*);
+- *received*: messages that came from a client, as :func:`smtp_policy.maillog.tally.counted_as`
+  (and pflogsumm) count them: a queue id and a client; bounce notices count as *generated*. A
+  message refused whole at DATA or end-of-message was received, and is also counted as
+  *rejected_messages*;
 - *delivered*, *forwarded*, *bounced*: per-recipient delivery results, as pflogsumm counts them;
   *deferred*: deferral lines, and the distinct messages deferred;
 - *rejected*: upstream rejects (smtpd, postscreen, milter, Sendmail rulesets); a
@@ -34,6 +38,7 @@ from typing import Any
 from smtp_policy.core.events import Event, EventKind
 from smtp_policy.core.sanitize import printable
 from smtp_policy.maillog.record import LogRecord
+from smtp_policy.maillog.tally import DistinctMessages, counted_as
 
 #: Candidate widths of one bar in "reasons over time", smallest first (seconds).
 BUCKET_WIDTHS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
@@ -111,7 +116,7 @@ class ReportBuilder:
         self.sasl_logins: collections.Counter[str] = collections.Counter()
         self.tls: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.tls_ciphers: collections.Counter[str] = collections.Counter()
-        self._deferred_ids: set[str] = set()
+        self._deferred_ids = DistinctMessages()
         self.first: datetime | None = None
         self.last: datetime | None = None
 
@@ -173,19 +178,24 @@ class ReportBuilder:
         msg = event.message
         status = msg.status if msg is not None else "unknown"
         self.statuses[status] += 1
-        if msg is None or status in _NOT_RECEIVED:
+        self._deferred_ids.finish(event.queue_id)
+        if msg is None:
+            return
+        counted = counted_as(msg)
+        if counted is not None:
+            self.totals[counted] += 1
+            if counted == "received":
+                self._traffic(_parse_time(msg.received, event.ts), "received")
+        if status in _NOT_RECEIVED:
             return
         size = msg.size or 0
         for rcpt in msg.recipients:
             if rcpt.status in _DELIVERED and size:
                 self.totals["bytes_delivered"] += size
                 self._delivery(_domain_of(rcpt.recipient)).bytes += size
-        if msg.notification_for is not None:
-            self.totals["generated"] += 1
+        if msg.notification_for is not None:  # senders and bytes: of the messages queued
             return
-        self.totals["received"] += 1
         self.totals["bytes_received"] += size
-        self._traffic(_parse_time(msg.received, event.ts), "received")
         sender = _address(event.sender)
         if sender:
             self.senders[sender] += 1
@@ -272,6 +282,7 @@ class ReportBuilder:
             k: t.get(k, 0)
             for k in ("received", "delivered", "deferred", "bounced", "rejected", "warned")
         }
+        totals["rejected_messages"] = self.statuses.get("rejected", 0)
         totals["deferred_messages"] = len(self._deferred_ids)
         totals["expired"] = self.statuses.get("expired", 0)
         for key in ("forwarded", "held", "discarded", "generated"):
@@ -475,7 +486,8 @@ def _iso(ts: datetime | None) -> str | None:
 
 #: The totals a person reads, in pflogsumm's order: (label, JSON key of the number, note).
 TOTAL_ROWS: tuple[tuple[str, str, str], ...] = (
-    ("Received", "received", "messages queued from clients"),
+    ("Received", "received", "messages from clients (a queue id and a client)"),
+    ("Refused whole", "rejected_messages", "of them refused at DATA or end-of-message"),
     ("Delivered", "delivered", "recipient deliveries"),
     ("Forwarded", "forwarded", "recipient deliveries forwarded"),
     ("Deferred", "deferred_messages", "messages deferred at least once"),

@@ -4,9 +4,10 @@ The one definition of "how many" that ``report``, ``trace`` and the metrics shar
 pflogsumm's terms where they mean the same:
 
 - *received*: messages that came in through smtpd (a ``client=`` line) or pickup, or that
-  Sendmail logged a ``from=`` line for; a bounce or delay notice the MTA generated itself is
-  *generated*, not received. A message refused at END-OF-MESSAGE was received (and rejected),
-  as pflogsumm counts it;
+  Sendmail logged a ``from=`` line for (:func:`counted_as`: a queue id and a client, as
+  pflogsumm counts); a bounce or delay notice the MTA generated itself is *generated*, not
+  received. A message refused at DATA or END-OF-MESSAGE was received (and rejected), as
+  pflogsumm counts it;
 - *delivered*, *bounced*: per-recipient ``status=sent``/``bounced`` lines; *discarded_delivered*
   says how many of the delivered went to Postfix's discard transport;
 - *deferred*: messages deferred at least once; *deferrals*: ``status=deferred`` lines. The
@@ -19,11 +20,14 @@ pflogsumm's terms where they mean the same:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Literal
 
-from smtp_policy.core.events import Direction, Event, EventKind
+from smtp_policy.core.events import Direction, Event, EventKind, MessageSummary
+from smtp_policy.maillog.tracker import FINISHED_MEMORY
 
-__all__ = ["TOTALS", "Tally"]
+__all__ = ["TOTALS", "DistinctMessages", "Tally", "counted_as"]
 
 #: The keys of :meth:`Tally.totals`, in order.
 TOTALS = (
@@ -51,12 +55,57 @@ _ACTIONS = {
 }
 
 
+def counted_as(record: MessageSummary) -> Literal["received", "generated"] | None:
+    """How a message record counts: ``received`` (it came from a client, smtpd's ``client=``,
+    pickup or Sendmail's ``from=``: a queue id and a client, as pflogsumm counts; refused
+    later or not), ``generated`` (a notice this MTA wrote), or None (the log did not say how
+    it came in)."""
+    origin = record.origin
+    if origin == "notice":
+        return "generated"
+    if origin in _RECEIVED_ORIGINS:
+        return "received"
+    return None
+
+
+@dataclass(slots=True)
+class DistinctMessages:
+    """How many distinct messages (queue ids) something happened to, in memory that does not
+    grow with the log: an id is kept while its message is in flight, counted when its message
+    record arrives (:meth:`finish`), then remembered among the last ``memory`` finished ones
+    only (as many as the tracker remembers), so that a late line about it does not count it
+    twice."""
+
+    memory: int = FINISHED_MEMORY
+    finished: int = 0
+    _open: set[str] = field(default_factory=set)
+    _done: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def add(self, queue_id: str) -> None:
+        """Something happened to this message."""
+        if queue_id not in self._open and queue_id not in self._done:
+            self._open.add(queue_id)
+
+    def finish(self, queue_id: str | None) -> None:
+        """This message's record arrived: count it, if something happened to it."""
+        if queue_id is None or queue_id not in self._open:
+            return
+        self._open.discard(queue_id)
+        self.finished += 1
+        self._done[queue_id] = None
+        if len(self._done) > self.memory:
+            self._done.popitem(last=False)
+
+    def __len__(self) -> int:
+        return self.finished + len(self._open)
+
+
 @dataclass(slots=True)
 class Tally:
     """Counts :class:`Event` values; :meth:`totals` gives the numbers."""
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0))
-    _deferred_ids: set[str] = field(default_factory=set)
+    _deferred_ids: DistinctMessages = field(default_factory=DistinctMessages)
 
     def add(self, event: Event) -> None:
         """Count one event (only ``reply`` and ``message`` events count)."""
@@ -64,10 +113,10 @@ class Tally:
             self._reply(event)
         elif event.event == EventKind.MESSAGE and event.message is not None:
             record = event.message
-            if record.origin == "notice":
-                self.counts["generated"] += 1
-            elif record.origin in _RECEIVED_ORIGINS:
-                self.counts["received"] += 1
+            self._deferred_ids.finish(event.queue_id)
+            counted = counted_as(record)
+            if counted is not None:
+                self.counts[counted] += 1
             if record.status == "expired":
                 self.counts["expired"] += 1
 

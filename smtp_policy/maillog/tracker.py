@@ -52,9 +52,12 @@ from smtp_policy.core.events import (
     Event,
     EventKind,
     MessageReply,
-    MessageSummary,
     RecipientSummary,
     Source,
+    new_event,
+    new_message_reply,
+    new_message_summary,
+    new_recipient_summary,
     reply_fields,
 )
 from smtp_policy.core.explain import explain, explain_text
@@ -306,6 +309,8 @@ class MessageTracker:
         )
         self._iso_second = -1
         self._iso_text = ""
+        self._epoch_of: datetime | None = None
+        self._epoch_value = 0.0
 
     # -- public ------------------------------------------------------------------------------
 
@@ -317,7 +322,7 @@ class MessageTracker:
     def feed(self, record: LogRecord, observed_at: datetime | None = None) -> list[Event]:
         """Consume one record; the events it completes (replies first, then message records)."""
         ts, logged = self._time(record, observed_at)
-        now = ts.timestamp()
+        now = self._epoch(ts)
         if logged and now > self._now:
             self._now = now
         out: list[Event] = []
@@ -425,6 +430,12 @@ class MessageTracker:
             return None
         return _known(explain(classify(reply, self._kb), self._kb))
 
+    def _epoch(self, ts: datetime) -> float:
+        """``ts.timestamp()``; the log clock hands out one object per second of log time."""
+        if ts is not self._epoch_of:
+            self._epoch_of, self._epoch_value = ts, ts.timestamp()
+        return self._epoch_value
+
     def _iso(self, epoch: float) -> str:
         """``2026-11-28T12:31:59Z``; consecutive lines mostly share their second."""
         second = int(epoch)
@@ -491,7 +502,7 @@ class MessageTracker:
             )
             if v is not None
         }
-        return Event(
+        return new_event(
             event=EventKind.REPLY,
             source=Source.LOG,
             ts=ts,
@@ -665,8 +676,8 @@ class MessageTracker:
     ) -> MessageReply:
         """One reply as kept in a message record: when, what happened, what it means."""
         fields = known.fields if known is not None else _NO_FIELDS
-        return MessageReply(
-            ts=self._iso(ts.timestamp()),
+        return new_message_reply(
+            ts=self._iso(self._epoch(ts)),
             status=_delivery_status(record) if record.status else None,
             code=record.code if record.code is not None else fields.get("code"),
             enhanced=record.enhanced or record.dsn or fields.get("enhanced"),
@@ -812,7 +823,7 @@ def _message_event(
 ) -> Event:
     deciding = _deciding_attempt(msg)
     rcpts = list(msg.recipients.values())
-    summary = MessageSummary(
+    summary = new_message_summary(
         status=_message_status(msg, flushed),
         complete=flushed is None,
         flushed=flushed,
@@ -829,7 +840,7 @@ def _message_event(
         notification_for=msg.notification_for,
         origin=msg.origin,
     )
-    return Event(
+    return new_event(
         event=EventKind.MESSAGE,
         source=Source.LOG,
         ts=datetime.fromtimestamp(now, tz),
@@ -893,7 +904,7 @@ def _message_delay(msg: _Message, now: float) -> float:
 
 def _recipient_summary(rcpt: _Recipient) -> RecipientSummary:
     last = rcpt.attempts[-1] if rcpt.attempts else None
-    return RecipientSummary(
+    return new_recipient_summary(
         recipient=_bare(rcpt.address),
         orig_recipient=_bare(rcpt.orig),
         status=rcpt.status,

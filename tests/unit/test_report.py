@@ -18,6 +18,7 @@ from smtp_policy.maillog.report import (
     render_html,
     render_text,
 )
+from smtp_policy.maillog.tally import Tally
 from tests.helpers import SAMPLES
 
 SAMPLE = SAMPLES / "postfix-3.7-maillog-sample.log"
@@ -146,6 +147,22 @@ def test_sample_matches_pflogsumm(data: dict[str, Any]) -> None:
     assert received == [{"domain": "sender.test", "messages": 349, "bytes": 133159}]
 
 
+def test_report_counts_as_the_tally(data: dict[str, Any]) -> None:
+    """One definition of received (pflogsumm's: a queue id and a client) serves the report
+    and the tally: 373 on the sample, of which the 24 a milter refused at end-of-message are
+    also shown as refused whole; notices are generated in both."""
+    tally = Tally()
+    for event in replay([str(SAMPLE)], default_knowledge(), year=2026):
+        tally.add(event)
+    counted = tally.totals()
+    totals = data["totals"]
+    assert (totals["received"], totals["generated"]) == (counted["received"], counted["generated"])
+    assert totals["received"] == 373
+    assert totals["rejected_messages"] == count(r"milter-reject: END-OF-MESSAGE") == 24
+    assert sum(day["received"] for day in data["per_day"]) == totals["received"]
+    assert sum(hour["received"] for hour in data["per_hour"]) == totals["received"]
+
+
 def test_sections_totals(sections: dict[str, Any]) -> None:
     """Every total of the crafted log, by hand: a bounce notice is generated, not received; hold,
     discard and reject_warning are not rejects; a forward is not a delivery."""
@@ -156,6 +173,7 @@ def test_sections_totals(sections: dict[str, Any]) -> None:
         "bounced": 1,
         "rejected": 1,
         "warned": 1,
+        "rejected_messages": 0,
         "deferred_messages": 1,
         "expired": 0,
         "forwarded": 1,

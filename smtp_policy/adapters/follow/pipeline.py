@@ -38,6 +38,8 @@ _FATAL_NOTICES = frozenset({"missing", "unreadable", "journal_error"})
 INPUT_PROBLEMS = frozenset({*_FATAL_NOTICES, "corrupt", "no_mail_lines"})
 
 Parse = Callable[[str], "LogRecord | None"]
+#: With ``emit_all``, the pipeline hands the writer this many events at a time (at least).
+WRITE_EVERY = 256
 
 
 class StopFlag:
@@ -75,9 +77,12 @@ class Pipeline:
         emit: Callable[[Event], None],
         parse: Parse,
         metrics: FollowMetrics | None = None,
+        *,
+        emit_all: Callable[[list[Event]], None] | None = None,
     ) -> None:
         self.tracker = tracker
         self._emit = emit
+        self._emit_all = emit_all
         self._parse = parse
         self._metrics = metrics
         self.kinds: collections.Counter[str] = collections.Counter()
@@ -97,30 +102,50 @@ class Pipeline:
         self.feed(batch.lines)
 
     def feed(self, lines: Sequence[str]) -> None:
-        """Parse and track lines; write every event they complete."""
+        """Parse and track lines; write every event they complete (with ``emit_all``: in
+        slices of :data:`WRITE_EVERY` or more, one call each, and what was done if the tracker
+        fails midway)."""
         parse, feed, emit = self._parse, self.tracker.feed, self._emit
         kinds: collections.Counter[str] = collections.Counter()
+        names: collections.Counter[str] = collections.Counter()
         observe = self._metrics.observe if self._metrics is not None else None
         observe_record = self._metrics.observe_record if self._metrics is not None else None
         counted = self._metrics.record_kinds if self._metrics is not None else frozenset()
         now = datetime.now(UTC)
-        for line in lines:
-            try:
-                record = parse(line)
-            except Exception:  # a parser bug must not stop the follower: count the line
-                kinds["parse_error"] += 1
-                continue
-            if record is None:
-                kinds["other"] += 1
-                continue
-            kinds[record.kind] += 1
-            if observe_record is not None and record.kind in counted:
-                observe_record(record)
-            for event in feed(record, now):
-                emit(event)
-                self.events[event.event] += 1
-                if observe is not None:
-                    observe(event)
+        done: list[Event] = []
+        emit_all = self._emit_all
+        try:
+            for line in lines:
+                try:
+                    record = parse(line)
+                except Exception:  # a parser bug must not stop the follower: count the line
+                    kinds["parse_error"] += 1
+                    continue
+                if record is None:
+                    kinds["other"] += 1
+                    continue
+                kinds[record.kind] += 1
+                if observe_record is not None and record.kind in counted:
+                    observe_record(record)
+                events = feed(record, now)
+                if not events:
+                    continue
+                if emit_all is not None:
+                    done += events
+                    if len(done) >= WRITE_EVERY:  # out in slices: memory stays small
+                        emit_all(done)
+                        done = []
+                else:
+                    for event in events:
+                        emit(event)
+                for event in events:
+                    names[event.event] += 1
+                    if observe is not None:
+                        observe(event)
+        finally:
+            if emit_all is not None and done:
+                emit_all(done)
+            self.events.update(names)
         self.lines += len(lines)
         self.kinds.update(kinds)
         if self._metrics is not None:
@@ -260,7 +285,9 @@ def replay(
                     mail_lines += 1
                     if tap is not None:
                         tap(line, record)
-                    yield from feed(record, now)
+                    events = feed(record, now)
+                    if events:  # most lines complete no event
+                        yield from events
         unread = any(n.kind in INPUT_PROBLEMS for n in found[before:])
         if not mail_lines and not unread:
             name = "standard input" if path == "-" else path
