@@ -1,6 +1,11 @@
 """What the milter costs Postfix: smtp-source throughput with no milter, a no-op pymilter and
 smtp_policy's milter, over TCP and a unix socket, with and without "no reply" flags.
 
+smtp_policy's milter runs on either engine: ``policy-*`` configurations on libmilter
+(``--engine libmilter``, the engine of earlier versions), ``engine-*`` on our own asyncio engine
+(``--engine asyncio``, the default); ``engine-unix`` and ``engine-tcp`` are the shipped
+defaults (``--noreply auto``: on over the unix socket, off over TCP).
+
 One private Postfix delivers everything to ``discard:`` (the queue on a tmpfs mounted under
 its temp dir when that works; the output says which). Its master.cf has one smtpd listener
 per configuration, each with its own ``smtpd_milters``, and ``max_use`` is raised so that the
@@ -67,7 +72,8 @@ class Setup:
     name: str
     milter: str | None = None  # "noop" or "policy"
     transport: str = "tcp"  # "tcp" or "unix"
-    noreply: bool = False
+    noreply: bool | None = False  # None: the shipped default (--noreply auto)
+    engine: str = "libmilter"  # smtp_policy's engine: "libmilter" or "asyncio"
 
     @property
     def baseline(self) -> str:
@@ -85,6 +91,9 @@ SETUPS = {
         Setup("policy-tcp-noreply", "policy", "tcp", noreply=True),
         Setup("policy-unix", "policy", "unix"),
         Setup("policy-unix-noreply", "policy", "unix", noreply=True),
+        Setup("engine-tcp", "policy", "tcp", noreply=None, engine="asyncio"),
+        Setup("engine-unix", "policy", "unix", noreply=None, engine="asyncio"),
+        Setup("engine-unix-reply", "policy", "unix", noreply=False, engine="asyncio"),
     )
 }
 
@@ -214,7 +223,8 @@ class MilterRun:
         config.write_text("")
         self.daemon = Daemon(
             "milter", self.workdir, "--listen", self.listen, "--config", str(config),
-            "--noreply", "on" if self.setup.noreply else "off",
+            "--engine", self.setup.engine,
+            "--noreply", {None: "auto", True: "on", False: "off"}[self.setup.noreply],
             name=self.setup.name, events=self.events, cwd=ROOT,
         )  # fmt: skip
         self.daemon.start(timeout=30)

@@ -168,6 +168,7 @@ def _serve(
         listen=address.libmilter(),
         noreply=settings.noreply,
         config=args.config,
+        engine="libmilter",
     )
     print(f"smtp-policy milter: listening on {address}", file=sys.stderr, flush=True)
     _loop(args, flags, worker, factory)
