@@ -48,15 +48,15 @@ _DISCARD: Final[int] = Milter.DISCARD
 _SKIP: Final[int] = Milter.SKIP
 _ALL_OPTS: Final[int] = Milter.ALL_OPTS
 
-#: Where each macro stage is searched, newest first (libmilter's ``smfi_getsymval`` order).
-_SEARCH_ORDER: Final = (
-    wire.M_EOH,
-    wire.M_EOM,
-    wire.M_DATA,
-    wire.M_ENVRCPT,
-    wire.M_ENVFROM,
-    wire.M_HELO,
+#: The macro stages, oldest first: libmilter's ``smfi_getsymval`` searches them the other way.
+_OLDEST_FIRST: Final = (
     wire.M_CONNECT,
+    wire.M_HELO,
+    wire.M_ENVFROM,
+    wire.M_ENVRCPT,
+    wire.M_DATA,
+    wire.M_EOM,
+    wire.M_EOH,
 )
 _TRANSACTION_STAGES: Final = (wire.M_ENVFROM, wire.M_ENVRCPT, wire.M_DATA, wire.M_EOM, wire.M_EOH)
 
@@ -77,6 +77,7 @@ class MilterContext:
 
     __slots__ = (
         "_macros",
+        "_merged",
         "_priv",
         "_reply",
         "_send",
@@ -90,6 +91,7 @@ class MilterContext:
     def __init__(self, send: Callable[[bytes], None]) -> None:
         self._priv: object = None
         self._macros: list[dict[str, str] | None] = [None] * 7
+        self._merged: dict[str, str] = {}
         self._reply: str | None = None
         self.symlists: dict[int, bytes] = {}
         self.negotiating = False
@@ -110,21 +112,14 @@ class MilterContext:
 
     def getsymval(self, name: str) -> str | None:
         """A macro's value; ``{x}`` and ``x`` name the same one-letter macro."""
-        one = name[1] if len(name) == 3 and name[0] == "{" and name[2] == "}" else None
-        braces = f"{{{name}}}" if len(name) == 1 else None
-        macros = self._macros
-        for stage in _SEARCH_ORDER:
-            values = macros[stage]
-            if not values:
-                continue
-            value = values.get(name)
-            if value is None and one is not None:
-                value = values.get(one)
-            if value is None and braces is not None:
-                value = values.get(braces)
-            if value is not None:
-                return value
-        return None
+        merged = self._merged
+        value = merged.get(name)
+        if value is None:
+            if len(name) == 3 and name[0] == "{" and name[2] == "}":
+                value = merged.get(name[1])
+            elif len(name) == 1:
+                value = merged.get(f"{{{name}}}")
+        return value
 
     def setreply(self, rcode: str, xcode: str | None = None, *lines: str | None) -> None:
         """The reply for the next REJECT/TEMPFAIL (libmilter's rules: see ``reply_text``)."""
@@ -193,15 +188,29 @@ class MilterContext:
     def set_macros(self, stage: int, values: dict[str, str]) -> None:
         """The macros the MTA sent for ``stage`` (they replace that stage's earlier ones)."""
         self._macros[stage] = values
+        self._merge()
+
+    def _merge(self) -> None:
+        """One lookup table, a newer stage's value first (libmilter searches the stages from
+        the newest)."""
+        merged: dict[str, str] = {}
+        macros = self._macros
+        for stage in _OLDEST_FIRST:
+            values = macros[stage]
+            if values:
+                merged.update(values)
+        self._merged = merged
 
     def clear_transaction(self) -> None:
         """Forget the macros of a finished or aborted transaction."""
         for stage in _TRANSACTION_STAGES:
             self._macros[stage] = None
+        self._merge()
 
     def clear_all(self) -> None:
         """Forget every macro and the milter instance (a new SMTP session follows)."""
         self._macros = [None] * 7
+        self._merged = {}
         self._priv = None
         self._reply = None
 
@@ -274,72 +283,83 @@ class MilterConnection(asyncio.Protocol):
 
     def _handle(self, frame: wire.Frame) -> None:
         command = wire.parse_command(frame)
-        code = frame.command
-        if isinstance(command, wire.OptionNegotiation):
+        if type(command) is wire.OptionNegotiation:
             self._negotiate(command, answer=True)
             return
         if self._offer is None:
-            raise wire.MilterProtocolError(f"milter command {code!r} before option negotiation")
-        ctx = self._ctx
-        if isinstance(command, wire.Macros):
-            stage = wire.MACRO_STAGE.get(command.stage)
-            if stage is not None:
-                ctx.set_macros(stage, {_text(n): _text(v) for n, v in command.pairs})
-            return
+            raise wire.MilterProtocolError(
+                f"milter command {frame.command!r} before option negotiation"
+            )
+        _DISPATCH[type(command)](self, command)
+
+    def _milter(self) -> Any:
+        """The session's milter instance (after QUIT_NC, a new one on the same options)."""
+        milter = self._ctx.getpriv()
+        if milter is None and self._offer is not None:
+            self._negotiate(self._offer, answer=False)
+            milter = self._ctx.getpriv()
+        return milter
+
+    def _reply(self, code: bytes, rc: int) -> None:
+        """Answer a step, unless "no reply" was negotiated for it."""
+        if self._protocol & wire.NO_REPLY_BIT[code]:
+            self._ctx.take_reply()  # the MTA is not waiting
+        else:
+            self._out.append(self._answer(rc))
+
+    def _on_macros(self, command: wire.Macros) -> None:
+        stage = wire.MACRO_STAGE.get(command.stage)
+        if stage is not None:  # others (Postfix's for unknown commands) are not kept
+            self._ctx.set_macros(stage, {_text(n): _text(v) for n, v in command.pairs})
+
+    def _on_bare(self, command: wire.Bare) -> None:
+        code = command.command
         if code == wire.QUIT:
             self._end_session()
             self.close()
-            return
-        if code == wire.QUIT_NC:
+        elif code == wire.QUIT_NC:
             self._end_session()
-            ctx.clear_all()
+            self._ctx.clear_all()
             self._closed = False  # the connection stays for the next SMTP session
-            return
-        milter: Any = ctx.getpriv()
-        if milter is None:  # after QUIT_NC: the next session reuses the negotiated options
-            self._negotiate(self._offer, answer=False)
-            milter = ctx.getpriv()
-        if code == wire.ABORT:  # the abort callback only inside a transaction, as libmilter
+        elif code == wire.ABORT:  # the abort callback only inside a transaction, as libmilter
             if self._in_transaction:
-                self._call(milter.abort)
-            self._in_transaction = False
-            ctx.clear_transaction()
-            return
-        if isinstance(command, wire.Mail):
-            self._in_transaction = True
-        if isinstance(command, wire.EndOfMessage):
-            self._end_of_message(milter, command.chunk)
-            return
-        rc = self._step(command, milter)
-        if not self._protocol & wire.NO_REPLY_BIT.get(code, 0):
-            self._out.append(self._answer(rc))
+                self._in_transaction = False
+                self._call(self._milter().abort)
+            self._ctx.clear_transaction()
+        elif code == wire.DATA:
+            self._reply(code, self._call(self._milter().data))
         else:
-            ctx.take_reply()  # a "no reply" step: the MTA is not waiting
+            self._reply(code, self._call(self._milter().eoh))
 
-    def _step(self, command: wire.Command, milter: Any) -> int:
-        """Call the milter for one SMTP step; its return code."""
-        ctx = self._ctx
-        if isinstance(command, wire.Connect):
-            family, hostaddr = _hostaddr(command)
-            hostname = _text(command.hostname)
-            return self._call(lambda: Milter.connect_callback(ctx, hostname, family, hostaddr))
-        if isinstance(command, wire.Helo):
-            return self._call(lambda: milter.hello(_text(command.name)))
-        if isinstance(command, wire.Mail):
-            return self._call(lambda: milter.envfrom_bytes(*command.args))
-        if isinstance(command, wire.Rcpt):
-            return self._call(lambda: milter.envrcpt_bytes(*command.args))
-        if isinstance(command, wire.Bare) and command.command == wire.DATA:
-            return self._call(milter.data)
-        if isinstance(command, wire.Header):
-            return self._call(lambda: milter.header_bytes(_text(command.name), command.value))
-        if isinstance(command, wire.Bare) and command.command == wire.EOH:
-            return self._call(milter.eoh)
-        if isinstance(command, wire.Body):
-            return self._call(lambda: milter.body(command.chunk))
-        if isinstance(command, wire.Unknown):
-            return self._call(lambda: milter.unknown(_text(command.command)))
-        return _CONTINUE
+    def _on_connect(self, command: wire.Connect) -> None:
+        self._milter()
+        family, hostaddr = _hostaddr(command)
+        hostname = _text(command.hostname)
+        rc = self._call(Milter.connect_callback, self._ctx, hostname, family, hostaddr)
+        self._reply(b"C", rc)
+
+    def _on_helo(self, command: wire.Helo) -> None:
+        self._reply(b"H", self._call(self._milter().hello, _text(command.name)))
+
+    def _on_mail(self, command: wire.Mail) -> None:
+        self._in_transaction = True
+        self._reply(b"M", self._call(self._milter().envfrom_bytes, *command.args))
+
+    def _on_rcpt(self, command: wire.Rcpt) -> None:
+        self._reply(b"R", self._call(self._milter().envrcpt_bytes, *command.args))
+
+    def _on_header(self, command: wire.Header) -> None:
+        rc = self._call(self._milter().header_bytes, _text(command.name), command.value)
+        self._reply(b"L", rc)
+
+    def _on_body(self, command: wire.Body) -> None:
+        self._reply(b"B", self._call(self._milter().body, command.chunk))
+
+    def _on_unknown(self, command: wire.Unknown) -> None:
+        self._reply(b"U", self._call(self._milter().unknown, _text(command.command)))
+
+    def _on_end_of_message(self, command: wire.EndOfMessage) -> None:
+        self._end_of_message(self._milter(), command.chunk)
 
     def _negotiate(self, offer: wire.OptionNegotiation, *, answer: bool) -> None:
         if offer.version < 2:
@@ -351,7 +371,7 @@ class MilterConnection(asyncio.Protocol):
         opts = [offer.actions, offer.protocol, 0, 0]
         ctx.negotiating = True
         try:
-            rc = self._call(lambda: Milter.negotiate_callback(ctx, opts))
+            rc = self._call(Milter.negotiate_callback, ctx, opts)
         finally:
             ctx.negotiating = False
         if rc == _CONTINUE:
@@ -369,7 +389,7 @@ class MilterConnection(asyncio.Protocol):
         ctx = self._ctx
         rc = _CONTINUE
         if chunk:
-            rc = self._call(lambda: milter.body(chunk))
+            rc = self._call(milter.body, chunk)
         if rc == _CONTINUE:
             ctx.in_eom = True
             try:
@@ -382,12 +402,10 @@ class MilterConnection(asyncio.Protocol):
         ctx.clear_transaction()
         self._in_transaction = False
 
-    def _call(self, callback: Callable[[], object] | None) -> int:
+    def _call(self, callback: Callable[..., object], *args: object) -> int:
         """Run a callback; an exception is reported and counts as CONTINUE (fail open)."""
-        if callback is None:
-            return _CONTINUE
         try:
-            rc = callback()
+            rc = callback(*args)
         except Exception as exc:
             self._server.on_error(exc, self._ctx.getpriv())
             return _CONTINUE
@@ -433,7 +451,7 @@ class MilterConnection(asyncio.Protocol):
             if self._in_transaction:  # cut off mid-transaction: abort first, as libmilter
                 self._in_transaction = False
                 self._call(milter.abort)
-            self._call(lambda: Milter.close_callback(ctx))
+            self._call(Milter.close_callback, ctx)
             ctx.setpriv(None)
         self._closed = True
 
@@ -511,3 +529,17 @@ class MilterServer:
         """Drop every open connection (their sessions end with their close callbacks)."""
         for connection in list(self.connections):
             connection.abort()
+
+
+_DISPATCH: Final[dict[type, Callable[[MilterConnection, Any], None]]] = {
+    wire.Macros: MilterConnection._on_macros,
+    wire.Bare: MilterConnection._on_bare,
+    wire.Connect: MilterConnection._on_connect,
+    wire.Helo: MilterConnection._on_helo,
+    wire.Mail: MilterConnection._on_mail,
+    wire.Rcpt: MilterConnection._on_rcpt,
+    wire.Header: MilterConnection._on_header,
+    wire.Body: MilterConnection._on_body,
+    wire.Unknown: MilterConnection._on_unknown,
+    wire.EndOfMessage: MilterConnection._on_end_of_message,
+}

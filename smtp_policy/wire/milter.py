@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -150,15 +150,16 @@ class FrameDecoder:
     __slots__ = ("_buffer", "_start")
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._buffer = b""
         self._start = 0
 
     def feed(self, data: bytes) -> None:
         """Append received bytes."""
-        if self._start:
-            del self._buffer[: self._start]
-            self._start = 0
-        self._buffer += data
+        if self._start >= len(self._buffer):
+            self._buffer = data  # the common case: the last chunk ended on a frame boundary
+        else:
+            self._buffer = self._buffer[self._start :] + data
+        self._start = 0
 
     def next(self) -> Frame | None:
         """The next whole frame, or None until more bytes arrive."""
@@ -172,7 +173,7 @@ class FrameDecoder:
         if len(buffer) < end:
             return None
         self._start = end
-        return Frame(bytes(buffer[start + 4 : start + 5]), bytes(buffer[start + 5 : end]))
+        return Frame(buffer[start + 4 : start + 5], buffer[start + 5 : end])
 
     def pending(self) -> int:
         """Octets received and not yet returned in a frame."""
@@ -362,41 +363,51 @@ DATA, EOH, ABORT, QUIT, QUIT_NC = b"T", b"N", b"A", b"Q", b"K"
 
 def parse_command(frame: Frame) -> Command:
     """The MTA command in ``frame``; anything else is a :class:`MilterProtocolError`."""
-    cmd, data = frame.command, frame.data
-    if cmd == b"D":
-        if not data:
-            raise MilterProtocolError("milter macros without a stage")
-        if len(data) == 1:
-            return Macros(data[:1], ())
-        fields = _nul_fields(data[1:], "macros")
-        if len(fields) % 2 or len(fields) > 2 * MAX_MACROS:
-            raise MilterProtocolError("milter macros: odd or too many names and values")
-        return Macros(data[:1], tuple(zip(fields[::2], fields[1::2], strict=True)))
-    if cmd in (b"M", b"R"):
-        args = tuple(_nul_fields(data, "MAIL/RCPT"))
-        if len(args) > MAX_ARGS:
-            raise MilterProtocolError(f"milter MAIL/RCPT with more than {MAX_ARGS} arguments")
-        return Mail(args) if cmd == b"M" else Rcpt(args)
-    if cmd == b"B":
-        return Body(data)
-    if cmd == b"E":
-        return EndOfMessage(data)
-    if cmd in (DATA, EOH, ABORT, QUIT, QUIT_NC):
-        return Bare(cmd)
-    if cmd == b"L":
-        fields = _nul_fields(data, "header")
-        if len(fields) != 2:
-            raise MilterProtocolError("milter header is not name and value")
-        return Header(fields[0], fields[1])
-    if cmd == b"H":
-        return Helo(_one_string(data, "HELO"))
-    if cmd == b"C":
-        return _parse_connect(data)
-    if cmd == b"O":
-        return OptionNegotiation.decode(data)
-    if cmd == b"U":
-        return Unknown(_one_string(data, "unknown command"))
-    raise MilterProtocolError(f"unknown milter command {cmd!r}")
+    parse = _PARSERS.get(frame.command)
+    if parse is None:
+        raise MilterProtocolError(f"unknown milter command {frame.command!r}")
+    return parse(frame.command, frame.data)
+
+
+def _parse_macros(_cmd: bytes, data: bytes) -> Macros:
+    if not data:
+        raise MilterProtocolError("milter macros without a stage")
+    if len(data) == 1:
+        return Macros(data, ())
+    fields = _nul_fields(data[1:], "macros")
+    if len(fields) % 2 or len(fields) > 2 * MAX_MACROS:
+        raise MilterProtocolError("milter macros: odd or too many names and values")
+    return Macros(data[:1], tuple(zip(fields[::2], fields[1::2], strict=True)))
+
+
+def _parse_args(cmd: bytes, data: bytes) -> Mail | Rcpt:
+    args = tuple(_nul_fields(data, "MAIL/RCPT"))
+    if len(args) > MAX_ARGS:
+        raise MilterProtocolError(f"milter MAIL/RCPT with more than {MAX_ARGS} arguments")
+    return Mail(args) if cmd == b"M" else Rcpt(args)
+
+
+def _parse_header(_cmd: bytes, data: bytes) -> Header:
+    fields = _nul_fields(data, "header")
+    if len(fields) != 2:
+        raise MilterProtocolError("milter header is not name and value")
+    return Header(fields[0], fields[1])
+
+
+_BARE: Final = {code: Bare(code) for code in (DATA, EOH, ABORT, QUIT, QUIT_NC)}
+_PARSERS: Final[Mapping[bytes, Callable[[bytes, bytes], Command]]] = {
+    b"D": _parse_macros,
+    b"M": _parse_args,
+    b"R": _parse_args,
+    b"B": lambda _cmd, data: Body(data),
+    b"E": lambda _cmd, data: EndOfMessage(data),
+    **{code: (lambda cmd, _data: _BARE[cmd]) for code in _BARE},
+    b"L": _parse_header,
+    b"H": lambda _cmd, data: Helo(_one_string(data, "HELO")),
+    b"C": lambda _cmd, data: _parse_connect(data),
+    b"O": lambda _cmd, data: OptionNegotiation.decode(data),
+    b"U": lambda _cmd, data: Unknown(_one_string(data, "unknown command")),
+}
 
 
 def _one_string(data: bytes, what: str) -> bytes:
