@@ -33,8 +33,6 @@ from typing import Any, Final, cast
 
 import Milter
 
-from smtp_policy.config.listen import ListenAddress
-from smtp_policy.core.errors import ConfigError
 from smtp_policy.wire import milter as wire
 
 #: Open MTA connections at most (Postfix holds one per smtpd process).
@@ -512,18 +510,12 @@ class MilterServer:
         """Forget a closed connection."""
         self.connections.discard(connection)
 
-    async def listen(self, address: ListenAddress) -> asyncio.AbstractServer:
-        """Start accepting on ``address`` (a unix path's stale socket is the caller's)."""
+    async def listen(self, sock: socket.socket) -> asyncio.AbstractServer:
+        """Start accepting on a bound, listening socket (shared by the worker processes)."""
         loop = asyncio.get_running_loop()
-        try:
-            if address.is_unix:
-                return await loop.create_unix_server(lambda: MilterConnection(self), address.path)
-            host, port = address.host_port
-            return await loop.create_server(
-                lambda: MilterConnection(self), host, port, reuse_address=True
-            )
-        except OSError as exc:
-            raise ConfigError([f"cannot listen on {address}: {exc.strerror or exc}"]) from None
+        if sock.family == socket.AF_UNIX:
+            return await loop.create_unix_server(lambda: MilterConnection(self), sock=sock)
+        return await loop.create_server(lambda: MilterConnection(self), sock=sock)
 
     def abort_all(self) -> None:
         """Drop every open connection (their sessions end with their close callbacks)."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import functools
 import os
 import signal
 import socket
@@ -25,7 +27,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from types import FrameType, TracebackType
@@ -45,6 +47,7 @@ ENGINES = ("asyncio", "libmilter")
 HELP = "run the milter (record every SMTP stage, explain rejections, apply policy replies)"
 
 STOP_GRACE = 10.0  # seconds open sessions get to finish after SIGTERM
+LISTEN_BACKLOG = 128  # connections the kernel queues before the engine accepts them
 NAME = "smtp-policy"
 
 
@@ -71,6 +74,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         choices=ENGINES,
         help="asyncio: our own milter protocol code (uvloop when installed); libmilter: "
         "Sendmail's C library under pymilter (default: [milter] engine, asyncio)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="asyncio engine: N processes share the listening socket (default 1; more use "
+        "more cores, each with its own memory)",
     )
     parser.add_argument(
         "--noreply",
@@ -178,21 +189,108 @@ def _serve(
 def _serve_asyncio(
     args: argparse.Namespace, address: ListenAddress, timeout: int, settings: MilterSettings
 ) -> int:
-    """Serve with our own engine (:mod:`smtp_policy.adapters._milter_engine`)."""
+    """Serve with our own engine (:mod:`smtp_policy.adapters._milter_engine`): ``--workers``
+    processes share one listening socket (the first one is this process)."""
+    sock = _listening_socket(address)
+    workers: list[int] = []
+    for _ in range(max(1, args.workers) - 1):
+        pid = os.fork()
+        if pid == 0:  # a worker: serve until the parent says stop, die with the parent
+            _die_with_parent()
+            code = 1
+            try:
+                code = _run_loop(args, address, sock, timeout, settings, worker=True)
+            finally:
+                os._exit(code)
+        workers.append(pid)
+    try:
+        return _run_loop(args, address, sock, timeout, settings, workers=workers)
+    finally:
+        _stop_workers(workers)
+
+
+def _run_loop(
+    args: argparse.Namespace,
+    address: ListenAddress,
+    sock: socket.socket,
+    timeout: int,
+    settings: MilterSettings,
+    *,
+    worker: bool = False,
+    workers: Sequence[int] = (),
+) -> int:
+    """One process's event loop: uvloop when installed, else asyncio's own."""
+    serve = functools.partial(
+        _main_asyncio, args, address, sock, timeout, settings, worker=worker, workers=workers
+    )
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(_main_asyncio(args, address, timeout, settings, "asyncio"))
+        return asyncio.run(serve(event_loop="asyncio"))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_main_asyncio(args, address, timeout, settings, "uvloop"))
+        return runner.run(serve(event_loop="uvloop"))
+
+
+def _listening_socket(address: ListenAddress) -> socket.socket:
+    """The listening socket (a stale unix socket replaced, a live one refused)."""
+    try:
+        if address.is_unix:
+            _remove_stale_socket(address.path)
+            sock = socket.socket(socket.AF_UNIX)
+            old_umask = os.umask(0o111)  # postfix must connect
+            try:
+                sock.bind(address.path)
+            finally:
+                os.umask(old_umask)
+        else:
+            host, port = address.host_port
+            family = socket.AF_INET6 if address.kind == "inet6" or ":" in host else socket.AF_INET
+            sock = socket.socket(family)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        raise ConfigError([f"cannot listen on {address}: {exc.strerror or exc}"]) from None
+    sock.setblocking(False)
+    return sock
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel for SIGKILL when the parent dies (Linux's PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):  # not Linux: the worker notices the parent's stop
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before the request
+        os._exit(0)
+
+
+def _stop_workers(workers: Sequence[int]) -> None:
+    """SIGTERM each worker and wait for it (SIGKILL after the grace time)."""
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE + 2
+    for pid in workers:
+        while time.monotonic() < deadline:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 async def _main_asyncio(
     args: argparse.Namespace,
     address: ListenAddress,
+    sock: socket.socket,
     timeout: int,
     settings: MilterSettings,
+    *,
     event_loop: str,
+    worker: bool,
+    workers: Sequence[int],
 ) -> int:
     import Milter
 
@@ -206,34 +304,34 @@ async def _main_asyncio(
     def protocol_error(text: str) -> None:
         _emit(events, EventKind.ERROR, text=text)
 
+    def reload() -> None:
+        for pid in workers:  # each worker reloads itself
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+        _reload(args.config, factory)
+
     server = MilterServer(
         timeout=timeout, on_error=_engine_error(events), on_protocol_error=protocol_error
     )
-    old_umask = None
-    if address.is_unix:
-        _remove_stale_socket(address.path)
-        old_umask = os.umask(0o111)  # postfix must connect
-    try:
-        listener = await server.listen(address)
-    finally:
-        if old_umask is not None:
-            os.umask(old_umask)
+    listener = await server.listen(sock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_error(events))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(args.config, factory))
-    _emit(
-        events,
-        EventKind.STARTED,
-        listen=address.libmilter(),
-        noreply=settings.noreply,
-        config=args.config,
-        engine="asyncio",
-        event_loop=event_loop,
-    )
-    print(f"smtp-policy milter: listening on {address}", file=sys.stderr, flush=True)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    if not worker:
+        _emit(
+            events,
+            EventKind.STARTED,
+            listen=address.libmilter(),
+            noreply=settings.noreply,
+            config=args.config,
+            engine="asyncio",
+            event_loop=event_loop,
+            workers=1 + len(workers),
+        )
+        print(f"smtp-policy milter: listening on {address}", file=sys.stderr, flush=True)
     await stop.wait()
     listener.close()
     deadline = time.monotonic() + STOP_GRACE
@@ -242,10 +340,11 @@ async def _main_asyncio(
     open_sessions = factory.active
     server.abort_all()
     await asyncio.sleep(0)  # let the dropped connections end their sessions
-    if address.is_unix:
-        with contextlib.suppress(OSError):
-            os.unlink(address.path)
-    _emit(events, EventKind.STOPPED, open_sessions=open_sessions)
+    if not worker:
+        if address.is_unix:
+            with contextlib.suppress(OSError):
+                os.unlink(address.path)
+        _emit(events, EventKind.STOPPED, open_sessions=open_sessions)
     return 0
 
 
