@@ -10,12 +10,14 @@ frame that arrived before it treats end-of-file as the end.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from smtp_policy.lab.instance import poll
 from smtp_policy.lab.postfix import PostfixFactory
 from tests.helpers import Daemon, running
 
@@ -89,3 +91,53 @@ def test_pipelined_steps_before_a_quit_are_all_recorded_with_noreply(
     assert sorted(rejected) == sorted(f"nobody-{n}@local.test" for n in range(ROUNDS))
     assert [s["commands"].get("abort") for s in ours] == [1] * ROUNDS, ours
     assert not milter.events.of("error")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_workers_share_the_socket_reload_and_stop_together(
+    tmp_path: Path, make_postfix: PostfixFactory
+) -> None:
+    """--workers 2: every session recorded once, SIGHUP reloads each worker, SIGTERM stops
+    both and removes the socket; SIGKILL of the first takes the other with it."""
+    shared = Path(tempfile.mkdtemp(prefix="smtp-policy-engine-"))
+    shared.chmod(0o755)
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    sock = shared / "m.sock"
+    milter = Daemon(
+        "milter", tmp_path, "--config", str(config), "--listen", f"unix:{sock}",
+        "--workers", "2",
+    )  # fmt: skip
+    try:
+        with running(milter):
+            (worker,) = _children(milter.pid)
+            pf = make_postfix(milters=f"{{ unix:{sock}, default_action=accept }}")
+            for n in range(ROUNDS):
+                pipelined_session(pf.smtp_port, n)
+            ours = milter.wait_for(
+                lambda e: e["event"] == "session" and "mail" in e["commands"], WAIT, count=ROUNDS
+            )
+            milter.send_signal(signal.SIGHUP)
+            milter.wait_for(lambda e: e["event"] == "reloaded", count=2)
+        assert milter.returncode == 0
+        assert not sock.exists()
+        assert not Path(f"/proc/{worker}").exists()
+        assert len({s["session"] for s in ours}) == ROUNDS
+        assert len(milter.events.of("started")) == len(milter.events.of("stopped")) == 1
+        assert not milter.events.of("error")
+
+        killed = Daemon(
+            "milter", tmp_path, "--config", str(config), "--listen", f"unix:{sock}",
+            "--workers", "2", name="killed",
+        )  # fmt: skip
+        killed.start()
+        try:
+            (worker,) = _children(killed.pid)
+        finally:
+            killed.kill()
+        poll(lambda: not Path(f"/proc/{worker}/stat").exists() or None, 10, lambda: "the worker")
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
