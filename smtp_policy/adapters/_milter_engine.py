@@ -264,6 +264,10 @@ class MilterConnection(asyncio.Protocol):
             self._flush()
             self.close()
             return
+        except Exception as exc:  # a bug of ours: this connection ends, the MTA fails open
+            self._server.on_error(exc, self._ctx.getpriv())
+            self.abort()
+            return
         self._flush()
 
     def eof_received(self) -> bool:
@@ -282,6 +286,9 @@ class MilterConnection(asyncio.Protocol):
     def _handle(self, frame: wire.Frame) -> None:
         command = wire.parse_command(frame)
         if type(command) is wire.OptionNegotiation:
+            if self._ctx.getpriv() is not None:  # negotiating again ends the open session
+                self._end_session()
+                self._closed = False
             self._negotiate(command, answer=True)
             return
         if self._offer is None:

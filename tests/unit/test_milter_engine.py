@@ -11,6 +11,7 @@ from typing import Any
 import Milter
 import pytest
 
+from smtp_policy.adapters import _milter_engine as engine_module
 from smtp_policy.adapters._milter_engine import MilterConnection, MilterContext, MilterServer
 from smtp_policy.adapters.milter import (
     MilterFactory,
@@ -281,3 +282,32 @@ def test_the_context_finds_macros_as_libmilter_does() -> None:
         ctx.quarantine("not at end of message")
     with pytest.raises(w.MilterReplyError, match="not 4xx or 5xx"):
         ctx.setreply("250", None, "not an error")
+
+
+def test_negotiating_again_ends_the_open_session(engine: Callable[..., Harness]) -> None:
+    def test() -> None:
+        h = engine()
+        h.send(OFFER)
+        h.send(*session(1))
+        (answer,) = h.send(OFFER)
+        assert answer.command == b"O"
+        h.send(*session(2), w.Bare(b"Q"), eof=True)
+        assert len(h.all("session")) == 2
+        assert Milter.factory.active == 0
+
+    run(test)
+
+
+def test_an_unexpected_error_drops_only_that_connection(
+    engine: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def test() -> None:
+        h = engine()
+        h.send(OFFER)
+        monkeypatch.setitem(engine_module._DISPATCH, w.Helo, lambda self, command: 1 / 0)
+        h.send(POSTFIX, w.Connect(b"c", b"4", 1, b"192.0.2.1"), w.Helo(b"x"))
+        assert h.transport.closed
+        ((exc, _milter),) = h.errors  # type: ignore[attr-defined]
+        assert isinstance(exc, ZeroDivisionError)
+
+    run(test)
