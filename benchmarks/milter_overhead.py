@@ -1,6 +1,12 @@
 """What the milter costs Postfix: smtp-source throughput with no milter, a no-op pymilter and
 smtp_policy's milter, over TCP and a unix socket, with and without "no reply" flags.
 
+smtp_policy's milter runs on either engine: ``policy-*`` configurations on libmilter
+(``--engine libmilter``, the engine of earlier versions), ``engine-*`` on our own asyncio engine
+(``--engine asyncio``, the default); ``engine-unix`` and ``engine-tcp`` are the shipped
+defaults (``--noreply auto``: on over the unix socket, off over TCP); ``engine-unix-w2`` runs
+two worker processes (``--workers 2``); its CPU and peak RSS are summed over both.
+
 One private Postfix delivers everything to ``discard:`` (the queue on a tmpfs mounted under
 its temp dir when that works; the output says which). Its master.cf has one smtpd listener
 per configuration, each with its own ``smtpd_milters``, and ``max_use`` is raised so that the
@@ -67,7 +73,9 @@ class Setup:
     name: str
     milter: str | None = None  # "noop" or "policy"
     transport: str = "tcp"  # "tcp" or "unix"
-    noreply: bool = False
+    noreply: bool | None = False  # None: the shipped default (--noreply auto)
+    engine: str = "libmilter"  # smtp_policy's engine: "libmilter" or "asyncio"
+    workers: int = 1  # the asyncio engine's processes
 
     @property
     def baseline(self) -> str:
@@ -85,6 +93,10 @@ SETUPS = {
         Setup("policy-tcp-noreply", "policy", "tcp", noreply=True),
         Setup("policy-unix", "policy", "unix"),
         Setup("policy-unix-noreply", "policy", "unix", noreply=True),
+        Setup("engine-tcp", "policy", "tcp", noreply=None, engine="asyncio"),
+        Setup("engine-unix", "policy", "unix", noreply=None, engine="asyncio"),
+        Setup("engine-unix-reply", "policy", "unix", noreply=False, engine="asyncio"),
+        Setup("engine-unix-w2", "policy", "unix", noreply=None, engine="asyncio", workers=2),
     )
 }
 
@@ -214,7 +226,8 @@ class MilterRun:
         config.write_text("")
         self.daemon = Daemon(
             "milter", self.workdir, "--listen", self.listen, "--config", str(config),
-            "--noreply", "on" if self.setup.noreply else "off",
+            "--engine", self.setup.engine, "--workers", str(self.setup.workers),
+            "--noreply", {None: "auto", True: "on", False: "off"}[self.setup.noreply],
             name=self.setup.name, events=self.events, cwd=ROOT,
         )  # fmt: skip
         self.daemon.start(timeout=30)
@@ -244,24 +257,42 @@ class MilterRun:
                 return False
         return True
 
-    def hwm_kb(self) -> int | None:
-        """The milter's peak resident set (VmHWM), in kB."""
+    def pids(self) -> list[int]:
+        """The milter's process and its worker processes (``--workers``)."""
         if self.proc is None:
-            return None
+            return []
+        pid = self.proc.pid
         try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         except OSError:
-            return None
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        return None
+            children = []
+        return [pid, *(int(c) for c in children)]
+
+    def hwm_kb(self) -> int | None:
+        """The milter's peak resident set (VmHWM), in kB, summed over its processes."""
+        total = 0
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        return total or None
 
     def cpu_seconds(self) -> float:
-        """The milter's CPU time so far (all threads, user + system)."""
+        """The milter's CPU time so far (all threads and worker processes, user + system)."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = 0
+        for pid in self.pids():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> int | None:
         """SIGTERM; the end-of-message count the milter saw. smtp_policy's must exit 0 without

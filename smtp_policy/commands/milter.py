@@ -9,11 +9,17 @@ Wire it into Postfix's main.cf with a fail-open default, for example:
 and --listen inet:127.0.0.1:8895. Options override the configuration ([milter] listen and
 timeout, [events] output, [[rules]], [texts]: see config/config.toml). SIGTERM stops it
 cleanly; SIGHUP re-reads the configuration and keeps the running one if the new one is bad.
+The engine ([milter] engine, --engine) is our own milter protocol code on asyncio (uvloop when
+installed), or libmilter's C threads under pymilter as before.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import ctypes
+import functools
 import os
 import signal
 import socket
@@ -21,11 +27,11 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smtp_policy.commands._options import add_config_option
 from smtp_policy.config.listen import ListenAddress
@@ -37,9 +43,11 @@ if TYPE_CHECKING:
     from smtp_policy.adapters.milter import MilterFactory, MilterSettings
     from smtp_policy.config import Config
 
+ENGINES = ("asyncio", "libmilter")
 HELP = "run the milter (record every SMTP stage, explain rejections, apply policy replies)"
 
 STOP_GRACE = 10.0  # seconds open sessions get to finish after SIGTERM
+LISTEN_BACKLOG = 128  # connections the kernel queues before the engine accepts them
 NAME = "smtp-policy"
 
 
@@ -62,12 +70,27 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="drop an MTA connection silent this long (default: [milter] timeout, 600)",
     )
     parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="asyncio: our own milter protocol code (uvloop when installed); libmilter: "
+        "Sendmail's C library under pymilter (default: [milter] engine, asyncio)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="asyncio engine: N processes share the listening socket (default 1; more use "
+        "more cores, each with its own memory)",
+    )
+    parser.add_argument(
         "--noreply",
         choices=("auto", "on", "off"),
         default="auto",
         help="let the MTA skip waiting for stages no rule replies on: on, off, or auto "
-        "(off: over TCP it costs a delayed-ACK stall, and on a unix socket libmilter drops "
-        "the steps the MTA did not wait for when the client quits right after them)",
+        "(auto: on with the asyncio engine over a unix socket; off over TCP, where it costs "
+        "a delayed-ACK stall, and with libmilter, which drops the steps the MTA did not wait "
+        "for when the client quits right after them)",
     )
 
 
@@ -83,18 +106,25 @@ def run(args: argparse.Namespace) -> int:
         events = EventWriter.open(output)
     except OSError as exc:
         raise ConfigError([f"cannot write events to {output}: {exc.strerror or exc}"]) from None
+    engine = args.engine or config.milter.engine
+    timeout = args.timeout or config.milter.timeout
     try:
-        settings = _settings(config, events, _noreply(args.noreply))
-        return _serve(args, address, args.timeout or config.milter.timeout, settings)
+        settings = _settings(config, events, _noreply(args.noreply, engine, address))
+        if engine == "libmilter":
+            return _serve(args, address, timeout, settings)
+        return _serve_asyncio(args, address, timeout, settings)
     finally:
         events.close()
 
 
-def _noreply(choice: str) -> bool:
-    """Only when asked for. On a unix socket a client that quits right after a step the MTA
-    did not wait for makes Postfix send it, ABORT and QUIT and close at once; libmilter's poll
-    sees POLLHUP and drops the unread commands, so that step's event is lost (a rejected RCPT,
-    a HELO, the connect). Over TCP it costs a delayed-ACK stall."""
+def _noreply(choice: str, engine: str, address: ListenAddress) -> bool:
+    """``auto``: on with our engine over a unix socket, else off. On a unix socket a client
+    that quits right after a step the MTA did not wait for makes Postfix send it, ABORT and
+    QUIT and close at once; libmilter's poll sees POLLHUP and drops the unread commands, so
+    that step's event is lost (a rejected RCPT, a HELO, the connect); our engine reads every
+    command first. Over TCP it costs a delayed-ACK stall."""
+    if choice == "auto":
+        return engine == "asyncio" and address.is_unix
     return choice == "on"
 
 
@@ -149,10 +179,202 @@ def _serve(
         listen=address.libmilter(),
         noreply=settings.noreply,
         config=args.config,
+        engine="libmilter",
     )
     print(f"smtp-policy milter: listening on {address}", file=sys.stderr, flush=True)
     _loop(args, flags, worker, factory)
     return _shutdown(address, worker, factory, failure)
+
+
+def _serve_asyncio(
+    args: argparse.Namespace, address: ListenAddress, timeout: int, settings: MilterSettings
+) -> int:
+    """Serve with our own engine (:mod:`smtp_policy.adapters._milter_engine`): ``--workers``
+    processes share one listening socket (the first one is this process)."""
+    sock = _listening_socket(address)
+    workers: list[int] = []
+    for _ in range(max(1, args.workers) - 1):
+        pid = os.fork()
+        if pid == 0:  # a worker: serve until the parent says stop, die with the parent
+            _die_with_parent()
+            code = 1
+            try:
+                code = _run_loop(args, address, sock, timeout, settings, worker=True)
+            finally:
+                os._exit(code)
+        workers.append(pid)
+    try:
+        return _run_loop(args, address, sock, timeout, settings, workers=workers)
+    finally:
+        _stop_workers(workers)
+
+
+def _run_loop(
+    args: argparse.Namespace,
+    address: ListenAddress,
+    sock: socket.socket,
+    timeout: int,
+    settings: MilterSettings,
+    *,
+    worker: bool = False,
+    workers: Sequence[int] = (),
+) -> int:
+    """One process's event loop: uvloop when installed, else asyncio's own."""
+    serve = functools.partial(
+        _main_asyncio, args, address, sock, timeout, settings, worker=worker, workers=workers
+    )
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(event_loop="asyncio"))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(event_loop="uvloop"))
+
+
+def _listening_socket(address: ListenAddress) -> socket.socket:
+    """The listening socket (a stale unix socket replaced, a live one refused)."""
+    try:
+        if address.is_unix:
+            _remove_stale_socket(address.path)
+            sock = socket.socket(socket.AF_UNIX)
+            old_umask = os.umask(0o111)  # postfix must connect
+            try:
+                sock.bind(address.path)
+            finally:
+                os.umask(old_umask)
+        else:
+            host, port = address.host_port
+            family = socket.AF_INET6 if address.kind == "inet6" or ":" in host else socket.AF_INET
+            sock = socket.socket(family)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        raise ConfigError([f"cannot listen on {address}: {exc.strerror or exc}"]) from None
+    sock.setblocking(False)
+    return sock
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel for SIGKILL when the parent dies (Linux's PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):  # not Linux: the worker notices the parent's stop
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before the request
+        os._exit(0)
+
+
+def _stop_workers(workers: Sequence[int]) -> None:
+    """SIGTERM each worker and wait for it (SIGKILL after the grace time)."""
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE + 2
+    for pid in workers:
+        while time.monotonic() < deadline:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+async def _main_asyncio(
+    args: argparse.Namespace,
+    address: ListenAddress,
+    sock: socket.socket,
+    timeout: int,
+    settings: MilterSettings,
+    *,
+    event_loop: str,
+    worker: bool,
+    workers: Sequence[int],
+) -> int:
+    import Milter
+
+    from smtp_policy.adapters._milter_engine import MilterServer
+    from smtp_policy.adapters.milter import MilterFactory
+
+    events = settings.events
+    factory = MilterFactory(settings)
+    Milter.factory = factory  # set once; a reload swaps the factory's settings
+
+    def protocol_error(text: str) -> None:
+        _emit(events, EventKind.ERROR, text=text)
+
+    def reload() -> None:
+        for pid in workers:  # each worker reloads itself
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+        _reload(args.config, factory)
+
+    server = MilterServer(
+        timeout=timeout, on_error=_engine_error(events), on_protocol_error=protocol_error
+    )
+    listener = await server.listen(sock)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_loop_error(events))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    if not worker:
+        _emit(
+            events,
+            EventKind.STARTED,
+            listen=address.libmilter(),
+            noreply=settings.noreply,
+            config=args.config,
+            engine="asyncio",
+            event_loop=event_loop,
+            workers=1 + len(workers),
+        )
+        print(f"smtp-policy milter: listening on {address}", file=sys.stderr, flush=True)
+    await stop.wait()
+    listener.close()
+    deadline = time.monotonic() + STOP_GRACE
+    while factory.active > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    open_sessions = factory.active
+    server.abort_all()
+    await asyncio.sleep(0)  # let the dropped connections end their sessions
+    if not worker:
+        if address.is_unix:
+            with contextlib.suppress(OSError):
+                os.unlink(address.path)
+        _emit(events, EventKind.STOPPED, open_sessions=open_sessions)
+    return 0
+
+
+def _loop_error(
+    events: EventWriter,
+) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """The event loop's own errors: one line on stderr and one error event, no traceback."""
+
+    def handle(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message") or "event loop error")
+        if (exc := context.get("exception")) is not None:
+            message = f"{message}: {type(exc).__name__}: {exc}"
+        last_line = " ".join(message.split())
+        print(f"smtp-policy milter: {last_line}", file=sys.stderr, flush=True)
+        _emit(events, EventKind.ERROR, text=last_line)
+
+    return handle
+
+
+def _engine_error(events: EventWriter) -> Callable[[BaseException, object], None]:
+    """An exception our callbacks did not catch: an error event in its session if known."""
+    from smtp_policy.adapters.milter import PolicyMilter, report_uncaught
+
+    def report(exc: BaseException, milter: object) -> None:
+        if isinstance(milter, PolicyMilter):
+            milter.failed("engine", exc)
+        else:
+            report_uncaught(exc, events)
+
+    return report
 
 
 def _libmilter_main(conn: str, timeout: int, failure: list[BaseException]) -> None:

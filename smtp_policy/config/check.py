@@ -22,6 +22,7 @@ from smtp_policy.config.advice import advise
 from smtp_policy.config.lines import find_line
 from smtp_policy.config.listen import LOOPBACK, ListenAddress
 from smtp_policy.config.model import (
+    MILTER_ENGINES,
     BannerConfig,
     Config,
     ConfigReport,
@@ -284,7 +285,7 @@ def _rule_name(table: object) -> str:
 # --- validation ----------------------------------------------------------------------------
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
-    "milter": ("listen", "timeout"),
+    "milter": ("listen", "timeout", "engine"),
     "maps": ("listen", "same_line", "dsn_deferrals", "events_per_second"),
     "policy": ("listen", "events_per_second"),
     "metrics": ("listen", "top_domains", "queue_interval", "queue_config_directory"),
@@ -405,7 +406,11 @@ def _milter(ck: _Checker, table: Mapping[str, Any]) -> MilterConfig:
     timeout = ck.get(table, path, "timeout", int, 600)
     if isinstance(timeout, int) and timeout <= 0:
         ck.add((*path, "timeout"), "must be a positive number of seconds")
-    return MilterConfig(address.libmilter() if address else listen, timeout)
+    engine = ck.get(table, path, "engine", str, "asyncio")
+    if engine not in MILTER_ENGINES:
+        ck.add((*path, "engine"), f"must be one of {', '.join(MILTER_ENGINES)}")
+        engine = "asyncio"
+    return MilterConfig(address.libmilter() if address else listen, timeout, engine)
 
 
 def _listen(

@@ -13,12 +13,18 @@ from smtp_policy.core.texts import TextsConfig
 KeyPath = tuple[str | int, ...]
 
 
+#: The milter engines: our own protocol code on asyncio, or libmilter's C threads.
+MILTER_ENGINES = ("asyncio", "libmilter")
+
+
 @dataclass(frozen=True, slots=True)
 class MilterConfig:
-    """``[milter]``: ``listen`` kept in libmilter's form (``inet:PORT@HOST``, ``unix:/path``)."""
+    """``[milter]``: ``listen`` kept in libmilter's form (``inet:PORT@HOST``, ``unix:/path``);
+    ``engine`` one of :data:`MILTER_ENGINES`."""
 
     listen: str = "unix:/var/spool/postfix/smtp-policy/milter.sock"
     timeout: int = 600
+    engine: str = "asyncio"
 
 
 @dataclass(frozen=True, slots=True)
