@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import IO
 
-from smtp_policy.core.explain import explain_text, render_explanation
+from smtp_policy.core.explain import explain_text, explanation_json, render_explanation
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.sanitize import json_text
 from smtp_policy.data import default_knowledge
@@ -154,7 +154,7 @@ def explain_lines(lines: Iterable[bytes], kb: KnowledgeBase) -> Iterator[str]:
             reply = _reply_of(line)
         except ValueError:
             return None
-        return json_text(explain_text(reply[:MAX_INPUT_CHARS], kb).to_dict())
+        return explanation_json(explain_text(reply[:MAX_INPUT_CHARS], kb))
 
     for number, raw in enumerate(lines, start=1):
         line = raw.decode("utf-8", "replace").strip()

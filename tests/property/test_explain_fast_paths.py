@@ -1,0 +1,53 @@
+"""The fast paths of ``explain --jsonl`` give exactly what the plain ones give."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smtp_policy.core.explain import explain_text, explanation_json
+from smtp_policy.core.sanitize import json_text
+from smtp_policy.data import default_knowledge
+
+KB = default_knowledge()
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+SEEDS = [
+    json.loads(line)["reply"]
+    for name in ("replies.jsonl", "holdout.jsonl")
+    for line in (CORPUS / name).read_text().splitlines()
+    if line.strip()
+]
+SEEDS += [s for rule in KB.rules for s in rule.samples]
+SEEDS += [s for info in KB.basic.values() for s in info.samples]
+
+#: Text JSON escapes, or json_text does after it: quotes, controls, DEL, C1, separators,
+#: lone surrogates (an undecodable byte read with surrogateescape), non-ASCII letters.
+awkward = st.text(
+    st.sampled_from(
+        ['"', "\\", "\x00", "\n", "\x1b", "\x7f", "\x85", "\u2028", "\udcff", "é", "a"]
+    ),
+    max_size=8,
+)
+
+
+@given(
+    st.one_of(
+        st.sampled_from(SEEDS),
+        st.builds(lambda seed, extra: seed + extra, st.sampled_from(SEEDS), awkward),
+        st.builds(lambda extra, seed: extra + seed, awkward, st.sampled_from(SEEDS)),
+        st.text(max_size=300),
+    )
+)
+@settings(max_examples=600, deadline=None)
+def test_explanation_json_is_json_text_of_to_dict(text: str) -> None:
+    explanation = explain_text(text, KB)
+    assert explanation_json(explanation) == json_text(explanation.to_dict())
+
+
+def test_every_seed_is_encoded_the_same() -> None:
+    for text in SEEDS:
+        explanation = explain_text(text, KB)
+        assert explanation_json(explanation) == json_text(explanation.to_dict()), text
