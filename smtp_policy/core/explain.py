@@ -35,8 +35,10 @@ def explain_text(text: str, kb: KnowledgeBase) -> Explanation:
 
 
 def forget_explanations() -> None:
-    """Empty the cache of :func:`explain_text` (benchmarks start each round cold)."""
+    """Empty the caches of :func:`explain_text` (benchmarks start each round cold)."""
     _explain_cached.cache_clear()
+    _wordings.clear()
+    _verdict_json.cache_clear()
 
 
 class _Same:
@@ -180,8 +182,34 @@ def explain(classification: Classification, kb: KnowledgeBase) -> Explanation:
     """Explain a classification in plain language.
 
     The words of the rule that decided come first, the reason's fill in what it leaves out;
-    a rule's own meaning of the enhanced code replaces the registry's.
+    a rule's own meaning of the enhanced code replaces the registry's. The words depend on
+    the reply's codes, the class, the reason and the rule alone, and the knowledge base:
+    each distinct set of them is worded once (a bounded cache).
     """
+    reply = classification.reply
+    key = (
+        _Same(kb),
+        reply.code,
+        reply.enhanced,
+        classification.klass,
+        classification.reason,
+        classification.rule,
+    )
+    wording = _wordings.get(key)
+    if wording is None:
+        if len(_wordings) >= VERDICT_CACHE_SIZE:
+            _wordings.clear()
+        wording = _wordings[key] = _wording(classification, kb)
+    return Explanation(classification, *wording)
+
+
+#: What :func:`explain` adds to a classification, in :class:`Explanation`'s order: summary,
+#: explanation, action, actor, code_meaning, enhanced_meaning, code_title, enhanced_title.
+_Wording = tuple[str, str, str, Actor, str | None, str | None, str | None, str | None]
+_wordings: dict[tuple[object, ...], _Wording] = {}
+
+
+def _wording(classification: Classification, kb: KnowledgeBase) -> _Wording:
     reply = classification.reply
     rule = kb.rule_by_id.get(classification.rule) if classification.rule else None
     code_title = code_meaning = enhanced_title = enhanced_meaning = None
@@ -195,8 +223,7 @@ def explain(classification: Classification, kb: KnowledgeBase) -> Explanation:
         elif (enh := kb.enhanced_info(reply.enhanced)) is not None:
             enhanced_title, enhanced_meaning = enh.title, f"{enh.title}: {enh.meaning}"
     summary, explanation, action, actor = _words(classification, kb, rule, code_meaning)
-    return Explanation(
-        classification,
+    return (
         summary,
         explanation,
         action,

@@ -8,7 +8,15 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtp_policy.core.explain import explain_text, explanation_json
+from smtp_policy.core.classify import classify
+from smtp_policy.core.explain import (
+    explain,
+    explain_text,
+    explanation_json,
+    forget_explanations,
+)
+from smtp_policy.core.model import Explanation
+from smtp_policy.core.parse import parse_reply
 from smtp_policy.core.sanitize import json_text
 from smtp_policy.data import default_knowledge
 
@@ -51,3 +59,18 @@ def test_every_seed_is_encoded_the_same() -> None:
     for text in SEEDS:
         explanation = explain_text(text, KB)
         assert explanation_json(explanation) == json_text(explanation.to_dict()), text
+
+
+def _worded_cold(text: str) -> Explanation:
+    forget_explanations()
+    return explain(classify(parse_reply(text, KB.codebook), KB), KB)
+
+
+@given(st.lists(st.sampled_from(SEEDS), min_size=2, max_size=30), st.text(max_size=100))
+@settings(max_examples=200, deadline=None)
+def test_remembered_words_are_the_words_worked_out_afresh(seeds: list[str], text: str) -> None:
+    """explain() words each (codes, class, reason, rule) once; another reply with the same
+    ones gets what working it out from nothing gives."""
+    warm = [explain(classify(parse_reply(t, KB.codebook), KB), KB) for t in [*seeds, text]]
+    for t, explanation in zip([*seeds, text], warm, strict=True):
+        assert explanation == _worded_cold(t)
