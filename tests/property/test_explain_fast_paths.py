@@ -74,3 +74,37 @@ def test_remembered_words_are_the_words_worked_out_afresh(seeds: list[str], text
     warm = [explain(classify(parse_reply(t, KB.codebook), KB), KB) for t in [*seeds, text]]
     for t, explanation in zip([*seeds, text], warm, strict=True):
         assert explanation == _worded_cold(t)
+
+
+PHRASES = sorted({p for rule in KB.rules for p in rule.phrases})
+
+
+def _candidates_one_by_one(text: str) -> list[tuple[str, str]]:
+    """What PhraseIndex.candidates finds, worked out the plain way: the longest phrase at
+    each word start, in order, each followed by every other phrase inside it."""
+    found: dict[str, None] = {}
+    for m in KB.index._regex.finditer(text):
+        phrase = m.group(1)
+        if phrase not in found:
+            found[phrase] = None
+            for inner in PHRASES:
+                if inner != phrase and inner in phrase:
+                    found.setdefault(inner, None)
+    by_phrase: dict[str, list[str]] = {}
+    for rule in KB.rules:
+        for phrase in rule.phrases:
+            by_phrase.setdefault(phrase, []).append(rule.id)
+    return [(p, rule_id) for p in found for rule_id in by_phrase[p]]
+
+
+@given(
+    st.lists(
+        st.one_of(st.sampled_from(PHRASES), st.sampled_from([" ", "x", "-", ".", "anti", "9"])),
+        max_size=12,
+    )
+)
+@settings(max_examples=400, deadline=None)
+def test_phrase_candidates_are_the_plain_ones(parts: list[str]) -> None:
+    text = "".join(parts)
+    found = [(phrase, rule.id) for phrase, rule in KB.index.candidates(text)]
+    assert found == _candidates_one_by_one(text)
