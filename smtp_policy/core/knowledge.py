@@ -12,6 +12,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from itertools import accumulate
 from typing import Any, TypeVar
 
@@ -222,14 +223,24 @@ def _trie_pattern(phrases: list[str]) -> str:
 
 
 def _node_pattern(node: Mapping[str, Any]) -> str:
+    # A run of nodes with one child each and no phrase ending there is just its characters.
+    chain = []
+    while len(node) == 1 and "" not in node:
+        ((ch, node),) = node.items()
+        chain.append(_escaped(ch))
     ends = "" in node
-    alts = [re.escape(ch) + _node_pattern(child) for ch, child in sorted(node.items()) if ch]
+    alts = [_escaped(ch) + _node_pattern(child) for ch, child in sorted(node.items()) if ch]
     if not alts:
-        return ""
+        return "".join(chain)
     body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
     if ends:
-        return f"(?:{body})?"
-    return body
+        body = f"(?:{body})?"
+    return "".join(chain) + body
+
+
+@cache
+def _escaped(ch: str) -> str:
+    return re.escape(ch)
 
 
 # -- building from data -------------------------------------------------------------------------
