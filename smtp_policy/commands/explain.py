@@ -35,6 +35,8 @@ HELP = "explain an SMTP reply (or a JSON Lines stream of them)"
 MAX_INPUT_CHARS = 1_048_576
 #: How many distinct input lines --jsonl remembers the answer of.
 LINE_CACHE_SIZE = 16_384
+#: How many answers --jsonl from a file joins into one write.
+WRITE_BATCH_LINES = 256
 #: The text answer's width: the terminal's, kept within these bounds; 100 off a terminal.
 MIN_WIDTH, MAX_WIDTH, PIPE_WIDTH = 40, 120, 100
 
@@ -144,26 +146,27 @@ def raise_usage(message: str) -> None:
 def explain_lines(lines: Iterable[bytes], kb: KnowledgeBase) -> Iterator[str]:
     """One JSON text per input line, in order; never raises for a bad line.
 
-    A line met before is answered from a bounded cache of the JSON text it got: the answer
-    depends on the line alone (a bad line's also names its number, so it is not cached).
+    A line met before is answered from a bounded cache of the JSON text it got, keyed by its
+    bytes: the answer depends on the line alone (a bad line's also names its number, so it
+    is not cached).
     """
 
     @lru_cache(maxsize=LINE_CACHE_SIZE)
-    def answer(line: str) -> str | None:
+    def answer(raw: bytes) -> str | None:
         try:
-            reply = _reply_of(line)
+            reply = _reply_of(raw.decode("utf-8", "replace").strip())
         except ValueError:
             return None
         return explanation_json(explain_text(reply[:MAX_INPUT_CHARS], kb))
 
     for number, raw in enumerate(lines, start=1):
-        line = raw.decode("utf-8", "replace").strip()
-        text = answer(line)
-        yield text if text is not None else _error_text(number, line)
+        text = answer(raw)
+        yield text if text is not None else _error_text(number, raw)
 
 
-def _error_text(number: int, line: str) -> str:
+def _error_text(number: int, raw: bytes) -> str:
     """The answer to a line that holds no reply: its number and what is wrong with it."""
+    line = raw.decode("utf-8", "replace").strip()
     try:
         _reply_of(line)
     except ValueError as exc:
@@ -190,8 +193,17 @@ def _reply_of(line: str) -> str:
 def _explain_stream(src: IO[bytes], out: IO[str], kb: KnowledgeBase, *, flush: bool) -> None:
     """Write one line per input line; with ``flush``, each as soon as it is known (a live
     stream on standard input), else in large buffered writes (a file)."""
-    for text in explain_lines(src, kb):
-        out.write(text + "\n")
-        if flush:
+    if flush:
+        for text in explain_lines(src, kb):
+            out.write(text + "\n")
             out.flush()
+        return
+    batch: list[str] = []
+    for text in explain_lines(src, kb):
+        batch.append(text)
+        if len(batch) >= WRITE_BATCH_LINES:
+            out.write("\n".join(batch) + "\n")
+            batch.clear()
+    if batch:
+        out.write("\n".join(batch) + "\n")
     out.flush()
