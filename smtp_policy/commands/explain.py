@@ -35,8 +35,6 @@ HELP = "explain an SMTP reply (or a JSON Lines stream of them)"
 MAX_INPUT_CHARS = 1_048_576
 #: How many distinct input lines --jsonl remembers the answer of.
 LINE_CACHE_SIZE = 16_384
-#: How many answers --jsonl from a file joins into one write.
-WRITE_BATCH_LINES = 256
 #: The text answer's width: the terminal's, kept within these bounds; 100 off a terminal.
 MIN_WIDTH, MAX_WIDTH, PIPE_WIDTH = 40, 120, 100
 
@@ -193,17 +191,8 @@ def _reply_of(line: str) -> str:
 def _explain_stream(src: IO[bytes], out: IO[str], kb: KnowledgeBase, *, flush: bool) -> None:
     """Write one line per input line; with ``flush``, each as soon as it is known (a live
     stream on standard input), else in large buffered writes (a file)."""
-    if flush:
-        for text in explain_lines(src, kb):
-            out.write(text + "\n")
-            out.flush()
-        return
-    batch: list[str] = []
     for text in explain_lines(src, kb):
-        batch.append(text)
-        if len(batch) >= WRITE_BATCH_LINES:
-            out.write("\n".join(batch) + "\n")
-            batch.clear()
-    if batch:
-        out.write("\n".join(batch) + "\n")
+        out.write(text + "\n")
+        if flush:
+            out.flush()
     out.flush()
