@@ -21,7 +21,8 @@ from smtp_policy.core.sanitize import json_safe, printable
 
 #: How many distinct reply texts :func:`explain_text` remembers (least recently used go first).
 EXPLAIN_CACHE_SIZE = 4096
-#: How many distinct verdicts (class, reason, words...) :func:`explanation_json` keeps encoded.
+#: How many distinct verdicts :func:`explain` keeps worded (codes, class, reason, rule) and
+#: :func:`explanation_json` keeps encoded (class, reason, words...), each.
 VERDICT_CACHE_SIZE = 1024
 
 
@@ -35,7 +36,8 @@ def explain_text(text: str, kb: KnowledgeBase) -> Explanation:
 
 
 def forget_explanations() -> None:
-    """Empty the caches of :func:`explain_text` (benchmarks start each round cold)."""
+    """Empty the caches of :func:`explain_text`, :func:`explain` and :func:`explanation_json`
+    (benchmarks start each round cold)."""
     _explain_cached.cache_clear()
     _wordings.clear()
     _verdict_json.cache_clear()
