@@ -34,8 +34,13 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser, with every subcommand registered."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser, with every subcommand registered, or with ``only`` that one.
+
+    Registering a subcommand imports its module; ``main`` asks for the one named on the
+    command line, so ``smtp-policy explain`` imports no daemon. Parsing that command's
+    arguments gives the same result and the same messages either way.
+    """
     parser = argparse.ArgumentParser(
         prog="smtp-policy",
         description="Record, explain and rewrite SMTP reply codes beside Postfix or Sendmail.",
@@ -43,15 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         module = importlib.import_module(module_name)
         module.register(sub.add_parser(name, help=module.HELP, description=module.__doc__))
     return parser
 
 
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` starts with, or None (no command, or an option such as
+    ``--help`` first, which needs every subcommand's parser)."""
+    return argv[0] if argv and argv[0] in COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; errors become one line on stderr and a non-zero exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(chosen_command(arguments))
+    args = parser.parse_args(arguments)
     module = importlib.import_module(COMMANDS[args.command])
     try:
         return int(module.run(args))

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import IO
 
-from smtp_policy.core.explain import explain_text, render_explanation
+from smtp_policy.core.explain import explain_text, explanation_json, render_explanation
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.sanitize import json_text
 from smtp_policy.data import default_knowledge
@@ -144,26 +144,27 @@ def raise_usage(message: str) -> None:
 def explain_lines(lines: Iterable[bytes], kb: KnowledgeBase) -> Iterator[str]:
     """One JSON text per input line, in order; never raises for a bad line.
 
-    A line met before is answered from a bounded cache of the JSON text it got: the answer
-    depends on the line alone (a bad line's also names its number, so it is not cached).
+    A line met before is answered from a bounded cache of the JSON text it got, keyed by its
+    bytes: the answer depends on the line alone (a bad line's also names its number, so it
+    is not cached).
     """
 
     @lru_cache(maxsize=LINE_CACHE_SIZE)
-    def answer(line: str) -> str | None:
+    def answer(raw: bytes) -> str | None:
         try:
-            reply = _reply_of(line)
+            reply = _reply_of(raw.decode("utf-8", "replace").strip())
         except ValueError:
             return None
-        return json_text(explain_text(reply[:MAX_INPUT_CHARS], kb).to_dict())
+        return explanation_json(explain_text(reply[:MAX_INPUT_CHARS], kb))
 
     for number, raw in enumerate(lines, start=1):
-        line = raw.decode("utf-8", "replace").strip()
-        text = answer(line)
-        yield text if text is not None else _error_text(number, line)
+        text = answer(raw)
+        yield text if text is not None else _error_text(number, raw)
 
 
-def _error_text(number: int, line: str) -> str:
+def _error_text(number: int, raw: bytes) -> str:
     """The answer to a line that holds no reply: its number and what is wrong with it."""
+    line = raw.decode("utf-8", "replace").strip()
     try:
         _reply_of(line)
     except ValueError as exc:

@@ -9,8 +9,11 @@ the length of the reply, hardly with the number of rules.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
+from itertools import accumulate
 from typing import Any, TypeVar
 
 from smtp_policy.core.errors import KnowledgeError
@@ -158,37 +161,53 @@ class KnowledgeBase:
 class PhraseIndex:
     """Finds every rule one of whose phrases occurs in a normalised text, in one scan."""
 
-    __slots__ = ("_by_phrase", "_implied", "_phrases", "_regex")
+    __slots__ = ("_found_with", "_pairs", "_regex")
 
     def __init__(self, rules: Iterable[Rule]) -> None:
         by_phrase: dict[str, list[Rule]] = {}
         for rule in rules:
             for phrase in rule.phrases:
                 by_phrase.setdefault(phrase, []).append(rule)
-        self._by_phrase = {p: tuple(rs) for p, rs in by_phrase.items()}
         phrases = sorted(by_phrase)
-        self._phrases = tuple(phrases)
+        #: Each phrase's ``(phrase, rule)`` candidates, in rule order.
+        self._pairs = {p: tuple((p, rule) for rule in rs) for p, rs in by_phrase.items()}
         # A scan finds the longest phrase starting at each position; the phrases inside it
-        # occur too: each phrase's list of the phrases it contains, worked out when first met.
-        self._implied: dict[str, tuple[str, ...]] = {}
+        # occur too: each phrase comes with those it contains, in sorted order.
+        inside = _phrases_inside(phrases)
+        self._found_with = {p: dict.fromkeys((p, *inside[p])) for p in phrases}
         body = _trie_pattern(phrases) if phrases else "(?!)"
         # Phrases start at a word start: fewer positions to try, and no "spam" inside "antispam".
         self._regex = re.compile(f"(?<![a-z0-9])(?=({body}))")
 
     def candidates(self, text: str) -> list[tuple[str, Rule]]:
-        """``(phrase, rule)`` for every phrase found in ``text`` (already normalised)."""
+        """``(phrase, rule)`` for every phrase found in ``text`` (already normalised), phrases
+        in the order first met (each followed by those inside it), rules in rule order."""
         found: dict[str, None] = {}
-        for m in self._regex.finditer(text):
-            phrase = m.group(1)
+        found_with = self._found_with
+        for phrase in self._regex.findall(text):
             if phrase not in found:
-                found[phrase] = None
-                implied = self._implied.get(phrase)
-                if implied is None:
-                    implied = tuple(q for q in self._phrases if q != phrase and q in phrase)
-                    self._implied[phrase] = implied
-                for inner in implied:
-                    found.setdefault(inner, None)
-        return [(p, rule) for p in found for rule in self._by_phrase[p]]
+                found.update(found_with[phrase])  # a phrase already found keeps its place
+        pairs = self._pairs
+        return [pair for phrase in found for pair in pairs[phrase]]
+
+
+def _phrases_inside(phrases: list[str]) -> dict[str, tuple[str, ...]]:
+    """For each phrase, the other phrases that are substrings of it, in the order given.
+
+    One search per phrase through all of them joined by newlines (no phrase holds one), not
+    a comparison of every pair.
+    """
+    joined = "\n".join(phrases)
+    starts = list(accumulate((len(p) + 1 for p in phrases[:-1]), initial=0))
+    inside: dict[str, list[str]] = {p: [] for p in phrases}
+    for inner in phrases:
+        at = joined.find(inner)
+        while at >= 0:
+            outer = phrases[bisect_right(starts, at) - 1]
+            if outer != inner and (not inside[outer] or inside[outer][-1] != inner):
+                inside[outer].append(inner)
+            at = joined.find(inner, at + 1)
+    return {p: tuple(inner) for p, inner in inside.items()}
 
 
 def normalize(text: str) -> str:
@@ -207,14 +226,24 @@ def _trie_pattern(phrases: list[str]) -> str:
 
 
 def _node_pattern(node: Mapping[str, Any]) -> str:
+    # A run of nodes with one child each and no phrase ending there is just its characters.
+    chain = []
+    while len(node) == 1 and "" not in node:
+        ((ch, node),) = node.items()
+        chain.append(_escaped(ch))
     ends = "" in node
-    alts = [re.escape(ch) + _node_pattern(child) for ch, child in sorted(node.items()) if ch]
+    alts = [_escaped(ch) + _node_pattern(child) for ch, child in sorted(node.items()) if ch]
     if not alts:
-        return ""
+        return "".join(chain)
     body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
     if ends:
-        return f"(?:{body})?"
-    return body
+        body = f"(?:{body})?"
+    return "".join(chain) + body
+
+
+@cache
+def _escaped(ch: str) -> str:
+    return re.escape(ch)
 
 
 # -- building from data -------------------------------------------------------------------------

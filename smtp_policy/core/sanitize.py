@@ -189,7 +189,12 @@ def json_text(
     ``indent``): non-ASCII text stays readable, DEL, C1 controls, U+2028 and U+2029 are written
     as ``\\uXXXX`` escapes, lone surrogates as :func:`without_surrogates` spells them.
     ``default`` is :func:`json.dumps`'s."""
-    text = json.dumps(value, ensure_ascii=False, indent=indent, default=default)
+    return json_safe(json.dumps(value, ensure_ascii=False, indent=indent, default=default))
+
+
+def json_safe(text: str) -> str:
+    """JSON that ``json.dumps(..., ensure_ascii=False)`` wrote, escaped as :func:`json_text`
+    escapes it (for JSON put together from pieces that encoder wrote)."""
     if text.isascii() and "\x7f" not in text:
         return text
     return _JSON_UNSAFE.sub(_json_escape, text)
