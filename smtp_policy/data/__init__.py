@@ -5,8 +5,9 @@ command (``smtp-policy explain``), so the parsed tables are also kept, marshalle
 directory's ``__pycache__``, as Python keeps compiled modules there. The copy is used only when
 it was written from the same TOML bytes (their SHA-256) by the same Python, and only when it is
 a regular file of this user or root that no one else may write; otherwise the TOML is parsed
-and the copy written again. It is never needed: where the directory is read-only, every start
-parses the TOML.
+and the copy written again, unless Python was told not to write bytecode
+(``PYTHONDONTWRITEBYTECODE``, ``-B``), which this copy honours as Python's own caches do. It is
+never needed: where the directory is read-only, every start parses the TOML.
 """
 
 from __future__ import annotations
@@ -109,7 +110,10 @@ def _read_copy(path: str, key: bytes) -> dict[str, dict[str, Any]] | None:
 
 
 def _write_copy(path: str, key: bytes, tables: dict[str, dict[str, Any]]) -> None:
-    """Write the parsed copy (replacing any other at once); where that cannot be done, don't."""
+    """Write the parsed copy (replacing any other at once); where that cannot be done, or
+    Python writes no bytecode, don't."""
+    if sys.dont_write_bytecode:
+        return
     try:
         payload = marshal.dumps((key, tables))
     except ValueError:  # a value marshal cannot hold (a TOML date): no copy

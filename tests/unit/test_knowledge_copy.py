@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,12 @@ import pytest
 
 from smtp_policy import data
 from smtp_policy.data import CACHE_NAME, DATA_DIR, load_tables
+
+
+@pytest.fixture(autouse=True)
+def _bytecode_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests write the copy, as Python would unless told not to (PYTHONDONTWRITEBYTECODE)."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
 
 
 @pytest.fixture
@@ -104,3 +111,12 @@ def test_the_shipped_knowledge_loads_the_same_from_the_copy() -> None:
     tables = load_tables(DATA_DIR)
     for name, table in tables.items():
         assert table == data._toml((Path(DATA_DIR) / name).read_bytes(), name), name
+
+
+def test_no_copy_is_written_when_python_writes_no_bytecode(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    first = load_tables(str(data_dir))
+    assert load_tables(str(data_dir)) == first
+    assert not (data_dir / "__pycache__" / CACHE_NAME).exists()
