@@ -93,7 +93,13 @@ from typing import Any, Protocol
 
 from smtp_policy.config import BannerConfig, Config
 from smtp_policy.core.errors import ProtocolError
-from smtp_policy.core.events import Direction, Event, EventKind, Source, reply_fields
+from smtp_policy.core.events import (
+    Direction,
+    EventKind,
+    Source,
+    described_fields,
+    event_fields,
+)
 from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import EnhancedCode, Explanation
@@ -337,6 +343,7 @@ class ProxyService:
         self._greeting_lock = asyncio.Lock()
         self._at_cap: dict[str, _CapRefusals] = {}
         self._rendered: dict[tuple[ServerReply, tuple[str, ...] | None], tuple[bytes, str]] = {}
+        self._described: dict[tuple[str | None, str | None], Mapping[str, object]] = {}
 
     def explain(self, text: str) -> Explanation:
         """The core's explanation of a reply text (``explain_text`` remembers each one)."""
@@ -354,6 +361,21 @@ class ProxyService:
                 self._rendered.clear()
             rendered = self._rendered[key] = (safe.wire().encode("ascii"), "\n".join(safe.lines))
         return rendered
+
+    def described(
+        self, explanation: Explanation | None, text: str | None, friendly: str | None
+    ) -> Mapping[str, object]:
+        """The reply's part of an event (``described_fields``), worked out once per distinct
+        reply as sent; an error event's text (no explanation) is not kept."""
+        if explanation is None:
+            return described_fields(None, text, friendly)
+        key = (text, friendly)
+        described = self._described.get(key)
+        if described is None:
+            if len(self._described) >= CACHED_REPLIES:
+                self._described.clear()
+            described = self._described[key] = described_fields(explanation, text, friendly)
+        return described
 
     def reconfigure(self, config: Config) -> None:
         """Take the admin's texts from a (re)loaded configuration; sessions pick them up."""
@@ -1154,11 +1176,13 @@ class ProxySession:
         extra: dict[str, object] | None = None,
     ) -> None:
         peer = self._peer
-        self._svc.events.emit(
-            Event(
-                event=event,
-                source=Source.PROXY,
-                ts=datetime.now(UTC),
+        self._svc.events.emit_fields(
+            event_fields(
+                event,
+                Source.PROXY,
+                datetime.now(UTC),
+                self._svc.described(explanation, original, friendly),
+                {**(extra or {}), "client_port": peer.port, **peer.tls},
                 direction=Direction.UPSTREAM if event == EventKind.REPLY else None,
                 stage=stage,
                 session=self._id,
@@ -1168,9 +1192,6 @@ class ProxySession:
                 helo=peer.helo,
                 sender=sender,
                 recipient=recipient,
-                friendly=friendly,
-                extra={**(extra or {}), "client_port": peer.port, **peer.tls},
-                **reply_fields(explanation, text=original),
             )
         )
 
