@@ -89,7 +89,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from smtp_policy.config import BannerConfig, Config
 from smtp_policy.core.errors import ProtocolError
@@ -422,6 +422,20 @@ class ProxyService:
             return await asyncio.open_unix_connection(cfg.upstream_path)
         return await asyncio.open_connection(cfg.upstream_host, cfg.upstream_port)
 
+    async def connect_upstream(self, session: ProxySession) -> _Upstream:
+        """A new connection to the inner smtpd (TCP or unix socket), read by ``session``."""
+        cfg = self.settings
+        loop = asyncio.get_running_loop()
+        if cfg.upstream_path is not None:
+            _, upstream = await loop.create_unix_connection(
+                lambda: _Upstream(session), cfg.upstream_path
+            )
+        else:
+            _, upstream = await loop.create_connection(
+                lambda: _Upstream(session), cfg.upstream_host, cfg.upstream_port
+            )
+        return upstream
+
     async def greeting(self) -> ServerReply:
         """Postfix's own greeting, learnt once from the inner listener (then from each session).
 
@@ -527,6 +541,65 @@ class _Peer:
     tls: dict[str, object] = field(default_factory=dict)
 
 
+class _Upstream(asyncio.Protocol):
+    """The inner connection: Postfix's bytes are handed to the session as they arrive and its
+    replies handled in the same callback (no task, no read and no timer per reply)."""
+
+    def __init__(self, session: ProxySession) -> None:
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        self.session.upstream_data(data)
+
+    def eof_received(self) -> bool:
+        self.session.upstream_lost("connection closed")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.upstream_lost("connection closed" if exc is None else _describe(exc))
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    @property
+    def closing(self) -> bool:
+        """Whether the connection is closed or closing (nothing more goes out)."""
+        return self.transport is None or self.transport.is_closing()
+
+    def write(self, data: bytes | bytearray) -> None:
+        """Send ``data`` unless the connection is closing."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while Postfix's side is over its write-buffer limit (until it is not)."""
+        if self._paused and not self.closing:
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+    def close(self) -> None:
+        """Close the connection (what is buffered still goes out)."""
+        if self.transport is not None:
+            self.transport.close()
+
+
 class ProxySession:
     """One client connection and its connection to the inner Postfix."""
 
@@ -542,8 +615,7 @@ class ProxySession:
         self._id = session_id
         self._client_r = reader
         self._client_w = writer
-        self._up_r: asyncio.StreamReader | None = None
-        self._up_w: asyncio.StreamWriter | None = None
+        self._up: _Upstream | None = None
         self._commands = CommandReader()
         self._replies = ReplyReader()
         self._pending: deque[_Pending] = deque()
@@ -558,7 +630,14 @@ class ProxySession:
         self._to_client = bytearray()
         self._to_upstream = bytearray()
         self._flush_scheduled = False
-        self._upstream_ready = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        self._relaying = False  # Postfix accepted XCLIENT: its replies answer the client
+        self._early: deque[ServerReply] = deque()  # its replies before that (_open reads them)
+        self._early_waiter: asyncio.Future[None] | None = None
+        self._upstream_gone: str | None = None  # why the inner connection ended, once it has
+        self._ended: asyncio.Future[None] | None = None  # set when upstream ends the session
+        self._last_heard = 0.0  # loop time of Postfix's last bytes
+        self._silence: asyncio.TimerHandle | None = None
         self._errors = 0  # the proxy's own error replies so far
         self._run: tuple[int, str, str | None, str | None] | None = None  # repeated refusal
         self._run_wire = b""
@@ -624,23 +703,23 @@ class ProxySession:
         name = await self._resolve()
         try:
             async with asyncio.timeout(self._cfg.connect_timeout):
-                self._up_r, self._up_w = await self._svc.open_upstream()
-                banner = await self._read_reply()
+                self._up = await self._svc.connect_upstream(self)
+                banner = await self._early_reply()
                 if banner.code != 220:  # Postfix refuses the proxy itself: pass that on
                     return banner
                 self._xclient_sent = self._xclient_attributes(name)
-                self._up_w.write(xclient_command(self._xclient_sent))
-                greeting = await self._read_reply()
+                self._up.write(xclient_command(self._xclient_sent))
+                greeting = await self._early_reply()
         except (OSError, TimeoutError, _UpstreamGoneError) as exc:
             self._error(f"upstream unavailable: {_describe(exc)}")
             return UPSTREAM_DOWN
         self._svc.learn_greeting(banner)
         if greeting.code == 220:
-            self._upstream_ready.set()
+            self._start_relaying()
             return None
         if greeting.code in (421, 554):  # a milter or policy refused the client
             if greeting.code == 554:
-                self._upstream_ready.set()  # Postfix answers what follows itself
+                self._start_relaying()  # Postfix answers what follows itself
             return greeting
         self._error(
             f"upstream refused XCLIENT ({greeting.text!r}): "
@@ -674,32 +753,32 @@ class ProxySession:
         return attributes
 
     async def _converse(self) -> None:
-        """Run both pumps until either ends the session (upstream's once it is open)."""
-        tasks = [
-            asyncio.create_task(self._client_side()),
-            asyncio.create_task(self._upstream_side()),
-        ]
+        """Run the client pump until it ends the session, or Postfix's side does (its replies
+        are handled as they arrive, in :meth:`upstream_data`)."""
+        self._ended = asyncio.get_running_loop().create_future()
+        client = asyncio.create_task(self._client_side())
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((client, self._ended), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            error = None if task.cancelled() else task.exception()
+            client.cancel()
+            await asyncio.gather(client, return_exceptions=True)
+            if self._silence is not None:
+                self._silence.cancel()
+            if not self._ended.done():  # what Postfix sends from now on answers no one
+                self._ended.set_result(None)
+        for done in (client, self._ended):
+            error = None if not done.done() or done.cancelled() else done.exception()
             if error is not None:
                 raise error
 
     async def _close(self) -> None:
         self._flush_io()
-        for writer in (self._up_w, self._client_w):
-            if writer is not None:
-                writer.close()
-        for writer in (self._up_w, self._client_w):
-            if writer is not None:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
-                        await writer.wait_closed()
+        if self._up is not None:
+            self._up.close()
+        self._client_w.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await self._client_w.wait_closed()
 
     # -- the client pump --------------------------------------------------------------------
 
@@ -719,7 +798,7 @@ class ProxySession:
             with contextlib.suppress(_ClientStuckError):
                 await self._local(TIMED_OUT, None, "session")
         clean = not self._in_data and not self._quit_sent
-        if clean and self._up_w is not None and not self._up_w.is_closing():
+        if clean and self._up is not None and not self._up.closing:
             self._send_upstream(encode_command(b"QUIT"))
             self._quit_sent = True
 
@@ -752,7 +831,7 @@ class ProxySession:
 
     def _read_timeout(self) -> float:
         """The short pre-command timeout until the inner connection opens, then idle_timeout."""
-        return self._cfg.idle_timeout if self._up_w is not None else self._cfg.greet_timeout
+        return self._cfg.idle_timeout if self._up is not None else self._cfg.greet_timeout
 
     async def _command(self, cmd: Command) -> bool:
         """Handle one command; False once the session is over (QUIT answered)."""
@@ -761,7 +840,7 @@ class ProxySession:
             return await self._refuse(NOT_IMPLEMENTED, verb, _stage(verb))
         if verb == "STARTTLS":
             return await self._starttls(cmd)
-        if self._up_w is None:
+        if self._up is None:
             if verb == "QUIT":
                 await self._local(GOODBYE, verb, _stage(verb))
                 return False
@@ -772,7 +851,7 @@ class ProxySession:
                 self._note(verb, cmd.argument)
                 origin = "proxy" if refusal is UPSTREAM_DOWN else "upstream"
                 await self._local(refusal, verb, _stage(verb), origin=origin)
-                return self._upstream_ready.is_set()
+                return self._relaying
         self._note(verb, cmd.argument)
         barrier = verb in ("DATA", "QUIT", "AUTH")
         pending = self._forward(cmd.line, verb, _stage(verb), barrier=barrier)
@@ -797,7 +876,7 @@ class ProxySession:
 
     def _forward(self, line: bytes, verb: str, stage: str, *, barrier: bool) -> _Pending:
         """Queue ``line`` for a reply and send it upstream (queue first: no reply can overtake)."""
-        assert self._up_w is not None
+        assert self._up is not None
         done = asyncio.get_running_loop().create_future() if barrier else None
         recipient = mail_path(line) if verb == "RCPT" else None
         pending = _Pending(verb, stage, None, done, self._peer.sender, recipient)
@@ -823,7 +902,7 @@ class ProxySession:
 
     async def _data(self) -> None:
         """Pass the message through unchanged up to and including the end-of-data line."""
-        assert self._up_w is not None
+        assert self._up is not None
         self._commands.start_data()
         self._in_data = True
         while True:
@@ -837,10 +916,8 @@ class ProxySession:
                 self._in_data = False
                 self._peer.sender = None  # the transaction ends with the reply to the dot
             self._flush_io()  # what was collected before goes first
-            if not self._up_w.is_closing():
-                self._up_w.write(event.data)  # the chunk as the reader made it: no copy here
-            with contextlib.suppress(ConnectionError):  # the upstream pump reports it
-                await self._up_w.drain()
+            self._up.write(event.data)  # the chunk as the reader made it: no copy here
+            await self._up.drain()  # a lost connection is reported by upstream_lost
             if event.last:
                 return
 
@@ -889,7 +966,7 @@ class ProxySession:
         Its new 220 stays here; anything else means the inner session is not what the client
         now believes: 421 and False (the session ends).
         """
-        if self._up_w is None:
+        if self._up is None:
             return True  # no inner session yet: it opens with XCLIENT after the handshake
         done = asyncio.get_running_loop().create_future()
         pending = _Pending("XCLIENT", "starttls", None, done, quiet=True)
@@ -902,33 +979,146 @@ class ProxySession:
         await self._local(UPSTREAM_LOST, None, "starttls")
         return False
 
-    # -- the upstream pump ------------------------------------------------------------------
+    # -- Postfix's side ---------------------------------------------------------------------
+    #
+    # Postfix's bytes arrive in _Upstream.data_received and are handled there: each whole reply
+    # answers the command at the head of the queue at once. Until XCLIENT is accepted they are
+    # kept for _open instead.
 
-    async def _upstream_side(self) -> None:
-        """The upstream pump; a lost or broken upstream becomes a 421 to the client."""
-        await self._upstream_ready.wait()
+    async def _early_reply(self) -> ServerReply:
+        """The next reply before relaying starts (banner, XCLIENT); _UpstreamGoneError."""
+        while not self._early:
+            if self._upstream_gone is not None:
+                raise _UpstreamGoneError(self._upstream_gone)
+            self._early_waiter = asyncio.get_running_loop().create_future()
+            await self._early_waiter
+        return self._early.popleft()
+
+    def _start_relaying(self) -> None:
+        """From now on Postfix's replies answer the client; silence while one is owed is
+        watched by one timer per ``reply_timeout``, not one per read."""
+        self._relaying = True
+        loop = asyncio.get_running_loop()
+        self._last_heard = loop.time()
+        self._silence = loop.call_later(self._cfg.reply_timeout, self._check_silence)
+        if self._early:  # Postfix spoke before it was asked: as the pump read it, in order
+            early, self._early = list(self._early), deque()
+            for reply in early:
+                if not self._on_reply(reply):
+                    return
+
+    def _check_silence(self) -> None:
+        loop = asyncio.get_running_loop()
+        quiet_for = loop.time() - self._last_heard
+        if quiet_for >= self._cfg.reply_timeout and self._pending:
+            self._upstream_failed(f"no reply in {self._cfg.reply_timeout:g} s")
+            return
+        if quiet_for >= self._cfg.reply_timeout:  # nothing owed: wait on from now
+            self._last_heard = loop.time()
+        self._silence = loop.call_at(
+            self._last_heard + self._cfg.reply_timeout, self._check_silence
+        )
+
+    def upstream_data(self, data: bytes) -> None:
+        """Bytes from Postfix: feed them, handle each whole reply (or keep it for _open)."""
+        if self._finished():
+            return
         try:
-            await self._upstream_pump()
+            self._replies.feed(data)
+            if not self._relaying:
+                self._keep_early()
+                return
+            self._last_heard = asyncio.get_running_loop().time()
+            while (reply := self._replies.next_reply()) is not None:
+                if not self._on_reply(reply):
+                    return
+            self._after_replies()
+        except ProtocolError as exc:
+            self._upstream_failed(str(exc))
         except _ClientStuckError:
             self._drop_client()
-        except _UpstreamGoneError as exc:
-            self._error(f"upstream lost: {exc}")
-            self._pending.clear()
-            self._answer(UPSTREAM_LOST, _Pending(None, "session"), origin="proxy")
+            self._end()
+        except Exception as exc:  # a bug costs this session (run() says so), not the server
+            self._end(exc)
 
-    async def _upstream_pump(self) -> None:
-        while True:
-            reply = await self._read_reply(waiting=lambda: bool(self._pending))
-            pending = self._pending.popleft() if self._pending else _Pending(None, "session")
-            self._track_transaction(pending.verb, reply.code)
-            if not pending.quiet:
-                self._answer(reply, pending, origin="upstream")
-            if pending.done is not None and not pending.done.done():
-                pending.done.set_result(reply)
-            self._flush()
+    def _keep_early(self) -> None:
+        while (reply := self._replies.next_reply()) is not None:
+            self._early.append(reply)
+        self._wake_early()
+
+    def _wake_early(self) -> None:
+        if self._early_waiter is not None and not self._early_waiter.done():
+            self._early_waiter.set_result(None)
+
+    def _on_reply(self, reply: ServerReply) -> bool:
+        """One reply of Postfix's to the client; False once it ends the session."""
+        pending = self._pending.popleft() if self._pending else _Pending(None, "session")
+        self._track_transaction(pending.verb, reply.code)
+        if not pending.quiet:
+            self._answer(reply, pending, origin="upstream")
+        if pending.done is not None and not pending.done.done():
+            pending.done.set_result(reply)
+        self._flush()
+        if reply.code == 421 or pending.verb == "QUIT":
+            self._after_replies()
+            self._end()
+            return False
+        return True
+
+    def _after_replies(self) -> None:
+        """Send what the replies made; a client that leaves them unread is dropped, one over
+        its write-buffer limit makes Postfix's side wait until it reads (idle_timeout)."""
+        self._flush_io()
+        transport = self._client_w.transport
+        unread = transport.get_write_buffer_size()
+        if unread > self._cfg.max_unread:
+            raise _ClientStuckError
+        if unread > transport.get_write_buffer_limits()[1] and self._up is not None:
+            upstream = self._up.transport
+            assert upstream is not None
+            upstream.pause_reading()
+            waiting = asyncio.create_task(self._wait_for_client_reads(upstream))
+            self._background.add(waiting)
+            waiting.add_done_callback(self._background.discard)
+
+    async def _wait_for_client_reads(self, upstream: asyncio.Transport) -> None:
+        try:
             await self._drain_client()
-            if reply.code == 421 or pending.verb == "QUIT":
-                return
+        except _ClientStuckError:
+            self._drop_client()
+            self._end()
+            return
+        if not upstream.is_closing():
+            upstream.resume_reading()
+
+    def upstream_lost(self, why: str) -> None:
+        """The inner connection ended (EOF, reset)."""
+        if self._upstream_gone is None:
+            self._upstream_gone = why
+        self._wake_early()
+        if self._relaying and not self._finished():
+            self._upstream_failed(why)
+
+    def _upstream_failed(self, why: str) -> None:
+        """Postfix went away, went silent or spoke garbage: 421 to the client, session over."""
+        if self._finished():
+            return
+        self._error(f"upstream lost: {why}")
+        self._pending.clear()
+        self._answer(UPSTREAM_LOST, _Pending(None, "session"), origin="proxy")
+        self._end()
+
+    def _finished(self) -> bool:
+        return self._ended is not None and self._ended.done()
+
+    def _end(self, error: Exception | None = None) -> None:
+        """Postfix's side ends the session (the client pump is stopped)."""
+        if self._ended is None or self._ended.done():
+            return
+        if error is None:
+            self._ended.set_result(None)
+        else:
+            self._ended.set_exception(error)
 
     def _track_transaction(self, verb: str | None, code: int) -> None:
         """Whether Postfix holds an open mail transaction, from the replies it gives."""
@@ -936,32 +1126,6 @@ class ProxySession:
             self._in_transaction = True
         elif verb == "." or code == 421 or (verb in ("RSET", "EHLO", "HELO") and code < 400):
             self._in_transaction = False
-
-    async def _read_reply(self, waiting: Callable[[], bool] = lambda: True) -> ServerReply:
-        """The next whole reply from Postfix; _UpstreamGoneError on EOF, garbage or silence.
-
-        Silence counts only while ``waiting()`` says a reply is owed.
-        """
-        assert self._up_r is not None
-        while True:
-            try:
-                reply = self._replies.next_reply()
-            except ProtocolError as exc:
-                raise _UpstreamGoneError(str(exc)) from None
-            if reply is not None:
-                return reply
-            try:
-                async with asyncio.timeout(self._cfg.reply_timeout):
-                    data = await self._up_r.read(READ_SIZE)
-            except TimeoutError:
-                if waiting():
-                    raise _UpstreamGoneError(f"no reply in {self._cfg.reply_timeout:g} s") from None
-                continue
-            except OSError as exc:
-                raise _UpstreamGoneError(_describe(exc)) from None
-            if not data:
-                raise _UpstreamGoneError("connection closed")
-            self._replies.feed(data)
 
     # -- output -----------------------------------------------------------------------------
     #
@@ -984,8 +1148,8 @@ class ProxySession:
         self._flush_scheduled = False
         if self._to_upstream:
             collected, self._to_upstream = self._to_upstream, bytearray()
-            if self._up_w is not None and not self._up_w.is_closing():
-                self._up_w.write(collected)  # handed over, never changed again: no copy
+            if self._up is not None:
+                self._up.write(collected)  # handed over, never changed again: no copy
         if self._to_client:
             collected, self._to_client = self._to_client, bytearray()
             if not self._client_w.is_closing():
