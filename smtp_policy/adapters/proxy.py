@@ -600,6 +600,62 @@ class _Upstream(asyncio.Protocol):
             self.transport.close()
 
 
+class _IdleTimer:
+    """The time limit of the client's reads: one timer that each read moves forward instead
+    of a new one per read (``asyncio.timeout`` arms and cancels one each time). When a read
+    has waited its whole limit, the reading task is cancelled and :meth:`expired` says so."""
+
+    __slots__ = ("_deadline", "_expired", "_handle", "_reading", "_task")
+
+    def __init__(self) -> None:
+        self._deadline = 0.0
+        self._reading = False
+        self._expired = False
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    def start(self, timeout: float) -> None:
+        """A read begins; it may wait ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout
+        self._reading = True
+        self._task = asyncio.current_task()
+        if self._handle is None or self._handle.when() > self._deadline:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = loop.call_at(self._deadline, self._fire)
+
+    def stop(self) -> None:
+        """The read ended (data, error or cancellation); the timer stays for the next one."""
+        self._reading = False
+
+    def expired(self) -> bool:
+        """Whether the cancellation just caught was this timer's (then it is taken back)."""
+        if not self._expired:
+            return False
+        self._expired = False
+        if self._task is not None:
+            self._task.uncancel()
+        return True
+
+    def cancel(self) -> None:
+        """No more reads: drop the timer."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        if not self._reading or self._task is None:
+            return  # the next read arms it again
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # a later read moved the limit on
+            self._handle = loop.call_at(self._deadline, self._fire)
+            return
+        self._expired = True
+        self._task.cancel()
+
+
 class ProxySession:
     """One client connection and its connection to the inner Postfix."""
 
@@ -631,6 +687,7 @@ class ProxySession:
         self._to_upstream = bytearray()
         self._flush_scheduled = False
         self._background: set[asyncio.Task[None]] = set()
+        self._idle = _IdleTimer()
         self._relaying = False  # Postfix accepted XCLIENT: its replies answer the client
         self._early: deque[ServerReply] = deque()  # its replies before that (_open reads them)
         self._early_waiter: asyncio.Future[None] | None = None
@@ -764,6 +821,7 @@ class ProxySession:
             await asyncio.gather(client, return_exceptions=True)
             if self._silence is not None:
                 self._silence.cancel()
+            self._idle.cancel()
             if not self._ended.done():  # what Postfix sends from now on answers no one
                 self._ended.set_result(None)
         for done in (client, self._ended):
@@ -818,13 +876,18 @@ class ProxySession:
                 return
 
     async def _read_client(self) -> None:
+        """Read what the client sent next; TimeoutError after ``_read_timeout()`` of silence."""
+        self._idle.start(self._read_timeout())
         try:
-            async with asyncio.timeout(self._read_timeout()):  # no task per read, as wait_for has
-                data = await self._client_r.read(READ_SIZE)
-        except TimeoutError:
+            data = await self._client_r.read(READ_SIZE)
+        except asyncio.CancelledError:
+            if self._idle.expired():
+                raise TimeoutError from None
             raise
-        except OSError:  # a reset; TimeoutError, an OSError too, is the idle timeout above
+        except OSError:  # a reset
             raise _ClientGoneError from None
+        finally:
+            self._idle.stop()
         if not data:
             raise _ClientGoneError
         self._commands.feed(data)
