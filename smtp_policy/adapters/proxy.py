@@ -2,15 +2,18 @@
 
 Theory of operation
 -------------------
-One :class:`ProxySession` per client connection, two asyncio tasks per session:
+One :class:`ProxySession` per client connection, one asyncio task for its client side and
+an :class:`asyncio.Protocol` for its Postfix side:
 
-* the *client pump* reads client bytes into a :class:`~smtp_policy.wire.smtp.CommandReader`,
-  answers what the proxy handles itself (XCLIENT/XFORWARD/BDAT/ETRN are refused, and AUTH
-  unless ``offer_auth``; STARTTLS is terminated here; over-long lines and lines with a control
-  character get 500 5.5.2) and forwards everything else to the inner Postfix smtpd, one command
-  line at a time, as the client pipelined them;
-* the *upstream pump* reads Postfix's bytes into a :class:`~smtp_policy.wire.smtp.ReplyReader`
-  and sends each whole reply to the client.
+* the *client pump* (a task) reads client bytes into a
+  :class:`~smtp_policy.wire.smtp.CommandReader`, answers what the proxy handles itself
+  (XCLIENT/XFORWARD/BDAT/ETRN are refused, and AUTH unless ``offer_auth``; STARTTLS is
+  terminated here; over-long lines and lines with a control character get 500 5.5.2) and
+  forwards everything else to the inner Postfix smtpd, one command line at a time, as the
+  client pipelined them;
+* Postfix's bytes go into a :class:`~smtp_policy.wire.smtp.ReplyReader` as they arrive
+  (``_Upstream.data_received``), and each whole reply is sent to the client in that callback:
+  no task, no read and no timer per reply.
 
 The two meet in ``_pending``, a FIFO of the commands still owed a reply. Forwarded commands
 are appended *before* their bytes go out, so a reply always finds its command at the head; the
@@ -62,10 +65,12 @@ by code, enhanced code or reason), filtered (EHLO keywords), passed through the 
 (``sanitize_reply``) and recorded as one ``reply`` event with the original and the sent text.
 
 Cost: the daemon runs on uvloop when it is installed (``smtp-policy proxy --event-loop``).
-Each read waits under ``asyncio.timeout`` (no task per read), bytes collected for a peer and
-DATA chunks go to the transport without another copy, and each distinct reply is explained,
-sanitized and encoded once (bounded caches on the service), as is each ``[banner]`` text
-per value of its placeholders; what a message costs beyond that is its reply events.
+Postfix's replies are handled in the protocol's callback; the client's reads share one idle
+timer that each read moves forward, and Postfix's silence is one timer per ``reply_timeout``;
+bytes collected for a peer and DATA chunks go to the transport without another copy, and each
+distinct reply is explained, sanitized and encoded once (bounded caches on the service), as is
+each ``[banner]`` text per value of its placeholders and each reply's part of its events
+(``event_fields``); what a message costs beyond that is its reply events and the client's task.
 
 Faults: upstream unreachable, closed mid-session, silent or speaking garbage -> 421 4.3.0 and
 close. Client gone -> QUIT upstream when the session is between commands, a plain close in
