@@ -310,6 +310,9 @@ class ProxySettings:
     hard_error_limit: int = 20  # beyond it: 421 4.7.0 and close
     error_sleep: float = 1.0
     max_unread: int = 65536  # reply bytes a client may leave unread before it is dropped
+    #: ``each``: one reply event per reply; ``failures``: reply events for 4xx/5xx only, and
+    #: one ``session`` event per connection that counts every reply (fewer events to write).
+    reply_events: str = "each"
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -479,6 +482,9 @@ class ProxyService:
         self.learn_greeting(reply)
         return self._greeting or fallback
 
+
+#: The queue ids a ``session`` event lists at most (its ``messages`` counts them all).
+MAX_SESSION_QUEUE_IDS = 100
 
 #: The connection caps whose refusals are tallied at once (one per refusing client address).
 MAX_CAP_TALLIES = 1024
@@ -705,6 +711,11 @@ class ProxySession:
         self._run_wire = b""
         self._run_record: dict[str, Any] | None = None  # its first event
         self._run_count = 0  # repeats of it sent but not yet recorded
+        self._only_failures = self._cfg.reply_events == "failures"
+        self._started = time.monotonic()
+        self._replies_by_stage: Counter[str] = Counter()  # for the session event
+        self._messages = 0
+        self._queue_ids: list[str] = []
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -754,6 +765,8 @@ class ProxySession:
             self._answer(UPSTREAM_LOST, _Pending(None, "session"), origin="proxy")
         finally:
             self._end_refusal_run()
+            if self._only_failures:
+                self._record_session()
             await self._close()
 
     async def _open(self) -> ServerReply | None:
@@ -1350,10 +1363,34 @@ class ProxySession:
             "queue_id": queue_id,
             "extra": {"command": pending.verb, "origin": origin, "rewritten": lines is not None},
         }
-        self._emit(EventKind.REPLY, **record)
+        if self._only_failures and reply.code < 400:
+            self._count(pending.stage, queue_id)
+        else:
+            self._emit(EventKind.REPLY, **record)
         if key is not None:
             self._run, self._run_wire, self._run_record = key, wire, record
         return record
+
+    def _count(self, stage: str, queue_id: str | None) -> None:
+        """Count a reply that gets no event of its own (``reply_events = failures``)."""
+        self._replies_by_stage[stage] += 1
+        if stage == "eom":  # a 2xx to the final dot: a message Postfix took
+            self._messages += 1
+        if queue_id is not None and len(self._queue_ids) < MAX_SESSION_QUEUE_IDS:
+            self._queue_ids.append(queue_id)
+
+    def _record_session(self) -> None:
+        """The ``session`` event: what the replies without an event of their own said."""
+        self._emit(
+            EventKind.SESSION,
+            stage="close",
+            extra={
+                "replies": dict(self._replies_by_stage),
+                "messages": self._messages,
+                "queue_ids": self._queue_ids,
+                "duration_ms": round((time.monotonic() - self._started) * 1000, 1),
+            },
+        )
 
     def _end_refusal_run(self) -> None:
         """Record how often the last refusal was repeated (if it was), and start afresh."""
