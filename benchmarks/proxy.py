@@ -174,9 +174,7 @@ def main() -> None:
     reused: dict[str, list[float]] = {"direct": [], "proxy": []}
     lat: dict[str, list[float]] = {"direct": [], "proxy": []}
     cpu: dict[str, list[float]] = {"new": [], "reused": []}
-    with postfix_and_proxy(
-        args.profile, args.event_loop, args.reply_events, args.inner_socket
-    ) as (
+    with postfix_and_proxy(args.profile, args.event_loop, args.reply_events, args.inner_socket) as (
         direct,
         proxied,
         pid,
