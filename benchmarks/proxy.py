@@ -16,10 +16,13 @@ Prints each round and the proxied/direct ratios. Nothing is asserted: the machin
     .venv/bin/python benchmarks/proxy.py [--messages 2000] [--sessions 10] [--rounds 3]
     .venv/bin/python benchmarks/proxy.py --quick --profile /tmp/proxy.prof   # then pstats
 
-``--quick`` is one short round for iterating; ``--profile FILE`` runs the proxy under cProfile
-with a CPU-time clock (written when the proxy stops) for ``python -m pstats FILE``. Each round
-also prints the proxy process's own CPU time per message (user + system, from /proc): the
-number that a busy, shared machine disturbs least.
+``--reply-events failures`` runs the proxy in that mode (reply events for 4xx/5xx only, one
+``session`` event per connection); ``--inner-socket unix`` puts Postfix's inner listener on a
+unix socket, as ``smtp-policy proxy --print-postfix-config`` wires it. ``--quick`` is one short
+round for iterating; ``--profile FILE`` runs the proxy under cProfile with a CPU-time clock
+(written when the proxy stops) for ``python -m pstats FILE``. Each round also prints the proxy
+process's own CPU time per message (user + system, from /proc): the number that a busy, shared
+machine disturbs least.
 """
 
 from __future__ import annotations
@@ -56,24 +59,37 @@ try:
 finally:
     profile.dump_stats(out)
 """
+#: The inner listener's master.cf name when it is a unix socket (``--inner-socket unix``).
+INNER_SERVICE = "smtp-policy-proxy"
 MESSAGE = b"Subject: benchmark\r\n\r\n" + b"x" * 70 + b"\r\n" + b"y" * 900 + b"\r\n.\r\n"
 
 
 @contextmanager
 def postfix_and_proxy(
-    profile: Path | None = None, event_loop: str = "auto"
+    profile: Path | None = None,
+    event_loop: str = "auto",
+    reply_events: str = "each",
+    inner_socket: str = "tcp",
 ) -> Iterator[tuple[int, int, int]]:
-    """A discarding Postfix and a proxy in front of it: (direct port, proxy port, proxy pid)."""
+    """A discarding Postfix and a proxy in front of it: (direct port, proxy port, proxy pid).
+
+    ``inner_socket``: ``tcp`` (a loopback port) or ``unix`` (a socket in Postfix's public/, as
+    ``smtp-policy proxy --print-postfix-config`` wires it)."""
     inner = free_port()
+    listener = INNER_SERVICE if inner_socket == "unix" else f"127.0.0.1:{inner}"
     master = [
-        f"127.0.0.1:{inner} inet n - n - - smtpd",
+        f"{listener} {inner_socket.replace('tcp', 'inet')} n - n - - smtpd",
         "  -o smtpd_authorized_xclient_hosts=127.0.0.1",
     ]
     with PrivatePostfix(discard=True, master_cf=master) as pf, tempfile.TemporaryDirectory() as tmp:
+        upstream = f"127.0.0.1:{inner}"
+        if inner_socket == "unix":
+            upstream = f"unix:{pf.queue_dir / 'public' / INNER_SERVICE}"
         proxy = Daemon(
-            "proxy", Path(tmp), "--upstream", f"127.0.0.1:{inner}",
+            "proxy", Path(tmp), "--upstream", upstream,
             "--max-connections", "1000", "--max-per-address", "1000", "--no-reverse-dns",
             *(["--event-loop", event_loop] if event_loop != "auto" else []),
+            *(["--reply-events", reply_events] if reply_events != "each" else []),
             port=free_port(), events=Path(tmp) / "events",
         )  # fmt: skip
         if profile is not None:
@@ -144,6 +160,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one round of 500 messages")
     parser.add_argument("--profile", type=Path, metavar="FILE", help="cProfile the proxy")
     parser.add_argument("--event-loop", default="auto", help="the proxy's --event-loop")
+    parser.add_argument("--reply-events", default="each", help="the proxy's --reply-events")
+    parser.add_argument(
+        "--inner-socket",
+        choices=("tcp", "unix"),
+        default="tcp",
+        help="Postfix's inner listener: a loopback port, or a unix socket as shipped",
+    )
     args = parser.parse_args()
     if args.quick:
         args.messages, args.latency_count, args.rounds = 500, 200, 1
@@ -151,7 +174,11 @@ def main() -> None:
     reused: dict[str, list[float]] = {"direct": [], "proxy": []}
     lat: dict[str, list[float]] = {"direct": [], "proxy": []}
     cpu: dict[str, list[float]] = {"new": [], "reused": []}
-    with postfix_and_proxy(args.profile, args.event_loop) as (direct, proxied, pid):
+    with postfix_and_proxy(args.profile, args.event_loop, args.reply_events, args.inner_socket) as (
+        direct,
+        proxied,
+        pid,
+    ):
         ports = {"direct": direct, "proxy": proxied}
         latencies(direct, 20)  # warm up both paths (smtpd processes, caches)
         latencies(proxied, 20)

@@ -211,6 +211,13 @@ class EventWriter:
             if self._line_buffered:
                 self._stream.flush()
 
+    def emit_fields(self, fields: dict[str, object]) -> None:
+        """Write one event given in its JSON form, as :meth:`Event.to_dict` or
+        :func:`~smtp_policy.core.events.event_fields` builds it (taken over: changed here)."""
+        name = fields.pop("event")
+        with self._lock:
+            self._log.msg(name, **fields)
+
     def reopen(self, source: Source) -> None:
         """Open the path again (after a rotation); on failure keep the old file and say why."""
         if self._path is None:

@@ -125,6 +125,9 @@ class FakePostfix:
             got += await reader.readline()
         elif verb == b"DIE":
             return False
+        elif verb == b"SLOW":  # silent for a second, then an answer
+            await asyncio.sleep(1.0)
+            reply = b"250 2.0.0 Ok, at last\r\n"
         writer.write(reply or b"502 5.5.2 Error: command not recognized\r\n")
         return verb != b"QUIT"
 

@@ -2,15 +2,18 @@
 
 Theory of operation
 -------------------
-One :class:`ProxySession` per client connection, two asyncio tasks per session:
+One :class:`ProxySession` per client connection, one asyncio task for its client side and
+an :class:`asyncio.Protocol` for its Postfix side:
 
-* the *client pump* reads client bytes into a :class:`~smtp_policy.wire.smtp.CommandReader`,
-  answers what the proxy handles itself (XCLIENT/XFORWARD/BDAT/ETRN are refused, and AUTH
-  unless ``offer_auth``; STARTTLS is terminated here; over-long lines and lines with a control
-  character get 500 5.5.2) and forwards everything else to the inner Postfix smtpd, one command
-  line at a time, as the client pipelined them;
-* the *upstream pump* reads Postfix's bytes into a :class:`~smtp_policy.wire.smtp.ReplyReader`
-  and sends each whole reply to the client.
+* the *client pump* (a task) reads client bytes into a
+  :class:`~smtp_policy.wire.smtp.CommandReader`, answers what the proxy handles itself
+  (XCLIENT/XFORWARD/BDAT/ETRN are refused, and AUTH unless ``offer_auth``; STARTTLS is
+  terminated here; over-long lines and lines with a control character get 500 5.5.2) and
+  forwards everything else to the inner Postfix smtpd, one command line at a time, as the
+  client pipelined them;
+* Postfix's bytes go into a :class:`~smtp_policy.wire.smtp.ReplyReader` as they arrive
+  (``_Upstream.data_received``), and each whole reply is sent to the client in that callback:
+  no task, no read and no timer per reply.
 
 The two meet in ``_pending``, a FIFO of the commands still owed a reply. Forwarded commands
 are appended *before* their bytes go out, so a reply always finds its command at the head; the
@@ -62,10 +65,12 @@ by code, enhanced code or reason), filtered (EHLO keywords), passed through the 
 (``sanitize_reply``) and recorded as one ``reply`` event with the original and the sent text.
 
 Cost: the daemon runs on uvloop when it is installed (``smtp-policy proxy --event-loop``).
-Each read waits under ``asyncio.timeout`` (no task per read), bytes collected for a peer and
-DATA chunks go to the transport without another copy, and each distinct reply is explained,
-sanitized and encoded once (bounded caches on the service), as is each ``[banner]`` text
-per value of its placeholders; what a message costs beyond that is its reply events.
+Postfix's replies are handled in the protocol's callback; the client's reads share one idle
+timer that each read moves forward, and Postfix's silence is one timer per ``reply_timeout``;
+bytes collected for a peer and DATA chunks go to the transport without another copy, and each
+distinct reply is explained, sanitized and encoded once (bounded caches on the service), as is
+each ``[banner]`` text per value of its placeholders and each reply's part of its events
+(``event_fields``); what a message costs beyond that is its reply events and the client's task.
 
 Faults: upstream unreachable, closed mid-session, silent or speaking garbage -> 421 4.3.0 and
 close. Client gone -> QUIT upstream when the session is between commands, a plain close in
@@ -89,11 +94,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from smtp_policy.config import BannerConfig, Config
 from smtp_policy.core.errors import ProtocolError
-from smtp_policy.core.events import Direction, Event, EventKind, Source, reply_fields
+from smtp_policy.core.events import (
+    Direction,
+    EventKind,
+    Source,
+    described_fields,
+    event_fields,
+)
 from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import EnhancedCode, Explanation
@@ -299,6 +310,9 @@ class ProxySettings:
     hard_error_limit: int = 20  # beyond it: 421 4.7.0 and close
     error_sleep: float = 1.0
     max_unread: int = 65536  # reply bytes a client may leave unread before it is dropped
+    #: ``each``: one reply event per reply; ``failures``: reply events for 4xx/5xx only, and
+    #: one ``session`` event per connection that counts every reply (fewer events to write).
+    reply_events: str = "each"
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -337,6 +351,7 @@ class ProxyService:
         self._greeting_lock = asyncio.Lock()
         self._at_cap: dict[str, _CapRefusals] = {}
         self._rendered: dict[tuple[ServerReply, tuple[str, ...] | None], tuple[bytes, str]] = {}
+        self._described: dict[tuple[str | None, str | None], Mapping[str, object]] = {}
 
     def explain(self, text: str) -> Explanation:
         """The core's explanation of a reply text (``explain_text`` remembers each one)."""
@@ -354,6 +369,21 @@ class ProxyService:
                 self._rendered.clear()
             rendered = self._rendered[key] = (safe.wire().encode("ascii"), "\n".join(safe.lines))
         return rendered
+
+    def described(
+        self, explanation: Explanation | None, text: str | None, friendly: str | None
+    ) -> Mapping[str, object]:
+        """The reply's part of an event (``described_fields``), worked out once per distinct
+        reply as sent; an error event's text (no explanation) is not kept."""
+        if explanation is None:
+            return described_fields(None, text, friendly)
+        key = (text, friendly)
+        described = self._described.get(key)
+        if described is None:
+            if len(self._described) >= CACHED_REPLIES:
+                self._described.clear()
+            described = self._described[key] = described_fields(explanation, text, friendly)
+        return described
 
     def reconfigure(self, config: Config) -> None:
         """Take the admin's texts from a (re)loaded configuration; sessions pick them up."""
@@ -400,6 +430,20 @@ class ProxyService:
             return await asyncio.open_unix_connection(cfg.upstream_path)
         return await asyncio.open_connection(cfg.upstream_host, cfg.upstream_port)
 
+    async def connect_upstream(self, session: ProxySession) -> _Upstream:
+        """A new connection to the inner smtpd (TCP or unix socket), read by ``session``."""
+        cfg = self.settings
+        loop = asyncio.get_running_loop()
+        if cfg.upstream_path is not None:
+            _, upstream = await loop.create_unix_connection(
+                lambda: _Upstream(session), cfg.upstream_path
+            )
+        else:
+            _, upstream = await loop.create_connection(
+                lambda: _Upstream(session), cfg.upstream_host, cfg.upstream_port
+            )
+        return upstream
+
     async def greeting(self) -> ServerReply:
         """Postfix's own greeting, learnt once from the inner listener (then from each session).
 
@@ -438,6 +482,9 @@ class ProxyService:
         self.learn_greeting(reply)
         return self._greeting or fallback
 
+
+#: The queue ids a ``session`` event lists at most (its ``messages`` counts them all).
+MAX_SESSION_QUEUE_IDS = 100
 
 #: The connection caps whose refusals are tallied at once (one per refusing client address).
 MAX_CAP_TALLIES = 1024
@@ -505,6 +552,121 @@ class _Peer:
     tls: dict[str, object] = field(default_factory=dict)
 
 
+class _Upstream(asyncio.Protocol):
+    """The inner connection: Postfix's bytes are handed to the session as they arrive and its
+    replies handled in the same callback (no task, no read and no timer per reply)."""
+
+    def __init__(self, session: ProxySession) -> None:
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        self.session.upstream_data(data)
+
+    def eof_received(self) -> bool:
+        self.session.upstream_lost("connection closed")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.upstream_lost("connection closed" if exc is None else _describe(exc))
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    @property
+    def closing(self) -> bool:
+        """Whether the connection is closed or closing (nothing more goes out)."""
+        return self.transport is None or self.transport.is_closing()
+
+    def write(self, data: bytes | bytearray) -> None:
+        """Send ``data`` unless the connection is closing."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while Postfix's side is over its write-buffer limit (until it is not)."""
+        if self._paused and not self.closing:
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+    def close(self) -> None:
+        """Close the connection (what is buffered still goes out)."""
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _IdleTimer:
+    """The time limit of the client's reads: one timer that each read moves forward instead
+    of a new one per read (``asyncio.timeout`` arms and cancels one each time). When a read
+    has waited its whole limit, the reading task is cancelled and :meth:`expired` says so."""
+
+    __slots__ = ("_deadline", "_expired", "_handle", "_reading", "_task")
+
+    def __init__(self) -> None:
+        self._deadline = 0.0
+        self._reading = False
+        self._expired = False
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    def start(self, timeout: float) -> None:
+        """A read begins; it may wait ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout
+        self._reading = True
+        self._task = asyncio.current_task()
+        if self._handle is None or self._handle.when() > self._deadline:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = loop.call_at(self._deadline, self._fire)
+
+    def stop(self) -> None:
+        """The read ended (data, error or cancellation); the timer stays for the next one."""
+        self._reading = False
+
+    def expired(self) -> bool:
+        """Whether the cancellation just caught was this timer's (then it is taken back)."""
+        if not self._expired:
+            return False
+        self._expired = False
+        if self._task is not None:
+            self._task.uncancel()
+        return True
+
+    def cancel(self) -> None:
+        """No more reads: drop the timer."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        if not self._reading or self._task is None:
+            return  # the next read arms it again
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # a later read moved the limit on
+            self._handle = loop.call_at(self._deadline, self._fire)
+            return
+        self._expired = True
+        self._task.cancel()
+
+
 class ProxySession:
     """One client connection and its connection to the inner Postfix."""
 
@@ -520,8 +682,7 @@ class ProxySession:
         self._id = session_id
         self._client_r = reader
         self._client_w = writer
-        self._up_r: asyncio.StreamReader | None = None
-        self._up_w: asyncio.StreamWriter | None = None
+        self._up: _Upstream | None = None
         self._commands = CommandReader()
         self._replies = ReplyReader()
         self._pending: deque[_Pending] = deque()
@@ -536,12 +697,25 @@ class ProxySession:
         self._to_client = bytearray()
         self._to_upstream = bytearray()
         self._flush_scheduled = False
-        self._upstream_ready = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        self._idle = _IdleTimer()
+        self._relaying = False  # Postfix accepted XCLIENT: its replies answer the client
+        self._early: deque[ServerReply] = deque()  # its replies before that (_open reads them)
+        self._early_waiter: asyncio.Future[None] | None = None
+        self._upstream_gone: str | None = None  # why the inner connection ended, once it has
+        self._ended: asyncio.Future[None] | None = None  # set when upstream ends the session
+        self._last_heard = 0.0  # loop time of Postfix's last bytes
+        self._silence: asyncio.TimerHandle | None = None
         self._errors = 0  # the proxy's own error replies so far
         self._run: tuple[int, str, str | None, str | None] | None = None  # repeated refusal
         self._run_wire = b""
         self._run_record: dict[str, Any] | None = None  # its first event
         self._run_count = 0  # repeats of it sent but not yet recorded
+        self._only_failures = self._cfg.reply_events == "failures"
+        self._started = time.monotonic()
+        self._replies_by_stage: Counter[str] = Counter()  # for the session event
+        self._messages = 0
+        self._queue_ids: list[str] = []
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -591,6 +765,8 @@ class ProxySession:
             self._answer(UPSTREAM_LOST, _Pending(None, "session"), origin="proxy")
         finally:
             self._end_refusal_run()
+            if self._only_failures:
+                self._record_session()
             await self._close()
 
     async def _open(self) -> ServerReply | None:
@@ -602,23 +778,23 @@ class ProxySession:
         name = await self._resolve()
         try:
             async with asyncio.timeout(self._cfg.connect_timeout):
-                self._up_r, self._up_w = await self._svc.open_upstream()
-                banner = await self._read_reply()
+                self._up = await self._svc.connect_upstream(self)
+                banner = await self._early_reply()
                 if banner.code != 220:  # Postfix refuses the proxy itself: pass that on
                     return banner
                 self._xclient_sent = self._xclient_attributes(name)
-                self._up_w.write(xclient_command(self._xclient_sent))
-                greeting = await self._read_reply()
+                self._up.write(xclient_command(self._xclient_sent))
+                greeting = await self._early_reply()
         except (OSError, TimeoutError, _UpstreamGoneError) as exc:
             self._error(f"upstream unavailable: {_describe(exc)}")
             return UPSTREAM_DOWN
         self._svc.learn_greeting(banner)
         if greeting.code == 220:
-            self._upstream_ready.set()
+            self._start_relaying()
             return None
         if greeting.code in (421, 554):  # a milter or policy refused the client
             if greeting.code == 554:
-                self._upstream_ready.set()  # Postfix answers what follows itself
+                self._start_relaying()  # Postfix answers what follows itself
             return greeting
         self._error(
             f"upstream refused XCLIENT ({greeting.text!r}): "
@@ -652,32 +828,33 @@ class ProxySession:
         return attributes
 
     async def _converse(self) -> None:
-        """Run both pumps until either ends the session (upstream's once it is open)."""
-        tasks = [
-            asyncio.create_task(self._client_side()),
-            asyncio.create_task(self._upstream_side()),
-        ]
+        """Run the client pump until it ends the session, or Postfix's side does (its replies
+        are handled as they arrive, in :meth:`upstream_data`)."""
+        self._ended = asyncio.get_running_loop().create_future()
+        client = asyncio.create_task(self._client_side())
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((client, self._ended), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            error = None if task.cancelled() else task.exception()
+            client.cancel()
+            await asyncio.gather(client, return_exceptions=True)
+            if self._silence is not None:
+                self._silence.cancel()
+            self._idle.cancel()
+            if not self._ended.done():  # what Postfix sends from now on answers no one
+                self._ended.set_result(None)
+        for done in (client, self._ended):
+            error = None if not done.done() or done.cancelled() else done.exception()
             if error is not None:
                 raise error
 
     async def _close(self) -> None:
         self._flush_io()
-        for writer in (self._up_w, self._client_w):
-            if writer is not None:
-                writer.close()
-        for writer in (self._up_w, self._client_w):
-            if writer is not None:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
-                        await writer.wait_closed()
+        if self._up is not None:
+            self._up.close()
+        self._client_w.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await self._client_w.wait_closed()
 
     # -- the client pump --------------------------------------------------------------------
 
@@ -697,7 +874,7 @@ class ProxySession:
             with contextlib.suppress(_ClientStuckError):
                 await self._local(TIMED_OUT, None, "session")
         clean = not self._in_data and not self._quit_sent
-        if clean and self._up_w is not None and not self._up_w.is_closing():
+        if clean and self._up is not None and not self._up.closing:
             self._send_upstream(encode_command(b"QUIT"))
             self._quit_sent = True
 
@@ -717,20 +894,25 @@ class ProxySession:
                 return
 
     async def _read_client(self) -> None:
+        """Read what the client sent next; TimeoutError after ``_read_timeout()`` of silence."""
+        self._idle.start(self._read_timeout())
         try:
-            async with asyncio.timeout(self._read_timeout()):  # no task per read, as wait_for has
-                data = await self._client_r.read(READ_SIZE)
-        except TimeoutError:
+            data = await self._client_r.read(READ_SIZE)
+        except asyncio.CancelledError:
+            if self._idle.expired():
+                raise TimeoutError from None
             raise
-        except OSError:  # a reset; TimeoutError, an OSError too, is the idle timeout above
+        except OSError:  # a reset
             raise _ClientGoneError from None
+        finally:
+            self._idle.stop()
         if not data:
             raise _ClientGoneError
         self._commands.feed(data)
 
     def _read_timeout(self) -> float:
         """The short pre-command timeout until the inner connection opens, then idle_timeout."""
-        return self._cfg.idle_timeout if self._up_w is not None else self._cfg.greet_timeout
+        return self._cfg.idle_timeout if self._up is not None else self._cfg.greet_timeout
 
     async def _command(self, cmd: Command) -> bool:
         """Handle one command; False once the session is over (QUIT answered)."""
@@ -739,7 +921,7 @@ class ProxySession:
             return await self._refuse(NOT_IMPLEMENTED, verb, _stage(verb))
         if verb == "STARTTLS":
             return await self._starttls(cmd)
-        if self._up_w is None:
+        if self._up is None:
             if verb == "QUIT":
                 await self._local(GOODBYE, verb, _stage(verb))
                 return False
@@ -750,7 +932,7 @@ class ProxySession:
                 self._note(verb, cmd.argument)
                 origin = "proxy" if refusal is UPSTREAM_DOWN else "upstream"
                 await self._local(refusal, verb, _stage(verb), origin=origin)
-                return self._upstream_ready.is_set()
+                return self._relaying
         self._note(verb, cmd.argument)
         barrier = verb in ("DATA", "QUIT", "AUTH")
         pending = self._forward(cmd.line, verb, _stage(verb), barrier=barrier)
@@ -775,7 +957,7 @@ class ProxySession:
 
     def _forward(self, line: bytes, verb: str, stage: str, *, barrier: bool) -> _Pending:
         """Queue ``line`` for a reply and send it upstream (queue first: no reply can overtake)."""
-        assert self._up_w is not None
+        assert self._up is not None
         done = asyncio.get_running_loop().create_future() if barrier else None
         recipient = mail_path(line) if verb == "RCPT" else None
         pending = _Pending(verb, stage, None, done, self._peer.sender, recipient)
@@ -801,7 +983,7 @@ class ProxySession:
 
     async def _data(self) -> None:
         """Pass the message through unchanged up to and including the end-of-data line."""
-        assert self._up_w is not None
+        assert self._up is not None
         self._commands.start_data()
         self._in_data = True
         while True:
@@ -815,10 +997,8 @@ class ProxySession:
                 self._in_data = False
                 self._peer.sender = None  # the transaction ends with the reply to the dot
             self._flush_io()  # what was collected before goes first
-            if not self._up_w.is_closing():
-                self._up_w.write(event.data)  # the chunk as the reader made it: no copy here
-            with contextlib.suppress(ConnectionError):  # the upstream pump reports it
-                await self._up_w.drain()
+            self._up.write(event.data)  # the chunk as the reader made it: no copy here
+            await self._up.drain()  # a lost connection is reported by upstream_lost
             if event.last:
                 return
 
@@ -867,7 +1047,7 @@ class ProxySession:
         Its new 220 stays here; anything else means the inner session is not what the client
         now believes: 421 and False (the session ends).
         """
-        if self._up_w is None:
+        if self._up is None:
             return True  # no inner session yet: it opens with XCLIENT after the handshake
         done = asyncio.get_running_loop().create_future()
         pending = _Pending("XCLIENT", "starttls", None, done, quiet=True)
@@ -880,33 +1060,146 @@ class ProxySession:
         await self._local(UPSTREAM_LOST, None, "starttls")
         return False
 
-    # -- the upstream pump ------------------------------------------------------------------
+    # -- Postfix's side ---------------------------------------------------------------------
+    #
+    # Postfix's bytes arrive in _Upstream.data_received and are handled there: each whole reply
+    # answers the command at the head of the queue at once. Until XCLIENT is accepted they are
+    # kept for _open instead.
 
-    async def _upstream_side(self) -> None:
-        """The upstream pump; a lost or broken upstream becomes a 421 to the client."""
-        await self._upstream_ready.wait()
+    async def _early_reply(self) -> ServerReply:
+        """The next reply before relaying starts (banner, XCLIENT); _UpstreamGoneError."""
+        while not self._early:
+            if self._upstream_gone is not None:
+                raise _UpstreamGoneError(self._upstream_gone)
+            self._early_waiter = asyncio.get_running_loop().create_future()
+            await self._early_waiter
+        return self._early.popleft()
+
+    def _start_relaying(self) -> None:
+        """From now on Postfix's replies answer the client; silence while one is owed is
+        watched by one timer per ``reply_timeout``, not one per read."""
+        self._relaying = True
+        loop = asyncio.get_running_loop()
+        self._last_heard = loop.time()
+        self._silence = loop.call_later(self._cfg.reply_timeout, self._check_silence)
+        if self._early:  # Postfix spoke before it was asked: as the pump read it, in order
+            early, self._early = list(self._early), deque()
+            for reply in early:
+                if not self._on_reply(reply):
+                    return
+
+    def _check_silence(self) -> None:
+        loop = asyncio.get_running_loop()
+        quiet_for = loop.time() - self._last_heard
+        if quiet_for >= self._cfg.reply_timeout and self._pending:
+            self._upstream_failed(f"no reply in {self._cfg.reply_timeout:g} s")
+            return
+        if quiet_for >= self._cfg.reply_timeout:  # nothing owed: wait on from now
+            self._last_heard = loop.time()
+        self._silence = loop.call_at(
+            self._last_heard + self._cfg.reply_timeout, self._check_silence
+        )
+
+    def upstream_data(self, data: bytes) -> None:
+        """Bytes from Postfix: feed them, handle each whole reply (or keep it for _open)."""
+        if self._finished():
+            return
         try:
-            await self._upstream_pump()
+            self._replies.feed(data)
+            if not self._relaying:
+                self._keep_early()
+                return
+            self._last_heard = asyncio.get_running_loop().time()
+            while (reply := self._replies.next_reply()) is not None:
+                if not self._on_reply(reply):
+                    return
+            self._after_replies()
+        except ProtocolError as exc:
+            self._upstream_failed(str(exc))
         except _ClientStuckError:
             self._drop_client()
-        except _UpstreamGoneError as exc:
-            self._error(f"upstream lost: {exc}")
-            self._pending.clear()
-            self._answer(UPSTREAM_LOST, _Pending(None, "session"), origin="proxy")
+            self._end()
+        except Exception as exc:  # a bug costs this session (run() says so), not the server
+            self._end(exc)
 
-    async def _upstream_pump(self) -> None:
-        while True:
-            reply = await self._read_reply(waiting=lambda: bool(self._pending))
-            pending = self._pending.popleft() if self._pending else _Pending(None, "session")
-            self._track_transaction(pending.verb, reply.code)
-            if not pending.quiet:
-                self._answer(reply, pending, origin="upstream")
-            if pending.done is not None and not pending.done.done():
-                pending.done.set_result(reply)
-            self._flush()
+    def _keep_early(self) -> None:
+        while (reply := self._replies.next_reply()) is not None:
+            self._early.append(reply)
+        self._wake_early()
+
+    def _wake_early(self) -> None:
+        if self._early_waiter is not None and not self._early_waiter.done():
+            self._early_waiter.set_result(None)
+
+    def _on_reply(self, reply: ServerReply) -> bool:
+        """One reply of Postfix's to the client; False once it ends the session."""
+        pending = self._pending.popleft() if self._pending else _Pending(None, "session")
+        self._track_transaction(pending.verb, reply.code)
+        if not pending.quiet:
+            self._answer(reply, pending, origin="upstream")
+        if pending.done is not None and not pending.done.done():
+            pending.done.set_result(reply)
+        self._flush()
+        if reply.code == 421 or pending.verb == "QUIT":
+            self._after_replies()
+            self._end()
+            return False
+        return True
+
+    def _after_replies(self) -> None:
+        """Send what the replies made; a client that leaves them unread is dropped, one over
+        its write-buffer limit makes Postfix's side wait until it reads (idle_timeout)."""
+        self._flush_io()
+        transport = self._client_w.transport
+        unread = transport.get_write_buffer_size()
+        if unread > self._cfg.max_unread:
+            raise _ClientStuckError
+        if unread > transport.get_write_buffer_limits()[1] and self._up is not None:
+            upstream = self._up.transport
+            assert upstream is not None
+            upstream.pause_reading()
+            waiting = asyncio.create_task(self._wait_for_client_reads(upstream))
+            self._background.add(waiting)
+            waiting.add_done_callback(self._background.discard)
+
+    async def _wait_for_client_reads(self, upstream: asyncio.Transport) -> None:
+        try:
             await self._drain_client()
-            if reply.code == 421 or pending.verb == "QUIT":
-                return
+        except _ClientStuckError:
+            self._drop_client()
+            self._end()
+            return
+        if not upstream.is_closing():
+            upstream.resume_reading()
+
+    def upstream_lost(self, why: str) -> None:
+        """The inner connection ended (EOF, reset)."""
+        if self._upstream_gone is None:
+            self._upstream_gone = why
+        self._wake_early()
+        if self._relaying and not self._finished():
+            self._upstream_failed(why)
+
+    def _upstream_failed(self, why: str) -> None:
+        """Postfix went away, went silent or spoke garbage: 421 to the client, session over."""
+        if self._finished():
+            return
+        self._error(f"upstream lost: {why}")
+        self._pending.clear()
+        self._answer(UPSTREAM_LOST, _Pending(None, "session"), origin="proxy")
+        self._end()
+
+    def _finished(self) -> bool:
+        return self._ended is not None and self._ended.done()
+
+    def _end(self, error: Exception | None = None) -> None:
+        """Postfix's side ends the session (the client pump is stopped)."""
+        if self._ended is None or self._ended.done():
+            return
+        if error is None:
+            self._ended.set_result(None)
+        else:
+            self._ended.set_exception(error)
 
     def _track_transaction(self, verb: str | None, code: int) -> None:
         """Whether Postfix holds an open mail transaction, from the replies it gives."""
@@ -914,32 +1207,6 @@ class ProxySession:
             self._in_transaction = True
         elif verb == "." or code == 421 or (verb in ("RSET", "EHLO", "HELO") and code < 400):
             self._in_transaction = False
-
-    async def _read_reply(self, waiting: Callable[[], bool] = lambda: True) -> ServerReply:
-        """The next whole reply from Postfix; _UpstreamGoneError on EOF, garbage or silence.
-
-        Silence counts only while ``waiting()`` says a reply is owed.
-        """
-        assert self._up_r is not None
-        while True:
-            try:
-                reply = self._replies.next_reply()
-            except ProtocolError as exc:
-                raise _UpstreamGoneError(str(exc)) from None
-            if reply is not None:
-                return reply
-            try:
-                async with asyncio.timeout(self._cfg.reply_timeout):
-                    data = await self._up_r.read(READ_SIZE)
-            except TimeoutError:
-                if waiting():
-                    raise _UpstreamGoneError(f"no reply in {self._cfg.reply_timeout:g} s") from None
-                continue
-            except OSError as exc:
-                raise _UpstreamGoneError(_describe(exc)) from None
-            if not data:
-                raise _UpstreamGoneError("connection closed")
-            self._replies.feed(data)
 
     # -- output -----------------------------------------------------------------------------
     #
@@ -962,8 +1229,8 @@ class ProxySession:
         self._flush_scheduled = False
         if self._to_upstream:
             collected, self._to_upstream = self._to_upstream, bytearray()
-            if self._up_w is not None and not self._up_w.is_closing():
-                self._up_w.write(collected)  # handed over, never changed again: no copy
+            if self._up is not None:
+                self._up.write(collected)  # handed over, never changed again: no copy
         if self._to_client:
             collected, self._to_client = self._to_client, bytearray()
             if not self._client_w.is_closing():
@@ -1096,10 +1363,34 @@ class ProxySession:
             "queue_id": queue_id,
             "extra": {"command": pending.verb, "origin": origin, "rewritten": lines is not None},
         }
-        self._emit(EventKind.REPLY, **record)
+        if self._only_failures and reply.code < 400:
+            self._count(pending.stage, queue_id)
+        else:
+            self._emit(EventKind.REPLY, **record)
         if key is not None:
             self._run, self._run_wire, self._run_record = key, wire, record
         return record
+
+    def _count(self, stage: str, queue_id: str | None) -> None:
+        """Count a reply that gets no event of its own (``reply_events = failures``)."""
+        self._replies_by_stage[stage] += 1
+        if stage == "eom":  # a 2xx to the final dot: a message Postfix took
+            self._messages += 1
+        if queue_id is not None and len(self._queue_ids) < MAX_SESSION_QUEUE_IDS:
+            self._queue_ids.append(queue_id)
+
+    def _record_session(self) -> None:
+        """The ``session`` event: what the replies without an event of their own said."""
+        self._emit(
+            EventKind.SESSION,
+            stage="close",
+            extra={
+                "replies": dict(self._replies_by_stage),
+                "messages": self._messages,
+                "queue_ids": self._queue_ids,
+                "duration_ms": round((time.monotonic() - self._started) * 1000, 1),
+            },
+        )
 
     def _end_refusal_run(self) -> None:
         """Record how often the last refusal was repeated (if it was), and start afresh."""
@@ -1154,11 +1445,13 @@ class ProxySession:
         extra: dict[str, object] | None = None,
     ) -> None:
         peer = self._peer
-        self._svc.events.emit(
-            Event(
-                event=event,
-                source=Source.PROXY,
-                ts=datetime.now(UTC),
+        self._svc.events.emit_fields(
+            event_fields(
+                event,
+                Source.PROXY,
+                datetime.now(UTC),
+                self._svc.described(explanation, original, friendly),
+                {**(extra or {}), "client_port": peer.port, **peer.tls},
                 direction=Direction.UPSTREAM if event == EventKind.REPLY else None,
                 stage=stage,
                 session=self._id,
@@ -1168,9 +1461,6 @@ class ProxySession:
                 helo=peer.helo,
                 sender=sender,
                 recipient=recipient,
-                friendly=friendly,
-                extra={**(extra or {}), "client_port": peer.port, **peer.tls},
-                **reply_fields(explanation, text=original),
             )
         )
 

@@ -39,6 +39,7 @@ HELP = "run the SMTP front proxy (custom 220/221 and reject texts, every reply r
 
 DEFAULT_UPSTREAM = "unix:/var/spool/postfix/public/smtp-policy-proxy"
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+REPLY_EVENTS = ("each", "failures")  # the adapter's ProxySettings.reply_events
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +109,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="uvloop (libuv: less CPU per relayed byte) or asyncio's own; auto: uvloop if it is "
         "installed (default auto)",
+    )
+    parser.add_argument(
+        "--reply-events",
+        choices=REPLY_EVENTS,
+        default="each",
+        help="each: one reply event per reply (default); failures: reply events for 4xx/5xx "
+        "only, and one session event per connection that counts every reply",
     )
     parser.add_argument(
         "--no-reverse-dns",
@@ -183,6 +191,7 @@ def _serve(args: argparse.Namespace, upstream: ListenAddress) -> int:
         soft_error_limit=args.soft_error_limit,
         hard_error_limit=args.hard_error_limit,
         error_sleep=args.error_sleep_time,
+        reply_events=args.reply_events,
     )
     resolver = _no_name if args.no_reverse_dns else forward_confirmed_name
 

@@ -108,3 +108,64 @@ def test_writer_keeps_lines_whole_across_threads() -> None:
     assert len(lines) == 1600
     parsed = [json.loads(line) for line in lines]
     assert all(p["event"] == "reply" for p in parsed)
+
+
+LONG = "x" * 600
+HOSTILE = "h\udcff\u00e9llo"
+
+
+@pytest.mark.parametrize(
+    ("text", "friendly", "head", "extra"),
+    [
+        (
+            "250 2.0.0 Ok: queued as 4F1Z2X3Y",
+            "2.0.0 Ok: queued as 4F1Z2X3Y",
+            {"stage": "eom", "queue_id": "4F1Z2X3Y", "sender": "<a@b.test>"},
+            {"command": ".", "origin": "upstream", "rewritten": False, "client_port": 4000},
+        ),
+        (
+            "550 5.1.1 <bob@x.test>: Recipient address rejected: User unknown",
+            "5.1.1 Sorry: " + "y" * 20000,
+            {"stage": "rcpt", "recipient": "<bob@x.test>", "helo": LONG, "client_name": HOSTILE},
+            {"command": "RCPT", LONG: HOSTILE, "tls_version": "TLSv1.3", "repeated": 3},
+        ),
+        ("error text only", None, {"session": "proxy-1", "client_addr": "::1"}, {}),
+        ("221 2.0.0 Bye", "2.0.0 Bye", {"sender": "<>", "recipient": LONG}, {"nested": [LONG]}),
+    ],
+)
+def test_event_fields_is_to_dict(
+    text: str, friendly: str | None, head: dict[str, str], extra: dict[str, object]
+) -> None:
+    """The lighter path (event_fields over described_fields, the reply's part worked out once)
+    builds exactly what Event.to_dict builds: fields, caps and key order."""
+    from smtp_policy.core.events import described_fields, event_fields, reply_fields
+    from smtp_policy.core.explain import explain_text
+    from smtp_policy.data import default_knowledge
+
+    explanation = explain_text(text, default_knowledge()) if text[:1].isdigit() else None
+    kind = EventKind.REPLY if explanation is not None else EventKind.ERROR
+    direction = Direction.UPSTREAM if explanation is not None else None
+    full = Event(
+        event=kind,
+        source=Source.PROXY,
+        ts=TS,
+        direction=direction,
+        friendly=friendly,
+        extra=extra,
+        **head,  # type: ignore[arg-type]
+        **reply_fields(explanation, text=text),
+    ).to_dict()
+    described = described_fields(explanation, text, friendly)
+    fast = event_fields(kind, Source.PROXY, TS, described, extra, direction=direction, **head)
+    assert list(fast.items()) == list(full.items())
+    with pytest.raises(ValueError, match="shadow"):
+        event_fields(kind, Source.PROXY, TS, described, {"sender": "x"})
+
+
+def test_emit_fields_writes_what_emit_writes() -> None:
+    """EventWriter.emit_fields(to_dict()) writes the line emit() writes."""
+    event = Event(event=EventKind.REPLY, source=Source.PROXY, ts=TS, code=250, text="250 ok")
+    one, two = io.StringIO(), io.StringIO()
+    EventWriter(one).emit(event)
+    EventWriter(two).emit_fields(event.to_dict())
+    assert one.getvalue() == two.getvalue()

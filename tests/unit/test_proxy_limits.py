@@ -200,3 +200,22 @@ def test_refusals_from_many_addresses_keep_a_bounded_table() -> None:
                 assert len(h.service._at_cap) <= MAX_CAP_TALLIES
 
     run(scenario())
+
+
+def test_a_silent_upstream_gives_421_only_while_a_reply_is_owed() -> None:
+    """Postfix silent for reply_timeout while a reply is owed: 421 4.3.0 and an error event;
+    silence between commands (nothing owed) is no fault."""
+
+    async def scenario() -> None:
+        async with harness(reply_timeout=0.3) as h:
+            client = await h.client()
+            assert (await client.command(b"EHLO client.test")).code == 250
+            await asyncio.sleep(0.8)  # nothing owed: the proxy keeps Postfix
+            assert (await client.command(b"NOOP")).code == 250
+            lost = await client.command(b"SLOW")  # Postfix answers only after a second
+            assert (lost.code, lost.lines[0][:5]) == (421, "4.3.0")
+            assert await client.closed()
+            (error,) = h.events("error")
+            assert error.get("text") == "upstream lost: no reply in 0.3 s"
+
+    run(scenario())

@@ -465,3 +465,37 @@ def test_banner_templates_are_cached_by_the_values_they_use() -> None:
     assert _BannerTemplate("{hostname} ESMTP", 220).names == ("hostname",)
     assert _BannerTemplate("{hostname:>{date}}", 220).names is None
     assert _BannerTemplate("{hostname[0]}", 220).names is None
+
+
+def test_reply_events_failures_writes_failures_and_one_session_event() -> None:
+    """reply_events="failures": 4xx/5xx replies keep their events; the others are counted
+    in one session event per connection, with the messages and their queue ids."""
+
+    async def scenario() -> None:
+        async with harness(reply_events="failures") as h:
+            client = await h.client()
+            await client.command(b"EHLO client.test")
+            await client.command(b"MAIL FROM:<s@fake.test>")
+            assert (await client.command(b"RCPT TO:<bad@fake.test>")).code == 550
+            await client.command(b"RCPT TO:<ok@fake.test>")
+            assert (await client.command(b"DATA")).code == 354
+            assert (await client.command(b"Subject: x\r\n\r\nhi\r\n.")).code == 250
+            await client.command(b"QUIT")
+            assert await client.closed()
+            for _ in range(100):  # the session event is written as the session closes
+                if h.events("session"):
+                    break
+                await asyncio.sleep(0.01)
+            replies = h.events()
+            assert [(e["command"], e.get("code")) for e in replies] == [("RCPT", 550)]
+            (session,) = h.events("session")
+            assert session["source"] == "proxy"
+            assert session.get("stage") == "close"
+            stages = ("connect", "helo", "mail", "rcpt", "data", "eom", "quit")
+            assert session["replies"] == dict.fromkeys(stages, 1)
+            assert session["messages"] == 1
+            assert session["queue_ids"] == ["4ABCDEF"]
+            assert session["duration_ms"] >= 0
+            assert session.get("session") == replies[0].get("session")
+
+    run(scenario())
