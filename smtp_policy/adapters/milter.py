@@ -134,8 +134,10 @@ ALL_OPTS: int = Milter.ALL_OPTS
 
 MAX_VALUE_CHARS = 4096  # longer values (a 10 kB address...) are cut in events
 
-#: A session record's outcome of a policy action that sends no reply.
+#: A session record's outcome of a policy action, when no reply is sent with it.
 _OUTCOMES: Mapping[RuleAction, str] = {
+    RuleAction.REJECT: "rejected",  # decided at connect, answered at HELO and MAIL
+    RuleAction.TEMPFAIL: "tempfailed",
     RuleAction.DISCARD: "discarded",
     RuleAction.QUARANTINE: "quarantined",
     RuleAction.ACCEPT: "accepted",
@@ -519,11 +521,11 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         macros = self.macros(RCPT)
         self._queue_id(macros)
         rcpt = text_of(recipient)
+        self._tx.rcpt_noted = False
         if macros.get("{rcpt_mailer}") == "error":
             self._rejected_by_mta(rcpt, macros)
             return CONTINUE  # the MTA ignores our answer to a recipient it rejected
         self._emit_stage(RCPT, {"macros": macros, "params": _params(args)}, recipient=rcpt)
-        self._tx.rcpt_noted = False
         verdict = self._decide(RCPT, recipient=rcpt)
         if verdict and verdict.action in REPLY_ACTIONS:
             self._s.rejected_by_policy += 1
