@@ -525,7 +525,8 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         if macros.get("{rcpt_mailer}") == "error":
             self._rejected_by_mta(rcpt, macros)
             return CONTINUE  # the MTA ignores our answer to a recipient it rejected
-        self._emit_stage(RCPT, {"macros": macros, "params": _params(args)}, recipient=rcpt)
+        if self._stage_events:
+            self._emit_stage(RCPT, {"macros": macros, "params": _params(args)}, recipient=rcpt)
         verdict = self._decide(RCPT, recipient=rcpt)
         if verdict and verdict.action in REPLY_ACTIONS:
             self._s.rejected_by_policy += 1
