@@ -313,7 +313,8 @@ class SessionReply:
     ``outcome``: ``accepted``, ``rejected`` (5xx), ``tempfailed`` (4xx), ``discarded`` or
     ``quarantined``; ``by``: ``mta`` (the MTA's own rejection) or ``policy`` (an admin's rule,
     named in ``rule``, whose action is ``action``). The reply fields are those of the
-    ``reply`` event; ``text`` is cut at :data:`SESSION_TEXT_CAP`.
+    ``reply`` event; ``text`` is cut at :data:`SESSION_TEXT_CAP`, ``recipient`` at
+    :data:`NAME_CAP` (as the event fields are).
     """
 
     stage: str
@@ -335,8 +336,8 @@ class SessionReply:
         for key, value in zip(_SESSION_REPLY_KEYS, _session_reply_values(self), strict=True):
             if value is None:
                 continue
-            if key == "recipient":
-                out[key] = cap(bare_address(value))
+            if key == "recipient":  # capped as the event's own ``recipient`` field is
+                out[key] = cap(capped(bare_address(value), NAME_CAP))
             elif key == "text":
                 out[key] = cap(capped(value, SESSION_TEXT_CAP))
             else:
@@ -364,8 +365,11 @@ class SessionTransaction:
         """The JSON form: known fields, ``recipients`` always, ``replies`` when there are."""
         out: dict[str, Any] = {}
         for key, value in (
-            ("sender", None if self.sender is None else bare_address(self.sender)),
-            ("queue_id", self.queue_id),
+            (
+                "sender",
+                None if self.sender is None else capped(bare_address(self.sender), NAME_CAP),
+            ),
+            ("queue_id", None if self.queue_id is None else capped(self.queue_id, NAME_CAP)),
             ("size", self.size),
         ):
             if value is not None:

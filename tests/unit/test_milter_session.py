@@ -18,6 +18,7 @@ from smtp_policy.commands import milter as command
 from smtp_policy.core.events import (
     MAX_SESSION_RECIPIENTS,
     MAX_SESSION_TRANSACTIONS,
+    NAME_CAP,
     SESSION_TEXT_CAP,
     Event,
     EventKind,
@@ -291,7 +292,7 @@ def test_a_record_is_written_with_every_events_cap() -> None:
     (tx,) = written["transactions"]
     assert tx["recipients"][0]["recipient"] == "b@x.test"
     assert len(tx["recipients"][0]["text"]) == SESSION_TEXT_CAP
-    assert len(tx["sender"]) <= 4096 and len(written["queue_ids"][0]) <= 4096
+    assert len(tx["sender"]) == NAME_CAP and len(written["queue_ids"][0]) <= 4096
     with pytest.raises(ValueError, match="record"):
         Event(
             EventKind.SESSION,
