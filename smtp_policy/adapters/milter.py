@@ -1,5 +1,10 @@
 """The pymilter adapter: one event per SMTP stage, Postfix's own rejections, policy replies.
 
+What a session writes is :attr:`MilterSettings.event_mode` (``[milter] events``): ``stages``
+(an event per stage, a counters-only ``session`` event at close), ``session`` (the stages
+folded into the ``session`` event's :class:`~smtp_policy.core.events.SessionSummary`, within
+its caps) or ``both``. A rule's decision and an error are written at once in every mode.
+
 Theory of operation
 -------------------
 libmilter (C) accepts the MTA's connections and runs each one in its own POSIX thread;
