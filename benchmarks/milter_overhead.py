@@ -5,7 +5,10 @@ smtp_policy's milter runs on either engine: ``policy-*`` configurations on libmi
 (``--engine libmilter``, the engine of earlier versions), ``engine-*`` on our own asyncio engine
 (``--engine asyncio``, the default); ``engine-unix`` and ``engine-tcp`` are the shipped
 defaults (``--noreply auto``: on over the unix socket, off over TCP); ``engine-unix-w2`` runs
-two worker processes (``--workers 2``); its CPU and peak RSS are summed over both.
+two worker processes (``--workers 2``); its CPU and peak RSS are summed over both;
+``engine-unix-session`` is ``engine-unix`` with ``--events-mode session`` (one ``session``
+event per SMTP session instead of an event per stage; its end-of-message count is read from
+the session events).
 
 One private Postfix delivers everything to ``discard:`` (the queue on a tmpfs mounted under
 its temp dir when that works; the output says which). Its master.cf has one smtpd listener
@@ -76,6 +79,7 @@ class Setup:
     noreply: bool | None = False  # None: the shipped default (--noreply auto)
     engine: str = "libmilter"  # smtp_policy's engine: "libmilter" or "asyncio"
     workers: int = 1  # the asyncio engine's processes
+    events_mode: str = "stages"  # smtp_policy's --events-mode
 
     @property
     def baseline(self) -> str:
@@ -97,6 +101,14 @@ SETUPS = {
         Setup("engine-unix", "policy", "unix", noreply=None, engine="asyncio"),
         Setup("engine-unix-reply", "policy", "unix", noreply=False, engine="asyncio"),
         Setup("engine-unix-w2", "policy", "unix", noreply=None, engine="asyncio", workers=2),
+        Setup(
+            "engine-unix-session",
+            "policy",
+            "unix",
+            noreply=None,
+            engine="asyncio",
+            events_mode="session",
+        ),
     )
 }
 
@@ -228,6 +240,7 @@ class MilterRun:
             "milter", self.workdir, "--listen", self.listen, "--config", str(config),
             "--engine", self.setup.engine, "--workers", str(self.setup.workers),
             "--noreply", {None: "auto", True: "on", False: "off"}[self.setup.noreply],
+            "--events-mode", self.setup.events_mode,
             name=self.setup.name, events=self.events, cwd=ROOT,
         )  # fmt: skip
         self.daemon.start(timeout=30)
@@ -300,6 +313,8 @@ class MilterRun:
         if self.daemon is not None:
             daemon, self.daemon, self.proc = self.daemon, None, None
             daemon.stop(30)
+            if self.setup.events_mode == "session":  # no stage events: count in the sessions
+                return sum(int(e["commands"].get("eom", 0)) for e in daemon.events.of("session"))
             return sum(1 for e in daemon.events.of("stage") if e.get("stage") == "eom")
         if self.proc is None:
             return None

@@ -1,5 +1,10 @@
 """The pymilter adapter: one event per SMTP stage, Postfix's own rejections, policy replies.
 
+What a session writes is :attr:`MilterSettings.event_mode` (``[milter] events``): ``stages``
+(an event per stage, a counters-only ``session`` event at close), ``session`` (the stages
+folded into the ``session`` event's :class:`~smtp_policy.core.events.SessionSummary`, within
+its caps) or ``both``. A rule's decision and an error are written at once in every mode.
+
 Theory of operation
 -------------------
 libmilter (C) accepts the MTA's connections and runs each one in its own POSIX thread;
@@ -48,7 +53,19 @@ from typing import Concatenate, ParamSpec
 
 import Milter
 
-from smtp_policy.core.events import Direction, Event, EventKind, Source, reply_fields
+from smtp_policy.core.events import (
+    MAX_SESSION_RECIPIENTS,
+    MAX_SESSION_REPLIES,
+    MAX_SESSION_TRANSACTIONS,
+    Direction,
+    Event,
+    EventKind,
+    SessionReply,
+    SessionSummary,
+    SessionTransaction,
+    Source,
+    reply_fields,
+)
 from smtp_policy.core.explain import explain_text
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.model import Explanation
@@ -122,6 +139,15 @@ ALL_OPTS: int = Milter.ALL_OPTS
 
 MAX_VALUE_CHARS = 4096  # longer values (a 10 kB address...) are cut in events
 
+#: A session record's outcome of a policy action, when no reply is sent with it.
+_OUTCOMES: Mapping[RuleAction, str] = {
+    RuleAction.REJECT: "rejected",  # decided at connect, answered at HELO and MAIL
+    RuleAction.TEMPFAIL: "tempfailed",
+    RuleAction.DISCARD: "discarded",
+    RuleAction.QUARANTINE: "quarantined",
+    RuleAction.ACCEPT: "accepted",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class MilterPolicy:
@@ -167,6 +193,20 @@ class MilterSettings:
     policy: MilterPolicy = MilterPolicy()
     texts: TextsConfig | None = None  # None: the rule's text as it is, then our summary
     noreply: bool = True  # negotiate "no reply" where no rule replies
+    #: ``[milter] events``: ``stages`` (an event per stage), ``session`` (the stages folded
+    #: into the session event) or ``both``. Policy decisions and errors are written at once
+    #: in every mode.
+    event_mode: str = "stages"
+
+    @property
+    def stage_events(self) -> bool:
+        """Whether every stage (and the MTA's own rejections) gets its own event."""
+        return self.event_mode != "session"
+
+    @property
+    def session_record(self) -> bool:
+        """Whether the session event carries every transaction's stage outcomes."""
+        return self.event_mode != "stages"
 
 
 class MilterFactory:
@@ -292,6 +332,10 @@ class _Transaction:
     recipients: list[str] = field(default_factory=list)
     quarantine: Verdict | None = None
     accepted: bool = False  # an accept rule ended rule checks for this transaction
+    outcomes: list[SessionReply] = field(default_factory=list)  # recipients (session record)
+    outcomes_omitted: int = 0
+    replies: list[SessionReply] = field(default_factory=list)  # MAIL, DATA, eom replies
+    rcpt_noted: bool = False  # the current recipient's outcome is recorded
 
 
 @dataclass(slots=True)
@@ -316,6 +360,12 @@ class _Session:
     aborted: int = 0
     errors: int = 0
     queue_ids: list[str] = field(default_factory=list)
+    refused: dict[str, int] = field(default_factory=dict)  # rejected/tempfailed per stage
+    transactions: list[SessionTransaction] = field(default_factory=list)
+    transactions_omitted: int = 0
+    recipients_noted: int = 0
+    replies: list[SessionReply] = field(default_factory=list)  # connect, HELO decisions
+    replies_omitted: int = 0
 
 
 P = ParamSpec("P")
@@ -376,6 +426,8 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         self._settings = settings
         self._on_close = on_close
         self._reply_stages = settings.policy.reply_stages()
+        self._stage_events = settings.stage_events
+        self._record = settings.session_record
         self._s = _Session(id=secrets.token_hex(6), started=time.monotonic())
         self._tx = _Transaction()
         self._actions = 0
@@ -445,7 +497,8 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         """HELO/EHLO: the name the client gave (TLS macros once it started TLS)."""
         self._count(HELO)
         self._s.helo = text_of(hostname)
-        self._emit_stage(HELO, {"macros": self.macros(HELO)})
+        if self._stage_events:
+            self._emit_stage(HELO, {"macros": self.macros(HELO)})
         self._decide_early(HELO)
         sticky = self._s.sticky
         return self._enforce(HELO, sticky) if sticky else CONTINUE
@@ -454,6 +507,7 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
     def envfrom(self, sender: str, *args: str) -> int:
         """MAIL FROM: a new transaction."""
         self._count(MAIL)
+        self._end_transaction("open")  # a MAIL without an end of the one before
         self._tx = _Transaction(sender=text_of(sender))
         macros = self.macros(MAIL)
         self._queue_id(macros)
@@ -472,17 +526,22 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         macros = self.macros(RCPT)
         self._queue_id(macros)
         rcpt = text_of(recipient)
+        self._tx.rcpt_noted = False
         if macros.get("{rcpt_mailer}") == "error":
             self._rejected_by_mta(rcpt, macros)
             return CONTINUE  # the MTA ignores our answer to a recipient it rejected
-        self._emit_stage(RCPT, {"macros": macros, "params": _params(args)}, recipient=rcpt)
+        if self._stage_events:
+            self._emit_stage(RCPT, {"macros": macros, "params": _params(args)}, recipient=rcpt)
         verdict = self._decide(RCPT, recipient=rcpt)
         if verdict and verdict.action in REPLY_ACTIONS:
             self._s.rejected_by_policy += 1
         else:
             self._s.accepted_rcpts += 1
             self._tx.recipients.append(rcpt)
-        return self._enforce(RCPT, verdict, rcpt) if verdict else CONTINUE
+        rc = self._enforce(RCPT, verdict, rcpt) if verdict else CONTINUE
+        if self._record and not self._tx.rcpt_noted:
+            self._note(SessionReply(RCPT, "accepted", recipient=rcpt))
+        return rc
 
     @_guarded(DATA)
     def data(self) -> int:
@@ -522,6 +581,7 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         if self._tx.quarantine is not None and rc == CONTINUE:
             held = self._tx.quarantine
             self.quarantine(milter_line(clean_text(f"smtp-policy rule {held.rule}")))
+        self._end_transaction(EOM)
         self._tx = _Transaction()
         return rc
 
@@ -531,6 +591,7 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         self._count(ABORT)
         self._s.aborted += 1
         self._emit_stage(ABORT, {})
+        self._end_transaction(ABORT)
         self._tx = _Transaction()
         return CONTINUE
 
@@ -539,6 +600,7 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         """The connection ended: one summary event for the whole session."""
         try:
             self._count(CLOSE)
+            self._end_transaction("open")
             self._emit_session()
         finally:
             _current.milter = None
@@ -623,6 +685,7 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         except Exception as exc:  # the MTA falls back to its generic text; the verdict stands
             self.failed(stage, exc)
         self._emit_decision(stage, verdict, reply, worded.explanation, recipient)
+        self._s.refused[stage] = self._s.refused.get(stage, 0) + 1
         return REJECT if reply.code >= 500 else TEMPFAIL
 
     def _word(self, verdict: Verdict, recipient: str | None) -> Decision:
@@ -687,14 +750,35 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         self._settings.events.emit(event)
 
     def _emit_stage(self, stage: str, extra: Mapping[str, object], **fields: object) -> None:
-        self._emit(self._event(EventKind.STAGE, stage, extra=dict(extra), **fields))
+        if self._stage_events:
+            self._emit(self._event(EventKind.STAGE, stage, extra=dict(extra), **fields))
 
     def _rejected_by_mta(self, rcpt: str, macros: Mapping[str, str]) -> None:
         """Record a recipient the MTA rejected, explained by the core."""
-        self._s.rejected_by_mta += 1
+        s = self._s
+        s.rejected_by_mta += 1
+        s.refused[RCPT] = s.refused.get(RCPT, 0) + 1
         host, addr = macros.get("{rcpt_host}", ""), macros.get("{rcpt_addr}", "")
         explanation = explain_rejected_recipient(host, addr, self._settings.kb)
         fields = reply_fields(explanation, text=rejected_text(host, addr))
+        if self._record:
+            transient = fields.get("klass") == "transient" or host.startswith("4")
+            self._note(
+                SessionReply(
+                    RCPT,
+                    "tempfailed" if transient else "rejected",
+                    recipient=rcpt,
+                    by="mta",
+                    code=fields.get("code"),
+                    enhanced=fields.get("enhanced"),
+                    klass=fields.get("klass"),
+                    reason=fields.get("reason"),
+                    rule=fields.get("rule"),
+                    text=fields.get("text"),
+                )
+            )
+        if not self._stage_events:
+            return
         extra = {"by": "mta", "macros": dict(macros)}
         self._emit(
             self._event(
@@ -723,6 +807,8 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
         if reply is not None:
             fields["text"] = reply.wire().replace("\r\n", "\n").rstrip("\n")
             fields["friendly"] = "\n".join(reply.lines)
+        if self._record:
+            self._note_decision(stage, verdict, reply, fields, recipient)
         extra = {"by": "policy", "action": verdict.action.value}
         self._emit(
             self._event(
@@ -735,21 +821,115 @@ class PolicyMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no type
             )
         )
 
+    def _note_decision(
+        self,
+        stage: str,
+        verdict: Verdict,
+        reply: SafeReply | None,
+        fields: Mapping[str, object],
+        recipient: str | None,
+    ) -> None:
+        """A policy decision in the session record (its ``reply`` event is written too)."""
+        action = verdict.action
+        if reply is not None:
+            outcome = "rejected" if reply.code >= 500 else "tempfailed"
+        else:
+            outcome = _OUTCOMES.get(action, "accepted")
+        code, text = fields.get("code"), fields.get("text")
+        enhanced, klass = fields.get("enhanced"), fields.get("klass")
+        reason, rule = fields.get("reason"), fields.get("rule")
+        self._note(
+            SessionReply(
+                stage,
+                outcome,
+                recipient=recipient,
+                by="policy",
+                action=action.value,
+                code=code if isinstance(code, int) else None,
+                enhanced=enhanced if isinstance(enhanced, str) else None,
+                klass=klass if isinstance(klass, str) else None,
+                reason=reason if isinstance(reason, str) else None,
+                rule=rule if isinstance(rule, str) else None,
+                text=text if isinstance(text, str) else None,
+            )
+        )
+
+    def _note(self, outcome: SessionReply) -> None:
+        """Keep a stage's outcome for the session record, within its caps."""
+        s, tx = self._s, self._tx
+        if outcome.stage in (CONNECT, HELO):
+            if len(s.replies) < MAX_SESSION_REPLIES:
+                s.replies.append(outcome)
+            else:
+                s.replies_omitted += 1
+            return
+        if len(s.transactions) >= MAX_SESSION_TRANSACTIONS:
+            return  # this transaction is only counted
+        if outcome.stage == RCPT and outcome.recipient is not None:
+            if tx.rcpt_noted:
+                return  # one outcome per recipient: the first decision's
+            tx.rcpt_noted = True
+            if s.recipients_noted < MAX_SESSION_RECIPIENTS:
+                s.recipients_noted += 1
+                tx.outcomes.append(outcome)
+            else:
+                tx.outcomes_omitted += 1
+        elif len(tx.replies) < MAX_SESSION_REPLIES:
+            tx.replies.append(outcome)
+
+    def _end_transaction(self, end: str) -> None:
+        """Close the current transaction in the session record (none: no MAIL was seen)."""
+        s, tx = self._s, self._tx
+        if not self._record or tx.sender is None:
+            return
+        if len(s.transactions) >= MAX_SESSION_TRANSACTIONS:
+            s.transactions_omitted += 1
+        else:
+            s.transactions.append(
+                SessionTransaction(
+                    end,
+                    sender=tx.sender,
+                    queue_id=tx.queue_id,
+                    size=tx.size,
+                    recipients=tuple(tx.outcomes),
+                    recipients_omitted=tx.outcomes_omitted,
+                    replies=tuple(tx.replies),
+                )
+            )
+        tx.sender = None  # recorded once
+
+    def _counts(self) -> str:
+        """Postfix's ``disconnect`` summary: ``name=N``, or ``name=passed/N`` when some of
+        them were rejected or tempfailed (by the MTA or a rule)."""
+        s = self._s
+        parts = []
+        for stage in (CONNECT, HELO, MAIL, RCPT, DATA, EOM, ABORT):
+            total = s.commands.get(stage, 0)
+            if not total:
+                continue
+            refused = s.refused.get(stage, 0)
+            parts.append(f"{stage}={total - refused}/{total}" if refused else f"{stage}={total}")
+        return " ".join(parts)
+
     def _emit_session(self) -> None:
         s = self._s
-        extra = {
-            "commands": dict(s.commands),
-            "recipients_accepted": s.accepted_rcpts,
-            "recipients_rejected": s.rejected_by_mta + s.rejected_by_policy,
-            "rejected_by_mta": s.rejected_by_mta,
-            "rejected_by_policy": s.rejected_by_policy,
-            "messages": s.messages,
-            "aborted": s.aborted,
-            "errors": s.errors,
-            "queue_ids": list(s.queue_ids),
-            "duration_ms": round((time.monotonic() - s.started) * 1000, 1),
-        }
-        self._emit(self._event(EventKind.SESSION, CLOSE, extra=extra))
+        record = SessionSummary(
+            commands=dict(s.commands),
+            counts=self._counts(),
+            recipients_accepted=s.accepted_rcpts,
+            rejected_by_mta=s.rejected_by_mta,
+            rejected_by_policy=s.rejected_by_policy,
+            messages=s.messages,
+            aborted=s.aborted,
+            errors=s.errors,
+            queue_ids=tuple(s.queue_ids),
+            duration_ms=round((time.monotonic() - s.started) * 1000, 1),
+            transactions=tuple(s.transactions) if self._record else None,
+            transactions_omitted=s.transactions_omitted,
+            replies=tuple(s.replies),
+            replies_omitted=s.replies_omitted,
+        )
+        self._emit(self._event(EventKind.SESSION, CLOSE, session_record=record))
 
     def failed(self, stage: str, exc: BaseException) -> None:
         """Record an exception as an error event; never raises."""

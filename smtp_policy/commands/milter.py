@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from smtp_policy.commands._options import add_config_option
 from smtp_policy.config.listen import ListenAddress
+from smtp_policy.config.model import MILTER_EVENT_MODES
 from smtp_policy.core.errors import ConfigError
 from smtp_policy.core.events import Event, EventKind, Source
 from smtp_policy.emit import EventWriter
@@ -84,6 +85,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         "more cores, each with its own memory)",
     )
     parser.add_argument(
+        "--events-mode",
+        choices=MILTER_EVENT_MODES,
+        help="stages: an event per SMTP stage and a session summary; session: only the "
+        "session event, carrying every transaction's stage outcomes (less CPU per message); "
+        "both. Policy decisions and errors are written at once in every mode (default: "
+        "[milter] events, stages)",
+    )
+    parser.add_argument(
         "--noreply",
         choices=("auto", "on", "off"),
         default="auto",
@@ -110,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     timeout = args.timeout or config.milter.timeout
     try:
         settings = _settings(config, events, _noreply(args.noreply, engine, address))
+        settings = replace(settings, event_mode=args.events_mode or config.milter.events)
         if engine == "libmilter":
             return _serve(args, address, timeout, settings)
         return _serve_asyncio(args, address, timeout, settings)
@@ -178,6 +188,7 @@ def _serve(
         EventKind.STARTED,
         listen=address.libmilter(),
         noreply=settings.noreply,
+        events_mode=settings.event_mode,
         config=args.config,
         engine="libmilter",
     )
@@ -308,7 +319,7 @@ async def _main_asyncio(
         for pid in workers:  # each worker reloads itself
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGHUP)
-        _reload(args.config, factory)
+        _reload(args.config, factory, args.events_mode)
 
     server = MilterServer(
         timeout=timeout, on_error=_engine_error(events), on_protocol_error=protocol_error
@@ -326,6 +337,7 @@ async def _main_asyncio(
             EventKind.STARTED,
             listen=address.libmilter(),
             noreply=settings.noreply,
+            events_mode=settings.event_mode,
             config=args.config,
             engine="asyncio",
             event_loop=event_loop,
@@ -417,11 +429,12 @@ def _loop(
     while worker.is_alive() and not flags.stop.wait(0.2):
         if flags.reload.is_set():
             flags.reload.clear()
-            _reload(args.config, factory)
+            _reload(args.config, factory, args.events_mode)
 
 
-def _reload(path: str | None, factory: MilterFactory) -> None:
-    """Re-read the configuration; keep the running one if the new one is bad."""
+def _reload(path: str | None, factory: MilterFactory, events_mode: str | None = None) -> None:
+    """Re-read the configuration; keep the running one if the new one is bad. ``events_mode``
+    (``--events-mode``) wins over ``[milter] events``."""
     from smtp_policy.adapters.milter import policy_from_rules
     from smtp_policy.config import load_config
 
@@ -434,8 +447,9 @@ def _reload(path: str | None, factory: MilterFactory) -> None:
         _emit(events, EventKind.ERROR, text=" ".join(text.split()), exception=type(exc).__name__)
         return
     policy = policy_from_rules(config.rules)
-    factory.replace(replace(factory.settings, policy=policy, texts=config.texts))
-    _emit(events, EventKind.RELOADED, config=path, rules=len(config.rules))
+    mode = events_mode or config.milter.events
+    factory.replace(replace(factory.settings, policy=policy, texts=config.texts, event_mode=mode))
+    _emit(events, EventKind.RELOADED, config=path, rules=len(config.rules), events_mode=mode)
 
 
 def _shutdown(

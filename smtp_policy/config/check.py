@@ -23,6 +23,7 @@ from smtp_policy.config.lines import find_line
 from smtp_policy.config.listen import LOOPBACK, ListenAddress
 from smtp_policy.config.model import (
     MILTER_ENGINES,
+    MILTER_EVENT_MODES,
     BannerConfig,
     Config,
     ConfigReport,
@@ -285,7 +286,7 @@ def _rule_name(table: object) -> str:
 # --- validation ----------------------------------------------------------------------------
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
-    "milter": ("listen", "timeout", "engine"),
+    "milter": ("listen", "timeout", "engine", "events"),
     "maps": ("listen", "same_line", "dsn_deferrals", "events_per_second"),
     "policy": ("listen", "events_per_second"),
     "metrics": ("listen", "top_domains", "queue_interval", "queue_config_directory"),
@@ -410,7 +411,11 @@ def _milter(ck: _Checker, table: Mapping[str, Any]) -> MilterConfig:
     if engine not in MILTER_ENGINES:
         ck.add((*path, "engine"), f"must be one of {', '.join(MILTER_ENGINES)}")
         engine = "asyncio"
-    return MilterConfig(address.libmilter() if address else listen, timeout, engine)
+    events = ck.get(table, path, "events", str, "stages")
+    if events not in MILTER_EVENT_MODES:
+        ck.add((*path, "events"), f"must be one of {', '.join(MILTER_EVENT_MODES)}")
+        events = "stages"
+    return MilterConfig(address.libmilter() if address else listen, timeout, engine, events)
 
 
 def _listen(

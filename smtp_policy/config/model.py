@@ -15,16 +15,20 @@ KeyPath = tuple[str | int, ...]
 
 #: The milter engines: our own protocol code on asyncio, or libmilter's C threads.
 MILTER_ENGINES = ("asyncio", "libmilter")
+#: What the milter writes per session: an event per stage, one session event carrying every
+#: stage's outcome, or both.
+MILTER_EVENT_MODES = ("stages", "session", "both")
 
 
 @dataclass(frozen=True, slots=True)
 class MilterConfig:
     """``[milter]``: ``listen`` kept in libmilter's form (``inet:PORT@HOST``, ``unix:/path``);
-    ``engine`` one of :data:`MILTER_ENGINES`."""
+    ``engine`` one of :data:`MILTER_ENGINES`, ``events`` one of :data:`MILTER_EVENT_MODES`."""
 
     listen: str = "unix:/var/spool/postfix/smtp-policy/milter.sock"
     timeout: int = 600
     engine: str = "asyncio"
+    events: str = "stages"
 
 
 @dataclass(frozen=True, slots=True)

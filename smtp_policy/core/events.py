@@ -291,7 +291,152 @@ class MessageSummary:
         return out
 
 
+#: A ``session`` record carries at most this many transactions (later ones are counted in
+#: ``transactions_omitted``), ...
+MAX_SESSION_TRANSACTIONS: Final = 10
+#: ... at most this many recipients over all its transactions (the rest are counted in their
+#: transaction's ``recipients_omitted``) ...
+MAX_SESSION_RECIPIENTS: Final = 100
+#: ... and at most this many replies outside the recipients (connect/HELO decisions, and per
+#: transaction MAIL, DATA and end-of-message ones); the rest are counted in ``replies_omitted``.
+MAX_SESSION_REPLIES: Final = 8
+#: A reply's ``text`` inside a session record keeps this many characters (the ``reply`` event
+#: of a policy decision, always written at once, has the whole text).
+SESSION_TEXT_CAP: Final = NAME_CAP
+
+
+@dataclass(frozen=True, slots=True)
+class SessionReply:
+    """One stage's outcome in a ``session`` record: a recipient's, or a reply we or the MTA
+    gave at a stage.
+
+    ``outcome``: ``accepted``, ``rejected`` (5xx), ``tempfailed`` (4xx), ``discarded`` or
+    ``quarantined``; ``by``: ``mta`` (the MTA's own rejection) or ``policy`` (an admin's rule,
+    named in ``rule``, whose action is ``action``). The reply fields are those of the
+    ``reply`` event; ``text`` is cut at :data:`SESSION_TEXT_CAP`, ``recipient`` at
+    :data:`NAME_CAP` (as the event fields are).
+    """
+
+    stage: str
+    outcome: str
+    recipient: str | None = None
+    by: str | None = None
+    action: str | None = None
+    code: int | None = None
+    enhanced: str | None = None
+    klass: str | None = None
+    reason: str | None = None
+    rule: str | None = None
+    text: str | None = None
+
+    def to_dict(self, cap: Cap = _same) -> dict[str, Any]:
+        """The JSON form: the fields that are known, ``klass`` written as ``class``, the
+        recipient without angle brackets; each value as ``cap`` gives it."""
+        out: dict[str, Any] = {}
+        for key, value in zip(_SESSION_REPLY_KEYS, _session_reply_values(self), strict=True):
+            if value is None:
+                continue
+            if key == "recipient":  # capped as the event's own ``recipient`` field is
+                out[key] = cap(capped(bare_address(value), NAME_CAP))
+            elif key == "text":
+                out[key] = cap(capped(value, SESSION_TEXT_CAP))
+            else:
+                out[key] = cap(value)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTransaction:
+    """One MAIL transaction of a ``session`` record.
+
+    ``end``: ``eom`` (the message reached end of data), ``abort`` (RSET, a rejection, the
+    client left mid-transaction) or ``open`` (the connection ended without either).
+    """
+
+    end: str
+    sender: str | None = None
+    queue_id: str | None = None
+    size: int | None = None
+    recipients: tuple[SessionReply, ...] = ()
+    recipients_omitted: int = 0
+    replies: tuple[SessionReply, ...] = ()
+
+    def to_dict(self, cap: Cap = _same) -> dict[str, Any]:
+        """The JSON form: known fields, ``recipients`` always, ``replies`` when there are."""
+        out: dict[str, Any] = {}
+        for key, value in (
+            (
+                "sender",
+                None if self.sender is None else capped(bare_address(self.sender), NAME_CAP),
+            ),
+            ("queue_id", None if self.queue_id is None else capped(self.queue_id, NAME_CAP)),
+            ("size", self.size),
+        ):
+            if value is not None:
+                out[key] = cap(value)
+        out["recipients"] = [r.to_dict(cap) for r in self.recipients]
+        if self.recipients_omitted:
+            out["recipients_omitted"] = self.recipients_omitted
+        if self.replies:
+            out["replies"] = [r.to_dict(cap) for r in self.replies]
+        out["end"] = cap(self.end)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """The record of one SMTP session as the milter saw it: a ``session`` event's fields.
+
+    The counters are always there; ``transactions`` (each with its recipients' outcomes and
+    replies) and ``replies`` (connect and HELO decisions) only when the milter records
+    sessions (``[milter] events`` = ``session`` or ``both``): None leaves them out.
+    ``counts`` is Postfix's ``disconnect`` summary in the milter's words
+    (``connect=1 helo=1 mail=1 rcpt=1/2 data=1 eom=1``).
+    """
+
+    commands: Mapping[str, int]
+    counts: str
+    recipients_accepted: int
+    rejected_by_mta: int
+    rejected_by_policy: int
+    messages: int
+    aborted: int
+    errors: int
+    queue_ids: tuple[str, ...]
+    duration_ms: float
+    transactions: tuple[SessionTransaction, ...] | None = None
+    transactions_omitted: int = 0
+    replies: tuple[SessionReply, ...] = ()
+    replies_omitted: int = 0
+
+    def to_dict(self, cap: Cap = _same) -> dict[str, Any]:
+        """The JSON form (the ``session`` event's extra fields), in the documented order."""
+        out: dict[str, Any] = {
+            "commands": {cap(k): v for k, v in self.commands.items()},
+            "counts": cap(self.counts),
+            "recipients_accepted": self.recipients_accepted,
+            "recipients_rejected": self.rejected_by_mta + self.rejected_by_policy,
+            "rejected_by_mta": self.rejected_by_mta,
+            "rejected_by_policy": self.rejected_by_policy,
+            "messages": self.messages,
+            "aborted": self.aborted,
+            "errors": self.errors,
+            "queue_ids": [cap(q) for q in self.queue_ids],
+            "duration_ms": self.duration_ms,
+        }
+        if self.transactions is None:
+            return out
+        out["transactions"] = [t.to_dict(cap) for t in self.transactions]
+        if self.transactions_omitted:
+            out["transactions_omitted"] = self.transactions_omitted
+        out["replies"] = [r.to_dict(cap) for r in self.replies]
+        if self.replies_omitted:
+            out["replies_omitted"] = self.replies_omitted
+        return out
+
+
 _REPLY_FIELDS = tuple(f.name for f in fields(MessageReply))
+_SESSION_REPLY_FIELDS = tuple(f.name for f in fields(SessionReply))
 
 
 #: Schema fields that hold an envelope address: written without angle brackets.
@@ -312,6 +457,8 @@ def _json_name(name: str) -> str:
 _REPLY_KEYS = tuple(_json_name(name) for name in _REPLY_FIELDS)
 #: Every field of a :class:`MessageReply` at once (one C call, not a ``getattr`` each).
 _reply_values = attrgetter(*_REPLY_FIELDS)
+_SESSION_REPLY_KEYS = tuple(_json_name(name) for name in _SESSION_REPLY_FIELDS)
+_session_reply_values = attrgetter(*_SESSION_REPLY_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +490,8 @@ class Event:
     extra: Mapping[str, object] = field(default_factory=lambda: _EMPTY)
     #: A ``message`` event's record; written after the extras, as extra fields.
     message: MessageSummary | None = None
+    #: A ``session`` event's record; written after the extras, as extra fields.
+    session_record: SessionSummary | None = None
 
     def __post_init__(self) -> None:
         if self.ts.tzinfo is None:
@@ -352,6 +501,8 @@ class Event:
             raise ValueError(f"extra keys shadow schema fields: {sorted(clash)}")
         if self.message is not None and self.extra:
             raise ValueError("a message event's fields are its record, not extras")
+        if self.session_record is not None and (self.extra or self.message is not None):
+            raise ValueError("a session event's fields are its record, not extras")
 
     def to_dict(self) -> dict[str, object]:
         """The JSON form: the schema fields that are known (a null one is left out), then the
@@ -374,6 +525,8 @@ class Event:
             out.update(_capped_object(self.extra))
         if self.message is not None:  # its keys are the schema's: capped where they are built
             out.update(self.message.to_dict(capped_detail))
+        if self.session_record is not None:
+            out.update(self.session_record.to_dict(capped_detail))
         return out
 
 
@@ -425,7 +578,9 @@ _LAST_UTC: list[tuple[datetime, str]] = [
 ]
 
 
-_ORDER = tuple(f.name for f in fields(Event) if f.name not in ("extra", "message"))
+_ORDER = tuple(
+    f.name for f in fields(Event) if f.name not in ("extra", "message", "session_record")
+)
 #: The fields after ``event``, ``source`` and ``ts``, each with its JSON name and size cap.
 _OPTIONAL = tuple(
     (name, _json_name(name), _FIELD_CAPS.get(name, NAME_CAP))

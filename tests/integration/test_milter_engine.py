@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import smtplib
 import socket
 import tempfile
 from pathlib import Path
@@ -141,3 +142,75 @@ def test_workers_share_the_socket_reload_and_stop_together(
         poll(lambda: not Path(f"/proc/{worker}/stat").exists() or None, 10, lambda: "the worker")
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def mailed(event: dict[str, object]) -> bool:
+    """A session event of a session that sent MAIL (not the lab's readiness probes)."""
+    commands = event.get("commands")
+    return isinstance(commands, dict) and "mail" in commands
+
+
+@pytest.mark.parametrize("engine", ["asyncio", "libmilter"])
+def test_session_mode_on_a_real_postfix(
+    tmp_path: Path, make_postfix: PostfixFactory, engine: str
+) -> None:
+    """``[milter] events = "session"``: two transactions in one SMTP session, the first with a
+    recipient Postfix rejects, are one ``session`` event with every outcome; SIGHUP to
+    ``stages`` brings the per-stage events back for the next session."""
+    shared = Path(tempfile.mkdtemp(prefix="smtp-policy-engine-"))
+    shared.chmod(0o755)
+    config = tmp_path / "config.toml"
+    config.write_text('[milter]\nevents = "session"\n')
+    sock = f"{shared}/m.sock"
+    milter = Daemon(
+        "milter", tmp_path, "--config", str(config), "--listen", f"unix:{sock}",
+        "--engine", engine,
+    )  # fmt: skip
+    message = b"Subject: session mode\r\n\r\nhello\r\n"
+    try:
+        with running(milter):
+            pf = make_postfix(milters=f"{{ unix:{sock}, default_action=accept }}")
+            with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=30) as smtp:
+                smtp.ehlo("session.test")
+                refused = smtp.sendmail(
+                    "first@local.test", ["alice@local.test", "nobody-s1@local.test"], message
+                )
+                assert list(refused) == ["nobody-s1@local.test"]
+                smtp.sendmail("", ["alice@local.test"], message)
+            (session,) = milter.wait_for(lambda e: e["event"] == "session" and mailed(e), WAIT)
+            config.write_text('[milter]\nevents = "stages"\n')
+            milter.send_signal(signal.SIGHUP)
+            milter.wait_for(lambda e: e["event"] == "reloaded", WAIT)
+            with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=30) as smtp:
+                smtp.sendmail("after@local.test", ["alice@local.test"], message)
+            milter.wait_for(lambda e: e["event"] == "session" and mailed(e), WAIT, count=2)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    (started,) = milter.events.of("started")
+    assert (started["engine"], started["events_mode"]) == (engine, "session")
+    assert milter.events.of("reloaded")[0]["events_mode"] == "stages"
+    stages = milter.events.of("stage")  # only the sessions after the reload
+    (after,) = {e["session"] for e in stages if e["stage"] == "mail"}
+    assert after != session["session"]
+    assert not milter.events.of("reply") and not milter.events.of("error")
+    assert session["helo"] == "session.test" and session["mta"] == "postfix"
+    assert session["counts"].startswith("connect=1 helo=1 mail=2 rcpt=2/3 data=2 eom=2")
+    assert (session["messages"], session["rejected_by_mta"]) == (2, 1)
+    first, second = session["transactions"]
+    assert (first["sender"], first["end"], second["sender"], second["end"]) == (
+        "first@local.test",
+        "eom",
+        "",
+        "eom",
+    )
+    assert first["queue_id"] and second["queue_id"] and first["queue_id"] != second["queue_id"]
+    assert session["queue_ids"] == [first["queue_id"], second["queue_id"]]
+    alice, nobody = first["recipients"]
+    assert alice == {"stage": "rcpt", "outcome": "accepted", "recipient": "alice@local.test"}
+    assert (nobody["recipient"], nobody["outcome"], nobody["by"]) == (
+        "nobody-s1@local.test",
+        "rejected",
+        "mta",
+    )
+    assert (nobody["enhanced"], nobody["reason"]) == ("5.1.1", "user_unknown")
+    assert [r["recipient"] for r in second["recipients"]] == ["alice@local.test"]

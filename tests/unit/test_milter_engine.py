@@ -86,9 +86,13 @@ def _engine(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Harness]:
     """``engine(policy=..., noreply=...)``: a negotiated connection (run inside a loop)."""
     kb = default_knowledge()
 
-    def make(policy: MilterPolicy | None = None, *, noreply: bool = True) -> Harness:
+    def make(
+        policy: MilterPolicy | None = None, *, noreply: bool = True, event_mode: str = "stages"
+    ) -> Harness:
         buffer = io.StringIO()
-        settings = MilterSettings(EventWriter(buffer), kb, policy or MilterPolicy(), None, noreply)
+        settings = MilterSettings(
+            EventWriter(buffer), kb, policy or MilterPolicy(), None, noreply, event_mode
+        )
         monkeypatch.setattr(Milter, "factory", MilterFactory(settings))
         errors: list[tuple[BaseException, object]] = []
         problems: list[str] = []
@@ -160,6 +164,43 @@ def test_every_queued_step_is_handled_before_end_of_file(engine: Callable[..., H
         (summary,) = h.all("session")
         assert summary["commands"]["close"] == 1
         assert h.transport.closed
+
+    run(test)
+
+
+def test_session_mode_records_every_queued_step(engine: Callable[..., Harness]) -> None:
+    """``[milter] events = "session"``: no stage events, one session event with both
+    transactions (the client quits in the second: the engine aborts it), all steps "no reply"."""
+
+    def test() -> None:
+        h = engine(event_mode="session")
+        h.send(OFFER)
+        rejected = w.Macros(
+            b"R", ((b"{rcpt_mailer}", b"error"), (b"{rcpt_host}", b"5.1.1"),
+                   (b"{rcpt_addr}", b"<bob@local.test>: Recipient address rejected"))
+        )  # fmt: skip
+        queue_id = w.Macros(b"E", ((b"i", b"7A17F20D4BB"),))
+        replies = h.send(
+            *session(), rejected, w.Rcpt((b"<bob@local.test>",)), w.Bare(b"T"), queue_id,
+            w.EndOfMessage(b""), w.Mail((b"<second@example.org>",)),
+            w.Rcpt((b"<carol@local.test>",)), w.Bare(b"Q"), eof=True,
+        )  # fmt: skip
+        assert [f.command for f in replies] == [b"c"]  # end of message is always answered
+        assert h.all("stage") == [] and h.all("reply") == []
+        (summary,) = h.all("session")
+        assert summary["counts"] == "connect=1 helo=1 mail=2 rcpt=2/3 data=1 eom=1 abort=1"
+        first, second = summary["transactions"]
+        assert (first["sender"], first["queue_id"], first["end"]) == (
+            "s-0@example.org",
+            "7A17F20D4BB",
+            "eom",
+        )
+        assert [(r["recipient"], r["outcome"], r.get("by")) for r in first["recipients"]] == [
+            ("alice@local.test", "accepted", None),
+            ("bob@local.test", "rejected", "mta"),
+        ]
+        assert (second["sender"], second["end"]) == ("second@example.org", "abort")
+        assert [r["recipient"] for r in second["recipients"]] == ["carol@local.test"]
 
     run(test)
 
