@@ -56,10 +56,46 @@ def footer(
     parts = [p for p in parts if p]
     if not parts:
         return None
+    return ("\\c " if same_line else "") + fit_footer(parts, MAX_FOOTER_CHARS)
+
+
+#: A line is shortened to no less than this: below it, the joined text is cut instead.
+_MIN_SHORTENED = 80
+
+
+def fit_footer(parts: Sequence[str], limit: int) -> str:
+    """``parts`` (escaped footer lines) joined with ``\\n`` in at most ``limit`` characters.
+
+    When they are too long, the longest line is shortened (at a word, marked ``...``) so that
+    the others, a help link most often, stay whole; only when that cannot be done is the joined
+    text cut. A cut never leaves half of a ``$$`` or of a ``\\n``.
+    """
     text = "\\n".join(parts)
-    if len(text) > MAX_FOOTER_CHARS:
-        text = text[: MAX_FOOTER_CHARS - 3].rstrip("\\$ ") + "..."
-    return ("\\c " if same_line else "") + text
+    if len(text) <= limit:
+        return text
+    longest = max(range(len(parts)), key=lambda i: len(parts[i]))
+    room = limit - (len(text) - len(parts[longest]))
+    if room >= _MIN_SHORTENED:
+        shortened = [*parts]
+        shortened[longest] = _shorten(parts[longest], room)
+        return "\\n".join(shortened)
+    return _shorten(text, limit)
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters at a word where one is near, ending in ``...``."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    space = cut.rfind(" ")
+    if space >= len(cut) * 3 // 4:
+        cut = cut[:space]
+    cut = cut.rstrip(" ,;:(-")
+    if cut.endswith("\\"):  # half of an escape (Postfix's \\n): drop it
+        cut = cut.rstrip("\\")
+    if (len(cut) - len(cut.rstrip("$"))) % 2:  # half of a $$
+        cut = cut[:-1]
+    return cut + "..."
 
 
 def dsn_text(status: str, original: str, lines: Sequence[str]) -> str | None:
