@@ -17,10 +17,15 @@ what we do not understand), and a line that is not from Postfix or Sendmail at a
 matches one shape and no other, as fail2ban's sample tests do.
 
 Speed: one prefix match, one or two body matches, no dicts or intermediate objects beyond the
-record (Sendmail lines excepted). The dispatch tables are built once, at import, as (bound
-``regex.match``, builder) pairs, and records are built without a frozen dataclass's per-field
-cost (:data:`smtp_policy.maillog.record.new_record`). Nothing here reads a file, the clock or
-the environment, and nothing here logs.
+record (Sendmail lines excepted). Lines in the common form (a classic syslog stamp, then
+``host tag[pid]: ``) skip :data:`PREFIX`: a log's lines share their second and their process, so
+the stamp's fields and the source's fields (with the shapes to try) come from two bounded caches
+keyed by the text itself, and only the queue id is matched per line; every other form takes
+:data:`PREFIX` (:func:`parse_prefixed`, the reference a property test holds the caches to).
+The dispatch tables are built once, at import, as (bound ``regex.match``, builder) pairs, and
+records are built without a frozen dataclass's per-field cost
+(:data:`smtp_policy.maillog.record.new_record`). Nothing here reads a file, the clock or the
+environment, and nothing here logs.
 """
 
 from __future__ import annotations
