@@ -164,7 +164,7 @@ _QUEUE_ID: Final = re.compile(
     r"|(?=[A-Za-z]*\d)[0-9A-Za-z]{8,20}):(?: |(?=\w))"
 )
 #: Entries per cache; a full cache is emptied (the log's seconds and processes move on).
-PREFIX_CACHE: Final = 4096
+PREFIX_CACHE: Final = 512
 #: The longest ``host tag[pid]: `` kept in the cache (longer ones take the full path).
 MAX_SOURCE_CHARS: Final = 256
 
