@@ -137,6 +137,8 @@ _EMPTY: Mapping[str, object] = MappingProxyType({})
 
 #: What a record's ``to_dict`` does to each value: nothing (state, tests), or
 #: :func:`capped_detail` (an event, as it is written).
+#: What a record's ``to_dict`` passes its values through: :func:`capped_detail`, or as they are.
+#: It must give a number and a short ASCII text back unchanged (``to_dict`` skips the call).
 Cap = Callable[[Any], Any]
 
 
@@ -172,8 +174,10 @@ class MessageReply:
     def to_dict(self, cap: Cap = _same) -> dict[str, Any]:
         """The JSON form: the fields that are known, ``klass`` written as ``class``; each value
         as ``cap`` gives it (an event caps them: :func:`capped_detail`)."""
-        return {
-            key: cap(value)
+        return {  # a number or a short ASCII text is what ``cap`` would give back: no call
+            key: value
+            if type(value) in _SCALARS or (type(value) is str and _fits(value, DETAIL_CAP))
+            else cap(value)
             for key, value in zip(_REPLY_KEYS, _reply_values(self), strict=True)
             if value is not None
         }
@@ -219,7 +223,7 @@ class RecipientSummary:
         """The JSON form: the fields that are known, each as ``cap`` gives it; ``attempts``
         always."""
         out: dict[str, Any] = {
-            k: cap(v)
+            k: v if type(v) is str and _fits(v, DETAIL_CAP) else cap(v)
             for k, v in (
                 ("recipient", self.recipient),
                 ("orig_recipient", self.orig_recipient),

@@ -17,10 +17,15 @@ what we do not understand), and a line that is not from Postfix or Sendmail at a
 matches one shape and no other, as fail2ban's sample tests do.
 
 Speed: one prefix match, one or two body matches, no dicts or intermediate objects beyond the
-record (Sendmail lines excepted). The dispatch tables are built once, at import, as (bound
-``regex.match``, builder) pairs, and records are built without a frozen dataclass's per-field
-cost (:data:`smtp_policy.maillog.record.new_record`). Nothing here reads a file, the clock or
-the environment, and nothing here logs.
+record (Sendmail lines excepted). Lines in the common form (a classic syslog stamp, then
+``host tag[pid]: ``) skip :data:`PREFIX`: a log's lines share their second and their process, so
+the stamp's fields and the source's fields (with the shapes to try) come from two bounded caches
+keyed by the text itself, and only the queue id is matched per line; every other form takes
+:data:`PREFIX` (:func:`parse_prefixed`, the reference a property test holds the caches to).
+The dispatch tables are built once, at import, as (bound ``regex.match``, builder) pairs, and
+records are built without a frozen dataclass's per-field cost
+(:data:`smtp_policy.maillog.record.new_record`). Nothing here reads a file, the clock or the
+environment, and nothing here logs.
 """
 
 from __future__ import annotations
@@ -96,6 +101,22 @@ def parse_line(line: str) -> LogRecord | None:
     ``"unknown"`` for their lines that no shape matches. Never raises on any input.
     """
     line = line.rstrip()
+    fast = _fast_prefix(line)
+    if fast is not None:
+        if fast is _FOREIGN:
+            return None
+        head, table, pos = fast
+        for match, build in table:
+            body = match(line, pos)
+            if body is not None:
+                return build(body, line, head)
+        return new_record("unknown", *head, extra=(("text", line[pos:]),))
+    return parse_prefixed(line)
+
+
+def parse_prefixed(line: str) -> LogRecord | None:
+    """:func:`parse_line` without the caches: :data:`PREFIX` reads every line (the reference
+    the cached path is tested against). ``line`` has no trailing white space."""
     m = PREFIX.match(line)
     if m is None:
         return _loose(line)
@@ -127,6 +148,89 @@ def parse_line(line: str) -> LogRecord | None:
         if body is not None:
             return build(body, line, head)
     return new_record("unknown", *head, extra=(("text", line[pos:]),))
+
+
+# --------------------------------------------------------------------------------------------
+# The common prefix, from caches
+# --------------------------------------------------------------------------------------------
+
+#: A classic syslog stamp, exactly the 16 characters ``Nov 28 12:19:08 `` or ``Dec  4 ...``.
+_STAMP: Final = re.compile(r"([A-Z][a-z][a-z]) {1,2}(\d\d?) (\d\d:\d\d:\d\d) ")
+#: ``host tag[pid]: `` after such a stamp (what :data:`PREFIX` reads there, no facility).
+_SOURCE: Final = re.compile(r"([^\s\[\]<>]+) ([\w./-]+)\[(\d+)\]: ")
+#: The queue id after the prefix, as :data:`PREFIX` reads it.
+_QUEUE_ID: Final = re.compile(
+    r"(NOQUEUE|[0-9A-F]{5,20}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,20}"
+    r"|(?=[A-Za-z]*\d)[0-9A-Za-z]{8,20}):(?: |(?=\w))"
+)
+#: Entries per cache; a full cache is emptied (the log's seconds and processes move on).
+PREFIX_CACHE: Final = 512
+#: The longest ``host tag[pid]: `` kept in the cache (longer ones take the full path).
+MAX_SOURCE_CHARS: Final = 256
+
+_Stamp: TypeAlias = tuple["str | None", None, "int | None", int, str]
+_Source: TypeAlias = tuple[tuple[Mta, str, str, int, str], _Dispatch]
+_NOT_OURS: Final[_Source] = (("postfix", "", "", 0, ""), ())
+_Fast: TypeAlias = tuple[Head, _Dispatch, int]
+_FOREIGN: Final[_Fast] = (("postfix", "", "", *(None,) * 8), (), 0)
+_MISSING_STAMP: Final[_Stamp] = (None, None, None, 0, "")
+_MISSING_SOURCE: Final[_Source] = (("postfix", "", "", 0, ""), ())
+_stamps: dict[str, _Stamp | None] = {}
+_sources: dict[str, _Source | None] = {}
+
+
+def _fast_prefix(line: str) -> _Fast | None:
+    """The head, shape table and body position of a line in the common form (classic stamp,
+    host, ``tag[pid]: ``), from two caches: the stamp (lines share their second) and the
+    source (lines share their process); :data:`_FOREIGN` for another program's line; None
+    for any other form (:data:`PREFIX` reads it). Gives exactly what :data:`PREFIX` would."""
+    key = line[:16]
+    stamp = _stamps.get(key, _MISSING_STAMP)
+    if stamp is _MISSING_STAMP:
+        m = _STAMP.fullmatch(key)
+        stamp = None if m is None else (key[:15], None, _MONTHS.get(m[1]), int(m[2]), m[3])
+        if len(_stamps) >= PREFIX_CACHE:
+            _stamps.clear()
+        _stamps[key] = stamp
+    if stamp is None:
+        return None
+    end = line.find("]: ", 16, 16 + MAX_SOURCE_CHARS) + 3
+    if end < 3:
+        return None
+    key = line[16:end]
+    source = _sources.get(key, _MISSING_SOURCE)
+    if source is _MISSING_SOURCE:
+        source = _source(key)
+        if len(_sources) >= PREFIX_CACHE:
+            _sources.clear()
+        _sources[key] = source
+    if source is None:
+        return None
+    if source is _NOT_OURS:
+        return _FOREIGN
+    q = _QUEUE_ID.match(line, end)
+    if q is None:
+        return source[0] + stamp + (None,), source[1], end
+    qid = q[1]
+    return source[0] + stamp + (None if qid == "NOQUEUE" else qid,), source[1], q.end()
+
+
+def _source(text: str) -> _Source | None:
+    """``host tag[pid]: `` as the head's first five fields and the shapes to try;
+    :data:`_NOT_OURS` for a tag that is not Postfix's or Sendmail's; None if not that form."""
+    m = _SOURCE.fullmatch(text)
+    if m is None:
+        return None
+    host, tag, pid = m.groups()
+    program = tag.rpartition("/")[2]
+    mta: Mta
+    if tag.startswith("postfix") or ("/" in tag and program in _DISPATCH):
+        mta, table = "postfix", _DISPATCH.get(program, _DISPATCH_OTHER)
+    elif tag == "sendmail" or tag.startswith("sm-"):
+        mta, table = "sendmail", _DISPATCH_SENDMAIL
+    else:
+        return _NOT_OURS
+    return (mta, program, tag, int(pid), host), table
 
 
 def _iso(text: str) -> datetime | None:

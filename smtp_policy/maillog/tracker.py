@@ -328,10 +328,11 @@ class MessageTracker:
         out: list[Event] = []
         kind = record.kind
         known = None
-        if kind in REPLY_KINDS:
+        reply = kind in REPLY_KINDS
+        if reply:
             known = self._explain_record(record)
         msg = self._message_for(record, now)
-        if kind in REPLY_KINDS:
+        if reply:
             out.append(self._reply_event(record, ts, known, msg))
         if msg is not None:
             done = self._update(msg, record, ts, known)
@@ -480,28 +481,35 @@ class MessageTracker:
         enhanced = record.enhanced or record.dsn
         if enhanced:
             fields["enhanced"] = enhanced
-        action, action_by = _action(record.action)
-        extra = {
-            k: v
-            for k, v in (
-                ("kind", record.kind),
-                ("status", record.status),
-                ("action", action),
-                ("by", action_by),
-                ("detail", True if record.kind in _DETAIL_KINDS else None),
-                ("transport", "discard" if record.program == "discard" else None),
-                ("relay", record.relay),
-                ("delay", record.delay),
-                ("delays", record.delays),
-                ("dsn", record.dsn),
-                ("orig_recipient", _bare(record.orig_recipient)),
-                ("attempt", self._attempt_number(msg, record)),
-                ("host", record.host),
-                ("program", record.program),
-                ("pid", record.pid),
-            )
-            if v is not None
-        }
+        kind = record.kind
+        extra: dict[str, Any] = {"kind": kind}  # then what the line says, in this order
+        if record.status is not None:
+            extra["status"] = record.status
+        if record.action is not None:
+            extra["action"], extra["by"] = _action(record.action)
+        if kind in _DETAIL_KINDS:
+            extra["detail"] = True
+        if record.program == "discard":
+            extra["transport"] = "discard"
+        if record.relay is not None:
+            extra["relay"] = record.relay
+        if record.delay is not None:
+            extra["delay"] = record.delay
+        if record.delays is not None:
+            extra["delays"] = record.delays
+        if record.dsn is not None:
+            extra["dsn"] = record.dsn
+        if record.orig_recipient is not None:
+            extra["orig_recipient"] = _bare(record.orig_recipient)
+        attempt = self._attempt_number(msg, record)
+        if attempt is not None:
+            extra["attempt"] = attempt
+        if record.host is not None:
+            extra["host"] = record.host
+        if record.program is not None:
+            extra["program"] = record.program
+        if record.pid is not None:
+            extra["pid"] = record.pid
         return new_event(
             event=EventKind.REPLY,
             source=Source.LOG,
