@@ -352,6 +352,12 @@ ANY_REPLY_LINE = re.compile(r": (?:NOQUEUE|[0-9A-F]+): (?:\S+: )?(?:milter-)?rej
 POSTFIX_TROUBLE = re.compile(
     r"(?:warning|fatal|panic|error): |process limit|too many|timeout|timed out", re.IGNORECASE
 )
+#: cleanup's warnings about the host's clock (a file system a second ahead of the local clock
+#: on a busy virtual machine): about the machine, not overload or a broken hook.
+HOST_CLOCK = re.compile(
+    r"warning: (?:file system clock is \d+ seconds? (?:ahead of|behind) local clock"
+    r"|resetting file time stamps)"
+)
 
 
 @pytest.mark.slow
@@ -437,7 +443,9 @@ def _settle(pf: PrivatePostfix, load: Load, milter: Daemon, follow: Daemon) -> M
         lambda: f"{replies['all']} follower replies and {accepted} message records",
     )
     follow.stop()
-    trouble = [line for line in lines if POSTFIX_TROUBLE.search(line)]
+    trouble = [
+        line for line in lines if POSTFIX_TROUBLE.search(line) and not HOST_CLOCK.search(line)
+    ]
     return Maillog(delivered, replies, trouble)
 
 
