@@ -6,15 +6,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import resource
 import signal
+import smtplib
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Self
 
-from smtp_policy.lab.instance import free_port, poll
+from smtp_policy.lab.instance import delivery_report, free_port, poll
+from smtp_policy.lab.postfix import PrivatePostfix
 
 #: The sample mail logs the tests read (see its README.md).
 SAMPLES = Path(__file__).resolve().parent / "samples"
@@ -252,3 +256,43 @@ def configured_daemon(command: str, workdir: Path) -> Iterator[Daemon]:
     daemon = Daemon(command, workdir, "--config", str(workdir / "config.toml"), port=free_port())
     with running(daemon):
         yield daemon
+
+
+def submit(port: int, sender: str, rcpt: str, filler: int = 0) -> str:
+    """Send one message with ``filler`` bytes of body text; return its queue id."""
+    body = f"From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: test\r\n\r\nhi\r\n" + (
+        "x" * 70 + "\r\n"
+    ) * (filler // 72)
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20) as smtp:
+        smtp.ehlo()
+        smtp.mail(sender)
+        assert smtp.rcpt(rcpt)[0] == 250
+        code, reply = smtp.data(body.encode())
+    assert code == 250, reply
+    found = re.search(rb"queued as ([0-9A-F]+)", reply)
+    assert found, reply
+    return found.group(1).decode()
+
+
+def notice_for(
+    pf: PrivatePostfix, qid: str, action: str | None = None, mailbox: str = "sender"
+) -> EmailMessage:
+    """The notice in ``mailbox`` about ``qid`` (whose delivery report says ``action``, if given)."""
+
+    def is_ours(msg: EmailMessage) -> bool:
+        report = delivery_report(msg)
+        return (
+            report is not None
+            and report.message.get("X-Postfix-Queue-ID") == qid
+            and (action is None or any(r.get("Action") == action for r in report.recipients))
+        )
+
+    (notice,) = pf.wait_for_mail(mailbox, match=is_ours, timeout=30)
+    return notice
+
+
+def text_part(msg: EmailMessage) -> str:
+    """The message's text/plain body."""
+    part = msg.get_body(preferencelist=("plain",))
+    assert part is not None
+    return str(part.get_content())

@@ -9,8 +9,6 @@ on both sides of ``bounce_size_limit``.
 
 from __future__ import annotations
 
-import re
-import smtplib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ import pytest
 from smtp_policy.lab.instance import delivery_report
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from tests.helpers import Daemon, configured_daemon
+from tests.helpers import Daemon, configured_daemon, notice_for, submit, text_part
 
 pytestmark = pytest.mark.postfix
 
@@ -75,37 +73,6 @@ def _pf(
     )
 
 
-def submit(port: int, rcpt: str, filler: int = 0) -> str:
-    """Send one message with ``filler`` bytes of body text; return its queue id."""
-    body = f"From: <{SENDER}>\r\nTo: <{rcpt}>\r\nSubject: layout test\r\n\r\nhi\r\n" + (
-        "x" * 70 + "\r\n"
-    ) * (filler // 72)
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20) as smtp:
-        smtp.ehlo()
-        smtp.mail(SENDER)
-        assert smtp.rcpt(rcpt)[0] == 250
-        code, reply = smtp.data(body.encode())
-    assert code == 250, reply
-    found = re.search(rb"queued as ([0-9A-F]+)", reply)
-    assert found, reply
-    return found.group(1).decode()
-
-
-def bounce_for(pf: PrivatePostfix, qid: str) -> EmailMessage:
-    def is_ours(msg: EmailMessage) -> bool:
-        report = delivery_report(msg)
-        return report is not None and report.message.get("X-Postfix-Queue-ID") == qid
-
-    (bounce,) = pf.wait_for_mail("sender", match=is_ours, timeout=30)
-    return bounce
-
-
-def text_part(msg: EmailMessage) -> str:
-    part = msg.get_body(preferencelist=("plain",))
-    assert part is not None
-    return str(part.get_content())
-
-
 def returned_part(msg: EmailMessage) -> str:
     """The content type of the part that returns the message (or its headers)."""
     types = [p.get_content_type() for p in msg.walk()]
@@ -115,7 +82,7 @@ def returned_part(msg: EmailMessage) -> str:
 
 def test_a_real_bounce_is_laid_out_like_an_ndr(pf: PrivatePostfix) -> None:
     """Intro, then the recipient: what happened and who, what to do, link, admins, reply."""
-    bounce = bounce_for(pf, submit(pf.smtp_port, "nouser@remote.test"))
+    bounce = notice_for(pf, submit(pf.smtp_port, SENDER, "nouser@remote.test"))
     text = text_part(bounce)
     print(f"--- bounce text part ---\n{text}")
     flat = " ".join(text.split())
@@ -152,7 +119,9 @@ def test_a_real_bounce_is_laid_out_like_an_ndr(pf: PrivatePostfix) -> None:
 
 def test_above_the_size_limit_only_headers_come_back_as_the_text_says(pf: PrivatePostfix) -> None:
     """The text's "or only its headers if larger than N bytes" is what Postfix does."""
-    bounce = bounce_for(pf, submit(pf.smtp_port, "nouser@remote.test", filler=2 * SIZE_LIMIT))
+    bounce = notice_for(
+        pf, submit(pf.smtp_port, SENDER, "nouser@remote.test", filler=2 * SIZE_LIMIT)
+    )
     assert returned_part(bounce) == "text/rfc822-headers"
     flat = " ".join(text_part(bounce).split())
     assert f"or only its headers if it was larger than {SIZE_LIMIT} bytes" in flat

@@ -11,12 +11,9 @@ of the first retry.
 
 from __future__ import annotations
 
-import re
-import smtplib
 import subprocess
 import sys
 from collections.abc import Iterator
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -24,7 +21,7 @@ import pytest
 from smtp_policy.lab.instance import delivery_report
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from tests.helpers import Daemon, configured_daemon
+from tests.helpers import Daemon, configured_daemon, notice_for, submit, text_part
 
 pytestmark = pytest.mark.postfix
 
@@ -72,6 +69,17 @@ def _german_maps(german_dir: Path) -> Iterator[Daemon]:
     yield from configured_daemon("maps", german_dir)
 
 
+def _postfix(
+    factory: PostfixFactory, remote: ScriptedServer, workdir: Path, maps: Daemon, **main_cf: str
+) -> PrivatePostfix:
+    """A Postfix with ``workdir``'s bounce template and ``maps`` as its delivery status filter."""
+    return factory(
+        downstream_port=remote.port,
+        delivery_status_filter=f"socketmap:inet:127.0.0.1:{maps.port}:dsn",
+        main_cf={"bounce_template_file": str(workdir / "bounce.cf"), **main_cf},
+    )
+
+
 @pytest.fixture(name="german_pf", scope="module")
 def _german_pf(
     german_dir: Path,
@@ -79,11 +87,7 @@ def _german_pf(
     remote: ScriptedServer,
     make_module_postfix: PostfixFactory,
 ) -> PrivatePostfix:
-    return make_module_postfix(
-        downstream_port=remote.port,
-        delivery_status_filter=f"socketmap:inet:127.0.0.1:{german_maps.port}:dsn",
-        main_cf={"bounce_template_file": str(german_dir / "bounce.cf")},
-    )
+    return _postfix(make_module_postfix, remote, german_dir, german_maps)
 
 
 @pytest.fixture(name="delay_dir", scope="module")
@@ -104,49 +108,7 @@ def _delay_pf(
     make_module_postfix: PostfixFactory,
 ) -> PrivatePostfix:
     # delay_warning_time takes Postfix time units; 1s makes the first retry send the notice.
-    return make_module_postfix(
-        downstream_port=remote.port,
-        delivery_status_filter=f"socketmap:inet:127.0.0.1:{delay_maps.port}:dsn",
-        main_cf={
-            "bounce_template_file": str(delay_dir / "bounce.cf"),
-            "delay_warning_time": "1s",
-        },
-    )
-
-
-def submit(port: int, rcpt: str) -> str:
-    """Send one small message to ``rcpt``; return its queue id."""
-    body = f"From: <{SENDER}>\r\nTo: <{rcpt}>\r\nSubject: notice test\r\n\r\nhi\r\n"
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20) as smtp:
-        smtp.ehlo()
-        smtp.mail(SENDER)
-        assert smtp.rcpt(rcpt)[0] == 250
-        code, reply = smtp.data(body.encode())
-    assert code == 250, reply
-    found = re.search(rb"queued as ([0-9A-F]+)", reply)
-    assert found, reply
-    return found.group(1).decode()
-
-
-def notice_for(pf: PrivatePostfix, qid: str, action: str) -> EmailMessage:
-    """The sender's notice about ``qid`` whose delivery report says ``action``."""
-
-    def is_ours(msg: EmailMessage) -> bool:
-        report = delivery_report(msg)
-        return (
-            report is not None
-            and report.message.get("X-Postfix-Queue-ID") == qid
-            and any(r.get("Action") == action for r in report.recipients)
-        )
-
-    (notice,) = pf.wait_for_mail("sender", match=is_ours, timeout=30)
-    return notice
-
-
-def text_part(msg: EmailMessage) -> str:
-    part = msg.get_body(preferencelist=("plain",))
-    assert part is not None
-    return str(part.get_content())
+    return _postfix(make_module_postfix, remote, delay_dir, delay_maps, delay_warning_time="1s")
 
 
 def in_order(text: str, pieces: list[str]) -> None:
@@ -159,7 +121,9 @@ def in_order(text: str, pieces: list[str]) -> None:
 
 def test_a_german_bounce_gives_the_rules_own_advice(german_pf: PrivatePostfix) -> None:
     """Relay access denied: the rule's German words, not the reason's, in the NDR order."""
-    bounce = notice_for(german_pf, submit(german_pf.smtp_port, "norelay@remote.test"), "failed")
+    bounce = notice_for(
+        german_pf, submit(german_pf.smtp_port, SENDER, "norelay@remote.test"), "failed"
+    )
     text = text_part(bounce)
     print(f"--- German bounce, text part ---\n{text}")
     assert bounce["Subject"] == "Unzustellbar: Ihre Nachricht konnte nicht zugestellt werden"
@@ -194,7 +158,7 @@ def test_a_german_bounce_gives_the_rules_own_advice(german_pf: PrivatePostfix) -
 
 def test_a_deferred_message_gets_a_delay_notice(delay_pf: PrivatePostfix) -> None:
     """The delay template, the retry advice for a full mailbox, Postfix's own report."""
-    qid = submit(delay_pf.smtp_port, "full@remote.test")
+    qid = submit(delay_pf.smtp_port, SENDER, "full@remote.test")
     notice = notice_for(delay_pf, qid, "delayed")
     text = text_part(notice)
     print(f"--- delay notice, text part ---\n{text}")
