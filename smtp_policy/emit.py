@@ -23,8 +23,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
+import orjson
+
 from smtp_policy.core.events import DETAIL_CAP, Event, EventKind, Source, capped
-from smtp_policy.core.sanitize import json_text
+from smtp_policy.core.sanitize import json_safe
 
 if TYPE_CHECKING:
     from structlog.typing import EventDict
@@ -110,17 +112,27 @@ def _unknown_value(value: object) -> str:
     return capped(repr(value), DETAIL_CAP)
 
 
-#: One encoder for every event: ``json.dumps`` with keyword arguments builds one per call.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, default=_unknown_value).encode
+#: What orjson cannot write, by the stdlib encoder instead: the same compact JSON.
+_ENCODE_STDLIB = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=_unknown_value
+).encode
+#: Values orjson would write in forms of its own go to ``default`` (their ``repr``), as the
+#: stdlib encoder sends them: events carry only JSON's own types.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
 def _render(_logger: object, _method: str, fields: EventDict) -> str:
-    """structlog's renderer: the fields as one JSON object (``event`` last, as structlog puts
-    it), escaped as :func:`~smtp_policy.core.sanitize.json_text` escapes."""
-    text = _ENCODE(fields)
-    if not text.isascii() or "\x7f" in text:  # the rare line json_text has to escape
-        text = json_text(fields, default=_unknown_value)
-    return text
+    """structlog's renderer: the fields as one compact JSON object (``event`` last, as
+    structlog puts it), escaped as :func:`~smtp_policy.core.sanitize.json_text` escapes.
+
+    orjson writes it (a tenth of the stdlib encoder's time); the rare event it refuses (a
+    lone surrogate from undecodable bytes, an integer past 64 bits) goes through the stdlib
+    encoder with the same separators, so every line has one form."""
+    try:
+        text = orjson.dumps(fields, default=_unknown_value, option=_ORJSON_OPTIONS).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        text = _ENCODE_STDLIB(fields)
+    return json_safe(text)
 
 
 class _Lines:
@@ -144,8 +156,9 @@ class _Lines:
 
 
 def _logger(lines: _Lines) -> Any:
-    """structlog over ``lines``: one renderer, the bound logger cached after its first use."""
-    return structlog.wrap_logger(lines, processors=[_render], cache_logger_on_first_use=True)
+    """structlog over ``lines``: one renderer, bound at once (a lazy proxy, even one cached
+    on first use, costs an attribute lookup through ``__getattr__`` per event: about 3 µs)."""
+    return structlog.wrap_logger(lines, processors=[_render]).bind()
 
 
 def _append(path: str, line_buffered: bool) -> TextIO:
