@@ -8,7 +8,10 @@ defaults (``--noreply auto``: on over the unix socket, off over TCP); ``engine-u
 two worker processes (``--workers 2``); its CPU and peak RSS are summed over both;
 ``engine-unix-session`` is ``engine-unix`` with ``--events-mode session`` (one ``session``
 event per SMTP session instead of an event per stage; its end-of-message count is read from
-the session events).
+the session events). ``c-noop-unix`` and ``c-eom-unix`` run benchmarks/noop_milter.c (compiled
+with gcc against libmilter on first use): a no-op milter in C answering every step, and one
+that negotiates away every step Postfix lets a milter skip and sees only end-of-message, the
+floor of what any milter costs Postfix.
 
 One private Postfix delivers everything to ``discard:`` (the queue on a tmpfs mounted under
 its temp dir when that works; the output says which). Its master.cf has one smtpd listener
@@ -74,7 +77,7 @@ class Setup:
     """One configuration: which milter (none, noop, policy), transport and no-reply flags."""
 
     name: str
-    milter: str | None = None  # "noop" or "policy"
+    milter: str | None = None  # "noop", "policy", "c-noop" or "c-eom" (benchmarks/noop_milter.c)
     transport: str = "tcp"  # "tcp" or "unix"
     noreply: bool | None = False  # None: the shipped default (--noreply auto)
     engine: str = "libmilter"  # smtp_policy's engine: "libmilter" or "asyncio"
@@ -93,6 +96,8 @@ SETUPS = {
         Setup("none"),
         Setup("noop-tcp", "noop", "tcp"),
         Setup("noop-unix", "noop", "unix"),
+        Setup("c-noop-unix", "c-noop", "unix"),
+        Setup("c-eom-unix", "c-eom", "unix"),
         Setup("policy-tcp", "policy", "tcp"),
         Setup("policy-tcp-noreply", "policy", "tcp", noreply=True),
         Setup("policy-unix", "policy", "unix"),
@@ -209,6 +214,8 @@ class MilterRun:
         try:
             if self.setup.milter == "noop":
                 self._start_noop()
+            elif self.setup.milter in ("c-noop", "c-eom"):
+                self._start_c()
             else:
                 self._start_policy()
         except AssertionError as failure:  # it exited, or was not ready within 30 s
@@ -224,6 +231,28 @@ class MilterRun:
             proc = subprocess.Popen(
                 argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, umask=0o111
             )
+        self.proc = proc
+        poll(
+            lambda: self._accepts() or None,
+            30,
+            lambda: f"{self.setup.name} to accept connections",
+            unless=lambda: proc.poll() is not None,
+        )
+
+    def _start_c(self) -> None:
+        """The no-op milter in C (compiled on first use), every step or end-of-message only."""
+        binary = self.workdir / "noop_milter_c"
+        if not binary.exists():
+            subprocess.run(
+                ["gcc", "-O2", "-o", str(binary), str(ROOT / "benchmarks" / "noop_milter.c"),
+                 "-lmilter", "-lpthread"],
+                check=True,
+            )  # fmt: skip
+        argv = [str(binary), "--socket", self.listen, "--stats", str(self.stats)]
+        if self.setup.milter == "c-eom":
+            argv.append("--eom-only")
+        with self.stderr.open("wb") as err:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, umask=0o111)
         self.proc = proc
         poll(
             lambda: self._accepts() or None,
@@ -453,7 +482,7 @@ def _summary(
             continue
         rate = median[setup.name]
         vs_none = f"{rate / median['none']:.2f}" if "none" in median else "-"
-        base = setup.baseline if setup.milter == "policy" else None
+        base = setup.baseline if setup.milter not in (None, "noop") else None
         vs_noop = f"{rate / median[base]:.2f}" if base in median else "-"
         cpus = [r.cpu_ms for r in runs if r.cpu_ms is not None]
         cpu = f"{statistics.median(cpus):.2f} ms" if cpus else "-"
