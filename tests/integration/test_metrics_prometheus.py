@@ -25,7 +25,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +92,14 @@ def get(port: int, path: str) -> Any:
         return json.load(response)
 
 
-def wait_until(what: str, check: Any, timeout: float = 90.0) -> None:
+def wait_until(
+    what: str, check: Any, timeout: float = 90.0, context: Callable[[], str] | None = None
+) -> None:
+    """Poll ``check`` until it holds; on time-out fail with ``context()`` (what was seen)."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
+            pytest.fail(f"timed out waiting for {what}" + (f"\n{context()}" if context else ""))
         time.sleep(0.5)
 
 
@@ -213,7 +216,7 @@ def expressions() -> list[tuple[str, str]]:
 
 
 def test_prometheus_evaluates_every_alert_and_panel(
-    stack: tuple[PrivatePostfix, ScriptedServer, int],
+    stack: tuple[PrivatePostfix, ScriptedServer, int], tmp_path: Path
 ) -> None:
     """Each expression returns a vector; those with data on this traffic return some."""
     pf, server, port = stack
@@ -233,7 +236,26 @@ def test_prometheus_evaluates_every_alert_and_panel(
         expr = f'smtp_policy_postfix_queue_deferred_recipients{{reason="{reason}"}} > 0'
         return bool(query(port, expr)["result"])
 
-    wait_until("the greylisted message in the queue gauges", lambda: queued("greylisting"))
+    def queue_seen() -> str:
+        """What the queue, the follower and Prometheus showed, for a failure to explain itself
+        (this wait once timed out in CI with one delivery attempt logged in 90 s)."""
+        listing = subprocess.run(
+            ["postqueue", "-c", str(pf.config_dir), "-j"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        gauges = query(port, '{__name__=~"smtp_policy_postfix_queue_.*"}')["result"]
+        attempts = [line for line in pf.maillog.read_text().splitlines() if greylisted in line]
+        return (
+            f"postqueue -j, exit {listing.returncode}: {listing.stdout[-2000:]}"
+            f"{listing.stderr[-500:]}\nqueue gauges: {gauges}\nfollow.err: "
+            f"{(tmp_path / 'follow.err').read_text()[-2000:]}\nlog: {attempts[-10:]}"
+        )
+
+    wait_until(
+        "the greylisted message in the queue gauges",
+        lambda: queued("greylisting"),
+        context=queue_seen,
+    )
     server.script.pop("slow")
     pf.flush()
     pf.wait_for_log(rf"{greylisted}: to=<slow@remote\.test>.*status=sent")
