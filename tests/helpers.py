@@ -258,6 +258,21 @@ def configured_daemon(command: str, workdir: Path) -> Iterator[Daemon]:
         yield daemon
 
 
+def bounce_template(target: Path, config: Path | None = None) -> Path:
+    """``target``, written by ``smtp-policy postfix bounce-template`` (reading ``config`` when
+    given): the bounce(5) file a private Postfix's ``bounce_template_file`` names."""
+    argv = [sys.executable, "-m", "smtp_policy", "postfix", "bounce-template", "-o", str(target)]
+    if config is not None:
+        argv += ["--config", str(config)]
+    subprocess.run(argv, check=True, timeout=60)
+    return target
+
+
+def maps_table(maps: Daemon, name: str) -> str:
+    """The maps server's ``name`` map (``footer`` or ``dsn``) as a Postfix socketmap table."""
+    return f"socketmap:inet:127.0.0.1:{maps.tcp_port}:{name}"
+
+
 def submit(port: int, sender: str, rcpt: str, filler: int = 0) -> str:
     """Send one message with ``filler`` bytes of body text; return its queue id."""
     body = f"From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: test\r\n\r\nhi\r\n" + (

@@ -9,8 +9,6 @@ on both sides of ``bounce_size_limit``.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -20,7 +18,15 @@ import pytest
 from smtp_policy.lab.instance import delivery_report
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from tests.helpers import Daemon, configured_daemon, notice_for, submit, text_part
+from tests.helpers import (
+    Daemon,
+    bounce_template,
+    configured_daemon,
+    maps_table,
+    notice_for,
+    submit,
+    text_part,
+)
 
 pytestmark = pytest.mark.postfix
 
@@ -58,17 +64,10 @@ def _pf(
     module_scripted_server: ScriptedServer,
     make_module_postfix: PostfixFactory,
 ) -> PrivatePostfix:
-    template = tmp / "bounce.cf"
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "smtp_policy", "postfix", "bounce-template"),
-            *("--config", str(tmp / "config.toml"), "-o", str(template)),
-        ],
-        check=True,
-    )
+    template = bounce_template(tmp / "bounce.cf", tmp / "config.toml")
     return make_module_postfix(
         downstream_port=module_scripted_server.port,
-        delivery_status_filter=f"socketmap:inet:127.0.0.1:{maps.port}:dsn",
+        delivery_status_filter=maps_table(maps, "dsn"),
         main_cf={"bounce_template_file": str(template), "bounce_size_limit": str(SIZE_LIMIT)},
     )
 

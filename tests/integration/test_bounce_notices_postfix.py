@@ -11,8 +11,6 @@ of the first retry.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +19,15 @@ import pytest
 from smtp_policy.lab.instance import delivery_report
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from tests.helpers import Daemon, configured_daemon, notice_for, submit, text_part
+from tests.helpers import (
+    Daemon,
+    bounce_template,
+    configured_daemon,
+    maps_table,
+    notice_for,
+    submit,
+    text_part,
+)
 
 pytestmark = pytest.mark.postfix
 
@@ -49,13 +55,7 @@ def _remote() -> Iterator[ScriptedServer]:
 def _workdir(factory: pytest.TempPathFactory, name: str, config: str) -> Path:
     workdir = factory.mktemp(name)
     (workdir / "config.toml").write_text(config, encoding="utf-8")
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "smtp_policy", "postfix", "bounce-template"),
-            *("--config", str(workdir / "config.toml"), "-o", str(workdir / "bounce.cf")),
-        ],
-        check=True,
-    )
+    bounce_template(workdir / "bounce.cf", workdir / "config.toml")
     return workdir
 
 
@@ -75,7 +75,7 @@ def _postfix(
     """A Postfix with ``workdir``'s bounce template and ``maps`` as its delivery status filter."""
     return factory(
         downstream_port=remote.port,
-        delivery_status_filter=f"socketmap:inet:127.0.0.1:{maps.port}:dsn",
+        delivery_status_filter=maps_table(maps, "dsn"),
         main_cf={"bounce_template_file": str(workdir / "bounce.cf"), **main_cf},
     )
 

@@ -63,7 +63,7 @@ import pytest
 
 from smtp_policy.lab.instance import free_port, poll
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
-from tests.helpers import Daemon, running
+from tests.helpers import Daemon, bounce_template, running
 from tests.integration.drills import size
 
 pytestmark = pytest.mark.postfix
@@ -373,11 +373,7 @@ def test_load_with_everything_on(
     config.write_text(
         CONFIG.format(socket=shared / "milter.sock", maps=free_port(), policy=free_port())
     )
-    template = shared / "bounce.cf"
-    subprocess.run(
-        [sys.executable, "-m", "smtp_policy", "postfix", "bounce-template", "-o", str(template)],
-        check=True, timeout=60,
-    )  # fmt: skip
+    template = bounce_template(shared / "bounce.cf")
     wiring = postfix_config(config, template)
     assert "check_policy_service" in wiring["smtpd_recipient_restrictions"]
     assert wiring["smtpd_milters"].startswith(f"{{ unix:{shared}/milter.sock, default_action")

@@ -40,7 +40,7 @@ import pytest
 from smtp_policy.lab.instance import delivery_report, free_port, poll
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from tests.helpers import Daemon
+from tests.helpers import Daemon, bounce_template
 from tests.integration.drills import size
 
 pytestmark = [pytest.mark.postfix, pytest.mark.slow]
@@ -200,9 +200,8 @@ class Load:
 
 def recommended_main_cf(tmp: Path, config: Path) -> dict[str, str]:
     """The maps, policy and bounce lines of ``smtp-policy postfix-config --with-policy --print-snippet``."""
-    template = tmp / "bounce.cf"
+    template = bounce_template(tmp / "bounce.cf")
     smtp_policy = [sys.executable, "-m", "smtp_policy"]
-    subprocess.run([*smtp_policy, "postfix", "bounce-template", "-o", str(template)], check=True)
     printed = subprocess.run(
         [
             *smtp_policy,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import re
 import smtplib
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -23,7 +21,7 @@ import pytest
 from smtp_policy.lab.instance import delivery_report
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from tests.helpers import Daemon, configured_daemon
+from tests.helpers import Daemon, bounce_template, configured_daemon, maps_table
 
 pytestmark = pytest.mark.postfix
 
@@ -72,16 +70,11 @@ def _pf(
     module_scripted_server: ScriptedServer,
     make_module_postfix: PostfixFactory,
 ) -> PrivatePostfix:
-    template = tmp / "bounce.cf"
-    subprocess.run(
-        [sys.executable, "-m", "smtp_policy", "postfix", "bounce-template", "-o", str(template)],
-        check=True,
-    )
-    table = f"socketmap:inet:127.0.0.1:{maps.port}"
+    template = bounce_template(tmp / "bounce.cf")
     return make_module_postfix(
         downstream_port=module_scripted_server.port,
-        reject_footer_maps=f"{table}:footer",
-        delivery_status_filter=f"{table}:dsn",
+        reject_footer_maps=maps_table(maps, "footer"),
+        delivery_status_filter=maps_table(maps, "dsn"),
         main_cf={
             "bounce_template_file": str(template),
             "smtp_rcpt_timeout": "3s",

@@ -29,7 +29,7 @@ import pytest
 
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from tests.helpers import Daemon, configured_daemon, read_events
+from tests.helpers import Daemon, configured_daemon, maps_table, read_events
 
 pytestmark = pytest.mark.postfix
 
@@ -70,21 +70,13 @@ def _milter(tmp: Path) -> Iterator[Daemon]:
     yield from configured_daemon("milter", tmp)
 
 
-def footer_maps(maps: Daemon) -> str:
-    return f"socketmap:inet:127.0.0.1:{maps.tcp_port}:footer"
-
-
-def dsn_filter(maps: Daemon) -> str:
-    return f"socketmap:inet:127.0.0.1:{maps.tcp_port}:dsn"
-
-
 @pytest.fixture(name="pf", scope="module")
 def _pf(maps: Daemon, milter: Daemon, make_module_postfix: PostfixFactory) -> PrivatePostfix:
     milters = (
         f"{{ inet:127.0.0.1:{milter.tcp_port}, default_action=accept, connect_timeout=5s, "
         "command_timeout=10s, content_timeout=30s }"
     )
-    return make_module_postfix(milters=milters, reject_footer_maps=footer_maps(maps))
+    return make_module_postfix(milters=milters, reject_footer_maps=maps_table(maps, "footer"))
 
 
 def rcpt_reply(pf: PrivatePostfix, sender: str, rcpt: str) -> tuple[int, list[str]]:
@@ -227,7 +219,7 @@ def test_the_dsn_filter_leaves_log_tools_counts_alone(
     """Same traffic with and without the filter: pflogsumm's totals and our reasons agree."""
     logs = {}
     texts = {}
-    for name, status_filter in (("without", None), ("with", dsn_filter(maps))):
+    for name, status_filter in (("without", None), ("with", maps_table(maps, "dsn"))):
         with ScriptedServer() as remote:
             pf = make_postfix(
                 downstream_port=remote.port,
