@@ -358,6 +358,7 @@ class ProxyService:
         self._at_cap: dict[str, _CapRefusals] = {}
         self._rendered: dict[tuple[ServerReply, tuple[str, ...] | None], tuple[bytes, str]] = {}
         self._described: dict[tuple[str | None, str | None], Mapping[str, object]] = {}
+        self._ehlo: dict[tuple[ServerReply, bool], tuple[str, ...]] = {}
 
     def explain(self, text: str) -> Explanation:
         """The core's explanation of a reply text (``explain_text`` remembers each one)."""
@@ -375,6 +376,20 @@ class ProxyService:
                 self._rendered.clear()
             rendered = self._rendered[key] = (safe.wire().encode("ascii"), "\n".join(safe.lines))
         return rendered
+
+    def ehlo_lines(self, reply: ServerReply, offer_tls: bool) -> tuple[str, ...]:
+        """Postfix's EHLO reply with only the keywords the proxy passes on (and STARTTLS when
+        ``offer_tls``); worked out once per distinct reply."""
+        key = (reply, offer_tls)
+        lines = self._ehlo.get(key)
+        if lines is None:
+            cfg = self.settings
+            keep = (*cfg.keep_keywords, *(("AUTH",) if cfg.offer_auth else ()))
+            lines = filter_ehlo(reply.lines, keep, ("STARTTLS",) if offer_tls else ())
+            if len(self._ehlo) >= CACHED_REPLIES:
+                self._ehlo.clear()
+            self._ehlo[key] = lines
+        return lines
 
     def described(
         self, explanation: Explanation | None, text: str | None, friendly: str | None
@@ -456,6 +471,8 @@ class ProxyService:
         The proxy greets clients itself, before any inner connection, with this reply (the
         admin's ``[banner]`` rewrites it); if Postfix cannot be asked, ``<hostname> ESMTP``.
         """
+        if self._greeting is not None:  # known: no lock to take
+            return self._greeting
         async with self._greeting_lock:
             if self._greeting is None:
                 self._greeting = await self._probe_greeting()
@@ -965,15 +982,15 @@ class ProxySession:
 
     def _fast_command(self, cmd: Command) -> bool:
         """Forward a command Postfix answers, if nothing needs the proxy's own handling."""
-        if self._up is None or cmd.verb in self._slow_verbs or has_control(cmd.line):
+        verb = cmd.verb
+        if self._up is None or verb in self._slow_verbs or has_control(cmd.line):
             return False
-        self._relay(cmd)
+        self._relay(cmd, verb)
         return True
 
-    def _relay(self, cmd: Command) -> None:
+    def _relay(self, cmd: Command, verb: str) -> None:
         """Note, queue and forward one command; DATA, QUIT and AUTH stop the pump until their
         reply (see :meth:`_passed_barrier`)."""
-        verb = cmd.verb
         self._note(verb, cmd.argument)
         pending = self._forward(cmd.line, verb, _stage(verb))
         if verb in ("DATA", "QUIT", "AUTH"):
@@ -1133,7 +1150,7 @@ class ProxySession:
                 origin = "proxy" if refusal is UPSTREAM_DOWN else "upstream"
                 await self._local(refusal, verb, _stage(verb), origin=origin)
                 return self._relaying
-        self._relay(cmd)
+        self._relay(cmd, verb)
         return True
 
     def _note(self, verb: str, argument: bytes) -> None:
@@ -1593,9 +1610,7 @@ class ProxySession:
         """The admin's (or the EHLO filter's) lines for this reply, or None to keep it."""
         texts = self._svc.texts
         if pending.verb == "EHLO" and reply.code == 250:
-            add = ("STARTTLS",) if self._cfg.tls is not None and not self._peer.tls else ()
-            keep = (*self._cfg.keep_keywords, *(("AUTH",) if self._cfg.offer_auth else ()))
-            return filter_ehlo(reply.lines, keep, add)
+            return self._svc.ehlo_lines(reply, self._cfg.tls is not None and not self._peer.tls)
         if pending.stage == "connect" and reply.code == 220:
             self._peer.hostname = _first_word(reply.lines[0]) or self._peer.hostname
             return texts.greeting(explanation, self._context(pending))
@@ -1610,7 +1625,7 @@ class ProxySession:
         peer = self._peer
         return {
             "hostname": peer.hostname,
-            "date": format_datetime(datetime.now(UTC)),
+            "date": _date_text(),
             "client_addr": peer.addr or "",
             "client_name": peer.name or "",
             "sender": (pending.sender or "").strip("<>"),
@@ -1699,6 +1714,18 @@ def _take_stream_buffer(reader: asyncio.StreamReader) -> bytes:
     held = bytes(buffer)
     buffer.clear()
     return held
+
+
+def _date_text() -> str:
+    """Now as RFC 5322 writes dates (``[banner]``'s ``{date}``), worked out once a second."""
+    second = int(time.time())
+    if _DATE[0] != second:
+        _DATE[0], _DATE[1] = second, format_datetime(datetime.fromtimestamp(second, UTC))
+    return cast(str, _DATE[1])
+
+
+#: :func:`_date_text`'s second and text.
+_DATE: list[int | str] = [-1, ""]
 
 
 def _stage(verb: str) -> str:
