@@ -550,6 +550,22 @@ class _Pending:
     origin: str = "proxy"  # who wrote ``local``: the proxy, or Postfix (its refusal at connect)
 
 
+@dataclass(frozen=True, slots=True)
+class _EventParts:
+    """What one event of a session says, taken when it happened (written a little later)."""
+
+    event: EventKind
+    ts: datetime
+    described: Mapping[str, object]
+    extra: dict[str, object]
+    stage: str | None
+    queue_id: str | None
+    client_name: str | None
+    helo: str | None
+    sender: str | None
+    recipient: str | None
+
+
 class _ClientGoneError(Exception):
     """The client closed the connection (or the TLS handshake failed)."""
 
@@ -687,6 +703,7 @@ class ProxySession:
     _idle: asyncio.TimerHandle | None = None
     _eof = False  # the client sent EOF or the connection is gone
     _reading_paused = False  # too many client bytes buffered unhandled
+    _flush_scheduled = False  # a call_soon of _flush_io is pending
 
     def __init__(
         self,
@@ -717,8 +734,8 @@ class ProxySession:
         self._quit_sent = False
         self._to_client = bytearray()
         self._to_upstream = bytearray()
-        self._flush_scheduled = False
         self._batching = False  # in a callback that flushes when it ends: no call_soon
+        self._deferred: list[_EventParts] = []  # its events, written after its bytes
         self._background: set[asyncio.Task[None]] = set()
         self._relaying = False  # Postfix accepted XCLIENT: its replies answer the client
         self._early: deque[ServerReply] = deque()  # its replies before that (_open reads them)
@@ -1318,7 +1335,7 @@ class ProxySession:
             self._end(exc)
         finally:
             self._batching = False
-            if self._to_client or self._to_upstream:
+            if self._to_client or self._to_upstream or self._deferred:
                 self._flush_io()
 
     def _keep_early(self) -> None:
@@ -1437,6 +1454,10 @@ class ProxySession:
             collected, self._to_client = self._to_client, bytearray()
             if not self._client_t.is_closing():
                 self._client_t.write(collected)
+        if self._deferred:  # the events of what just went out
+            deferred, self._deferred = self._deferred, []
+            for parts in deferred:
+                self._write_event(parts)
 
     # -- the queue --------------------------------------------------------------------------
 
@@ -1464,9 +1485,10 @@ class ProxySession:
     async def _refuse(self, reply: ServerReply, verb: str | None, stage: str) -> bool:
         """One of the proxy's own error replies, counted as Postfix's smtpd counts errors.
 
-        Past ``soft_error_limit`` each waits ``error_sleep`` first (the client pump reads
-        nothing meanwhile, so TCP holds the client back); past ``hard_error_limit`` the
-        client gets 421 4.7.0 instead, and False ends the session.
+        Past ``soft_error_limit`` each waits ``error_sleep`` first (the client pump handles
+        nothing meanwhile and its transport stops reading past ``2 * READ_SIZE``, so TCP holds
+        the client back); past ``hard_error_limit`` the client gets 421 4.7.0 instead, and
+        False ends the session.
         """
         self._errors += 1
         if self._errors > self._cfg.hard_error_limit:
@@ -1499,7 +1521,7 @@ class ProxySession:
                     await self._client_w.drain()
         except TimeoutError:
             raise _ClientStuckError from None
-        except ConnectionError:  # the client pump notices it
+        except ConnectionError:  # the client's side notices it (client_eof)
             pass
 
     def _drop_client(self) -> None:
@@ -1646,23 +1668,43 @@ class ProxySession:
         queue_id: str | None = None,
         extra: dict[str, object] | None = None,
     ) -> None:
+        """Record one event: at once, or (in a callback that flushes when it ends) right after
+        the bytes that callback made went out, so that no reply waits for an event's write."""
         peer = self._peer
+        parts = _EventParts(
+            event,
+            datetime.now(UTC),
+            self._svc.described(explanation, original, friendly),
+            {**(extra or {}), "client_port": peer.port, **peer.tls},
+            stage,
+            queue_id,
+            peer.name,
+            peer.helo,
+            sender,
+            recipient,
+        )
+        if self._batching:
+            self._deferred.append(parts)
+        else:
+            self._write_event(parts)
+
+    def _write_event(self, parts: _EventParts) -> None:
         self._svc.events.emit_fields(
             event_fields(
-                event,
+                parts.event,
                 Source.PROXY,
-                datetime.now(UTC),
-                self._svc.described(explanation, original, friendly),
-                {**(extra or {}), "client_port": peer.port, **peer.tls},
-                direction=Direction.UPSTREAM if event == EventKind.REPLY else None,
-                stage=stage,
+                parts.ts,
+                parts.described,
+                parts.extra,
+                direction=Direction.UPSTREAM if parts.event == EventKind.REPLY else None,
+                stage=parts.stage,
                 session=self._id,
-                queue_id=queue_id,
-                client_addr=peer.addr,
-                client_name=peer.name,
-                helo=peer.helo,
-                sender=sender,
-                recipient=recipient,
+                queue_id=parts.queue_id,
+                client_addr=self._peer.addr,
+                client_name=parts.client_name,
+                helo=parts.helo,
+                sender=parts.sender,
+                recipient=parts.recipient,
             )
         )
 

@@ -499,3 +499,42 @@ def test_reply_events_failures_writes_failures_and_one_session_event() -> None:
             assert session.get("session") == replies[0].get("session")
 
     run(scenario())
+
+
+def test_a_session_sent_before_the_greeting_is_answered_in_order() -> None:
+    """What a client writes before the proxy greets it (and before the client's side is taken
+    over from the server's stream) is handled after the greeting, every reply in order."""
+
+    async def scenario() -> None:
+        async with harness() as h:
+            client = await h.connect()
+            client.writer.write(
+                b"EHLO c.test\r\nMAIL FROM:<s@fake.test>\r\nRCPT TO:<a@fake.test>\r\nDATA\r\n"
+                b"Subject: early\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+            )
+            codes = [(await client.reply()).code for _ in range(7)]
+            assert codes == [220, 250, 250, 250, 354, 250, 221]
+            assert h.upstream.messages == [b"Subject: early\r\n\r\nbody\r\n.\r\n"]
+            assert await client.closed()
+
+    run(scenario())
+
+
+def test_a_message_pipelined_behind_data_waits_for_354_whole() -> None:
+    """A client that sends a large message right behind DATA, without waiting for 354: the
+    proxy stops reading while the bytes wait (back-pressure), then passes all of it on."""
+    body = b"".join(b"line %06d of a large message\r\n" % i for i in range(40_000))
+
+    async def scenario() -> None:
+        async with harness() as h:
+            client = await h.client()
+            client.writer.write(
+                b"EHLO c.test\r\nMAIL FROM:<s@fake.test>\r\nRCPT TO:<a@fake.test>\r\nDATA\r\n"
+                + body
+                + b".\r\nQUIT\r\n"
+            )
+            codes = [(await client.reply()).code for _ in range(6)]
+            assert codes == [250, 250, 250, 354, 250, 221]
+            assert h.upstream.messages == [body + b".\r\n"]
+
+    run(scenario())
