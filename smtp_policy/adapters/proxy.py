@@ -871,7 +871,7 @@ class ProxySession:
         ended = self._ended = asyncio.get_running_loop().create_future()
         try:
             self._take_over()
-            await asyncio.wait((ended,))
+            await ended  # a cancellation (session_timeout, shutdown) cancels it: nothing more
         finally:
             if self._slow is not None:
                 self._slow.cancel()
@@ -882,9 +882,6 @@ class ProxySession:
                 self._idle.cancel()
             if not ended.done():  # what either side sends from now on answers no one
                 ended.set_result(None)
-        error = None if ended.cancelled() else ended.exception()
-        if error is not None:
-            raise error
 
     def _take_over(self) -> None:
         """The client's bytes go to a :class:`_Client` protocol from now on (what the server's
@@ -894,7 +891,9 @@ class ProxySession:
         self._commands.feed(_take_stream_buffer(self._client_r))
         self._eof = transport.is_closing() or self._client_r.at_eof()
         transport.set_protocol(self._client)
-        if not self._eof:
+        if transport.is_closing():  # its connection_lost may have gone to the stream
+            self._client.closed.set_result(None)
+        elif not self._eof:
             transport.resume_reading()  # the stream may have paused it at its limit
         self._run_pump()
 
@@ -906,8 +905,12 @@ class ProxySession:
             self._client_w.close()
             closed: Awaitable[None] = self._client_w.wait_closed()
         else:
+            unsent = self._client_t.get_write_buffer_size()
             self._client_t.close()
             closed = self._client.closed
+            if not unsent and not self._peer.tls:  # connection_lost comes at once: no timer
+                await closed
+                return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await closed

@@ -538,3 +538,25 @@ def test_a_message_pipelined_behind_data_waits_for_354_whole() -> None:
             assert h.upstream.messages == [body + b".\r\n"]
 
     run(scenario())
+
+
+def test_a_client_gone_before_its_greeting_ends_its_session() -> None:
+    """A client that connects and closes (or resets) at once: its session ends, none hangs."""
+
+    async def scenario() -> None:
+        async with harness() as h:
+            for abort in (False, True):
+                greeted = len(h.events())
+                client = await h.connect()
+                if abort:
+                    client.writer.transport.abort()
+                else:
+                    client.writer.close()
+                for _ in range(300):  # its greeting recorded (it ran), then its session over
+                    if len(h.events()) > greeted and not h.service.active:
+                        break
+                    await asyncio.sleep(0.01)
+                assert len(h.events()) > greeted
+                assert h.service.active == 0
+
+    run(scenario())
