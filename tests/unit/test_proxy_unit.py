@@ -560,3 +560,24 @@ def test_a_client_gone_before_its_greeting_ends_its_session() -> None:
                 assert h.service.active == 0
 
     run(scenario())
+
+
+def test_a_busy_session_ends_at_its_total_time_limit() -> None:
+    """A client that keeps talking (never idle) still gets 421 4.4.2 at session_timeout."""
+
+    async def scenario() -> None:
+        async with harness(session_timeout=0.5) as h:
+            client = await h.client()
+            assert (await client.command(b"EHLO c.test")).code == 250
+            codes = []
+            for _ in range(40):
+                reply = await client.command(b"NOOP")
+                codes.append(reply.code)
+                if reply.code != 250:
+                    break
+                await asyncio.sleep(0.05)
+            assert codes[-1] == 421 and set(codes[:-1]) == {250}
+            assert reply.lines[0].startswith("4.4.2")
+            assert await client.closed()
+
+    run(scenario())
