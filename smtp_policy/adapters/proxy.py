@@ -99,14 +99,17 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from types import MappingProxyType
 from typing import Any, Protocol, cast
 
 from smtp_policy.config import BannerConfig, Config
 from smtp_policy.core.errors import ProtocolError
 from smtp_policy.core.events import (
+    TEXT_CAP,
     Direction,
     EventKind,
     Source,
+    capped,
     described_fields,
     event_fields,
 )
@@ -360,13 +363,34 @@ class ProxyService:
         self._described: dict[tuple[str | None, str | None], Mapping[str, object]] = {}
         self._ehlo: dict[tuple[ServerReply, bool], tuple[str, ...]] = {}
 
-    def explain(self, text: str) -> Explanation:
+    # A reply that names a queue id ("250 2.0.0 Ok: queued as 4ABCDEF", one per message) is
+    # worked out with the id masked, so that it is not a new text for every cache: the
+    # explanation does not depend on the id, and the id is put back into what is sent and
+    # recorded (when the masked form holds the mask exactly once; otherwise the long way).
+
+    def explain(self, text: str, queue_id: str | None = None) -> Explanation:
         """The core's explanation of a reply text (``explain_text`` remembers each one)."""
+        if queue_id:
+            text = text.replace(queue_id, _queue_id_mask(queue_id))
         return explain_text(text, self.kb)
 
-    def render(self, reply: ServerReply, lines: Sequence[str] | None) -> tuple[bytes, str]:
+    def render(
+        self, reply: ServerReply, lines: Sequence[str] | None, queue_id: str | None = None
+    ) -> tuple[bytes, str]:
         """``reply`` (with ``lines`` instead of its text, if given) sanitized: its bytes on
-        the wire and its lines joined by LF; worked out once per distinct reply and lines."""
+        the wire and its lines joined by LF; worked out once per distinct reply and lines
+        (and ``queue_id``, which the reply names, once for all ids)."""
+        if queue_id and lines is None:
+            mask = _queue_id_mask(queue_id)
+            masked = ServerReply(reply.code, tuple(x.replace(queue_id, mask) for x in reply.lines))
+            wire, friendly = self._render(masked, None)
+            wire_mask = mask.encode("ascii")
+            if wire.count(wire_mask) == 1 and friendly.count(mask) == 1:
+                sent = wire.replace(wire_mask, queue_id.encode("ascii"))
+                return sent, friendly.replace(mask, queue_id)
+        return self._render(reply, lines)
+
+    def _render(self, reply: ServerReply, lines: Sequence[str] | None) -> tuple[bytes, str]:
         key = (reply, None if lines is None else tuple(lines))
         rendered = self._rendered.get(key)
         if rendered is None:
@@ -392,12 +416,30 @@ class ProxyService:
         return lines
 
     def described(
-        self, explanation: Explanation | None, text: str | None, friendly: str | None
+        self,
+        explanation: Explanation | None,
+        text: str | None,
+        friendly: str | None,
+        queue_id: str | None = None,
     ) -> Mapping[str, object]:
         """The reply's part of an event (``described_fields``), worked out once per distinct
-        reply as sent; an error event's text (no explanation) is not kept."""
+        reply as sent (and ``queue_id``, which it names, once for all ids); an error event's
+        text (no explanation) is not kept."""
         if explanation is None:
+            if text is None and friendly is None:  # a session event: always the same
+                return _NOTHING_DESCRIBED
             return described_fields(None, text, friendly)
+        if queue_id and text and friendly:
+            mask = _queue_id_mask(queue_id)
+            masked_text = text.replace(queue_id, mask)
+            masked_friendly = friendly.replace(queue_id, mask)
+            if masked_text.count(mask) == 1 and masked_friendly.count(mask) == 1:
+                masked = self.described(explanation, masked_text, masked_friendly)
+                return {
+                    **masked,
+                    "text": capped(text, TEXT_CAP),
+                    "friendly": capped(friendly, TEXT_CAP),
+                }
         key = (text, friendly)
         described = self._described.get(key)
         if described is None:
@@ -1573,15 +1615,15 @@ class ProxySession:
                 return None
         self._end_refusal_run()
         text = reply.text  # worked out on each call: once here
-        explanation = self._svc.explain(text)
-        lines = self._rewrite(reply, pending, explanation)
-        wire, friendly = self._svc.render(reply, lines)
-        self._to_client += wire
-        self._schedule_flush()
         queue_id = None
         if pending.verb == "." and reply.code == 250:
             found = _QUEUED_AS.search(text)
             queue_id = found[1] if found else None
+        explanation = self._svc.explain(text, queue_id)
+        lines = self._rewrite(reply, pending, explanation)
+        wire, friendly = self._svc.render(reply, lines, queue_id)
+        self._to_client += wire
+        self._schedule_flush()
         record: dict[str, Any] = {
             "explanation": explanation,
             "original": text,
@@ -1677,7 +1719,7 @@ class ProxySession:
         parts = _EventParts(
             event,
             datetime.now(UTC),
-            self._svc.described(explanation, original, friendly),
+            self._svc.described(explanation, original, friendly, queue_id),
             {**(extra or {}), "client_port": peer.port, **peer.tls},
             stage,
             queue_id,
@@ -1771,6 +1813,16 @@ def _date_text() -> str:
 
 #: :func:`_date_text`'s second and text.
 _DATE: list[int | str] = [-1, ""]
+
+
+def _queue_id_mask(queue_id: str) -> str:
+    """What stands for a queue id in the reply caches: as long as the id, so that the reply
+    is sanitized (and any long line folded) the same way."""
+    return "Q" * len(queue_id)
+
+
+#: The reply part of an event about no reply (``session``).
+_NOTHING_DESCRIBED: Mapping[str, object] = MappingProxyType(described_fields(None, None, None))
 
 
 def _stage(verb: str) -> str:

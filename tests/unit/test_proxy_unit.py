@@ -581,3 +581,39 @@ def test_a_busy_session_ends_at_its_total_time_limit() -> None:
             assert await client.closed()
 
     run(scenario())
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        ServerReply(250, ("2.0.0 Ok: queued as 4ABCDEF0123",)),
+        ServerReply(250, ("2.0.0 Ok: queued as 4dLkq60bQnz9vQ",)),
+        ServerReply(250, ("2.0.0 Ok: queued as QQQQQQ (QQQQQQ)",)),
+        ServerReply(250, ("2.0.0 Ok: queued as 4ABC", "id 4ABC again")),
+        ServerReply(250, ("2.0.0 Ok: queued as 4ABCD " + "x" * 600,)),
+    ],
+)
+def test_a_queue_id_reply_is_worked_out_as_without_the_masked_caches(reply: ServerReply) -> None:
+    """What the proxy sends and records for a reply naming a queue id is what it would be
+    without the caches that mask the id (the id does not make each reply a new text)."""
+    import io
+    import re
+
+    from smtp_policy.adapters.proxy import ProxyService, ProxySettings
+    from smtp_policy.core.events import described_fields
+    from smtp_policy.core.explain import explain_text
+    from smtp_policy.data import default_knowledge
+    from smtp_policy.emit import EventWriter
+
+    kb = default_knowledge()
+    service = ProxyService(ProxySettings(), kb, EventWriter(io.StringIO()))
+    found = re.search(r"queued as ([0-9A-Za-z]+)", reply.text)
+    assert found is not None
+    queue_id = found[1]
+    for _ in range(2):  # worked out, then from the caches
+        wire, friendly = service.render(reply, None, queue_id)
+        assert (wire, friendly) == service._render(reply, None)
+        explanation = service.explain(reply.text, queue_id)
+        described = service.described(explanation, reply.text, friendly, queue_id)
+        expected = described_fields(explain_text(reply.text, kb), reply.text, friendly)
+        assert list(described.items()) == list(expected.items())  # key order included
