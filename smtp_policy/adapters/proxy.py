@@ -2,27 +2,31 @@
 
 Theory of operation
 -------------------
-One :class:`ProxySession` per client connection, one asyncio task for its client side and
-an :class:`asyncio.Protocol` for its Postfix side:
+One :class:`ProxySession` per client connection, with an :class:`asyncio.Protocol` for each
+of its two connections (the client's is taken over from the server's stream once the
+greeting is out); no task and no timer per read or per reply:
 
-* the *client pump* (a task) reads client bytes into a
-  :class:`~smtp_policy.wire.smtp.CommandReader`, answers what the proxy handles itself
+* the *client pump* (``_pump``, run from ``_Client.data_received``) feeds client bytes to a
+  :class:`~smtp_policy.wire.smtp.CommandReader` and handles each whole command as it arrives:
+  a command Postfix answers is queued and forwarded at once, as the client pipelined it, and
+  message bytes are passed on in the chunks they came in. What the proxy handles itself
   (XCLIENT/XFORWARD/BDAT/ETRN are refused, and AUTH unless ``offer_auth``; STARTTLS is
-  terminated here; over-long lines and lines with a control character get 500 5.5.2) and
-  forwards everything else to the inner Postfix smtpd, one command line at a time, as the
-  client pipelined them;
+  terminated here; over-long lines and lines with a control character get 500 5.5.2), the
+  opening of the inner session, an AUTH continuation and the end of the session are *slow
+  steps*: one task at a time, the pump stopped until it is done;
 * Postfix's bytes go into a :class:`~smtp_policy.wire.smtp.ReplyReader` as they arrive
-  (``_Upstream.data_received``), and each whole reply is sent to the client in that callback:
-  no task, no read and no timer per reply.
+  (``_Upstream.data_received``), and each whole reply is sent to the client in that callback.
 
 The two meet in ``_pending``, a FIFO of the commands still owed a reply. Forwarded commands
 are appended *before* their bytes go out, so a reply always finds its command at the head; the
 proxy's own replies (refusals, 500s) sit in the same queue and are sent when they reach the
 head, so the client hears every reply in the order of its commands even when it pipelines.
-The queue is bounded (``max_pipeline``): when it is full the client pump stops reading, and
-TCP pushes back on the client. Commands whose reply decides how the following bytes are read
-are *barriers*: after DATA the pump waits for the reply and switches the reader to message
-mode only on 354; after a 334 the next line is an AUTH continuation; after QUIT nothing more.
+The queue is bounded (``max_pipeline``): when it is full the client pump stops, and past
+``2 * READ_SIZE`` unhandled bytes the client's transport stops reading, so TCP pushes back on
+the client (as it does while Postfix's side is over its write-buffer limit). Commands whose
+reply decides how the following bytes are read are *barriers*: after DATA the pump stops
+until the reply and switches the reader to message mode only on 354; after a 334 the next
+line is an AUTH continuation; after QUIT nothing more.
 
 Message bytes go upstream with canonical CRLF line ends (dot-stuffing untouched): the reader
 ends a message only at CRLF "." CRLF, turns bare CR and LF into CRLF and stuffs any other "."
@@ -65,12 +69,13 @@ by code, enhanced code or reason), filtered (EHLO keywords), passed through the 
 (``sanitize_reply``) and recorded as one ``reply`` event with the original and the sent text.
 
 Cost: the daemon runs on uvloop when it is installed (``smtp-policy proxy --event-loop``).
-Postfix's replies are handled in the protocol's callback; the client's reads share one idle
-timer that each read moves forward, and Postfix's silence is one timer per ``reply_timeout``;
-bytes collected for a peer and DATA chunks go to the transport without another copy, and each
-distinct reply is explained, sanitized and encoded once (bounded caches on the service), as is
-each ``[banner]`` text per value of its placeholders and each reply's part of its events
-(``event_fields``); what a message costs beyond that is its reply events and the client's task.
+Both sides are handled in their protocols' callbacks; the waits for client bytes share one
+idle timer that each wait moves forward, and Postfix's silence is one timer per
+``reply_timeout``; what one callback makes for a peer leaves in one write, DATA chunks go to
+the transport without another copy, and each distinct reply is explained, sanitized and
+encoded once (bounded caches on the service), as is each ``[banner]`` text per value of its
+placeholders and each reply's part of its events (``event_fields``); what a message costs
+beyond that is mostly its reply events and the kernel's work for two connections.
 
 Faults: upstream unreachable, closed mid-session, silent or speaking garbage -> 421 4.3.0 and
 close. Client gone -> QUIT upstream when the session is between commands, a plain close in
@@ -90,18 +95,21 @@ import ssl
 import string
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from types import MappingProxyType
 from typing import Any, Protocol, cast
 
 from smtp_policy.config import BannerConfig, Config
 from smtp_policy.core.errors import ProtocolError
 from smtp_policy.core.events import (
+    TEXT_CAP,
     Direction,
     EventKind,
     Source,
+    capped,
     described_fields,
     event_fields,
 )
@@ -118,6 +126,7 @@ from smtp_policy.core.texts import (
 )
 from smtp_policy.emit import EventWriter
 from smtp_policy.wire.smtp import (
+    ClientEvent,
     Command,
     CommandReader,
     Continuation,
@@ -352,14 +361,36 @@ class ProxyService:
         self._at_cap: dict[str, _CapRefusals] = {}
         self._rendered: dict[tuple[ServerReply, tuple[str, ...] | None], tuple[bytes, str]] = {}
         self._described: dict[tuple[str | None, str | None], Mapping[str, object]] = {}
+        self._ehlo: dict[tuple[ServerReply, bool], tuple[str, ...]] = {}
 
-    def explain(self, text: str) -> Explanation:
+    # A reply that names a queue id ("250 2.0.0 Ok: queued as 4ABCDEF", one per message) is
+    # worked out with the id masked, so that it is not a new text for every cache: the
+    # explanation does not depend on the id, and the id is put back into what is sent and
+    # recorded (when the masked form holds the mask exactly once; otherwise the long way).
+
+    def explain(self, text: str, queue_id: str | None = None) -> Explanation:
         """The core's explanation of a reply text (``explain_text`` remembers each one)."""
+        if queue_id:
+            text = text.replace(queue_id, _queue_id_mask(queue_id))
         return explain_text(text, self.kb)
 
-    def render(self, reply: ServerReply, lines: Sequence[str] | None) -> tuple[bytes, str]:
+    def render(
+        self, reply: ServerReply, lines: Sequence[str] | None, queue_id: str | None = None
+    ) -> tuple[bytes, str]:
         """``reply`` (with ``lines`` instead of its text, if given) sanitized: its bytes on
-        the wire and its lines joined by LF; worked out once per distinct reply and lines."""
+        the wire and its lines joined by LF; worked out once per distinct reply and lines
+        (and ``queue_id``, which the reply names, once for all ids)."""
+        if queue_id and lines is None:
+            mask = _queue_id_mask(queue_id)
+            masked = ServerReply(reply.code, tuple(x.replace(queue_id, mask) for x in reply.lines))
+            wire, friendly = self._render(masked, None)
+            wire_mask = mask.encode("ascii")
+            if wire.count(wire_mask) == 1 and friendly.count(mask) == 1:
+                sent = wire.replace(wire_mask, queue_id.encode("ascii"))
+                return sent, friendly.replace(mask, queue_id)
+        return self._render(reply, lines)
+
+    def _render(self, reply: ServerReply, lines: Sequence[str] | None) -> tuple[bytes, str]:
         key = (reply, None if lines is None else tuple(lines))
         rendered = self._rendered.get(key)
         if rendered is None:
@@ -370,13 +401,45 @@ class ProxyService:
             rendered = self._rendered[key] = (safe.wire().encode("ascii"), "\n".join(safe.lines))
         return rendered
 
+    def ehlo_lines(self, reply: ServerReply, offer_tls: bool) -> tuple[str, ...]:
+        """Postfix's EHLO reply with only the keywords the proxy passes on (and STARTTLS when
+        ``offer_tls``); worked out once per distinct reply."""
+        key = (reply, offer_tls)
+        lines = self._ehlo.get(key)
+        if lines is None:
+            cfg = self.settings
+            keep = (*cfg.keep_keywords, *(("AUTH",) if cfg.offer_auth else ()))
+            lines = filter_ehlo(reply.lines, keep, ("STARTTLS",) if offer_tls else ())
+            if len(self._ehlo) >= CACHED_REPLIES:
+                self._ehlo.clear()
+            self._ehlo[key] = lines
+        return lines
+
     def described(
-        self, explanation: Explanation | None, text: str | None, friendly: str | None
+        self,
+        explanation: Explanation | None,
+        text: str | None,
+        friendly: str | None,
+        queue_id: str | None = None,
     ) -> Mapping[str, object]:
         """The reply's part of an event (``described_fields``), worked out once per distinct
-        reply as sent; an error event's text (no explanation) is not kept."""
+        reply as sent (and ``queue_id``, which it names, once for all ids); an error event's
+        text (no explanation) is not kept."""
         if explanation is None:
+            if text is None and friendly is None:  # a session event: always the same
+                return _NOTHING_DESCRIBED
             return described_fields(None, text, friendly)
+        if queue_id and text and friendly:
+            mask = _queue_id_mask(queue_id)
+            masked_text = text.replace(queue_id, mask)
+            masked_friendly = friendly.replace(queue_id, mask)
+            if masked_text.count(mask) == 1 and masked_friendly.count(mask) == 1:
+                masked = self.described(explanation, masked_text, masked_friendly)
+                return {
+                    **masked,
+                    "text": capped(text, TEXT_CAP),
+                    "friendly": capped(friendly, TEXT_CAP),
+                }
         key = (text, friendly)
         described = self._described.get(key)
         if described is None:
@@ -450,6 +513,8 @@ class ProxyService:
         The proxy greets clients itself, before any inner connection, with this reply (the
         admin's ``[banner]`` rewrites it); if Postfix cannot be asked, ``<hostname> ESMTP``.
         """
+        if self._greeting is not None:  # known: no lock to take
+            return self._greeting
         async with self._greeting_lock:
             if self._greeting is None:
                 self._greeting = await self._probe_greeting()
@@ -527,6 +592,22 @@ class _Pending:
     origin: str = "proxy"  # who wrote ``local``: the proxy, or Postfix (its refusal at connect)
 
 
+@dataclass(frozen=True, slots=True)
+class _EventParts:
+    """What one event of a session says, taken when it happened (written a little later)."""
+
+    event: EventKind
+    ts: datetime
+    described: Mapping[str, object]
+    extra: dict[str, object]
+    stage: str | None
+    queue_id: str | None
+    client_name: str | None
+    helo: str | None
+    sender: str | None
+    recipient: str | None
+
+
 class _ClientGoneError(Exception):
     """The client closed the connection (or the TLS handshake failed)."""
 
@@ -552,35 +633,28 @@ class _Peer:
     tls: dict[str, object] = field(default_factory=dict)
 
 
-class _Upstream(asyncio.Protocol):
-    """The inner connection: Postfix's bytes are handed to the session as they arrive and its
-    replies handled in the same callback (no task, no read and no timer per reply)."""
+class _Connection(asyncio.Protocol):
+    """One of the session's two connections: its transport, and waiting while its write buffer
+    is over the limit (``drain``)."""
 
     def __init__(self, session: ProxySession) -> None:
         self.session = session
         self.transport: asyncio.Transport | None = None
-        self._paused = False
+        self.paused = False  # the write buffer is over its limit
         self._drained: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-
-    def data_received(self, data: bytes) -> None:
-        self.session.upstream_data(data)
-
-    def eof_received(self) -> bool:
-        self.session.upstream_lost("connection closed")
-        return False
+        self.paused = False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.session.upstream_lost("connection closed" if exc is None else _describe(exc))
         self._wake()
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self.paused = True
 
     def resume_writing(self) -> None:
-        self._paused = False
+        self.paused = False
         self._wake()
 
     def _wake(self) -> None:
@@ -599,8 +673,8 @@ class _Upstream(asyncio.Protocol):
             self.transport.write(data)
 
     async def drain(self) -> None:
-        """Wait while Postfix's side is over its write-buffer limit (until it is not)."""
-        if self._paused and not self.closing:
+        """Wait while the write buffer is over its limit (until it is not)."""
+        if self.paused and not self.closing:
             if self._drained is None:
                 self._drained = asyncio.get_running_loop().create_future()
             await self._drained
@@ -611,64 +685,67 @@ class _Upstream(asyncio.Protocol):
             self.transport.close()
 
 
-class _IdleTimer:
-    """The time limit of the client's reads: one timer that each read moves forward instead
-    of a new one per read (``asyncio.timeout`` arms and cancels one each time). When a read
-    has waited its whole limit, the reading task is cancelled and :meth:`expired` says so."""
+class _Upstream(_Connection):
+    """The inner connection: Postfix's bytes are handed to the session as they arrive and its
+    replies handled in the same callback (no task, no read and no timer per reply)."""
 
-    __slots__ = ("_deadline", "_expired", "_handle", "_reading", "_task")
+    def data_received(self, data: bytes) -> None:
+        self.session.upstream_data(data)
 
-    def __init__(self) -> None:
-        self._deadline = 0.0
-        self._reading = False
-        self._expired = False
-        self._handle: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[Any] | None = None
+    def eof_received(self) -> bool:
+        self.session.upstream_lost("connection closed")
+        return False
 
-    def start(self, timeout: float) -> None:
-        """A read begins; it may wait ``timeout`` seconds."""
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + timeout
-        self._reading = True
-        self._task = asyncio.current_task()
-        if self._handle is None or self._handle.when() > self._deadline:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._handle = loop.call_at(self._deadline, self._fire)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.upstream_lost("connection closed" if exc is None else _describe(exc))
+        super().connection_lost(exc)
 
-    def stop(self) -> None:
-        """The read ended (data, error or cancellation); the timer stays for the next one."""
-        self._reading = False
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.session.upstream_writable()
 
-    def expired(self) -> bool:
-        """Whether the cancellation just caught was this timer's (then it is taken back)."""
-        if not self._expired:
-            return False
-        self._expired = False
-        if self._task is not None:
-            self._task.uncancel()
-        return True
 
-    def cancel(self) -> None:
-        """No more reads: drop the timer."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+class _Client(_Connection):
+    """The client's connection, taken over from the server's stream once the greeting is out:
+    its bytes are handled as they arrive (``ProxySession.client_data``), no task per read."""
 
-    def _fire(self) -> None:
-        self._handle = None
-        if not self._reading or self._task is None:
-            return  # the next read arms it again
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._deadline:  # a later read moved the limit on
-            self._handle = loop.call_at(self._deadline, self._fire)
-            return
-        self._expired = True
-        self._task.cancel()
+    def __init__(self, session: ProxySession, transport: asyncio.Transport) -> None:
+        super().__init__(session)
+        self.transport = transport
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.session.client_data(data)
+
+    def eof_received(self) -> bool:
+        self.session.client_eof()
+        # Half-closed: the replies still owed can go out (TLS cannot stay half-open).
+        return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.client_eof()
+        super().connection_lost(exc)
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class ProxySession:
     """One client connection and its connection to the inner Postfix."""
+
+    # The client's side (see _pump), each session starting from these: what stops the client's
+    # commands being handled as they arrive, and the wait for its bytes.
+    _slow: asyncio.Task[None] | None = None  # a step that waits (_start_slow)
+    _barrier: _Pending | None = None  # a command whose reply decides what follows
+    _held = False  # Postfix's side is over its write-buffer limit (DATA)
+    _full = False  # max_pipeline replies are owed
+    _pump_again = False  # something unblocked the pump during a callback
+    _waiting = False  # the pump waits for client bytes (the idle timer runs)
+    _input: asyncio.Future[None] | None = None  # a slow step waits for client bytes
+    _wait_started = 0.0  # loop time the current wait for client bytes began
+    _idle: asyncio.TimerHandle | None = None
+    _eof = False  # the client sent EOF or the connection is gone
+    _reading_paused = False  # too many client bytes buffered unhandled
+    _flush_scheduled = False  # a call_soon of _flush_io is pending
 
     def __init__(
         self,
@@ -682,12 +759,15 @@ class ProxySession:
         self._id = session_id
         self._client_r = reader
         self._client_w = writer
+        self._client_t = cast(asyncio.Transport, writer.transport)  # TLS replaces it
+        self._client: _Client | None = None  # the client's protocol, once taken over
         self._up: _Upstream | None = None
         self._commands = CommandReader()
         self._replies = ReplyReader()
         self._pending: deque[_Pending] = deque()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._slow_verbs = (
+            REFUSED_VERBS | {"STARTTLS"} | (frozenset() if self._cfg.offer_auth else {"AUTH"})
+        )
         self._peer = _peer_of(writer)
         self._peer.hostname = service.hostname
         self._in_data = False
@@ -696,9 +776,9 @@ class ProxySession:
         self._quit_sent = False
         self._to_client = bytearray()
         self._to_upstream = bytearray()
-        self._flush_scheduled = False
+        self._batching = False  # in a callback that flushes when it ends: no call_soon
+        self._deferred: list[_EventParts] = []  # its events, written after its bytes
         self._background: set[asyncio.Task[None]] = set()
-        self._idle = _IdleTimer()
         self._relaying = False  # Postfix accepted XCLIENT: its replies answer the client
         self._early: deque[ServerReply] = deque()  # its replies before that (_open reads them)
         self._early_waiter: asyncio.Future[None] | None = None
@@ -828,91 +908,290 @@ class ProxySession:
         return attributes
 
     async def _converse(self) -> None:
-        """Run the client pump until it ends the session, or Postfix's side does (its replies
-        are handled as they arrive, in :meth:`upstream_data`)."""
-        self._ended = asyncio.get_running_loop().create_future()
-        client = asyncio.create_task(self._client_side())
+        """Take the client's connection over and handle its bytes as they arrive, until the
+        client's side or Postfix's ends the session (``_ended``)."""
+        ended = self._ended = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait((client, self._ended), return_when=asyncio.FIRST_COMPLETED)
+            self._take_over()
+            await ended  # a cancellation (session_timeout, shutdown) cancels it: nothing more
         finally:
-            client.cancel()
-            await asyncio.gather(client, return_exceptions=True)
+            if self._slow is not None:
+                self._slow.cancel()
+                await asyncio.gather(self._slow, return_exceptions=True)
             if self._silence is not None:
                 self._silence.cancel()
-            self._idle.cancel()
-            if not self._ended.done():  # what Postfix sends from now on answers no one
-                self._ended.set_result(None)
-        for done in (client, self._ended):
-            error = None if not done.done() or done.cancelled() else done.exception()
-            if error is not None:
-                raise error
+            if self._idle is not None:
+                self._idle.cancel()
+            if not ended.done():  # what either side sends from now on answers no one
+                ended.set_result(None)
+
+    def _take_over(self) -> None:
+        """The client's bytes go to a :class:`_Client` protocol from now on (what the server's
+        stream already holds first), so that no task has to wake up for each read."""
+        transport = self._client_t
+        self._client = _Client(self, transport)
+        self._commands.feed(_take_stream_buffer(self._client_r))
+        self._eof = transport.is_closing() or self._client_r.at_eof()
+        transport.set_protocol(self._client)
+        if transport.is_closing():  # its connection_lost may have gone to the stream
+            self._client.closed.set_result(None)
+        elif not self._eof:
+            transport.resume_reading()  # the stream may have paused it at its limit
+        self._run_pump()
 
     async def _close(self) -> None:
         self._flush_io()
         if self._up is not None:
             self._up.close()
-        self._client_w.close()
+        if self._client is None:
+            self._client_w.close()
+            closed: Awaitable[None] = self._client_w.wait_closed()
+        else:
+            unsent = self._client_t.get_write_buffer_size()
+            self._client_t.close()
+            closed = self._client.closed
+            if not unsent and not self._peer.tls:  # connection_lost comes at once: no timer
+                await closed
+                return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
-                await self._client_w.wait_closed()
+                await closed
 
-    # -- the client pump --------------------------------------------------------------------
+    # -- the client's side ------------------------------------------------------------------
+    #
+    # The client's bytes arrive in _Client.data_received (client_data) and are handled there,
+    # as far as the session's state lets them (_pump): a command Postfix answers is queued and
+    # forwarded at once, message bytes are passed on. What has to wait (opening the inner
+    # session, the proxy's own refusals with their error sleep, STARTTLS, an AUTH
+    # continuation, the end of the session) runs as one "slow step" task at a time, and the
+    # pump stops until it is done. The pump also stops at a barrier (DATA, AUTH, QUIT: their
+    # reply decides how what follows is read), while max_pipeline replies are owed, and while
+    # Postfix's side is over its write-buffer limit; past READ_SIZE * 2 unhandled bytes the
+    # client's transport stops reading, and TCP pushes back on the client.
 
-    async def _client_side(self) -> None:
-        """The client pump, and what happens when the client leaves or idles."""
-        try:
-            await self._client_pump()
-        except _ClientStuckError:
-            self._drop_client()
+    def client_data(self, data: bytes) -> None:
+        """Bytes from the client: feed them, and handle what they complete."""
+        if self._finished():
             return
-        except _ClientGoneError:
-            if self._pending:
-                with contextlib.suppress(TimeoutError):  # a half-closed client still reads
-                    await asyncio.wait_for(self._settled(), 10)
-        except TimeoutError:
-            self._error(f"client idle for {self._read_timeout():g} s")
-            with contextlib.suppress(_ClientStuckError):
-                await self._local(TIMED_OUT, None, "session")
-        clean = not self._in_data and not self._quit_sent
-        if clean and self._up is not None and not self._up.closing:
-            self._send_upstream(encode_command(b"QUIT"))
-            self._quit_sent = True
+        self._commands.feed(data)
+        self._waiting = False
+        if self._input is not None and not self._input.done():
+            self._input.set_result(None)  # a slow step waits for them
+        self._run_pump()
 
-    async def _client_pump(self) -> None:
-        while True:
-            await self._room.wait()
+    def client_eof(self) -> None:
+        """The client closed its side (or the connection is gone)."""
+        if self._eof:
+            return
+        self._eof = True
+        if self._input is not None and not self._input.done():
+            self._input.set_exception(_ClientGoneError())
+        elif self._waiting and not self._finished():
+            self._run_pump()
+
+    def _run_pump(self) -> None:
+        """Run the pump (again, while something unblocks it), then send what it made."""
+        if self._batching:  # the callback that runs now flushes when it ends
+            self._pump_again = True
+            return
+        self._batching = True
+        try:
+            self._pump_again = True
+            while self._pump_again and not self._finished():
+                self._pump_again = False
+                self._pump()
+        except Exception as exc:  # a bug costs this session (run() says so), not the server
+            self._end(exc)
+        finally:
+            self._batching = False
+        self._flush_io()
+
+    def _pump(self) -> None:
+        """Handle the client's buffered commands and message bytes, until one must wait."""
+        while self._slow is None and self._barrier is None and not self._held:
+            if self._finished():
+                return
+            if len(self._pending) >= self._cfg.max_pipeline:
+                self._full = True  # _flush wakes the pump when a reply has gone out
+                break
             event = self._commands.next_event()
             if event is None:
-                await self._read_client()
-            elif isinstance(event, LineTooLong):
-                if not await self._refuse(LINE_TOO_LONG, None, "command"):
-                    return
-            elif isinstance(event, Command) and has_control(event.line):
-                if not await self._refuse(CONTROL_CHARACTER, None, "command"):
-                    return
-            elif isinstance(event, Command) and not await self._command(event):
-                return
+                if self._eof:
+                    self._start_slow(self._client_left())
+                else:
+                    self._wait_for_input()
+                break
+            if isinstance(event, Data):
+                self._relay_data(event)
+            elif not (isinstance(event, Command) and self._fast_command(event)):
+                self._start_slow(self._slow_event(event))
+        self._limit_reading()
 
-    async def _read_client(self) -> None:
-        """Read what the client sent next; TimeoutError after ``_read_timeout()`` of silence."""
-        self._idle.start(self._read_timeout())
-        try:
-            data = await self._client_r.read(READ_SIZE)
-        except asyncio.CancelledError:
-            if self._idle.expired():
-                raise TimeoutError from None
-            raise
-        except OSError:  # a reset
-            raise _ClientGoneError from None
-        finally:
-            self._idle.stop()
-        if not data:
-            raise _ClientGoneError
-        self._commands.feed(data)
+    def _limit_reading(self) -> None:
+        """Stop reading the client while more than READ_SIZE * 2 of its bytes wait unhandled."""
+        over = self._commands.buffered > 2 * READ_SIZE
+        if over != self._reading_paused and not self._client_t.is_closing():
+            self._reading_paused = over
+            if over:
+                self._client_t.pause_reading()
+            else:
+                self._client_t.resume_reading()
+
+    def _wake_pump(self) -> None:
+        """Something that stopped the pump is gone: run it (now, or when the callback ends)."""
+        if self._client is not None:
+            self._run_pump()
+
+    def _fast_command(self, cmd: Command) -> bool:
+        """Forward a command Postfix answers, if nothing needs the proxy's own handling."""
+        verb = cmd.verb
+        if self._up is None or verb in self._slow_verbs or has_control(cmd.line):
+            return False
+        self._relay(cmd, verb)
+        return True
+
+    def _relay(self, cmd: Command, verb: str) -> None:
+        """Note, queue and forward one command; DATA, QUIT and AUTH stop the pump until their
+        reply (see :meth:`_passed_barrier`)."""
+        self._note(verb, cmd.argument)
+        pending = self._forward(cmd.line, verb, _stage(verb))
+        if verb in ("DATA", "QUIT", "AUTH"):
+            self._barrier = pending
+
+    def _relay_data(self, event: Data) -> None:
+        """Pass message bytes on unchanged, up to and including the end-of-data line."""
+        assert self._up is not None
+        if event.last:
+            self._push(_Pending(".", "eom", sender=self._peer.sender))
+            self._in_data = False
+            self._peer.sender = None  # the transaction ends with the reply to the dot
+        if self._to_upstream:  # what was collected before goes first
+            collected, self._to_upstream = self._to_upstream, bytearray()
+            self._up.write(collected)
+        self._up.write(event.data)  # the chunk as the reader made it: no copy here
+        self._held = self._up.paused and not self._up.closing
+
+    def upstream_writable(self) -> None:
+        """Postfix's side is below its write-buffer limit again."""
+        if self._held:
+            self._held = False
+            self._wake_pump()
+
+    def _passed_barrier(self, pending: _Pending, reply: ServerReply) -> None:
+        """The reply to a barrier: 354 starts the message, 334 wants a continuation line."""
+        self._barrier = None
+        if reply.code == 334:
+            self._start_slow(self._continuation(pending.verb or "AUTH"))
+            return
+        if pending.verb == "DATA" and reply.code == 354:
+            self._commands.start_data()
+            self._in_data = True
+        self._wake_pump()
+
+    def _wait_for_input(self) -> None:
+        """The pump waits for client bytes: the idle timer runs."""
+        self._waiting = True
+        self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        """Start a wait for client bytes: one timer, moved on rather than made anew."""
+        loop = asyncio.get_running_loop()
+        self._wait_started = now = loop.time()
+        deadline = now + self._read_timeout()
+        if self._idle is None or self._idle.when() > deadline:
+            if self._idle is not None:
+                self._idle.cancel()
+            self._idle = loop.call_at(deadline, self._idle_fired)
+
+    def _idle_fired(self) -> None:
+        self._idle = None
+        if self._finished():
+            return
+        reading = self._input is not None and not self._input.done()
+        if not (reading or self._waiting):
+            return  # the next wait arms it again
+        loop = asyncio.get_running_loop()
+        deadline = self._wait_started + self._read_timeout()
+        if loop.time() < deadline:  # a later wait moved the limit on
+            self._idle = loop.call_at(deadline, self._idle_fired)
+        elif reading:
+            assert self._input is not None
+            self._input.set_exception(TimeoutError())
+        else:
+            self._waiting = False
+            self._start_slow(self._idle_out())
 
     def _read_timeout(self) -> float:
         """The short pre-command timeout until the inner connection opens, then idle_timeout."""
         return self._cfg.idle_timeout if self._up is not None else self._cfg.greet_timeout
+
+    async def _read_client(self) -> None:
+        """A slow step waits for more client bytes; TimeoutError after ``_read_timeout()``,
+        _ClientGoneError at EOF."""
+        if self._eof:
+            raise _ClientGoneError
+        self._input = asyncio.get_running_loop().create_future()
+        self._arm_idle()
+        try:
+            await self._input
+        finally:
+            self._input = None
+
+    # -- slow steps -------------------------------------------------------------------------
+
+    def _start_slow(self, step: Coroutine[Any, Any, bool]) -> None:
+        """Run ``step`` as a task; the pump waits until it is done (it returns False, or
+        raises, when the session ends)."""
+        self._waiting = False
+        self._slow = asyncio.create_task(self._slow_step(step))
+
+    async def _slow_step(self, step: Coroutine[Any, Any, bool]) -> None:
+        try:
+            go_on = await step
+        except _ClientStuckError:
+            self._drop_client()
+            self._end()
+            return
+        except _ClientGoneError:
+            go_on = await self._client_left()
+        except TimeoutError:
+            go_on = await self._idle_out()
+        except Exception as exc:  # a bug costs this session (run() says so), not the server
+            self._end(exc)
+            return
+        if go_on and not self._finished():
+            self._slow = None
+            self._run_pump()
+            return
+        clean = not self._in_data and not self._quit_sent
+        if clean and self._up is not None and not self._up.closing:
+            self._send_upstream(encode_command(b"QUIT"))
+            self._quit_sent = True
+        self._end()
+
+    async def _client_left(self) -> bool:
+        """The client is gone: wait (10 s at most) for the replies still owed, then end."""
+        if self._pending:
+            with contextlib.suppress(TimeoutError):  # a half-closed client still reads
+                await asyncio.wait_for(self._settled(), 10)
+        return False
+
+    async def _idle_out(self) -> bool:
+        """The client said nothing for its read timeout: 421 4.4.2, then end."""
+        self._error(f"client idle for {self._read_timeout():g} s")
+        with contextlib.suppress(_ClientStuckError):
+            await self._local(TIMED_OUT, None, "session")
+        return False
+
+    async def _slow_event(self, event: ClientEvent) -> bool:
+        """What the pump cannot do at once: an over-long line, a control character, or a
+        command the proxy handles itself; False once the session is over."""
+        if isinstance(event, LineTooLong):
+            return await self._refuse(LINE_TOO_LONG, None, "command")
+        assert isinstance(event, Command)
+        if has_control(event.line):
+            return await self._refuse(CONTROL_CHARACTER, None, "command")
+        return await self._command(event)
 
     async def _command(self, cmd: Command) -> bool:
         """Handle one command; False once the session is over (QUIT answered)."""
@@ -933,17 +1212,8 @@ class ProxySession:
                 origin = "proxy" if refusal is UPSTREAM_DOWN else "upstream"
                 await self._local(refusal, verb, _stage(verb), origin=origin)
                 return self._relaying
-        self._note(verb, cmd.argument)
-        barrier = verb in ("DATA", "QUIT", "AUTH")
-        pending = self._forward(cmd.line, verb, _stage(verb), barrier=barrier)
-        if pending.done is None:
-            return True
-        reply = await pending.done
-        if verb == "DATA" and reply.code == 354:
-            await self._data()
-        while reply.code == 334:
-            reply = await self._continuation(verb)
-        return verb != "QUIT"
+        self._relay(cmd, verb)
+        return True
 
     def _note(self, verb: str, argument: bytes) -> None:
         """Remember what events should carry: HELO name and sender."""
@@ -955,18 +1225,16 @@ class ProxySession:
         elif verb == "RSET":
             self._peer.sender = None
 
-    def _forward(self, line: bytes, verb: str, stage: str, *, barrier: bool) -> _Pending:
+    def _forward(self, line: bytes, verb: str, stage: str) -> _Pending:
         """Queue ``line`` for a reply and send it upstream (queue first: no reply can overtake)."""
-        assert self._up is not None
-        done = asyncio.get_running_loop().create_future() if barrier else None
         recipient = mail_path(line) if verb == "RCPT" else None
-        pending = _Pending(verb, stage, None, done, self._peer.sender, recipient)
+        pending = _Pending(verb, stage, None, None, self._peer.sender, recipient)
         self._push(pending)
         self._send_upstream(encode_command(line))
         self._quit_sent = self._quit_sent or verb == "QUIT"
         return pending
 
-    async def _continuation(self, verb: str) -> ServerReply:
+    async def _continuation(self, verb: str) -> bool:
         """After a 334: the client's next line answers it (never recorded: credentials).
 
         An over-long answer, or one with a control character, is replaced by "*", which
@@ -977,30 +1245,8 @@ class ProxySession:
             await self._read_client()
         answered = isinstance(event, Continuation) and not has_control(event.line)
         line = event.line if isinstance(event, Continuation) and answered else b"*"
-        pending = self._forward(line, verb, _stage(verb), barrier=True)
-        assert pending.done is not None
-        return await pending.done
-
-    async def _data(self) -> None:
-        """Pass the message through unchanged up to and including the end-of-data line."""
-        assert self._up is not None
-        self._commands.start_data()
-        self._in_data = True
-        while True:
-            event = self._commands.next_event()
-            if event is None:
-                await self._read_client()
-                continue
-            assert isinstance(event, Data)
-            if event.last:
-                self._push(_Pending(".", "eom", sender=self._peer.sender))
-                self._in_data = False
-                self._peer.sender = None  # the transaction ends with the reply to the dot
-            self._flush_io()  # what was collected before goes first
-            self._up.write(event.data)  # the chunk as the reader made it: no copy here
-            await self._up.drain()  # a lost connection is reported by upstream_lost
-            if event.last:
-                return
+        self._barrier = self._forward(line, verb, _stage(verb))
+        return True
 
     async def _starttls(self, cmd: Command) -> bool:
         """Terminate TLS here: 220, drop anything pipelined after STARTTLS, handshake, reset
@@ -1017,20 +1263,27 @@ class ProxySession:
             return await self._refuse(IN_TRANSACTION, "STARTTLS", "starttls")
         # Nothing the client sends from here on may be read as plaintext (CVE-2011-0411):
         # stop reading before the 220 goes out, then drop what was already buffered.
-        transport = self._client_w.transport
-        if isinstance(transport, asyncio.ReadTransport):
-            transport.pause_reading()
+        assert self._client is not None
+        self._client_t.pause_reading()
         await self._local(TLS_READY, "STARTTLS", "starttls")
         self._flush_io()  # the 220 must leave in plaintext, before the handshake starts
-        dropped = self._commands.discard_buffer() + _drop_stream_buffer(self._client_r)
+        dropped = self._commands.discard_buffer()
         try:
-            await self._client_w.start_tls(
-                self._cfg.tls, ssl_handshake_timeout=self._cfg.tls_handshake_timeout
+            self._client_t = cast(
+                asyncio.Transport,
+                await asyncio.get_running_loop().start_tls(
+                    self._client_t,
+                    self._client,
+                    self._cfg.tls,
+                    server_side=True,
+                    ssl_handshake_timeout=self._cfg.tls_handshake_timeout,
+                ),
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             self._error(f"TLS handshake failed: {_describe(exc)}")
             raise _ClientGoneError from None
-        ssl_object = self._client_w.get_extra_info("ssl_object")
+        self._reading_paused = False
+        ssl_object = self._client_t.get_extra_info("ssl_object")
         if isinstance(ssl_object, ssl.SSLObject):
             cipher = ssl_object.cipher()
             self._peer.tls = {
@@ -1104,6 +1357,7 @@ class ProxySession:
         """Bytes from Postfix: feed them, handle each whole reply (or keep it for _open)."""
         if self._finished():
             return
+        self._batching = True  # what the replies (and the pump they wake) make goes out once
         try:
             self._replies.feed(data)
             if not self._relaying:
@@ -1113,6 +1367,9 @@ class ProxySession:
             while (reply := self._replies.next_reply()) is not None:
                 if not self._on_reply(reply):
                     return
+            while self._pump_again and not self._finished():
+                self._pump_again = False
+                self._pump()
             self._after_replies()
         except ProtocolError as exc:
             self._upstream_failed(str(exc))
@@ -1121,6 +1378,10 @@ class ProxySession:
             self._end()
         except Exception as exc:  # a bug costs this session (run() says so), not the server
             self._end(exc)
+        finally:
+            self._batching = False
+            if self._to_client or self._to_upstream or self._deferred:
+                self._flush_io()
 
     def _keep_early(self) -> None:
         while (reply := self._replies.next_reply()) is not None:
@@ -1144,13 +1405,15 @@ class ProxySession:
             self._after_replies()
             self._end()
             return False
+        if pending is self._barrier:
+            self._passed_barrier(pending, reply)
         return True
 
     def _after_replies(self) -> None:
         """Send what the replies made; a client that leaves them unread is dropped, one over
         its write-buffer limit makes Postfix's side wait until it reads (idle_timeout)."""
         self._flush_io()
-        transport = self._client_w.transport
+        transport = self._client_t
         unread = transport.get_write_buffer_size()
         if unread > self._cfg.max_unread:
             raise _ClientStuckError
@@ -1210,17 +1473,18 @@ class ProxySession:
 
     # -- output -----------------------------------------------------------------------------
     #
-    # Writes are collected and flushed once the running task yields, so that what arrived
-    # together leaves together: a pipelined group goes upstream in one segment, as the client
-    # sent it, and Postfix's replies to it reach the client in one. Sent one by one, Nagle's
-    # algorithm on Postfix's side and delayed ACKs here cost 40 ms per group.
+    # Writes are collected and flushed when the callback that made them ends (or, from a slow
+    # step, once the running task yields), so that what arrived together leaves together: a
+    # pipelined group goes upstream in one segment, as the client sent it, and Postfix's
+    # replies to it reach the client in one. Sent one by one, Nagle's algorithm on Postfix's
+    # side and delayed ACKs here cost 40 ms per group.
 
     def _send_upstream(self, data: bytes) -> None:
         self._to_upstream += data
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and not self._batching:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_io)
 
@@ -1233,15 +1497,17 @@ class ProxySession:
                 self._up.write(collected)  # handed over, never changed again: no copy
         if self._to_client:
             collected, self._to_client = self._to_client, bytearray()
-            if not self._client_w.is_closing():
-                self._client_w.write(collected)
+            if not self._client_t.is_closing():
+                self._client_t.write(collected)
+        if self._deferred:  # the events of what just went out
+            deferred, self._deferred = self._deferred, []
+            for parts in deferred:
+                self._write_event(parts)
 
     # -- the queue --------------------------------------------------------------------------
 
     def _push(self, pending: _Pending) -> None:
         self._pending.append(pending)
-        if len(self._pending) >= self._cfg.max_pipeline:
-            self._room.clear()
 
     def _enqueue_local(
         self, reply: ServerReply, verb: str | None, stage: str, *, origin: str = "proxy"
@@ -1264,9 +1530,10 @@ class ProxySession:
     async def _refuse(self, reply: ServerReply, verb: str | None, stage: str) -> bool:
         """One of the proxy's own error replies, counted as Postfix's smtpd counts errors.
 
-        Past ``soft_error_limit`` each waits ``error_sleep`` first (the client pump reads
-        nothing meanwhile, so TCP holds the client back); past ``hard_error_limit`` the
-        client gets 421 4.7.0 instead, and False ends the session.
+        Past ``soft_error_limit`` each waits ``error_sleep`` first (the client pump handles
+        nothing meanwhile and its transport stops reading past ``2 * READ_SIZE``, so TCP holds
+        the client back); past ``hard_error_limit`` the client gets 421 4.7.0 instead, and
+        False ends the session.
         """
         self._errors += 1
         if self._errors > self._cfg.hard_error_limit:
@@ -1276,7 +1543,7 @@ class ProxySession:
         if self._errors > self._cfg.soft_error_limit:
             self._flush_io()
             await asyncio.sleep(self._cfg.error_sleep)
-        if self._client_w.is_closing() or self._client_r.at_eof():
+        if self._client_t.is_closing() or self._eof:
             raise _ClientGoneError  # no more sleeping through what a gone client pipelined
         self._enqueue_local(reply, verb, stage)
         await self._drain_client()
@@ -1285,7 +1552,7 @@ class ProxySession:
     async def _drain_client(self) -> None:
         """Wait until the client has read what it was sent; _ClientStuckError if it doesn't."""
         self._flush_io()
-        transport = self._client_w.transport
+        transport = self._client_t
         unread = transport.get_write_buffer_size()
         if unread > self._cfg.max_unread:
             raise _ClientStuckError
@@ -1293,19 +1560,22 @@ class ProxySession:
             return  # all of it is in the kernel's hands: drain() would return at once
         try:
             async with asyncio.timeout(self._cfg.idle_timeout):
-                await self._client_w.drain()
+                if self._client is not None:
+                    await self._client.drain()
+                else:
+                    await self._client_w.drain()
         except TimeoutError:
             raise _ClientStuckError from None
-        except ConnectionError:  # the client pump notices it
+        except ConnectionError:  # the client's side notices it (client_eof)
             pass
 
     def _drop_client(self) -> None:
         """Cut a client that leaves its replies unread: its buffered replies are discarded."""
-        unread = self._client_w.transport.get_write_buffer_size()
+        unread = self._client_t.get_write_buffer_size()
         self._error(f"client does not read its replies ({unread} bytes unread)")
         self._pending.clear()
         self._to_client.clear()
-        self._client_w.transport.abort()
+        self._client_t.abort()
 
     def _flush(self) -> None:
         """Send the proxy's own replies that have reached the head of the queue."""
@@ -1315,8 +1585,9 @@ class ProxySession:
             self._answer(pending.local, pending, origin=pending.origin)
             if pending.done is not None and not pending.done.done():
                 pending.done.set_result(pending.local)
-        if len(self._pending) < self._cfg.max_pipeline:
-            self._room.set()
+        if self._full and len(self._pending) < self._cfg.max_pipeline:
+            self._full = False
+            self._wake_pump()
 
     async def _settled(self) -> None:
         """Wait until no reply is owed any more."""
@@ -1344,15 +1615,15 @@ class ProxySession:
                 return None
         self._end_refusal_run()
         text = reply.text  # worked out on each call: once here
-        explanation = self._svc.explain(text)
-        lines = self._rewrite(reply, pending, explanation)
-        wire, friendly = self._svc.render(reply, lines)
-        self._to_client += wire
-        self._schedule_flush()
         queue_id = None
         if pending.verb == "." and reply.code == 250:
             found = _QUEUED_AS.search(text)
             queue_id = found[1] if found else None
+        explanation = self._svc.explain(text, queue_id)
+        lines = self._rewrite(reply, pending, explanation)
+        wire, friendly = self._svc.render(reply, lines, queue_id)
+        self._to_client += wire
+        self._schedule_flush()
         record: dict[str, Any] = {
             "explanation": explanation,
             "original": text,
@@ -1406,9 +1677,7 @@ class ProxySession:
         """The admin's (or the EHLO filter's) lines for this reply, or None to keep it."""
         texts = self._svc.texts
         if pending.verb == "EHLO" and reply.code == 250:
-            add = ("STARTTLS",) if self._cfg.tls is not None and not self._peer.tls else ()
-            keep = (*self._cfg.keep_keywords, *(("AUTH",) if self._cfg.offer_auth else ()))
-            return filter_ehlo(reply.lines, keep, add)
+            return self._svc.ehlo_lines(reply, self._cfg.tls is not None and not self._peer.tls)
         if pending.stage == "connect" and reply.code == 220:
             self._peer.hostname = _first_word(reply.lines[0]) or self._peer.hostname
             return texts.greeting(explanation, self._context(pending))
@@ -1423,7 +1692,7 @@ class ProxySession:
         peer = self._peer
         return {
             "hostname": peer.hostname,
-            "date": format_datetime(datetime.now(UTC)),
+            "date": _date_text(),
             "client_addr": peer.addr or "",
             "client_name": peer.name or "",
             "sender": (pending.sender or "").strip("<>"),
@@ -1444,23 +1713,43 @@ class ProxySession:
         queue_id: str | None = None,
         extra: dict[str, object] | None = None,
     ) -> None:
+        """Record one event: at once, or (in a callback that flushes when it ends) right after
+        the bytes that callback made went out, so that no reply waits for an event's write."""
         peer = self._peer
+        parts = _EventParts(
+            event,
+            datetime.now(UTC),
+            self._svc.described(explanation, original, friendly, queue_id),
+            {**(extra or {}), "client_port": peer.port, **peer.tls},
+            stage,
+            queue_id,
+            peer.name,
+            peer.helo,
+            sender,
+            recipient,
+        )
+        if self._batching:
+            self._deferred.append(parts)
+        else:
+            self._write_event(parts)
+
+    def _write_event(self, parts: _EventParts) -> None:
         self._svc.events.emit_fields(
             event_fields(
-                event,
+                parts.event,
                 Source.PROXY,
-                datetime.now(UTC),
-                self._svc.described(explanation, original, friendly),
-                {**(extra or {}), "client_port": peer.port, **peer.tls},
-                direction=Direction.UPSTREAM if event == EventKind.REPLY else None,
-                stage=stage,
+                parts.ts,
+                parts.described,
+                parts.extra,
+                direction=Direction.UPSTREAM if parts.event == EventKind.REPLY else None,
+                stage=parts.stage,
                 session=self._id,
-                queue_id=queue_id,
-                client_addr=peer.addr,
-                client_name=peer.name,
-                helo=peer.helo,
-                sender=sender,
-                recipient=recipient,
+                queue_id=parts.queue_id,
+                client_addr=self._peer.addr,
+                client_name=parts.client_name,
+                helo=parts.helo,
+                sender=parts.sender,
+                recipient=parts.recipient,
             )
         )
 
@@ -1500,18 +1789,40 @@ def _split_enhanced(reply: ServerReply) -> tuple[EnhancedCode | None, list[str]]
     return enhanced, lines
 
 
-def _drop_stream_buffer(reader: asyncio.StreamReader) -> int:
-    """Empty a StreamReader's internal buffer; return how many bytes were dropped.
+def _take_stream_buffer(reader: asyncio.StreamReader) -> bytes:
+    """Empty a StreamReader's internal buffer and return what it held.
 
-    asyncio has no public way to discard what a StreamReader already holds, and bytes a client
-    pipelined after STARTTLS must never be read as if they came over TLS (CVE-2011-0411).
+    asyncio has no public way to take what a StreamReader already holds without a read, and
+    the client's protocol takes the connection over from the stream (``_take_over``).
     """
     buffer = getattr(reader, "_buffer", None)
     if not isinstance(buffer, bytearray):
-        return 0
-    dropped = len(buffer)
+        return b""
+    held = bytes(buffer)
     buffer.clear()
-    return dropped
+    return held
+
+
+def _date_text() -> str:
+    """Now as RFC 5322 writes dates (``[banner]``'s ``{date}``), worked out once a second."""
+    second = int(time.time())
+    if _DATE[0] != second:
+        _DATE[0], _DATE[1] = second, format_datetime(datetime.fromtimestamp(second, UTC))
+    return cast(str, _DATE[1])
+
+
+#: :func:`_date_text`'s second and text.
+_DATE: list[int | str] = [-1, ""]
+
+
+def _queue_id_mask(queue_id: str) -> str:
+    """What stands for a queue id in the reply caches: as long as the id, so that the reply
+    is sanitized (and any long line folded) the same way."""
+    return "Q" * len(queue_id)
+
+
+#: The reply part of an event about no reply (``session``).
+_NOTHING_DESCRIBED: Mapping[str, object] = MappingProxyType(described_fields(None, None, None))
 
 
 def _stage(verb: str) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import ssl
 import sys
 from collections.abc import Iterator
@@ -198,6 +199,7 @@ def _serve(args: argparse.Namespace, upstream: ListenAddress) -> int:
     def make(events: EventWriter, config: Config) -> ProxyService:
         service = ProxyService(settings, default_knowledge(), events, resolver=resolver)
         service.reconfigure(config)
+        gc.freeze()  # what was loaded lives as long as the daemon: the collector skips it
         return service
 
     with event_loop(args.event_loop):

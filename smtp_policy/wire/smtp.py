@@ -58,6 +58,8 @@ MAX_REPLY_LINES = 100
 _EXTENDED_VERBS = (b"MAIL", b"RCPT")
 _REPLY_LINE = re.compile(rb"([2-5]\d\d)([ -]|\r?$)")
 _XTEXT_SAFE = frozenset(range(0x21, 0x7F)) - {ord("+"), ord("=")}
+#: A value xtext leaves as it is (the usual address, port and host name): no loop over it.
+_XTEXT_PLAIN = re.compile(r"[!-*,-<>-~]*")
 #: C0 controls and DEL: no command line may hold one (its CRLF is not part of it).
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -403,6 +405,8 @@ def encode_command(line: bytes) -> bytes:
 
 def xtext(value: str) -> str:
     """RFC 3461 §4 xtext: printable ASCII except "+" and "=", the rest as ``+HH``."""
+    if _XTEXT_PLAIN.fullmatch(value):
+        return value
     return "".join(
         chr(b) if b in _XTEXT_SAFE else f"+{b:02X}" for b in value.encode("utf-8", "replace")
     )

@@ -499,3 +499,121 @@ def test_reply_events_failures_writes_failures_and_one_session_event() -> None:
             assert session.get("session") == replies[0].get("session")
 
     run(scenario())
+
+
+def test_a_session_sent_before_the_greeting_is_answered_in_order() -> None:
+    """What a client writes before the proxy greets it (and before the client's side is taken
+    over from the server's stream) is handled after the greeting, every reply in order."""
+
+    async def scenario() -> None:
+        async with harness() as h:
+            client = await h.connect()
+            client.writer.write(
+                b"EHLO c.test\r\nMAIL FROM:<s@fake.test>\r\nRCPT TO:<a@fake.test>\r\nDATA\r\n"
+                b"Subject: early\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+            )
+            codes = [(await client.reply()).code for _ in range(7)]
+            assert codes == [220, 250, 250, 250, 354, 250, 221]
+            assert h.upstream.messages == [b"Subject: early\r\n\r\nbody\r\n.\r\n"]
+            assert await client.closed()
+
+    run(scenario())
+
+
+def test_a_message_pipelined_behind_data_waits_for_354_whole() -> None:
+    """A client that sends a large message right behind DATA, without waiting for 354: the
+    proxy stops reading while the bytes wait (back-pressure), then passes all of it on."""
+    body = b"".join(b"line %06d of a large message\r\n" % i for i in range(40_000))
+
+    async def scenario() -> None:
+        async with harness() as h:
+            client = await h.client()
+            client.writer.write(
+                b"EHLO c.test\r\nMAIL FROM:<s@fake.test>\r\nRCPT TO:<a@fake.test>\r\nDATA\r\n"
+                + body
+                + b".\r\nQUIT\r\n"
+            )
+            codes = [(await client.reply()).code for _ in range(6)]
+            assert codes == [250, 250, 250, 354, 250, 221]
+            assert h.upstream.messages == [body + b".\r\n"]
+
+    run(scenario())
+
+
+def test_a_client_gone_before_its_greeting_ends_its_session() -> None:
+    """A client that connects and closes (or resets) at once: its session ends, none hangs."""
+
+    async def scenario() -> None:
+        async with harness() as h:
+            for abort in (False, True):
+                greeted = len(h.events())
+                client = await h.connect()
+                if abort:
+                    client.writer.transport.abort()
+                else:
+                    client.writer.close()
+                for _ in range(300):  # its greeting recorded (it ran), then its session over
+                    if len(h.events()) > greeted and not h.service.active:
+                        break
+                    await asyncio.sleep(0.01)
+                assert len(h.events()) > greeted
+                assert h.service.active == 0
+
+    run(scenario())
+
+
+def test_a_busy_session_ends_at_its_total_time_limit() -> None:
+    """A client that keeps talking (never idle) still gets 421 4.4.2 at session_timeout."""
+
+    async def scenario() -> None:
+        async with harness(session_timeout=0.5) as h:
+            client = await h.client()
+            assert (await client.command(b"EHLO c.test")).code == 250
+            codes = []
+            for _ in range(40):
+                reply = await client.command(b"NOOP")
+                codes.append(reply.code)
+                if reply.code != 250:
+                    break
+                await asyncio.sleep(0.05)
+            assert codes[-1] == 421 and set(codes[:-1]) == {250}
+            assert reply.lines[0].startswith("4.4.2")
+            assert await client.closed()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        ServerReply(250, ("2.0.0 Ok: queued as 4ABCDEF0123",)),
+        ServerReply(250, ("2.0.0 Ok: queued as 4dLkq60bQnz9vQ",)),
+        ServerReply(250, ("2.0.0 Ok: queued as QQQQQQ (QQQQQQ)",)),
+        ServerReply(250, ("2.0.0 Ok: queued as 4ABC", "id 4ABC again")),
+        ServerReply(250, ("2.0.0 Ok: queued as 4ABCD " + "x" * 600,)),
+    ],
+)
+def test_a_queue_id_reply_is_worked_out_as_without_the_masked_caches(reply: ServerReply) -> None:
+    """What the proxy sends and records for a reply naming a queue id is what it would be
+    without the caches that mask the id (the id does not make each reply a new text)."""
+    import io
+    import re
+
+    from smtp_policy.adapters.proxy import ProxyService, ProxySettings
+    from smtp_policy.core.events import described_fields
+    from smtp_policy.core.explain import explain_text
+    from smtp_policy.data import default_knowledge
+    from smtp_policy.emit import EventWriter
+
+    kb = default_knowledge()
+    service = ProxyService(ProxySettings(), kb, EventWriter(io.StringIO()))
+    found = re.search(r"queued as ([0-9A-Za-z]+)", reply.text)
+    assert found is not None
+    queue_id = found[1]
+    for _ in range(2):  # worked out, then from the caches
+        wire, friendly = service.render(reply, None, queue_id)
+        assert (wire, friendly) == service._render(reply, None)
+        explanation = service.explain(reply.text, queue_id)
+        described = service.described(explanation, reply.text, friendly, queue_id)
+        expected = described_fields(explain_text(reply.text, kb), reply.text, friendly)
+        assert list(described.items()) == list(expected.items())  # key order included
