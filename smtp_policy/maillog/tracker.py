@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from smtp_policy.core.classify import classify
 from smtp_policy.core.events import (
@@ -238,6 +238,224 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NO_FIELDS: dict[str, Any] = {}
 
 
+class SeenReply(NamedTuple):
+    """A reply line as the tracker saw it: the record, its time, its (cached) explanation, and
+    what its message had said by then (client, HELO, sender, this attempt's number).
+
+    Cheap to make (no event yet): ``report`` counts from it (the properties below), ``follow``
+    writes :meth:`to_event`. The properties are the values that event carries.
+    """
+
+    record: LogRecord
+    ts: datetime
+    known: _Known | None
+    msg_client_addr: str | None
+    msg_client_name: str | None
+    msg_helo: str | None
+    msg_sender: str | None
+    attempt: int | None
+
+    @property
+    def direction(self) -> str | None:
+        """``upstream`` or ``downstream``, as the event's ``direction``."""
+        direction = self.record.direction
+        return direction if direction in _DIRECTIONS else None
+
+    @property
+    def detail(self) -> bool:
+        """Only a step of a delivery attempt (the event's ``detail``): its outcome counts."""
+        return self.record.kind in _DETAIL_KINDS
+
+    @property
+    def status(self) -> str | None:
+        """The line's ``status=`` word, as it wrote it."""
+        return self.record.status
+
+    @property
+    def delay(self) -> float | None:
+        """The line's ``delay=`` (seconds)."""
+        return self.record.delay
+
+    @property
+    def text(self) -> str | None:
+        """The reply as the line wrote it."""
+        return self.record.reply
+
+    @property
+    def queue_id(self) -> str | None:
+        """The line's queue id."""
+        return self.record.queue_id
+
+    @property
+    def action(self) -> str | None:
+        """What the MTA did (``reject``, ``hold``...), in the one action vocabulary."""
+        return _action(self.record.action)[0]
+
+    @property
+    def klass(self) -> str | None:
+        """The reply's class (``transient``, ``permanent``...)."""
+        return self.known.fields.get("klass") if self.known is not None else None
+
+    @property
+    def reason(self) -> str | None:
+        """The reason the explanation found."""
+        return self.known.fields.get("reason") if self.known is not None else None
+
+    @property
+    def summary(self) -> str | None:
+        """The one-line explanation."""
+        return self.known.fields.get("summary") if self.known is not None else None
+
+    @property
+    def code(self) -> int | None:
+        """The reply code: the line's, else the explanation's."""
+        code = self.record.code
+        if code is not None or self.known is None:
+            return code
+        value: int | None = self.known.fields.get("code")
+        return value
+
+    @property
+    def enhanced(self) -> str | None:
+        """The enhanced status code: the line's (or its ``dsn=``), else the explanation's."""
+        record = self.record
+        enhanced = record.enhanced or record.dsn
+        if enhanced or self.known is None:
+            return enhanced
+        value: str | None = self.known.fields.get("enhanced")
+        return value
+
+    @property
+    def recipient(self) -> str | None:
+        """The recipient, without angle brackets."""
+        return _bare(self.record.recipient)
+
+    @property
+    def sender(self) -> str | None:
+        """The sender (the line's, else its message's), without angle brackets."""
+        sender = self.record.sender
+        return _bare(sender if sender is not None else self.msg_sender)
+
+    def to_event(self) -> Event:
+        """The ``reply`` event."""
+        record, known = self.record, self.known
+        fields: dict[str, Any] = {**known.fields} if known is not None else {}
+        fields["text"] = record.reply
+        if record.code is not None:
+            fields["code"] = record.code
+        enhanced = record.enhanced or record.dsn
+        if enhanced:
+            fields["enhanced"] = enhanced
+        kind = record.kind
+        extra: dict[str, Any] = {"kind": kind}  # then what the line says, in this order
+        if record.status is not None:
+            extra["status"] = record.status
+        if record.action is not None:
+            extra["action"], extra["by"] = _action(record.action)
+        if kind in _DETAIL_KINDS:
+            extra["detail"] = True
+        if record.program == "discard":
+            extra["transport"] = "discard"
+        if record.relay is not None:
+            extra["relay"] = record.relay
+        if record.delay is not None:
+            extra["delay"] = record.delay
+        if record.delays is not None:
+            extra["delays"] = record.delays
+        if record.dsn is not None:
+            extra["dsn"] = record.dsn
+        if record.orig_recipient is not None:
+            extra["orig_recipient"] = _bare(record.orig_recipient)
+        if self.attempt is not None:
+            extra["attempt"] = self.attempt
+        if record.host is not None:
+            extra["host"] = record.host
+        if record.program is not None:
+            extra["program"] = record.program
+        if record.pid is not None:
+            extra["pid"] = record.pid
+        return new_event(
+            event=EventKind.REPLY,
+            source=Source.LOG,
+            ts=self.ts,
+            direction=_direction(record),
+            stage=_stage(record, known),
+            queue_id=record.queue_id,
+            client_addr=record.client_addr or self.msg_client_addr,
+            client_name=record.client_name or self.msg_client_name,
+            helo=record.helo or self.msg_helo,
+            sender=self.sender,
+            recipient=_bare(record.recipient),
+            mta=record.mta,
+            friendly=record.extra_value("friendly") if record.extra else None,
+            extra=extra,
+            **fields,
+        )
+
+
+class DoneMessage(NamedTuple):
+    """A message that left the queue (or was flushed: ``flushed`` says why) at ``now`` (log
+    time, epoch seconds): ``report`` counts from it, ``follow`` writes :meth:`to_event`."""
+
+    message: _Message
+    now: float
+    flushed: str | None
+    tz: tzinfo
+    iso: Callable[[float], str]
+
+    @property
+    def ts(self) -> datetime:
+        """When the message left (the ``message`` event's ``ts``)."""
+        return datetime.fromtimestamp(self.now, self.tz)
+
+    @property
+    def queue_id(self) -> str:
+        """The message's queue id."""
+        return self.message.queue_id
+
+    @property
+    def origin(self) -> str | None:
+        """How it came in (the record's ``origin``)."""
+        return self.message.origin
+
+    @property
+    def size(self) -> int | None:
+        """Its size in bytes, when the log said."""
+        return self.message.size
+
+    @property
+    def notification_for(self) -> str | None:
+        """The queue id of the message this one is a notice about."""
+        return self.message.notification_for
+
+    @property
+    def status(self) -> str:
+        """The message record's ``status``."""
+        return _message_status(self.message, self.flushed)
+
+    @property
+    def received_at(self) -> datetime:
+        """When it came in, to the second (its record's ``received``), in UTC."""
+        return datetime.fromtimestamp(int(self.message.first_seen), UTC)
+
+    @property
+    def sender(self) -> str | None:
+        """The sender, without angle brackets."""
+        return _bare(self.message.sender)
+
+    def recipient_statuses(self) -> list[tuple[str | None, str | None]]:
+        """Each recipient (without angle brackets) with its status, in the record's order."""
+        return [(_bare(r.address), r.status) for r in self.message.recipients.values()]
+
+    def to_event(self) -> Event:
+        """The ``message`` event."""
+        return _message_event(self.message, self.now, self.flushed, self.tz, self.iso)
+
+
+#: What the tracker gives back: replies and messages, in the order the log completed them.
+Tracked = SeenReply | DoneMessage
+
+
 @dataclass(slots=True)
 class LogClock:
     """The log's own time. Syslog stamps carry no year: it is ``year`` if the caller fixed it,
@@ -321,11 +539,16 @@ class MessageTracker:
 
     def feed(self, record: LogRecord, observed_at: datetime | None = None) -> list[Event]:
         """Consume one record; the events it completes (replies first, then message records)."""
+        return [seen.to_event() for seen in self.track(record, observed_at)]
+
+    def track(self, record: LogRecord, observed_at: datetime | None = None) -> list[Tracked]:
+        """Consume one record; what it completes, as :meth:`feed` but not yet made events: a
+        :class:`SeenReply` for a reply line, a :class:`DoneMessage` per message that left."""
         ts, logged = self._time(record, observed_at)
         now = self._epoch(ts)
         if logged and now > self._now:
             self._now = now
-        out: list[Event] = []
+        out: list[Tracked] = []
         kind = record.kind
         known = None
         reply = kind in REPLY_KINDS
@@ -333,7 +556,7 @@ class MessageTracker:
             known = self._explain_record(record)
         msg = self._message_for(record, now)
         if reply:
-            out.append(self._reply_event(record, ts, known, msg))
+            out.append(self._seen_reply(record, ts, known, msg))
         if msg is not None:
             done = self._update(msg, record, ts, known)
             if done is not None:
@@ -342,11 +565,14 @@ class MessageTracker:
             self._session_only(record, now)
         if self._now - self._last_sweep >= SWEEP_EVERY:
             self._last_sweep = self._now
-            out += self.flush_idle()
+            out += self._flush_idle()
         return out
 
     def flush_idle(self) -> list[Event]:
         """Flush entries idle for longer than ``max_idle`` (log time) as incomplete records."""
+        return [done.to_event() for done in self._flush_idle()]
+
+    def _flush_idle(self) -> list[DoneMessage]:
         limit = self._now - self.max_idle
         stale = [q for q, m in self._messages.items() if m.last_seen < limit]
         for key in [k for k, s in self._sessions.items() if s.last_seen < limit]:
@@ -355,6 +581,10 @@ class MessageTracker:
 
     def flush_all(self) -> list[Event]:
         """The input is over: every message still in flight as an incomplete record."""
+        return [done.to_event() for done in self.track_end()]
+
+    def track_end(self) -> list[DoneMessage]:
+        """:meth:`flush_all`, not yet made events."""
         out = [self._finish(m, self._now, flushed="end") for m in list(self._messages.values())]
         self._sessions.clear()
         return out
@@ -467,65 +697,24 @@ class MessageTracker:
             text = f"4.4.7 {text}"
         return self._known(_VOLATILE.sub(_mask, text))
 
-    def _reply_event(
+    def _seen_reply(
         self,
         record: LogRecord,
         ts: datetime,
         known: _Known | None,
         msg: _Message | None,
-    ) -> Event:
-        fields: dict[str, Any] = {**known.fields} if known is not None else {}
-        fields["text"] = record.reply
-        if record.code is not None:
-            fields["code"] = record.code
-        enhanced = record.enhanced or record.dsn
-        if enhanced:
-            fields["enhanced"] = enhanced
-        kind = record.kind
-        extra: dict[str, Any] = {"kind": kind}  # then what the line says, in this order
-        if record.status is not None:
-            extra["status"] = record.status
-        if record.action is not None:
-            extra["action"], extra["by"] = _action(record.action)
-        if kind in _DETAIL_KINDS:
-            extra["detail"] = True
-        if record.program == "discard":
-            extra["transport"] = "discard"
-        if record.relay is not None:
-            extra["relay"] = record.relay
-        if record.delay is not None:
-            extra["delay"] = record.delay
-        if record.delays is not None:
-            extra["delays"] = record.delays
-        if record.dsn is not None:
-            extra["dsn"] = record.dsn
-        if record.orig_recipient is not None:
-            extra["orig_recipient"] = _bare(record.orig_recipient)
-        attempt = self._attempt_number(msg, record)
-        if attempt is not None:
-            extra["attempt"] = attempt
-        if record.host is not None:
-            extra["host"] = record.host
-        if record.program is not None:
-            extra["program"] = record.program
-        if record.pid is not None:
-            extra["pid"] = record.pid
-        return new_event(
-            event=EventKind.REPLY,
-            source=Source.LOG,
-            ts=ts,
-            direction=_direction(record),
-            stage=_stage(record, known),
-            queue_id=record.queue_id,
-            client_addr=record.client_addr or (msg.client_addr if msg else None),
-            client_name=record.client_name or (msg.client_name if msg else None),
-            helo=record.helo or (msg.helo if msg else None),
-            sender=_bare(record.sender if record.sender is not None or msg is None else msg.sender),
-            recipient=_bare(record.recipient),
-            mta=record.mta,
-            friendly=record.extra_value("friendly") if record.extra else None,
-            extra=extra,
-            **fields,
+    ) -> SeenReply:
+        if msg is None:
+            return SeenReply(record, ts, known, None, None, None, None, None)
+        return SeenReply(
+            record,
+            ts,
+            known,
+            msg.client_addr,
+            msg.client_name,
+            msg.helo,
+            msg.sender,
+            self._attempt_number(msg, record),
         )
 
     def _attempt_number(self, msg: _Message | None, record: LogRecord) -> int | None:
@@ -565,8 +754,8 @@ class MessageTracker:
         record: LogRecord,
         ts: datetime,
         known: _Known | None,
-    ) -> Event | None:
-        """Apply one record to its message; the message record if this finished it."""
+    ) -> DoneMessage | None:
+        """Apply one record to its message; the message, if this finished it."""
         kind = record.kind
         now = msg.last_seen
         self._fill_client(msg, record)
@@ -712,7 +901,7 @@ class MessageTracker:
         enough = msg.nrcpt is None or len(statuses) >= msg.nrcpt
         return enough and all(s in FINAL_STATUSES for s in statuses)
 
-    def _finish(self, msg: _Message, now: float, flushed: str | None) -> Event:
+    def _finish(self, msg: _Message, now: float, flushed: str | None) -> DoneMessage:
         del self._messages[msg.queue_id]
         self._finished[msg.queue_id] = flushed is None
         if len(self._finished) > FINISHED_MEMORY:
@@ -720,7 +909,7 @@ class MessageTracker:
         if msg.session and msg.session in self._sessions:
             with contextlib.suppress(ValueError):
                 self._sessions[msg.session].queue_ids.remove(msg.queue_id)
-        return _message_event(msg, now, flushed, self._tz, self._iso)
+        return DoneMessage(msg, now, flushed, self._tz, self._iso)
 
     # -- sessions ----------------------------------------------------------------------------
 

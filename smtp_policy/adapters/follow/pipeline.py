@@ -26,7 +26,7 @@ from smtp_policy.core.events import Source as EventSource
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.policy import OwnReply
 from smtp_policy.emit import EventWriter
-from smtp_policy.maillog.tracker import MessageTracker
+from smtp_policy.maillog.tracker import MessageTracker, Tracked
 
 if TYPE_CHECKING:
     from smtp_policy.adapters.follow.metrics import FollowMetrics
@@ -262,19 +262,38 @@ def replay(
     tap: Callable[[str, LogRecord], None] | None = None,
     progress: Progress | None = None,
 ) -> Iterator[Event]:
-    """Every event of whole inputs (files, ``-``, pipes, compressed archives), in order, then
-    the messages still in flight (incomplete); ``own`` are the replies of the configured rules,
-    recognised in the log; ``tap`` is given every line the parser recognised, with its
-    record (``report`` reads warnings and TLS so). Problems go to ``notices``: an input that
-    cannot be read, a damaged archive, or one without a single mail log line
-    (``no_mail_lines``)."""
+    """Every event of whole inputs, in order, then the messages still in flight (incomplete):
+    :func:`replay_tracked`'s replies and messages made events."""
+    for tracked in replay_tracked(
+        paths, kb, year=year, notices=notices, own=own, tap=tap, progress=progress
+    ):
+        yield tracked.to_event()
+
+
+def replay_tracked(
+    paths: Sequence[str],
+    kb: KnowledgeBase,
+    *,
+    year: int | None = None,
+    notices: list[Notice] | None = None,
+    own: Iterable[OwnReply] = (),
+    tap: Callable[[str, LogRecord], None] | None = None,
+    progress: Progress | None = None,
+) -> Iterator[Tracked]:
+    """What the tracker makes of whole inputs (files, ``-``, pipes, compressed archives): each
+    reply and each message that left, in order, then the messages still in flight (incomplete;
+    ``report`` counts them so, without making events); ``own`` are the replies of the
+    configured rules, recognised in the log; ``tap`` is given every line the parser
+    recognised, with its record (``report`` reads warnings and TLS so). Problems go to
+    ``notices``: an input that cannot be read, a damaged archive, or one without a single mail
+    log line (``no_mail_lines``)."""
     from smtp_policy.adapters.follow.inputs import read_lines
     from smtp_policy.maillog.parse import parse_line
 
     found = notices if notices is not None else []
     tracker = MessageTracker(kb, tz=local_timezone(), year=year, own=own)
     now = datetime.now(UTC)
-    feed = tracker.feed
+    track = tracker.track
     for path in paths:
         before = len(found)
         mail_lines = 0
@@ -285,14 +304,14 @@ def replay(
                     mail_lines += 1
                     if tap is not None:
                         tap(line, record)
-                    events = feed(record, now)
-                    if events:  # most lines complete no event
-                        yield from events
+                    tracked = track(record, now)
+                    if tracked:  # most lines complete nothing
+                        yield from tracked
         unread = any(n.kind in INPUT_PROBLEMS for n in found[before:])
         if not mail_lines and not unread:
             name = "standard input" if path == "-" else path
             found.append(Notice(path, "no_mail_lines", f"{name}: no Postfix or Sendmail log line"))
-    yield from tracker.flush_all()
+    yield from tracker.track_end()
 
 
 def input_problems(notices: Sequence[Notice], command: str) -> int:
