@@ -576,6 +576,12 @@ def _utc_text(ts: datetime) -> str:
     return text
 
 
+def event_head(event: EventKind, source: Source, ts: datetime) -> dict[str, object]:
+    """The first fields of an event's JSON form (``schema``, ``event``, ``source``, ``ts``),
+    as :meth:`Event.to_dict` writes them: where a writer that builds the form itself starts."""
+    return {"schema": SCHEMA_VERSION, "event": event, "source": source, "ts": _utc_text(ts)}
+
+
 #: :func:`_utc_text`'s last time and text (one tuple, replaced whole: safe between threads).
 _LAST_UTC: list[tuple[datetime, str]] = [
     (datetime(1970, 1, 1, tzinfo=UTC), "1970-01-01T00:00:00.000000Z")

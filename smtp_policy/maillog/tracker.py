@@ -47,6 +47,9 @@ from typing import Any, NamedTuple
 
 from smtp_policy.core.classify import classify
 from smtp_policy.core.events import (
+    DETAIL_CAP,
+    NAME_CAP,
+    TEXT_CAP,
     BounceNotice,
     Direction,
     Event,
@@ -54,6 +57,10 @@ from smtp_policy.core.events import (
     MessageReply,
     RecipientSummary,
     Source,
+    bare_address,
+    capped,
+    capped_detail,
+    event_head,
     new_event,
     new_message_reply,
     new_message_summary,
@@ -232,6 +239,10 @@ class _Known:
     explanation: Explanation
     fields: dict[str, Any]  # code, enhanced, klass, reason, summary, rule (not text)
     stage: str | None  # from "(in reply to RCPT TO command)", when the text says
+    #: ``class`` and ``reason``, then ``summary``, ``rule`` and ``decided_by``, as an event's
+    #: JSON form writes them (capped, null ones left out): the parts before and after ``text``.
+    before_text: tuple[tuple[str, object], ...] = ()
+    after_text: tuple[tuple[str, object], ...] = ()
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -392,6 +403,51 @@ class SeenReply(NamedTuple):
             **fields,
         )
 
+    def to_form(self) -> dict[str, object]:
+        """:meth:`to_event`'s JSON form (``to_event().to_dict()``, key order included), built
+        without the event: the follower writes hundreds of thousands."""
+        record, known = self.record, self.known
+        out = event_head(EventKind.REPLY, Source.LOG, self.ts)
+        direction = _DIRECTIONS.get(record.direction) if record.direction else None
+        if direction is not None:
+            out["direction"] = direction
+        stage = _stage(record, known)
+        if stage is not None:
+            out["stage"] = _schema_text(stage, NAME_CAP)
+        sender, recipient = self.sender, _bare(record.recipient)
+        for key, value in (
+            ("queue_id", record.queue_id),
+            ("client_addr", record.client_addr or self.msg_client_addr),
+            ("client_name", record.client_name or self.msg_client_name),
+            ("helo", record.helo or self.msg_helo),
+            ("sender", None if sender is None else bare_address(sender)),
+            ("recipient", None if recipient is None else bare_address(recipient)),
+        ):
+            if value is not None:
+                out[key] = (
+                    value if len(value) <= NAME_CAP and value.isascii() else capped(value, NAME_CAP)
+                )
+        fields = known.fields if known is not None else _NO_FIELDS
+        code = record.code if record.code is not None else fields.get("code")
+        if code is not None:
+            out["code"] = code
+        enhanced = record.enhanced or record.dsn or fields.get("enhanced")
+        if enhanced is not None:
+            out["enhanced"] = _schema_text(enhanced, NAME_CAP)
+        if known is not None:
+            out.update(known.before_text)
+        if record.reply is not None:
+            out["text"] = _schema_text(record.reply, TEXT_CAP)
+        if record.extra:
+            friendly = record.extra_value("friendly")
+            if friendly is not None:
+                out["friendly"] = _schema_text(friendly, TEXT_CAP)
+        if known is not None:
+            out.update(known.after_text)
+        out["mta"] = _schema_text(record.mta, NAME_CAP)
+        _add_extras_form(out, record, self.attempt)
+        return out
+
 
 class DoneMessage(NamedTuple):
     """A message that left the queue (or was flushed: ``flushed`` says why) at ``now`` (log
@@ -450,6 +506,122 @@ class DoneMessage(NamedTuple):
     def to_event(self) -> Event:
         """The ``message`` event."""
         return _message_event(self.message, self.now, self.flushed, self.tz, self.iso)
+
+    def to_form(self) -> dict[str, object]:
+        """:meth:`to_event`'s JSON form (``to_event().to_dict()``, key order included), built
+        without the event and its record's dataclasses."""
+        msg, iso = self.message, self.iso
+        rcpts = list(msg.recipients.values())
+        out = event_head(EventKind.MESSAGE, Source.LOG, self.ts)
+        deciding = _deciding_attempt(msg)
+        for key, value, cap in (
+            ("queue_id", msg.queue_id, NAME_CAP),
+            ("client_addr", msg.client_addr, NAME_CAP),
+            ("client_name", msg.client_name, NAME_CAP),
+            ("helo", msg.helo, NAME_CAP),
+            ("sender", None if msg.sender is None else bare_address(msg.sender), NAME_CAP),
+            (
+                "recipient",
+                bare_address(rcpts[0].address) if len(rcpts) == 1 else None,
+                NAME_CAP,
+            ),
+        ):
+            if value is not None:
+                out[key] = value if len(value) <= cap and value.isascii() else capped(value, cap)
+        if deciding is not None:
+            if deciding.code is not None:
+                out["code"] = deciding.code
+            for key, value, cap in (
+                ("enhanced", deciding.enhanced, NAME_CAP),
+                ("class", deciding.klass, NAME_CAP),
+                ("reason", deciding.reason, NAME_CAP),
+                ("text", deciding.text, TEXT_CAP),
+                ("summary", deciding.summary, DETAIL_CAP),
+                ("rule", deciding.rule, NAME_CAP),
+            ):
+                if value is not None:
+                    out[key] = _schema_text(value, cap)
+        if msg.mta is not None:
+            out["mta"] = _schema_text(msg.mta, NAME_CAP)
+        flushed = self.flushed
+        out["status"] = _detail_text(_message_status(msg, flushed))
+        out["complete"] = flushed is None
+        record: tuple[tuple[str, object], ...] = (
+            ("flushed", flushed),
+            ("message_id", msg.message_id),
+            ("size", msg.size),
+            ("nrcpt", msg.nrcpt),
+            ("received", iso(msg.first_seen)),
+            ("connected", iso(msg.connected) if msg.connected is not None else None),
+            ("delay", _message_delay(msg, self.now)),
+        )
+        for name, item in record:
+            if item is not None:
+                out[name] = _detail_text(item) if type(item) is str else capped_detail(item)
+        out["recipients"] = [_recipient_form(r) for r in rcpts]
+        if msg.upstream:
+            out["upstream"] = [u.to_dict(capped_detail) for u in msg.upstream]
+        if msg.attempts:
+            out["attempts"] = [a.to_dict(capped_detail) for a in msg.attempts]
+        if msg.notifications:
+            out["notifications"] = [n.to_dict(capped_detail) for n in msg.notifications]
+        if msg.notification_for is not None:
+            out["notification_for"] = _detail_text(msg.notification_for)
+        if msg.origin is not None:
+            out["origin"] = _detail_text(msg.origin)
+        return out
+
+
+def _add_extras_form(out: dict[str, object], record: LogRecord, attempt: int | None) -> None:
+    """A reply event's extras (what the line says), as its JSON form writes them, into ``out``:
+    the keys and order of :meth:`SeenReply.to_event`'s ``extra``."""
+    kind = record.kind
+    out["kind"] = _detail_text(kind)
+    if record.status is not None:
+        out["status"] = _detail_text(record.status)
+    if record.action is not None:
+        action, by = _action(record.action)
+        out["action"] = None if action is None else _detail_text(action)
+        out["by"] = None if by is None else _detail_text(by)
+    if kind in _DETAIL_KINDS:
+        out["detail"] = True
+    if record.program == "discard":
+        out["transport"] = "discard"
+    if record.relay is not None:
+        out["relay"] = _detail_text(record.relay)
+    if record.delay is not None:
+        out["delay"] = record.delay
+    if record.delays is not None:
+        out["delays"] = capped_detail(record.delays)
+    if record.dsn is not None:
+        out["dsn"] = _detail_text(record.dsn)
+    if record.orig_recipient is not None:
+        out["orig_recipient"] = _detail_text(_bare(record.orig_recipient) or "")
+    if attempt is not None:
+        out["attempt"] = attempt
+    if record.host is not None:
+        out["host"] = _detail_text(record.host)
+    if record.program is not None:
+        out["program"] = _detail_text(record.program)
+    if record.pid is not None:
+        out["pid"] = record.pid
+
+
+def _recipient_form(rcpt: _Recipient) -> dict[str, object]:
+    """A recipient in a message event's JSON form (``RecipientSummary.to_dict``'s)."""
+    last = rcpt.attempts[-1] if rcpt.attempts else None
+    out: dict[str, object] = {}
+    for key, value in (
+        ("recipient", _bare(rcpt.address)),
+        ("orig_recipient", _bare(rcpt.orig)),
+        ("status", rcpt.status),
+        ("dsn", last.dsn if last else None),
+        ("relay", last.relay if last else None),
+    ):
+        if value is not None:
+            out[key] = _detail_text(value)
+    out["attempts"] = [a.to_dict(capped_detail) for a in rcpt.attempts]
+    return out
 
 
 #: What the tracker gives back: replies and messages, in the order the log completed them.
@@ -644,8 +816,7 @@ class MessageTracker:
             return None
         known = self._own_known.get(own.rule)
         if known is None:
-            known = _known(own.decision.explanation)
-            known.fields["rule"] = own.rule
+            known = _known(own.decision.explanation, own.rule)
             self._own_known[own.rule] = known
         return known
 
@@ -990,12 +1161,52 @@ def _parts(record: LogRecord, text: str, masked: str) -> _Parts | None:
     return code, inner, ReplyForm.POSTFIX, command, remote
 
 
-def _known(explanation: Explanation) -> _Known:
-    """An explanation with the event fields and the stage it gives, computed once."""
+def _known(explanation: Explanation, rule: str | None = None) -> _Known:
+    """An explanation with the event fields and the stage it gives, computed once; ``rule``
+    names the admin's rule that made the reply, if one did."""
     fields: dict[str, Any] = dict(reply_fields(explanation))
     del fields["text"]
+    if rule is not None:
+        fields["rule"] = rule
     command = explanation.reply.command
-    return _Known(explanation, fields, _stage_name(command) if command else None)
+    return _Known(
+        explanation,
+        fields,
+        _stage_name(command) if command else None,
+        _form_pairs(fields, (("class", "klass", NAME_CAP), ("reason", "reason", NAME_CAP))),
+        _form_pairs(
+            fields,
+            (
+                ("summary", "summary", DETAIL_CAP),
+                ("rule", "rule", NAME_CAP),
+                ("decided_by", "decided_by", NAME_CAP),
+            ),
+        ),
+    )
+
+
+def _form_pairs(
+    fields: Mapping[str, Any], keys: tuple[tuple[str, str, int], ...]
+) -> tuple[tuple[str, object], ...]:
+    """The fields named, as an event's JSON form writes them: (key, value) in order, strings
+    capped, null ones left out."""
+    return tuple(
+        (key, capped(value, cap) if isinstance(value, str) else value)
+        for key, name, cap in keys
+        if (value := fields.get(name)) is not None
+    )
+
+
+def _schema_text(value: str | None, cap: int) -> str | None:
+    """A schema field's text as :meth:`Event.to_dict` writes it (None stays None)."""
+    if value is None or (len(value) <= cap and value.isascii()):
+        return value
+    return capped(value, cap)
+
+
+def _detail_text(value: str) -> str:
+    """A string inside the extras or a message record, as an event writes it."""
+    return value if len(value) <= DETAIL_CAP and value.isascii() else capped(value, DETAIL_CAP)
 
 
 def _stage_name(command: str) -> str:
