@@ -250,7 +250,7 @@ def _follow(
         state, kb, max_idle=settings.max_idle, tz=tz, year=settings.year, own=own
     )
     metrics = _metrics(settings.metrics, kb, settings.metrics_options)
-    pipeline = Pipeline(tracker, writer.emit, parse_line, metrics, emit_forms=_forms_writer(writer))
+    pipeline = Pipeline(tracker, writer.emit, parse_line, metrics, emit_forms=writer.emit_forms)
     tailer = Tailer(build_sources(settings, state))
     stop = StopFlag()
     stop.install()
@@ -316,13 +316,3 @@ def _metrics(
     if metrics.poller is not None:
         metrics.poller.start()
     return metrics
-
-
-def _forms_writer(writer: EventWriter) -> Callable[[list[dict[str, object]]], None]:
-    """Writes events given in their JSON form, one :meth:`EventWriter.emit_fields` each."""
-
-    def write(forms: list[dict[str, object]]) -> None:
-        for form in forms:
-            writer.emit_fields(form)
-
-    return write

@@ -94,7 +94,8 @@ def test_capping_is_unchanged() -> None:
 
 
 def test_emit_all_writes_what_emit_writes() -> None:
-    """Line for line the same JSON (every zone of timestamp, the same second twice)."""
+    """``emit_all`` (and ``emit_forms``, given the events' JSON forms): line for line the same
+    JSON (every zone of timestamp, the same second twice)."""
     events = [
         Event(**_reply()),
         Event(**_reply(ts=TS.astimezone(timezone(timedelta(hours=2))))),
@@ -109,6 +110,10 @@ def test_emit_all_writes_what_emit_writes() -> None:
     assert many.getvalue() == one.getvalue() and one.getvalue().count("\n") == len(events)
     EventWriter(many, line_buffered=False).emit_all([])
     assert many.getvalue() == one.getvalue()
+    forms = io.StringIO()
+    EventWriter(forms, line_buffered=False).emit_forms([event.to_dict() for event in events])
+    EventWriter(forms, line_buffered=False).emit_forms([])
+    assert forms.getvalue() == one.getvalue()
 
 
 def test_pipeline_batch_writes_every_event_in_order() -> None:
