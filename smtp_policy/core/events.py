@@ -87,7 +87,9 @@ def _capped_object(data: Mapping[Any, object]) -> dict[Any, object]:
     return {
         (
             k
-            if not isinstance(k, str) or (type(k) is str and _fits(k, NAME_CAP))
+            if type(k) is str and len(k) <= NAME_CAP and k.isascii()
+            else k
+            if not isinstance(k, str)
             else capped(k, NAME_CAP)
         ): (
             v
@@ -176,7 +178,8 @@ class MessageReply:
         as ``cap`` gives it (an event caps them: :func:`capped_detail`)."""
         return {  # a number or a short ASCII text is what ``cap`` would give back: no call
             key: value
-            if type(value) in _SCALARS or (type(value) is str and _fits(value, DETAIL_CAP))
+            if type(value) in _SCALARS
+            or (type(value) is str and len(value) <= DETAIL_CAP and value.isascii())
             else cap(value)
             for key, value in zip(_REPLY_KEYS, _reply_values(self), strict=True)
             if value is not None

@@ -444,7 +444,7 @@ class SeenReply(NamedTuple):
                 out["friendly"] = _schema_text(friendly, TEXT_CAP)
         if known is not None:
             out.update(known.after_text)
-        out["mta"] = _schema_text(record.mta, NAME_CAP)
+        out["mta"] = record.mta  # postfix or sendmail
         _add_extras_form(out, record, self.attempt)
         return out
 
@@ -509,55 +509,43 @@ class DoneMessage(NamedTuple):
 
     def to_form(self) -> dict[str, object]:
         """:meth:`to_event`'s JSON form (``to_event().to_dict()``, key order included), built
-        without the event and its record's dataclasses."""
+        without the event and its record's dataclasses. What the tracker computed (status,
+        flushed, ISO times) is written as it is: nothing in it to cap."""
         msg, iso = self.message, self.iso
         rcpts = list(msg.recipients.values())
         out = event_head(EventKind.MESSAGE, Source.LOG, self.ts)
-        deciding = _deciding_attempt(msg)
-        for key, value, cap in (
-            ("queue_id", msg.queue_id, NAME_CAP),
-            ("client_addr", msg.client_addr, NAME_CAP),
-            ("client_name", msg.client_name, NAME_CAP),
-            ("helo", msg.helo, NAME_CAP),
-            ("sender", None if msg.sender is None else bare_address(msg.sender), NAME_CAP),
-            (
-                "recipient",
-                bare_address(rcpts[0].address) if len(rcpts) == 1 else None,
-                NAME_CAP,
-            ),
+        for key, value in (
+            ("queue_id", msg.queue_id),
+            ("client_addr", msg.client_addr),
+            ("client_name", msg.client_name),
+            ("helo", msg.helo),
+            ("sender", None if msg.sender is None else bare_address(msg.sender)),
+            ("recipient", bare_address(rcpts[0].address) if len(rcpts) == 1 else None),
         ):
             if value is not None:
-                out[key] = value if len(value) <= cap and value.isascii() else capped(value, cap)
+                out[key] = (
+                    value if len(value) <= NAME_CAP and value.isascii() else capped(value, NAME_CAP)
+                )
+        deciding = _deciding_attempt(msg)
         if deciding is not None:
-            if deciding.code is not None:
-                out["code"] = deciding.code
-            for key, value, cap in (
-                ("enhanced", deciding.enhanced, NAME_CAP),
-                ("class", deciding.klass, NAME_CAP),
-                ("reason", deciding.reason, NAME_CAP),
-                ("text", deciding.text, TEXT_CAP),
-                ("summary", deciding.summary, DETAIL_CAP),
-                ("rule", deciding.rule, NAME_CAP),
-            ):
-                if value is not None:
-                    out[key] = _schema_text(value, cap)
+            _add_deciding_form(out, deciding)
         if msg.mta is not None:
             out["mta"] = _schema_text(msg.mta, NAME_CAP)
         flushed = self.flushed
-        out["status"] = _detail_text(_message_status(msg, flushed))
+        out["status"] = _message_status(msg, flushed)
         out["complete"] = flushed is None
-        record: tuple[tuple[str, object], ...] = (
-            ("flushed", flushed),
-            ("message_id", msg.message_id),
-            ("size", msg.size),
-            ("nrcpt", msg.nrcpt),
-            ("received", iso(msg.first_seen)),
-            ("connected", iso(msg.connected) if msg.connected is not None else None),
-            ("delay", _message_delay(msg, self.now)),
-        )
-        for name, item in record:
-            if item is not None:
-                out[name] = _detail_text(item) if type(item) is str else capped_detail(item)
+        if flushed is not None:
+            out["flushed"] = flushed
+        if msg.message_id is not None:
+            out["message_id"] = _detail_text(msg.message_id)
+        if msg.size is not None:
+            out["size"] = msg.size
+        if msg.nrcpt is not None:
+            out["nrcpt"] = msg.nrcpt
+        out["received"] = iso(msg.first_seen)
+        if msg.connected is not None:
+            out["connected"] = iso(msg.connected)
+        out["delay"] = _message_delay(msg, self.now)
         out["recipients"] = [_recipient_form(r) for r in rcpts]
         if msg.upstream:
             out["upstream"] = [u.to_dict(capped_detail) for u in msg.upstream]
@@ -572,17 +560,33 @@ class DoneMessage(NamedTuple):
         return out
 
 
+def _add_deciding_form(out: dict[str, object], deciding: MessageReply) -> None:
+    """The reply that explains a message's outcome, as its event's schema fields."""
+    if deciding.code is not None:
+        out["code"] = deciding.code
+    for key, value, cap in (
+        ("enhanced", deciding.enhanced, NAME_CAP),
+        ("class", deciding.klass, NAME_CAP),
+        ("reason", deciding.reason, NAME_CAP),
+        ("text", deciding.text, TEXT_CAP),
+        ("summary", deciding.summary, DETAIL_CAP),
+        ("rule", deciding.rule, NAME_CAP),
+    ):
+        if value is not None:
+            out[key] = value if len(value) <= cap and value.isascii() else capped(value, cap)
+
+
 def _add_extras_form(out: dict[str, object], record: LogRecord, attempt: int | None) -> None:
     """A reply event's extras (what the line says), as its JSON form writes them, into ``out``:
     the keys and order of :meth:`SeenReply.to_event`'s ``extra``."""
     kind = record.kind
-    out["kind"] = _detail_text(kind)
+    out["kind"] = kind  # one of KINDS
     if record.status is not None:
         out["status"] = _detail_text(record.status)
     if record.action is not None:
         action, by = _action(record.action)
         out["action"] = None if action is None else _detail_text(action)
-        out["by"] = None if by is None else _detail_text(by)
+        out["by"] = by  # mta, milter or proxy
     if kind in _DETAIL_KINDS:
         out["detail"] = True
     if record.program == "discard":
