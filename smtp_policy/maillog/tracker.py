@@ -582,7 +582,11 @@ def _add_extras_form(out: dict[str, object], record: LogRecord, attempt: int | N
     kind = record.kind
     out["kind"] = kind  # one of KINDS
     if record.status is not None:
-        out["status"] = _detail_text(record.status)
+        out["status"] = (
+            record.status
+            if len(record.status) <= DETAIL_CAP and record.status.isascii()
+            else capped(record.status, DETAIL_CAP)
+        )
     if record.action is not None:
         action, by = _action(record.action)
         out["action"] = None if action is None else _detail_text(action)
@@ -592,21 +596,37 @@ def _add_extras_form(out: dict[str, object], record: LogRecord, attempt: int | N
     if record.program == "discard":
         out["transport"] = "discard"
     if record.relay is not None:
-        out["relay"] = _detail_text(record.relay)
+        out["relay"] = (
+            record.relay
+            if len(record.relay) <= DETAIL_CAP and record.relay.isascii()
+            else capped(record.relay, DETAIL_CAP)
+        )
     if record.delay is not None:
         out["delay"] = record.delay
     if record.delays is not None:
         out["delays"] = capped_detail(record.delays)
     if record.dsn is not None:
-        out["dsn"] = _detail_text(record.dsn)
+        out["dsn"] = (
+            record.dsn
+            if len(record.dsn) <= DETAIL_CAP and record.dsn.isascii()
+            else capped(record.dsn, DETAIL_CAP)
+        )
     if record.orig_recipient is not None:
         out["orig_recipient"] = _detail_text(_bare(record.orig_recipient) or "")
     if attempt is not None:
         out["attempt"] = attempt
     if record.host is not None:
-        out["host"] = _detail_text(record.host)
+        out["host"] = (
+            record.host
+            if len(record.host) <= DETAIL_CAP and record.host.isascii()
+            else capped(record.host, DETAIL_CAP)
+        )
     if record.program is not None:
-        out["program"] = _detail_text(record.program)
+        out["program"] = (
+            record.program
+            if len(record.program) <= DETAIL_CAP and record.program.isascii()
+            else capped(record.program, DETAIL_CAP)
+        )
     if record.pid is not None:
         out["pid"] = record.pid
 
@@ -623,7 +643,9 @@ def _recipient_form(rcpt: _Recipient) -> dict[str, object]:
         ("relay", last.relay if last else None),
     ):
         if value is not None:
-            out[key] = _detail_text(value)
+            out[key] = (
+                value if len(value) <= DETAIL_CAP and value.isascii() else capped(value, DETAIL_CAP)
+            )
     out["attempts"] = [a.to_dict(capped_detail) for a in rcpt.attempts]
     return out
 
@@ -720,10 +742,13 @@ class MessageTracker:
     def track(self, record: LogRecord, observed_at: datetime | None = None) -> list[Tracked]:
         """Consume one record; what it completes, as :meth:`feed` but not yet made events: a
         :class:`SeenReply` for a reply line, a :class:`DoneMessage` per message that left."""
-        ts, logged = self._time(record, observed_at)
-        now = self._epoch(ts)
-        if logged and now > self._now:
-            self._now = now
+        ts = self._clock.time_of(record, observed_at)
+        if ts is None:  # the log gave no time: it does not move the log's clock
+            ts = self._untimed(observed_at)
+            now = self._epoch(ts)
+        else:
+            now = self._epoch(ts)
+            self._now = max(self._now, now)
         out: list[Tracked] = []
         kind = record.kind
         known = None
@@ -1106,14 +1131,11 @@ class MessageTracker:
                     if queued is not None and queued.helo is None:
                         queued.helo = record.helo
 
-    def _time(self, record: LogRecord, observed_at: datetime | None) -> tuple[datetime, bool]:
-        """The record's time and whether the log said it (else: the last log time, or now)."""
-        ts = self._clock.time_of(record, observed_at)
-        if ts is not None:
-            return ts, True
+    def _untimed(self, observed_at: datetime | None) -> datetime:
+        """The time of a record the log gave none: the last log time, else ``observed_at``."""
         if self._now:
-            return datetime.fromtimestamp(self._now, UTC), False
-        return observed_at or _EPOCH, False
+            return datetime.fromtimestamp(self._now, UTC)
+        return observed_at or _EPOCH
 
 
 # -- helpers ------------------------------------------------------------------------------------

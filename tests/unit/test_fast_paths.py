@@ -15,6 +15,7 @@ from smtp_policy.adapters.follow.pipeline import WRITE_EVERY, Pipeline
 from smtp_policy.core.events import (
     DETAIL_CAP,
     NAME_CAP,
+    REPLY_KEYS,
     Direction,
     Event,
     EventKind,
@@ -208,3 +209,19 @@ def test_forms_of_long_and_foreign_values(line: str) -> None:
     for item in tracked:
         form, event = item.to_form(), item.to_event().to_dict()
         assert form == event and list(form) == list(event)
+
+
+def test_message_reply_writes_every_field_in_order() -> None:
+    """``MessageReply.to_dict`` names its fields one by one: every field, in the dataclass's
+    order (``klass`` as ``class``), a long or non-ASCII text capped, a non-string as the cap
+    gives it."""
+    values: dict[str, Any] = {f.name: f"v-{f.name}" for f in dataclasses.fields(MessageReply)}
+    values.update(code=550, delay=1.5, attempt=2, text="é" * (DETAIL_CAP + 10))
+    reply = MessageReply(**values)
+    out = reply.to_dict(capped_detail)
+    assert tuple(out) == REPLY_KEYS
+    assert out["text"] == capped("é" * (DETAIL_CAP + 10), DETAIL_CAP) and out["code"] == 550
+    assert reply.to_dict() == {k: values["klass" if k == "class" else k] for k in REPLY_KEYS}
+    odd_relay: Any = ["a", ("b",)]  # as a hand-edited state may hold
+    odd = dataclasses.replace(reply, relay=odd_relay)
+    assert odd.to_dict(capped_detail)["relay"] == ["a", ["b"]]
