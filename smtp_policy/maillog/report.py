@@ -1,11 +1,13 @@
 """A pflogsumm-like, reason-aware summary of log events (pure: events in, data and text out).
 
 :class:`ReportBuilder` consumes the events ``smtp-policy follow`` writes (``reply`` and
-``message``) one at a time, and the log lines no event carries (warnings, fatal and panic lines,
-SASL failures, TLS) through :meth:`ReportBuilder.add_line`. It keeps counters only (and the
-distinct senders and recipients, as pflogsumm does; the queue ids of deferred messages only
-while they are in flight: :class:`~smtp_policy.maillog.tally.DistinctMessages`). What is
-counted (docs/report.md):
+``message``) one at a time (:meth:`ReportBuilder.add`), or what the tracker makes of the log
+without building those events (:meth:`ReportBuilder.add_tracked`: ``smtp-policy report``; both
+read through one view, so they count alike), and the log lines no event carries (warnings,
+fatal and panic lines, SASL failures, TLS) through :meth:`ReportBuilder.add_line`. It keeps
+counters only (and the distinct senders and recipients, as pflogsumm does; the queue ids of
+deferred messages only while they are in flight:
+:class:`~smtp_policy.maillog.tally.DistinctMessages`). What is counted (docs/report.md):
 
 - *received*: messages that came from a client, as :func:`smtp_policy.maillog.tally.counted_as`
   (and pflogsumm) count them: a queue id and a client; bounce notices count as *generated*. A

@@ -3,9 +3,13 @@
 Theory of operation: a mail log is many processes talking at once about many messages. The
 parser (``smtp_policy.maillog.parse``) reads one line at a time and knows nothing of the others;
 :class:`MessageTracker` is the one place that remembers across lines. It is pure: records in,
-:class:`~smtp_policy.core.events.Event` values out, no I/O and no clock. Time is the log's own
-(each record's timestamp); when a record has none, the caller's ``observed_at`` or the last log
-time stands in.
+:class:`~smtp_policy.core.events.Event` values out (:meth:`MessageTracker.feed`), no I/O and no
+clock. :meth:`MessageTracker.track` gives the same without building events: a
+:class:`SeenReply` per reply line and a :class:`DoneMessage` per message that left, each
+holding what its event is made of; ``report`` counts from them, the follower writes their JSON
+form (``to_form``, the event's ``to_dict()`` without the event), anything else calls
+``to_event``. Time is the log's own (each record's timestamp); when a record has none, the
+caller's ``observed_at`` or the last log time stands in.
 
 Every line that carries a reply (an smtpd/postscreen/milter reject upstream; a delivery status,
 a non-final attempt or a connection error downstream; a Sendmail ``stat=``/``reject=``) becomes
