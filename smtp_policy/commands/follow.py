@@ -250,7 +250,7 @@ def _follow(
         state, kb, max_idle=settings.max_idle, tz=tz, year=settings.year, own=own
     )
     metrics = _metrics(settings.metrics, kb, settings.metrics_options)
-    pipeline = Pipeline(tracker, writer.emit, parse_line, metrics, emit_all=writer.emit_all)
+    pipeline = Pipeline(tracker, writer.emit, parse_line, metrics, emit_forms=writer.emit_forms)
     tailer = Tailer(build_sources(settings, state))
     stop = StopFlag()
     stop.install()

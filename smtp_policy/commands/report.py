@@ -36,7 +36,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the files, aggregate, print."""
-    from smtp_policy.adapters.follow.pipeline import input_problems, progress_bar, replay
+    from smtp_policy.adapters.follow.pipeline import input_problems, progress_bar, replay_tracked
     from smtp_policy.adapters.follow.tail import Notice
     from smtp_policy.data import default_knowledge
 
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     progress, done = progress_bar(args.files)
     builder = ReportBuilder(top=args.top)
     try:
-        builder.add_all(
-            replay(
+        builder.add_tracked(
+            replay_tracked(
                 args.files,
                 default_knowledge(),
                 year=args.year,

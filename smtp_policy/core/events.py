@@ -87,7 +87,9 @@ def _capped_object(data: Mapping[Any, object]) -> dict[Any, object]:
     return {
         (
             k
-            if not isinstance(k, str) or (type(k) is str and _fits(k, NAME_CAP))
+            if type(k) is str and len(k) <= NAME_CAP and k.isascii()
+            else k
+            if not isinstance(k, str)
             else capped(k, NAME_CAP)
         ): (
             v
@@ -174,13 +176,33 @@ class MessageReply:
     def to_dict(self, cap: Cap = _same) -> dict[str, Any]:
         """The JSON form: the fields that are known, ``klass`` written as ``class``; each value
         as ``cap`` gives it (an event caps them: :func:`capped_detail`)."""
-        return {  # a number or a short ASCII text is what ``cap`` would give back: no call
-            key: value
-            if type(value) in _SCALARS or (type(value) is str and _fits(value, DETAIL_CAP))
-            else cap(value)
-            for key, value in zip(_REPLY_KEYS, _reply_values(self), strict=True)
-            if value is not None
-        }
+        out: dict[str, Any] = {}
+        for key, value in (  # in REPLY_KEYS' order; a plain loop: no zip, no comprehension
+            ("ts", self.ts),
+            ("status", self.status),
+            ("code", self.code),
+            ("enhanced", self.enhanced),
+            ("dsn", self.dsn),
+            ("relay", self.relay),
+            ("delay", self.delay),
+            ("class", self.klass),
+            ("reason", self.reason),
+            ("summary", self.summary),
+            ("rule", self.rule),
+            ("text", self.text),
+            ("stage", self.stage),
+            ("recipient", self.recipient),
+            ("action", self.action),
+            ("attempt", self.attempt),
+        ):
+            if value is not None:  # a number or a short ASCII text is what ``cap`` gives back
+                out[key] = (
+                    value
+                    if type(value) in _SCALARS
+                    or (type(value) is str and len(value) <= DETAIL_CAP and value.isascii())
+                    else cap(value)
+                )
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MessageReply:
@@ -458,9 +480,8 @@ def _json_name(name: str) -> str:
     return "class" if name == "klass" else name
 
 
-_REPLY_KEYS = tuple(_json_name(name) for name in _REPLY_FIELDS)
-#: Every field of a :class:`MessageReply` at once (one C call, not a ``getattr`` each).
-_reply_values = attrgetter(*_REPLY_FIELDS)
+#: The JSON names of a :class:`MessageReply`'s fields, in order (``to_dict`` writes them so).
+REPLY_KEYS = tuple(_json_name(name) for name in _REPLY_FIELDS)
 _SESSION_REPLY_KEYS = tuple(_json_name(name) for name in _SESSION_REPLY_FIELDS)
 _session_reply_values = attrgetter(*_SESSION_REPLY_FIELDS)
 
@@ -574,6 +595,12 @@ def _utc_text(ts: datetime) -> str:
     text = ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     _LAST_UTC[0] = (ts, text)
     return text
+
+
+def event_head(event: EventKind, source: Source, ts: datetime) -> dict[str, object]:
+    """The first fields of an event's JSON form (``schema``, ``event``, ``source``, ``ts``),
+    as :meth:`Event.to_dict` writes them: where a writer that builds the form itself starts."""
+    return {"schema": SCHEMA_VERSION, "event": event, "source": source, "ts": _utc_text(ts)}
 
 
 #: :func:`_utc_text`'s last time and text (one tuple, replaced whole: safe between threads).

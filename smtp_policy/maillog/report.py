@@ -1,11 +1,13 @@
 """A pflogsumm-like, reason-aware summary of log events (pure: events in, data and text out).
 
 :class:`ReportBuilder` consumes the events ``smtp-policy follow`` writes (``reply`` and
-``message``) one at a time, and the log lines no event carries (warnings, fatal and panic lines,
-SASL failures, TLS) through :meth:`ReportBuilder.add_line`. It keeps counters only (and the
-distinct senders and recipients, as pflogsumm does; the queue ids of deferred messages only
-while they are in flight: :class:`~smtp_policy.maillog.tally.DistinctMessages`). What is
-counted (docs/report.md):
+``message``) one at a time (:meth:`ReportBuilder.add`), or what the tracker makes of the log
+without building those events (:meth:`ReportBuilder.add_tracked`: ``smtp-policy report``; both
+read through one view, so they count alike), and the log lines no event carries (warnings,
+fatal and panic lines, SASL failures, TLS) through :meth:`ReportBuilder.add_line`. It keeps
+counters only (and the distinct senders and recipients, as pflogsumm does; the queue ids of
+deferred messages only while they are in flight:
+:class:`~smtp_policy.maillog.tally.DistinctMessages`). What is counted (docs/report.md):
 
 - *received*: messages that came from a client, as :func:`smtp_policy.maillog.tally.counted_as`
   (and pflogsumm) count them: a queue id and a client; bounce notices count as *generated*. A
@@ -33,12 +35,13 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
-from smtp_policy.core.events import Event, EventKind
+from smtp_policy.core.events import Event, EventKind, MessageSummary
 from smtp_policy.core.sanitize import printable
 from smtp_policy.maillog.record import LogRecord
 from smtp_policy.maillog.tally import DistinctMessages, counted_as
+from smtp_policy.maillog.tracker import SeenReply, Tracked
 
 #: Candidate widths of one bar in "reasons over time", smallest first (seconds).
 BUCKET_WIDTHS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
@@ -89,6 +92,138 @@ class _Delivery:
     delay_max: float = 0.0
 
 
+class _Reply(Protocol):
+    """What the report reads of a reply: a :class:`~smtp_policy.maillog.tracker.SeenReply`,
+    or a ``reply`` event (:func:`_reply_of`)."""
+
+    @property
+    def ts(self) -> datetime: ...
+    @property
+    def direction(self) -> str | None: ...
+    @property
+    def detail(self) -> bool: ...
+    @property
+    def status(self) -> str | None: ...
+    @property
+    def action(self) -> str | None: ...
+    @property
+    def klass(self) -> str | None: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def summary(self) -> str | None: ...
+    @property
+    def code(self) -> int | None: ...
+    @property
+    def enhanced(self) -> str | None: ...
+    @property
+    def text(self) -> str | None: ...
+    @property
+    def queue_id(self) -> str | None: ...
+    @property
+    def recipient(self) -> str | None: ...
+    @property
+    def delay(self) -> float | None: ...
+
+
+class _Message(Protocol):
+    """What the report reads of a message that left: a
+    :class:`~smtp_policy.maillog.tracker.DoneMessage`, or a ``message`` event
+    (:func:`_message_of`)."""
+
+    @property
+    def ts(self) -> datetime: ...
+    @property
+    def queue_id(self) -> str | None: ...
+    @property
+    def sender(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def origin(self) -> str | None: ...
+    @property
+    def received_at(self) -> datetime: ...
+    @property
+    def size(self) -> int | None: ...
+    @property
+    def notification_for(self) -> str | None: ...
+    def recipient_statuses(self) -> list[tuple[str | None, str | None]]: ...
+
+
+class _EventReply(NamedTuple):
+    """A ``reply`` event as the report reads it."""
+
+    ts: datetime
+    direction: str | None
+    detail: bool
+    status: str | None
+    action: str | None
+    klass: str | None
+    reason: str | None
+    summary: str | None
+    code: int | None
+    enhanced: str | None
+    text: str | None
+    queue_id: str | None
+    recipient: str | None
+    delay: float | None
+
+
+def _reply_of(event: Event) -> _EventReply:
+    extra = event.extra
+    action = extra.get("action")
+    delay = extra.get("delay")
+    status = extra.get("status")
+    return _EventReply(
+        ts=event.ts,
+        direction=event.direction.value if event.direction else None,
+        detail=bool(extra.get("detail")),
+        status=status if isinstance(status, str) else None,
+        action=None if action is None else str(action),
+        klass=event.klass,
+        reason=event.reason,
+        summary=event.summary,
+        code=event.code,
+        enhanced=event.enhanced,
+        text=event.text,
+        queue_id=event.queue_id,
+        recipient=event.recipient,
+        delay=float(delay) if isinstance(delay, int | float) else None,
+    )
+
+
+class _EventMessage(NamedTuple):
+    """A ``message`` event as the report reads it."""
+
+    ts: datetime
+    queue_id: str | None
+    sender: str | None
+    status: str
+    origin: str | None
+    received_at: datetime
+    size: int | None
+    notification_for: str | None
+    recipients: list[tuple[str | None, str | None]]
+
+    def recipient_statuses(self) -> list[tuple[str | None, str | None]]:
+        """Each recipient with its status."""
+        return self.recipients
+
+
+def _message_of(event: Event, record: MessageSummary) -> _EventMessage:
+    return _EventMessage(
+        ts=event.ts,
+        queue_id=event.queue_id,
+        sender=event.sender,
+        status=record.status,
+        origin=record.origin,
+        received_at=_parse_time(record.received, event.ts),
+        size=record.size,
+        notification_for=record.notification_for,
+        recipients=[(r.recipient, r.status) for r in record.recipients],
+    )
+
+
 class ReportBuilder:
     """Counts events (:meth:`add`) and log lines (:meth:`add_line`); :meth:`result` gives the
     report as plain data."""
@@ -130,10 +265,27 @@ class ReportBuilder:
         """Count one event (events other than reply and message are ignored)."""
         if event.event == EventKind.REPLY:
             self._span(event.ts)
-            self._reply(event)
+            self._reply(_reply_of(event))
         elif event.event == EventKind.MESSAGE:
             self._span(event.ts)
-            self._message(event)
+            if event.message is None:
+                self.statuses["unknown"] += 1
+                self._deferred_ids.finish(event.queue_id)
+                return
+            self._message(_message_of(event, event.message))
+
+    def add_tracked(self, items: Iterable[Tracked]) -> ReportBuilder:
+        """Count what the tracker gives (:meth:`MessageTracker.track
+        <smtp_policy.maillog.tracker.MessageTracker.track>`), as :meth:`add` counts the events
+        made of it, without making them; return self."""
+        for item in items:
+            if isinstance(item, SeenReply):
+                self._span(item.ts)
+                self._reply(item)
+            else:
+                self._span(item.ts)
+                self._message(item)
+        return self
 
     def add_line(self, line: str, record: LogRecord) -> None:
         """Count what a parsed log line says that no event carries: warning, error, fatal and
@@ -174,29 +326,26 @@ class ReportBuilder:
         self.hours[(ts.hour, what)] += 1
         self.days[(ts.toordinal(), what)] += 1  # named at the end: cheaper than isoformat here
 
-    def _message(self, event: Event) -> None:
-        msg = event.message
-        status = msg.status if msg is not None else "unknown"
+    def _message(self, msg: _Message) -> None:
+        status = msg.status
         self.statuses[status] += 1
-        self._deferred_ids.finish(event.queue_id)
-        if msg is None:
-            return
+        self._deferred_ids.finish(msg.queue_id)
         counted = counted_as(msg)
         if counted is not None:
             self.totals[counted] += 1
             if counted == "received":
-                self._traffic(_parse_time(msg.received, event.ts), "received")
+                self._traffic(msg.received_at, "received")
         if status in _NOT_RECEIVED:
             return
         size = msg.size or 0
-        for rcpt in msg.recipients:
-            if rcpt.status in _DELIVERED and size:
+        for recipient, rcpt_status in msg.recipient_statuses():
+            if rcpt_status in _DELIVERED and size:
                 self.totals["bytes_delivered"] += size
-                self._delivery(_domain_of(rcpt.recipient)).bytes += size
+                self._delivery(_domain_of(recipient)).bytes += size
         if msg.notification_for is not None:  # senders and bytes: of the messages queued
             return
         self.totals["bytes_received"] += size
-        sender = _address(event.sender)
+        sender = _address(msg.sender)
         if sender:
             self.senders[sender] += 1
             self.sender_bytes[sender] += size
@@ -210,69 +359,68 @@ class ReportBuilder:
             stat = self.deliveries[domain] = _Delivery()
         return stat
 
-    def _reply(self, event: Event) -> None:
-        extra = event.extra
-        if extra.get("detail"):  # one step of an attempt; the attempt's outcome line counts
+    def _reply(self, reply: _Reply) -> None:
+        if reply.detail:  # one step of an attempt; the attempt's outcome line counts
             return
-        status = extra.get("status")
-        direction = event.direction.value if event.direction else "downstream"
+        status = reply.status
+        direction = reply.direction or "downstream"
         if direction == "upstream":
-            action = str(extra.get("action"))
+            action = reply.action or ""
             if action in _WARN_ACTIONS:
                 self.totals["warned"] += 1
             elif action in _KEPT_ACTIONS:  # not a refusal: the message is held or dropped
                 self.totals[_KEPT_ACTIONS[action]] += 1
                 return
-            elif event.klass != "success":
+            elif reply.klass != "success":
                 self.totals["rejected"] += 1
-                self._traffic(event.ts, "rejected")
+                self._traffic(reply.ts, "rejected")
         elif status == "sent":
-            self._sent(event)
+            self._sent(reply)
         elif status == "bounced":
             self.totals["bounced"] += 1
-            self._traffic(event.ts, "bounced")
-            domain = _domain_of(event.recipient)
+            self._traffic(reply.ts, "bounced")
+            domain = _domain_of(reply.recipient)
             self.bounce_domains.setdefault(domain, collections.Counter())[
-                event.reason or "undefined"
+                reply.reason or "undefined"
             ] += 1
         elif status == "deferred":
             self.totals["deferred"] += 1
-            self._traffic(event.ts, "deferred")
-            if event.queue_id:
-                self._deferred_ids.add(event.queue_id)
-            self._domain(event)
-        if event.klass in _FAILURE_CLASSES:
-            self._reason(direction, event)
+            self._traffic(reply.ts, "deferred")
+            if reply.queue_id:
+                self._deferred_ids.add(reply.queue_id)
+            self._domain(reply)
+        if reply.klass in _FAILURE_CLASSES:
+            self._reason(direction, reply)
 
-    def _sent(self, event: Event) -> None:
-        if "forwarded as " in (event.text or ""):
+    def _sent(self, reply: _Reply) -> None:
+        if "forwarded as " in (reply.text or ""):
             self.totals["forwarded"] += 1
             return
         self.totals["delivered"] += 1
-        self._traffic(event.ts, "delivered")
-        recipient = _address(event.recipient)
+        self._traffic(reply.ts, "delivered")
+        recipient = _address(reply.recipient)
         if recipient:
             self.recipients[recipient] += 1
         stat = self._delivery(_domain_of(recipient))
         stat.sent += 1
-        delay = event.extra.get("delay")
-        if isinstance(delay, int | float):
+        delay = reply.delay
+        if delay is not None:
             stat.delay_total += delay
             stat.delays += 1
             stat.delay_max = max(stat.delay_max, float(delay))
 
-    def _reason(self, direction: str, event: Event) -> None:
-        reason = event.reason or "undefined"
+    def _reason(self, direction: str, reply: _Reply) -> None:
+        reason = reply.reason or "undefined"
         stat = self.reasons[direction].setdefault(reason, _Reason())
         stat.count += 1
         if stat.example is None:
-            stat.example, stat.summary = event.text, event.summary
-            stat.code, stat.enhanced = event.code, event.enhanced
-        self.minutes[(int(event.ts.timestamp()) // 60 * 60, direction, reason)] += 1
+            stat.example, stat.summary = reply.text, reply.summary
+            stat.code, stat.enhanced = reply.code, reply.enhanced
+        self.minutes[(int(reply.ts.timestamp()) // 60 * 60, direction, reason)] += 1
 
-    def _domain(self, event: Event) -> None:
-        domain = _domain_of(event.recipient)
-        self.domains.setdefault(domain, collections.Counter())[event.reason or "undefined"] += 1
+    def _domain(self, reply: _Reply) -> None:
+        domain = _domain_of(reply.recipient)
+        self.domains.setdefault(domain, collections.Counter())[reply.reason or "undefined"] += 1
         self._delivery(domain).deferrals += 1
 
     def result(self) -> dict[str, Any]:

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
-from smtp_policy.core.events import Direction, Event, EventKind, MessageSummary
+from smtp_policy.core.events import Direction, Event, EventKind
 from smtp_policy.maillog.tracker import FINISHED_MEMORY
 
 __all__ = ["TOTALS", "DistinctMessages", "Tally", "counted_as"]
@@ -55,7 +55,15 @@ _ACTIONS = {
 }
 
 
-def counted_as(record: MessageSummary) -> Literal["received", "generated"] | None:
+class Origin(Protocol):
+    """Anything that says how a message came in: a record, or the tracker's finished message."""
+
+    @property
+    def origin(self) -> str | None:
+        """``smtpd``, ``pickup``, ``sendmail``, ``notice`` or None."""
+
+
+def counted_as(record: Origin) -> Literal["received", "generated"] | None:
     """How a message record counts: ``received`` (it came from a client, smtpd's ``client=``,
     pickup or Sendmail's ``from=``: a queue id and a client, as pflogsumm counts; refused
     later or not), ``generated`` (a notice this MTA wrote), or None (the log did not say how

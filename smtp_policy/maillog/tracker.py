@@ -3,9 +3,13 @@
 Theory of operation: a mail log is many processes talking at once about many messages. The
 parser (``smtp_policy.maillog.parse``) reads one line at a time and knows nothing of the others;
 :class:`MessageTracker` is the one place that remembers across lines. It is pure: records in,
-:class:`~smtp_policy.core.events.Event` values out, no I/O and no clock. Time is the log's own
-(each record's timestamp); when a record has none, the caller's ``observed_at`` or the last log
-time stands in.
+:class:`~smtp_policy.core.events.Event` values out (:meth:`MessageTracker.feed`), no I/O and no
+clock. :meth:`MessageTracker.track` gives the same without building events: a
+:class:`SeenReply` per reply line and a :class:`DoneMessage` per message that left, each
+holding what its event is made of; ``report`` counts from them, the follower writes their JSON
+form (``to_form``, the event's ``to_dict()`` without the event), anything else calls
+``to_event``. Time is the log's own (each record's timestamp); when a record has none, the
+caller's ``observed_at`` or the last log time stands in.
 
 Every line that carries a reply (an smtpd/postscreen/milter reject upstream; a delivery status,
 a non-final attempt or a connection error downstream; a Sendmail ``stat=``/``reject=``) becomes
@@ -43,10 +47,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from smtp_policy.core.classify import classify
 from smtp_policy.core.events import (
+    DETAIL_CAP,
+    NAME_CAP,
+    TEXT_CAP,
     BounceNotice,
     Direction,
     Event,
@@ -54,6 +61,10 @@ from smtp_policy.core.events import (
     MessageReply,
     RecipientSummary,
     Source,
+    bare_address,
+    capped,
+    capped_detail,
+    event_head,
     new_event,
     new_message_reply,
     new_message_summary,
@@ -232,10 +243,419 @@ class _Known:
     explanation: Explanation
     fields: dict[str, Any]  # code, enhanced, klass, reason, summary, rule (not text)
     stage: str | None  # from "(in reply to RCPT TO command)", when the text says
+    #: ``class`` and ``reason``, then ``summary``, ``rule`` and ``decided_by``, as an event's
+    #: JSON form writes them (capped, null ones left out): the parts before and after ``text``.
+    before_text: tuple[tuple[str, object], ...] = ()
+    after_text: tuple[tuple[str, object], ...] = ()
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NO_FIELDS: dict[str, Any] = {}
+
+
+class SeenReply(NamedTuple):
+    """A reply line as the tracker saw it: the record, its time, its (cached) explanation, and
+    what its message had said by then (client, HELO, sender, this attempt's number).
+
+    Cheap to make (no event yet): ``report`` counts from it (the properties below), ``follow``
+    writes :meth:`to_event`. The properties are the values that event carries.
+    """
+
+    record: LogRecord
+    ts: datetime
+    known: _Known | None
+    msg_client_addr: str | None
+    msg_client_name: str | None
+    msg_helo: str | None
+    msg_sender: str | None
+    attempt: int | None
+
+    @property
+    def direction(self) -> str | None:
+        """``upstream`` or ``downstream``, as the event's ``direction``."""
+        direction = self.record.direction
+        return direction if direction in _DIRECTIONS else None
+
+    @property
+    def detail(self) -> bool:
+        """Only a step of a delivery attempt (the event's ``detail``): its outcome counts."""
+        return self.record.kind in _DETAIL_KINDS
+
+    @property
+    def status(self) -> str | None:
+        """The line's ``status=`` word, as it wrote it."""
+        return self.record.status
+
+    @property
+    def delay(self) -> float | None:
+        """The line's ``delay=`` (seconds)."""
+        return self.record.delay
+
+    @property
+    def text(self) -> str | None:
+        """The reply as the line wrote it."""
+        return self.record.reply
+
+    @property
+    def queue_id(self) -> str | None:
+        """The line's queue id."""
+        return self.record.queue_id
+
+    @property
+    def action(self) -> str | None:
+        """What the MTA did (``reject``, ``hold``...), in the one action vocabulary."""
+        return _action(self.record.action)[0]
+
+    @property
+    def klass(self) -> str | None:
+        """The reply's class (``transient``, ``permanent``...)."""
+        return self.known.fields.get("klass") if self.known is not None else None
+
+    @property
+    def reason(self) -> str | None:
+        """The reason the explanation found."""
+        return self.known.fields.get("reason") if self.known is not None else None
+
+    @property
+    def summary(self) -> str | None:
+        """The one-line explanation."""
+        return self.known.fields.get("summary") if self.known is not None else None
+
+    @property
+    def code(self) -> int | None:
+        """The reply code: the line's, else the explanation's."""
+        code = self.record.code
+        if code is not None or self.known is None:
+            return code
+        value: int | None = self.known.fields.get("code")
+        return value
+
+    @property
+    def enhanced(self) -> str | None:
+        """The enhanced status code: the line's (or its ``dsn=``), else the explanation's."""
+        record = self.record
+        enhanced = record.enhanced or record.dsn
+        if enhanced or self.known is None:
+            return enhanced
+        value: str | None = self.known.fields.get("enhanced")
+        return value
+
+    @property
+    def recipient(self) -> str | None:
+        """The recipient, without angle brackets."""
+        return _bare(self.record.recipient)
+
+    @property
+    def sender(self) -> str | None:
+        """The sender (the line's, else its message's), without angle brackets."""
+        sender = self.record.sender
+        return _bare(sender if sender is not None else self.msg_sender)
+
+    def to_event(self) -> Event:
+        """The ``reply`` event."""
+        record, known = self.record, self.known
+        fields: dict[str, Any] = {**known.fields} if known is not None else {}
+        fields["text"] = record.reply
+        if record.code is not None:
+            fields["code"] = record.code
+        enhanced = record.enhanced or record.dsn
+        if enhanced:
+            fields["enhanced"] = enhanced
+        kind = record.kind
+        extra: dict[str, Any] = {"kind": kind}  # then what the line says, in this order
+        if record.status is not None:
+            extra["status"] = record.status
+        if record.action is not None:
+            extra["action"], extra["by"] = _action(record.action)
+        if kind in _DETAIL_KINDS:
+            extra["detail"] = True
+        if record.program == "discard":
+            extra["transport"] = "discard"
+        if record.relay is not None:
+            extra["relay"] = record.relay
+        if record.delay is not None:
+            extra["delay"] = record.delay
+        if record.delays is not None:
+            extra["delays"] = record.delays
+        if record.dsn is not None:
+            extra["dsn"] = record.dsn
+        if record.orig_recipient is not None:
+            extra["orig_recipient"] = _bare(record.orig_recipient)
+        if self.attempt is not None:
+            extra["attempt"] = self.attempt
+        if record.host is not None:
+            extra["host"] = record.host
+        if record.program is not None:
+            extra["program"] = record.program
+        if record.pid is not None:
+            extra["pid"] = record.pid
+        return new_event(
+            event=EventKind.REPLY,
+            source=Source.LOG,
+            ts=self.ts,
+            direction=_direction(record),
+            stage=_stage(record, known),
+            queue_id=record.queue_id,
+            client_addr=record.client_addr or self.msg_client_addr,
+            client_name=record.client_name or self.msg_client_name,
+            helo=record.helo or self.msg_helo,
+            sender=self.sender,
+            recipient=_bare(record.recipient),
+            mta=record.mta,
+            friendly=record.extra_value("friendly") if record.extra else None,
+            extra=extra,
+            **fields,
+        )
+
+    def to_form(self) -> dict[str, object]:
+        """:meth:`to_event`'s JSON form (``to_event().to_dict()``, key order included), built
+        without the event: the follower writes hundreds of thousands."""
+        record, known = self.record, self.known
+        out = event_head(EventKind.REPLY, Source.LOG, self.ts)
+        direction = _DIRECTIONS.get(record.direction) if record.direction else None
+        if direction is not None:
+            out["direction"] = direction
+        stage = _stage(record, known)
+        if stage is not None:
+            out["stage"] = _schema_text(stage, NAME_CAP)
+        sender, recipient = self.sender, _bare(record.recipient)
+        for key, value in (
+            ("queue_id", record.queue_id),
+            ("client_addr", record.client_addr or self.msg_client_addr),
+            ("client_name", record.client_name or self.msg_client_name),
+            ("helo", record.helo or self.msg_helo),
+            ("sender", None if sender is None else bare_address(sender)),
+            ("recipient", None if recipient is None else bare_address(recipient)),
+        ):
+            if value is not None:
+                out[key] = (
+                    value if len(value) <= NAME_CAP and value.isascii() else capped(value, NAME_CAP)
+                )
+        fields = known.fields if known is not None else _NO_FIELDS
+        code = record.code if record.code is not None else fields.get("code")
+        if code is not None:
+            out["code"] = code
+        enhanced = record.enhanced or record.dsn or fields.get("enhanced")
+        if enhanced is not None:
+            out["enhanced"] = _schema_text(enhanced, NAME_CAP)
+        if known is not None:
+            out.update(known.before_text)
+        if record.reply is not None:
+            out["text"] = _schema_text(record.reply, TEXT_CAP)
+        if record.extra:
+            friendly = record.extra_value("friendly")
+            if friendly is not None:
+                out["friendly"] = _schema_text(friendly, TEXT_CAP)
+        if known is not None:
+            out.update(known.after_text)
+        out["mta"] = record.mta  # postfix or sendmail
+        _add_extras_form(out, record, self.attempt)
+        return out
+
+
+class DoneMessage(NamedTuple):
+    """A message that left the queue (or was flushed: ``flushed`` says why) at ``now`` (log
+    time, epoch seconds): ``report`` counts from it, ``follow`` writes :meth:`to_event`."""
+
+    message: _Message
+    now: float
+    flushed: str | None
+    tz: tzinfo
+    iso: Callable[[float], str]
+
+    @property
+    def ts(self) -> datetime:
+        """When the message left (the ``message`` event's ``ts``)."""
+        return datetime.fromtimestamp(self.now, self.tz)
+
+    @property
+    def queue_id(self) -> str:
+        """The message's queue id."""
+        return self.message.queue_id
+
+    @property
+    def origin(self) -> str | None:
+        """How it came in (the record's ``origin``)."""
+        return self.message.origin
+
+    @property
+    def size(self) -> int | None:
+        """Its size in bytes, when the log said."""
+        return self.message.size
+
+    @property
+    def notification_for(self) -> str | None:
+        """The queue id of the message this one is a notice about."""
+        return self.message.notification_for
+
+    @property
+    def status(self) -> str:
+        """The message record's ``status``."""
+        return _message_status(self.message, self.flushed)
+
+    @property
+    def received_at(self) -> datetime:
+        """When it came in, to the second (its record's ``received``), in UTC."""
+        return datetime.fromtimestamp(int(self.message.first_seen), UTC)
+
+    @property
+    def sender(self) -> str | None:
+        """The sender, without angle brackets."""
+        return _bare(self.message.sender)
+
+    def recipient_statuses(self) -> list[tuple[str | None, str | None]]:
+        """Each recipient (without angle brackets) with its status, in the record's order."""
+        return [(_bare(r.address), r.status) for r in self.message.recipients.values()]
+
+    def to_event(self) -> Event:
+        """The ``message`` event."""
+        return _message_event(self.message, self.now, self.flushed, self.tz, self.iso)
+
+    def to_form(self) -> dict[str, object]:
+        """:meth:`to_event`'s JSON form (``to_event().to_dict()``, key order included), built
+        without the event and its record's dataclasses. What the tracker computed (status,
+        flushed, ISO times) is written as it is: nothing in it to cap."""
+        msg, iso = self.message, self.iso
+        rcpts = list(msg.recipients.values())
+        out = event_head(EventKind.MESSAGE, Source.LOG, self.ts)
+        for key, value in (
+            ("queue_id", msg.queue_id),
+            ("client_addr", msg.client_addr),
+            ("client_name", msg.client_name),
+            ("helo", msg.helo),
+            ("sender", None if msg.sender is None else bare_address(msg.sender)),
+            ("recipient", bare_address(rcpts[0].address) if len(rcpts) == 1 else None),
+        ):
+            if value is not None:
+                out[key] = (
+                    value if len(value) <= NAME_CAP and value.isascii() else capped(value, NAME_CAP)
+                )
+        deciding = _deciding_attempt(msg)
+        if deciding is not None:
+            _add_deciding_form(out, deciding)
+        if msg.mta is not None:
+            out["mta"] = _schema_text(msg.mta, NAME_CAP)
+        flushed = self.flushed
+        out["status"] = _message_status(msg, flushed)
+        out["complete"] = flushed is None
+        if flushed is not None:
+            out["flushed"] = flushed
+        if msg.message_id is not None:
+            out["message_id"] = _detail_text(msg.message_id)
+        if msg.size is not None:
+            out["size"] = msg.size
+        if msg.nrcpt is not None:
+            out["nrcpt"] = msg.nrcpt
+        out["received"] = iso(msg.first_seen)
+        if msg.connected is not None:
+            out["connected"] = iso(msg.connected)
+        out["delay"] = _message_delay(msg, self.now)
+        out["recipients"] = [_recipient_form(r) for r in rcpts]
+        if msg.upstream:
+            out["upstream"] = [u.to_dict(capped_detail) for u in msg.upstream]
+        if msg.attempts:
+            out["attempts"] = [a.to_dict(capped_detail) for a in msg.attempts]
+        if msg.notifications:
+            out["notifications"] = [n.to_dict(capped_detail) for n in msg.notifications]
+        if msg.notification_for is not None:
+            out["notification_for"] = _detail_text(msg.notification_for)
+        if msg.origin is not None:
+            out["origin"] = _detail_text(msg.origin)
+        return out
+
+
+def _add_deciding_form(out: dict[str, object], deciding: MessageReply) -> None:
+    """The reply that explains a message's outcome, as its event's schema fields."""
+    if deciding.code is not None:
+        out["code"] = deciding.code
+    for key, value, cap in (
+        ("enhanced", deciding.enhanced, NAME_CAP),
+        ("class", deciding.klass, NAME_CAP),
+        ("reason", deciding.reason, NAME_CAP),
+        ("text", deciding.text, TEXT_CAP),
+        ("summary", deciding.summary, DETAIL_CAP),
+        ("rule", deciding.rule, NAME_CAP),
+    ):
+        if value is not None:
+            out[key] = value if len(value) <= cap and value.isascii() else capped(value, cap)
+
+
+def _add_extras_form(out: dict[str, object], record: LogRecord, attempt: int | None) -> None:
+    """A reply event's extras (what the line says), as its JSON form writes them, into ``out``:
+    the keys and order of :meth:`SeenReply.to_event`'s ``extra``."""
+    kind = record.kind
+    out["kind"] = kind  # one of KINDS
+    if record.status is not None:
+        out["status"] = (
+            record.status
+            if len(record.status) <= DETAIL_CAP and record.status.isascii()
+            else capped(record.status, DETAIL_CAP)
+        )
+    if record.action is not None:
+        action, by = _action(record.action)
+        out["action"] = None if action is None else _detail_text(action)
+        out["by"] = by  # mta, milter or proxy
+    if kind in _DETAIL_KINDS:
+        out["detail"] = True
+    if record.program == "discard":
+        out["transport"] = "discard"
+    if record.relay is not None:
+        out["relay"] = (
+            record.relay
+            if len(record.relay) <= DETAIL_CAP and record.relay.isascii()
+            else capped(record.relay, DETAIL_CAP)
+        )
+    if record.delay is not None:
+        out["delay"] = record.delay
+    if record.delays is not None:
+        out["delays"] = capped_detail(record.delays)
+    if record.dsn is not None:
+        out["dsn"] = (
+            record.dsn
+            if len(record.dsn) <= DETAIL_CAP and record.dsn.isascii()
+            else capped(record.dsn, DETAIL_CAP)
+        )
+    if record.orig_recipient is not None:
+        out["orig_recipient"] = _detail_text(_bare(record.orig_recipient) or "")
+    if attempt is not None:
+        out["attempt"] = attempt
+    if record.host is not None:
+        out["host"] = (
+            record.host
+            if len(record.host) <= DETAIL_CAP and record.host.isascii()
+            else capped(record.host, DETAIL_CAP)
+        )
+    if record.program is not None:
+        out["program"] = (
+            record.program
+            if len(record.program) <= DETAIL_CAP and record.program.isascii()
+            else capped(record.program, DETAIL_CAP)
+        )
+    if record.pid is not None:
+        out["pid"] = record.pid
+
+
+def _recipient_form(rcpt: _Recipient) -> dict[str, object]:
+    """A recipient in a message event's JSON form (``RecipientSummary.to_dict``'s)."""
+    last = rcpt.attempts[-1] if rcpt.attempts else None
+    out: dict[str, object] = {}
+    for key, value in (
+        ("recipient", _bare(rcpt.address)),
+        ("orig_recipient", _bare(rcpt.orig)),
+        ("status", rcpt.status),
+        ("dsn", last.dsn if last else None),
+        ("relay", last.relay if last else None),
+    ):
+        if value is not None:
+            out[key] = (
+                value if len(value) <= DETAIL_CAP and value.isascii() else capped(value, DETAIL_CAP)
+            )
+    out["attempts"] = [a.to_dict(capped_detail) for a in rcpt.attempts]
+    return out
+
+
+#: What the tracker gives back: replies and messages, in the order the log completed them.
+Tracked = SeenReply | DoneMessage
 
 
 @dataclass(slots=True)
@@ -321,11 +741,19 @@ class MessageTracker:
 
     def feed(self, record: LogRecord, observed_at: datetime | None = None) -> list[Event]:
         """Consume one record; the events it completes (replies first, then message records)."""
-        ts, logged = self._time(record, observed_at)
-        now = self._epoch(ts)
-        if logged and now > self._now:
-            self._now = now
-        out: list[Event] = []
+        return [seen.to_event() for seen in self.track(record, observed_at)]
+
+    def track(self, record: LogRecord, observed_at: datetime | None = None) -> list[Tracked]:
+        """Consume one record; what it completes, as :meth:`feed` but not yet made events: a
+        :class:`SeenReply` for a reply line, a :class:`DoneMessage` per message that left."""
+        ts = self._clock.time_of(record, observed_at)
+        if ts is None:  # the log gave no time: it does not move the log's clock
+            ts = self._untimed(observed_at)
+            now = self._epoch(ts)
+        else:
+            now = self._epoch(ts)
+            self._now = max(self._now, now)
+        out: list[Tracked] = []
         kind = record.kind
         known = None
         reply = kind in REPLY_KINDS
@@ -333,7 +761,7 @@ class MessageTracker:
             known = self._explain_record(record)
         msg = self._message_for(record, now)
         if reply:
-            out.append(self._reply_event(record, ts, known, msg))
+            out.append(self._seen_reply(record, ts, known, msg))
         if msg is not None:
             done = self._update(msg, record, ts, known)
             if done is not None:
@@ -342,11 +770,14 @@ class MessageTracker:
             self._session_only(record, now)
         if self._now - self._last_sweep >= SWEEP_EVERY:
             self._last_sweep = self._now
-            out += self.flush_idle()
+            out += self._flush_idle()
         return out
 
     def flush_idle(self) -> list[Event]:
         """Flush entries idle for longer than ``max_idle`` (log time) as incomplete records."""
+        return [done.to_event() for done in self._flush_idle()]
+
+    def _flush_idle(self) -> list[DoneMessage]:
         limit = self._now - self.max_idle
         stale = [q for q, m in self._messages.items() if m.last_seen < limit]
         for key in [k for k, s in self._sessions.items() if s.last_seen < limit]:
@@ -355,6 +786,10 @@ class MessageTracker:
 
     def flush_all(self) -> list[Event]:
         """The input is over: every message still in flight as an incomplete record."""
+        return [done.to_event() for done in self.track_end()]
+
+    def track_end(self) -> list[DoneMessage]:
+        """:meth:`flush_all`, not yet made events."""
         out = [self._finish(m, self._now, flushed="end") for m in list(self._messages.values())]
         self._sessions.clear()
         return out
@@ -414,8 +849,7 @@ class MessageTracker:
             return None
         known = self._own_known.get(own.rule)
         if known is None:
-            known = _known(own.decision.explanation)
-            known.fields["rule"] = own.rule
+            known = _known(own.decision.explanation, own.rule)
             self._own_known[own.rule] = known
         return known
 
@@ -467,65 +901,24 @@ class MessageTracker:
             text = f"4.4.7 {text}"
         return self._known(_VOLATILE.sub(_mask, text))
 
-    def _reply_event(
+    def _seen_reply(
         self,
         record: LogRecord,
         ts: datetime,
         known: _Known | None,
         msg: _Message | None,
-    ) -> Event:
-        fields: dict[str, Any] = {**known.fields} if known is not None else {}
-        fields["text"] = record.reply
-        if record.code is not None:
-            fields["code"] = record.code
-        enhanced = record.enhanced or record.dsn
-        if enhanced:
-            fields["enhanced"] = enhanced
-        kind = record.kind
-        extra: dict[str, Any] = {"kind": kind}  # then what the line says, in this order
-        if record.status is not None:
-            extra["status"] = record.status
-        if record.action is not None:
-            extra["action"], extra["by"] = _action(record.action)
-        if kind in _DETAIL_KINDS:
-            extra["detail"] = True
-        if record.program == "discard":
-            extra["transport"] = "discard"
-        if record.relay is not None:
-            extra["relay"] = record.relay
-        if record.delay is not None:
-            extra["delay"] = record.delay
-        if record.delays is not None:
-            extra["delays"] = record.delays
-        if record.dsn is not None:
-            extra["dsn"] = record.dsn
-        if record.orig_recipient is not None:
-            extra["orig_recipient"] = _bare(record.orig_recipient)
-        attempt = self._attempt_number(msg, record)
-        if attempt is not None:
-            extra["attempt"] = attempt
-        if record.host is not None:
-            extra["host"] = record.host
-        if record.program is not None:
-            extra["program"] = record.program
-        if record.pid is not None:
-            extra["pid"] = record.pid
-        return new_event(
-            event=EventKind.REPLY,
-            source=Source.LOG,
-            ts=ts,
-            direction=_direction(record),
-            stage=_stage(record, known),
-            queue_id=record.queue_id,
-            client_addr=record.client_addr or (msg.client_addr if msg else None),
-            client_name=record.client_name or (msg.client_name if msg else None),
-            helo=record.helo or (msg.helo if msg else None),
-            sender=_bare(record.sender if record.sender is not None or msg is None else msg.sender),
-            recipient=_bare(record.recipient),
-            mta=record.mta,
-            friendly=record.extra_value("friendly") if record.extra else None,
-            extra=extra,
-            **fields,
+    ) -> SeenReply:
+        if msg is None:
+            return SeenReply(record, ts, known, None, None, None, None, None)
+        return SeenReply(
+            record,
+            ts,
+            known,
+            msg.client_addr,
+            msg.client_name,
+            msg.helo,
+            msg.sender,
+            self._attempt_number(msg, record),
         )
 
     def _attempt_number(self, msg: _Message | None, record: LogRecord) -> int | None:
@@ -565,8 +958,8 @@ class MessageTracker:
         record: LogRecord,
         ts: datetime,
         known: _Known | None,
-    ) -> Event | None:
-        """Apply one record to its message; the message record if this finished it."""
+    ) -> DoneMessage | None:
+        """Apply one record to its message; the message, if this finished it."""
         kind = record.kind
         now = msg.last_seen
         self._fill_client(msg, record)
@@ -712,7 +1105,7 @@ class MessageTracker:
         enough = msg.nrcpt is None or len(statuses) >= msg.nrcpt
         return enough and all(s in FINAL_STATUSES for s in statuses)
 
-    def _finish(self, msg: _Message, now: float, flushed: str | None) -> Event:
+    def _finish(self, msg: _Message, now: float, flushed: str | None) -> DoneMessage:
         del self._messages[msg.queue_id]
         self._finished[msg.queue_id] = flushed is None
         if len(self._finished) > FINISHED_MEMORY:
@@ -720,7 +1113,7 @@ class MessageTracker:
         if msg.session and msg.session in self._sessions:
             with contextlib.suppress(ValueError):
                 self._sessions[msg.session].queue_ids.remove(msg.queue_id)
-        return _message_event(msg, now, flushed, self._tz, self._iso)
+        return DoneMessage(msg, now, flushed, self._tz, self._iso)
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -742,14 +1135,11 @@ class MessageTracker:
                     if queued is not None and queued.helo is None:
                         queued.helo = record.helo
 
-    def _time(self, record: LogRecord, observed_at: datetime | None) -> tuple[datetime, bool]:
-        """The record's time and whether the log said it (else: the last log time, or now)."""
-        ts = self._clock.time_of(record, observed_at)
-        if ts is not None:
-            return ts, True
+    def _untimed(self, observed_at: datetime | None) -> datetime:
+        """The time of a record the log gave none: the last log time, else ``observed_at``."""
         if self._now:
-            return datetime.fromtimestamp(self._now, UTC), False
-        return observed_at or _EPOCH, False
+            return datetime.fromtimestamp(self._now, UTC)
+        return observed_at or _EPOCH
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -801,12 +1191,52 @@ def _parts(record: LogRecord, text: str, masked: str) -> _Parts | None:
     return code, inner, ReplyForm.POSTFIX, command, remote
 
 
-def _known(explanation: Explanation) -> _Known:
-    """An explanation with the event fields and the stage it gives, computed once."""
+def _known(explanation: Explanation, rule: str | None = None) -> _Known:
+    """An explanation with the event fields and the stage it gives, computed once; ``rule``
+    names the admin's rule that made the reply, if one did."""
     fields: dict[str, Any] = dict(reply_fields(explanation))
     del fields["text"]
+    if rule is not None:
+        fields["rule"] = rule
     command = explanation.reply.command
-    return _Known(explanation, fields, _stage_name(command) if command else None)
+    return _Known(
+        explanation,
+        fields,
+        _stage_name(command) if command else None,
+        _form_pairs(fields, (("class", "klass", NAME_CAP), ("reason", "reason", NAME_CAP))),
+        _form_pairs(
+            fields,
+            (
+                ("summary", "summary", DETAIL_CAP),
+                ("rule", "rule", NAME_CAP),
+                ("decided_by", "decided_by", NAME_CAP),
+            ),
+        ),
+    )
+
+
+def _form_pairs(
+    fields: Mapping[str, Any], keys: tuple[tuple[str, str, int], ...]
+) -> tuple[tuple[str, object], ...]:
+    """The fields named, as an event's JSON form writes them: (key, value) in order, strings
+    capped, null ones left out."""
+    return tuple(
+        (key, capped(value, cap) if isinstance(value, str) else value)
+        for key, name, cap in keys
+        if (value := fields.get(name)) is not None
+    )
+
+
+def _schema_text(value: str | None, cap: int) -> str | None:
+    """A schema field's text as :meth:`Event.to_dict` writes it (None stays None)."""
+    if value is None or (len(value) <= cap and value.isascii()):
+        return value
+    return capped(value, cap)
+
+
+def _detail_text(value: str) -> str:
+    """A string inside the extras or a message record, as an event writes it."""
+    return value if len(value) <= DETAIL_CAP and value.isascii() else capped(value, DETAIL_CAP)
 
 
 def _stage_name(command: str) -> str:

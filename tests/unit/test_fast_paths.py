@@ -15,6 +15,7 @@ from smtp_policy.adapters.follow.pipeline import WRITE_EVERY, Pipeline
 from smtp_policy.core.events import (
     DETAIL_CAP,
     NAME_CAP,
+    REPLY_KEYS,
     Direction,
     Event,
     EventKind,
@@ -94,7 +95,8 @@ def test_capping_is_unchanged() -> None:
 
 
 def test_emit_all_writes_what_emit_writes() -> None:
-    """Line for line the same JSON (every zone of timestamp, the same second twice)."""
+    """``emit_all`` (and ``emit_forms``, given the events' JSON forms): line for line the same
+    JSON (every zone of timestamp, the same second twice)."""
     events = [
         Event(**_reply()),
         Event(**_reply(ts=TS.astimezone(timezone(timedelta(hours=2))))),
@@ -109,6 +111,10 @@ def test_emit_all_writes_what_emit_writes() -> None:
     assert many.getvalue() == one.getvalue() and one.getvalue().count("\n") == len(events)
     EventWriter(many, line_buffered=False).emit_all([])
     assert many.getvalue() == one.getvalue()
+    forms = io.StringIO()
+    EventWriter(forms, line_buffered=False).emit_forms([event.to_dict() for event in events])
+    EventWriter(forms, line_buffered=False).emit_forms([])
+    assert forms.getvalue() == one.getvalue()
 
 
 def test_pipeline_batch_writes_every_event_in_order() -> None:
@@ -146,3 +152,76 @@ def test_distinct_messages_forget_finished_ids() -> None:
         seen.add(qid)
         seen.finish(qid)
     assert len(seen) == 4 and len(seen._done) == 2
+
+
+def test_pipeline_forms_write_what_the_events_write() -> None:
+    """With ``emit_forms`` the pipeline writes each event's JSON form, built without the
+    event: the very dicts (key order too) the events give, in order, in slices."""
+    lines = (SAMPLES / "postfix-3.7-maillog-sample.log").read_text().splitlines()
+    kb = default_knowledge()
+    one: list[Event] = []
+    batches: list[list[dict[str, object]]] = []
+    plain = Pipeline(MessageTracker(kb, year=2026), one.append, parse_line)
+    forms = Pipeline(
+        MessageTracker(kb, year=2026), one.append, parse_line, emit_forms=batches.append
+    )
+    plain.feed(lines)
+    forms.feed(lines)
+    written = [form for batch in batches for form in batch]
+    expected = [event.to_dict() for event in one]
+    assert written == expected and len(written) > 500
+    assert [list(form) for form in written] == [list(form) for form in expected]
+    assert all(len(batch) >= WRITE_EVERY for batch in batches[:-1])
+    assert forms.events == plain.events
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Nov 28 12:00:01 mx postfix/smtp[7]: 4ABC123DEF: to=<a@é.test>, relay=none, "
+        "delay=1.5, delays=0.1/0/0.4/1, dsn=4.4.1, status=deferred (connect to "
+        "é.test[192.0.2.1]:25: Connection refused)",
+        "Nov 28 12:00:02 mx postfix/smtp[7]: 4ABC123DEF: to=<" + "x" * 600 + "@b>, "
+        "orig_to=<é@b>, relay=" + "r" * 5000 + ", delay=2, delays=1/0/0/1, dsn=5.1.1, "
+        "status=bounced (host mx[192.0.2.1] said: 550 5.1.1 " + "ü" * 20000 + " (in reply to "
+        "RCPT TO command))",
+        "Nov 28 12:00:03 mx postfix/smtpd[8]: NOQUEUE: reject: RCPT from "
+        + "h" * 700
+        + "[192.0.2.9]: 554 5.7.1 <é@x>: Relay access denied; from=<"
+        + "s" * 900
+        + "@x> to=<é@x> proto=ESMTP helo=<"
+        + "ö" * 600
+        + ">",
+        "Nov 28 12:00:04 mx postfix/qmgr[9]: 4ABC123DEF: removed",
+    ],
+)
+def test_forms_of_long_and_foreign_values(line: str) -> None:
+    """Long and non-ASCII values are capped in the forms exactly as the events cap them."""
+    tracker = MessageTracker(default_knowledge(), year=2026)
+    prelude = "Nov 28 12:00:00 mx postfix/qmgr[9]: 4ABC123DEF: from=<" + "é" * 700 + ">, "
+    queued = parse_line(prelude + "size=10, nrcpt=1 (queue active)")
+    assert queued is not None
+    tracker.track(queued)
+    record = parse_line(line)
+    assert record is not None
+    tracked = tracker.track(record) + tracker.track_end()
+    assert tracked
+    for item in tracked:
+        form, event = item.to_form(), item.to_event().to_dict()
+        assert form == event and list(form) == list(event)
+
+
+def test_message_reply_writes_every_field_in_order() -> None:
+    """``MessageReply.to_dict`` names its fields one by one: every field, in the dataclass's
+    order (``klass`` as ``class``), a long or non-ASCII text capped, a non-string as the cap
+    gives it."""
+    values: dict[str, Any] = {f.name: f"v-{f.name}" for f in dataclasses.fields(MessageReply)}
+    values.update(code=550, delay=1.5, attempt=2, text="é" * (DETAIL_CAP + 10))
+    reply = MessageReply(**values)
+    out = reply.to_dict(capped_detail)
+    assert tuple(out) == REPLY_KEYS
+    assert out["text"] == capped("é" * (DETAIL_CAP + 10), DETAIL_CAP) and out["code"] == 550
+    assert reply.to_dict() == {k: values["klass" if k == "class" else k] for k in REPLY_KEYS}
+    odd_relay: Any = ["a", ("b",)]  # as a hand-edited state may hold
+    odd = dataclasses.replace(reply, relay=odd_relay)
+    assert odd.to_dict(capped_detail)["relay"] == ["a", ["b"]]

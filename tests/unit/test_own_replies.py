@@ -239,7 +239,10 @@ def reply_events(lines: list[str], config: Config | None = None) -> list[dict[st
     for line in lines:
         record = parse_line(line)
         assert record is not None, line
-        out += [e.to_dict() for e in tracker.feed(record, datetime(2026, 11, 28, tzinfo=UTC))]
+        for tracked in tracker.track(record, datetime(2026, 11, 28, tzinfo=UTC)):
+            form = tracked.to_event().to_dict()
+            assert tracked.to_form() == form  # the follower's form: the same, rule included
+            out.append(form)
     return [e for e in out if e["event"] == "reply"]
 
 

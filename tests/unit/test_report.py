@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from smtp_policy.adapters.follow.pipeline import replay
+from smtp_policy.adapters.follow.pipeline import replay, replay_tracked
 from smtp_policy.data import default_knowledge
 from smtp_policy.maillog.report import (
     TITLES,
@@ -19,6 +20,7 @@ from smtp_policy.maillog.report import (
     render_text,
 )
 from smtp_policy.maillog.tally import Tally
+from smtp_policy.maillog.tracker import SeenReply
 from tests.helpers import SAMPLES
 
 SAMPLE = SAMPLES / "postfix-3.7-maillog-sample.log"
@@ -349,3 +351,38 @@ def test_cut_at_a_space() -> None:
     assert _cut("short", 10) == "short"
     assert _cut("alpha beta gamma delta", 15) == "alpha beta…"
     assert _cut("x" * 40, 10) == "x" * 9 + "…"
+
+
+@pytest.mark.parametrize(("path", "year"), [(SAMPLE, 2026), (SECTIONS, 2026)])
+def test_tracked_counts_as_the_events(path: Path, year: int) -> None:
+    """``report`` counts the tracker's replies and messages without making events
+    (``add_tracked``): the very report the events give (``add_all``)."""
+    builder = ReportBuilder()
+    tracked = replay_tracked([str(path)], default_knowledge(), year=year, tap=builder.add_line)
+    assert builder.add_tracked(tracked).result() == build(path, year)
+
+
+def test_tracked_reads_as_its_event() -> None:
+    """Every value the report reads of a reply or a finished message is the one its event
+    carries."""
+    for tracked in replay_tracked([str(SAMPLE)], default_knowledge(), year=2026):
+        event = tracked.to_event()
+        assert tracked.ts == event.ts and tracked.queue_id == event.queue_id
+        assert tracked.sender == event.sender
+        if isinstance(tracked, SeenReply):
+            extra = event.extra
+            assert tracked.direction == (event.direction.value if event.direction else None)
+            assert tracked.detail == bool(extra.get("detail"))
+            assert (tracked.status, tracked.action) == (extra.get("status"), extra.get("action"))
+            assert tracked.delay == extra.get("delay")
+            assert (tracked.klass, tracked.reason) == (event.klass, event.reason)
+            assert (tracked.code, tracked.enhanced) == (event.code, event.enhanced)
+            assert (tracked.text, tracked.summary) == (event.text, event.summary)
+            assert tracked.recipient == event.recipient
+            continue
+        record = event.message
+        assert record is not None
+        assert (tracked.status, tracked.origin) == (record.status, record.origin)
+        assert (tracked.size, tracked.notification_for) == (record.size, record.notification_for)
+        assert tracked.received_at == datetime.fromisoformat(record.received)
+        assert tracked.recipient_statuses() == [(r.recipient, r.status) for r in record.recipients]

@@ -26,7 +26,7 @@ from smtp_policy.core.events import Source as EventSource
 from smtp_policy.core.knowledge import KnowledgeBase
 from smtp_policy.core.policy import OwnReply
 from smtp_policy.emit import EventWriter
-from smtp_policy.maillog.tracker import MessageTracker
+from smtp_policy.maillog.tracker import MessageTracker, SeenReply, Tracked
 
 if TYPE_CHECKING:
     from smtp_policy.adapters.follow.metrics import FollowMetrics
@@ -38,7 +38,10 @@ _FATAL_NOTICES = frozenset({"missing", "unreadable", "journal_error"})
 INPUT_PROBLEMS = frozenset({*_FATAL_NOTICES, "corrupt", "no_mail_lines"})
 
 Parse = Callable[[str], "LogRecord | None"]
-#: With ``emit_all``, the pipeline hands the writer this many events at a time (at least).
+#: Writes events given in their JSON form (``Event.to_dict``'s), in order.
+WriteForms = Callable[[list[dict[str, object]]], None]
+#: With ``emit_all`` or ``emit_forms``, the pipeline hands the writer this many events at a
+#: time (at least).
 WRITE_EVERY = 256
 
 
@@ -79,10 +82,12 @@ class Pipeline:
         metrics: FollowMetrics | None = None,
         *,
         emit_all: Callable[[list[Event]], None] | None = None,
+        emit_forms: WriteForms | None = None,
     ) -> None:
         self.tracker = tracker
         self._emit = emit
         self._emit_all = emit_all
+        self._emit_forms = emit_forms
         self._parse = parse
         self._metrics = metrics
         self.kinds: collections.Counter[str] = collections.Counter()
@@ -102,9 +107,13 @@ class Pipeline:
         self.feed(batch.lines)
 
     def feed(self, lines: Sequence[str]) -> None:
-        """Parse and track lines; write every event they complete (with ``emit_all``: in
-        slices of :data:`WRITE_EVERY` or more, one call each, and what was done if the tracker
-        fails midway)."""
+        """Parse and track lines; write every event they complete (with ``emit_forms``: built
+        as JSON forms without Event objects, unless the metrics need them; with ``emit_all``
+        or ``emit_forms``: in slices of :data:`WRITE_EVERY` or more, one call each, and what
+        was done if the tracker fails midway)."""
+        if self._emit_forms is not None:
+            self._feed_forms(lines, self._emit_forms)
+            return
         parse, feed, emit = self._parse, self.tracker.feed, self._emit
         kinds: collections.Counter[str] = collections.Counter()
         names: collections.Counter[str] = collections.Counter()
@@ -146,6 +155,52 @@ class Pipeline:
             if emit_all is not None and done:
                 emit_all(done)
             self.events.update(names)
+        self._counted(lines, kinds)
+
+    def _feed_forms(self, lines: Sequence[str], emit_forms: WriteForms) -> None:
+        """:meth:`feed` with the tracker's replies and messages written as JSON forms."""
+        parse, track = self._parse, self.tracker.track
+        kinds: collections.Counter[str] = collections.Counter()
+        names: collections.Counter[str] = collections.Counter()
+        observe = self._metrics.observe if self._metrics is not None else None
+        observe_record = self._metrics.observe_record if self._metrics is not None else None
+        counted = self._metrics.record_kinds if self._metrics is not None else frozenset()
+        now = datetime.now(UTC)
+        done: list[dict[str, object]] = []
+        try:
+            for line in lines:
+                try:
+                    record = parse(line)
+                except Exception:  # a parser bug must not stop the follower: count the line
+                    kinds["parse_error"] += 1
+                    continue
+                if record is None:
+                    kinds["other"] += 1
+                    continue
+                kinds[record.kind] += 1
+                if observe_record is not None and record.kind in counted:
+                    observe_record(record)
+                tracked = track(record, now)
+                if not tracked:
+                    continue
+                for item in tracked:
+                    form = item.to_form()
+                    done.append(form)
+                    names[
+                        EventKind.REPLY if isinstance(item, SeenReply) else EventKind.MESSAGE
+                    ] += 1
+                    if observe is not None:
+                        observe(item.to_event())
+                if len(done) >= WRITE_EVERY:  # out in slices: memory stays small
+                    emit_forms(done)
+                    done = []
+        finally:
+            if done:
+                emit_forms(done)
+            self.events.update(names)
+        self._counted(lines, kinds)
+
+    def _counted(self, lines: Sequence[str], kinds: collections.Counter[str]) -> None:
         self.lines += len(lines)
         self.kinds.update(kinds)
         if self._metrics is not None:
@@ -262,19 +317,38 @@ def replay(
     tap: Callable[[str, LogRecord], None] | None = None,
     progress: Progress | None = None,
 ) -> Iterator[Event]:
-    """Every event of whole inputs (files, ``-``, pipes, compressed archives), in order, then
-    the messages still in flight (incomplete); ``own`` are the replies of the configured rules,
-    recognised in the log; ``tap`` is given every line the parser recognised, with its
-    record (``report`` reads warnings and TLS so). Problems go to ``notices``: an input that
-    cannot be read, a damaged archive, or one without a single mail log line
-    (``no_mail_lines``)."""
+    """Every event of whole inputs, in order, then the messages still in flight (incomplete):
+    :func:`replay_tracked`'s replies and messages made events."""
+    for tracked in replay_tracked(
+        paths, kb, year=year, notices=notices, own=own, tap=tap, progress=progress
+    ):
+        yield tracked.to_event()
+
+
+def replay_tracked(
+    paths: Sequence[str],
+    kb: KnowledgeBase,
+    *,
+    year: int | None = None,
+    notices: list[Notice] | None = None,
+    own: Iterable[OwnReply] = (),
+    tap: Callable[[str, LogRecord], None] | None = None,
+    progress: Progress | None = None,
+) -> Iterator[Tracked]:
+    """What the tracker makes of whole inputs (files, ``-``, pipes, compressed archives): each
+    reply and each message that left, in order, then the messages still in flight (incomplete;
+    ``report`` counts them so, without making events); ``own`` are the replies of the
+    configured rules, recognised in the log; ``tap`` is given every line the parser
+    recognised, with its record (``report`` reads warnings and TLS so). Problems go to
+    ``notices``: an input that cannot be read, a damaged archive, or one without a single mail
+    log line (``no_mail_lines``)."""
     from smtp_policy.adapters.follow.inputs import read_lines
     from smtp_policy.maillog.parse import parse_line
 
     found = notices if notices is not None else []
     tracker = MessageTracker(kb, tz=local_timezone(), year=year, own=own)
     now = datetime.now(UTC)
-    feed = tracker.feed
+    track = tracker.track
     for path in paths:
         before = len(found)
         mail_lines = 0
@@ -285,14 +359,14 @@ def replay(
                     mail_lines += 1
                     if tap is not None:
                         tap(line, record)
-                    events = feed(record, now)
-                    if events:  # most lines complete no event
-                        yield from events
+                    tracked = track(record, now)
+                    if tracked:  # most lines complete nothing
+                        yield from tracked
         unread = any(n.kind in INPUT_PROBLEMS for n in found[before:])
         if not mail_lines and not unread:
             name = "standard input" if path == "-" else path
             found.append(Notice(path, "no_mail_lines", f"{name}: no Postfix or Sendmail log line"))
-    yield from tracker.flush_all()
+    yield from tracker.track_end()
 
 
 def input_problems(notices: Sequence[Notice], command: str) -> int:
