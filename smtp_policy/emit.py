@@ -210,19 +210,7 @@ class EventWriter:
         """Write events in order with one ``write``, each line exactly as :meth:`emit` writes
         it (the same renderer; structlog's per-call machinery is skipped: the follower writes
         thousands of events per batch)."""
-        render = _render
-        lines = []
-        for event in events:
-            fields = event.to_dict()
-            fields["event"] = fields.pop("event")  # last, where structlog puts it
-            lines.append(render(None, "info", fields))
-        if not lines:
-            return
-        lines.append("")
-        with self._lock:
-            self._stream.write("\n".join(lines))
-            if self._line_buffered:
-                self._stream.flush()
+        self.emit_forms(event.to_dict() for event in events)
 
     def emit_fields(self, fields: dict[str, object]) -> None:
         """Write one event given in its JSON form, as :meth:`Event.to_dict` or
