@@ -334,7 +334,8 @@ class ReportBuilder:
         if counted is not None:
             self.totals[counted] += 1
             if counted == "received":
-                self._traffic(msg.received_at, "received")
+                # in the log's clock, as every other column (received_at is in UTC)
+                self._traffic(msg.received_at.astimezone(msg.ts.tzinfo), "received")
         if status in _NOT_RECEIVED:
             return
         size = msg.size or 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -386,3 +387,29 @@ def test_tracked_reads_as_its_event() -> None:
         assert (tracked.size, tracked.notification_for) == (record.size, record.notification_for)
         assert tracked.received_at == datetime.fromisoformat(record.received)
         assert tracked.recipient_statuses() == [(r.recipient, r.status) for r in record.recipients]
+
+
+@pytest.mark.parametrize("zone", ["UTC0", "IST-5:30", "EST+5"])
+def test_traffic_is_in_the_logs_clock_whatever_the_zone(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every traffic column counts in the log's own clock: on a host east or west of UTC the
+    hours and dates are those of the log's lines, "received" included (it came from the
+    message record's UTC time and was shifted by the host's offset)."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        sections = build(SECTIONS, year=2026)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    busy = {
+        h["hour"]: h for h in sections["per_hour"] if any(v for k, v in h.items() if k != "hour")
+    }
+    assert set(busy) == {8, 9, 10}
+    assert busy[9]["received"] == 1
+    assert [(d["date"], d["received"]) for d in sections["per_day"]] == [
+        ("2026-03-01", 2),
+        ("2026-03-02", 0),
+        ("2026-03-03", 1),
+    ]
