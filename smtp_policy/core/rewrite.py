@@ -90,12 +90,15 @@ def _shorten(text: str, limit: int) -> str:
     space = cut.rfind(" ")
     if space >= len(cut) * 3 // 4:
         cut = cut[:space]
-    cut = cut.rstrip(" ,;:(-")
-    if cut.endswith("\\"):  # half of an escape (Postfix's \\n): drop it
-        cut = cut.rstrip("\\")
-    if (len(cut) - len(cut.rstrip("$"))) % 2:  # half of a $$
-        cut = cut[:-1]
-    return cut + "..."
+    while True:  # each step can uncover what another removes: until none applies
+        before = cut
+        cut = cut.rstrip(" ,;:(-")
+        if cut.endswith("\\"):  # half of an escape (Postfix's \\n): drop it
+            cut = cut.rstrip("\\")
+        if (len(cut) - len(cut.rstrip("$"))) % 2:  # half of a $$
+            cut = cut[:-1]
+        if cut == before:
+            return cut + "..."
 
 
 def dsn_text(status: str, original: str, lines: Sequence[str]) -> str | None:
