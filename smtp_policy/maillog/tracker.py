@@ -149,7 +149,7 @@ _WHOLE_MESSAGE_STAGES = frozenset({"data", "eom"})
 _REFUSING = frozenset({"reject", "discard"})
 #: Reply kinds that are a step of a delivery attempt: a later line gives the outcome (a
 #: ``status=`` line), so counting them too would count one failure twice.
-_DETAIL_KINDS = frozenset({"attempt", "connection_error"})
+DETAIL_KINDS = frozenset({"attempt", "connection_error"})
 #: Who took an action (``by``, as in the milter's events), by the prefix the MTA puts on its
 #: action word (``milter-reject``); without one, the MTA's own checks.
 _ACTION_BY = {"milter": "milter", "proxy": "proxy"}
@@ -279,7 +279,7 @@ class SeenReply(NamedTuple):
     @property
     def detail(self) -> bool:
         """Only a step of a delivery attempt (the event's ``detail``): its outcome counts."""
-        return self.record.kind in _DETAIL_KINDS
+        return self.record.kind in DETAIL_KINDS
 
     @property
     def status(self) -> str | None:
@@ -367,7 +367,7 @@ class SeenReply(NamedTuple):
             extra["status"] = record.status
         if record.action is not None:
             extra["action"], extra["by"] = _action(record.action)
-        if kind in _DETAIL_KINDS:
+        if kind in DETAIL_KINDS:
             extra["detail"] = True
         if record.program == "discard":
             extra["transport"] = "discard"
@@ -595,7 +595,7 @@ def _add_extras_form(out: dict[str, object], record: LogRecord, attempt: int | N
         action, by = _action(record.action)
         out["action"] = None if action is None else _detail_text(action)
         out["by"] = by  # mta, milter or proxy
-    if kind in _DETAIL_KINDS:
+    if kind in DETAIL_KINDS:
         out["detail"] = True
     if record.program == "discard":
         out["transport"] = "discard"
@@ -1307,6 +1307,12 @@ def _message_status(msg: _Message, flushed: str | None) -> str:
         return "incomplete" if msg.queued else "not_queued"
     if msg.expired:
         return "expired"
+    if len(msg.recipients) == 1:  # most messages: the one status, without a set
+        (only,) = msg.recipients.values()
+        final = only.status
+        if final in _DELIVERED:
+            return "discarded" if final == "discarded" else "delivered"
+        return "bounced" if final in FINAL_STATUSES else "incomplete"
     finals = {r.status for r in msg.recipients.values()}
     if not finals:
         return "removed"
