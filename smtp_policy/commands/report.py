@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=progress,
                 tap=builder.add_line,
                 tap_kinds=LINE_KINDS,
+                keep_replies=False,
             )
         )
     finally:

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from smtp_policy.core.classify import classify
 from smtp_policy.core.events import (
@@ -250,6 +250,8 @@ class _Known:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: What a tracker that does not keep replies (``keep_replies=False``) keeps of each one.
+UNKEPT_REPLY: Final = MessageReply(ts="")
 _NO_FIELDS: dict[str, Any] = {}
 
 
@@ -700,7 +702,13 @@ class LogClock:
 
 
 class MessageTracker:
-    """Consume parsed log records; yield reply events and, per message, one message record."""
+    """Consume parsed log records; yield reply events and, per message, one message record.
+
+    With ``keep_replies=False`` a message keeps, of each of its replies (attempts, upstream
+    rejects), only that there was one (:data:`UNKEPT_REPLY`): its statuses, counts and
+    everything a :class:`SeenReply` carries are the same, its record's replies are not
+    (``report`` reads none of them; ``follow`` and ``trace`` keep them).
+    """
 
     def __init__(
         self,
@@ -711,8 +719,10 @@ class MessageTracker:
         year: int | None = None,
         explain_cache: int = EXPLAIN_CACHE,
         own: Iterable[OwnReply] = (),
+        keep_replies: bool = True,
     ) -> None:
         self._kb = kb
+        self._keep_replies = keep_replies
         self._own = tuple(own)
         self._own_known: dict[str, _Known] = {}
         self.max_idle = max_idle
@@ -1076,6 +1086,8 @@ class MessageTracker:
         attempt: int | None = None,
     ) -> MessageReply:
         """One reply as kept in a message record: when, what happened, what it means."""
+        if not self._keep_replies:
+            return UNKEPT_REPLY
         fields = known.fields if known is not None else _NO_FIELDS
         return new_message_reply(
             ts=self._iso(self._epoch(ts)),

@@ -365,12 +365,18 @@ def test_tracked_counts_as_the_events(path: Path, year: int) -> None:
 
 
 @pytest.mark.parametrize(("path", "year"), [(SAMPLE, 2026), (SECTIONS, 2026)])
-def test_lines_of_other_kinds_change_nothing(path: Path, year: int) -> None:
-    """``report`` gives ``add_line`` only the kinds it reads (``LINE_KINDS``): the same report
-    as when it is given every line."""
+def test_what_report_skips_changes_nothing(path: Path, year: int) -> None:
+    """``report`` gives ``add_line`` only the kinds it reads (``LINE_KINDS``) and has the
+    tracker keep no reply in its message records (``keep_replies=False``): the same report as
+    from every line and the whole records."""
     builder = ReportBuilder()
     tracked = replay_tracked(
-        [str(path)], default_knowledge(), year=year, tap=builder.add_line, tap_kinds=LINE_KINDS
+        [str(path)],
+        default_knowledge(),
+        year=year,
+        tap=builder.add_line,
+        tap_kinds=LINE_KINDS,
+        keep_replies=False,
     )
     assert builder.add_tracked(tracked).result() == build(path, year)
 
