@@ -2,10 +2,11 @@
 
 :class:`ReportBuilder` consumes the events ``smtp-policy follow`` writes (``reply`` and
 ``message``) one at a time (:meth:`ReportBuilder.add`), or what the tracker makes of the log
-without building those events (:meth:`ReportBuilder.add_tracked`: ``smtp-policy report``; both
-read through one view, so they count alike), and the log lines no event carries (warnings,
-fatal and panic lines, SASL failures, TLS) through :meth:`ReportBuilder.add_line`. It keeps
-counters only (and the distinct senders and recipients, as pflogsumm does; the queue ids of
+without building those events (:meth:`ReportBuilder.add_tracked`: ``smtp-policy report``,
+reading the tracker's values directly; tests hold both to the same report), and the log lines
+no event carries (warnings, fatal and panic lines, SASL failures, TLS) through
+:meth:`ReportBuilder.add_line` (only the kinds of :data:`LINE_KINDS` matter). It keeps counters
+only (and the distinct senders and recipients, as pflogsumm does; the queue ids of
 deferred messages only while they are in flight:
 :class:`~smtp_policy.maillog.tally.DistinctMessages`). What is counted (docs/report.md):
 

@@ -761,8 +761,10 @@ class MessageTracker:
             ts = self._untimed(observed_at)
             now = self._epoch(ts)
         else:
-            now = self._epoch(ts)
-            self._now = max(self._now, now)
+            # _epoch inline: most lines share the last one's second
+            now = self._epoch_value if ts is self._epoch_of else self._epoch(ts)
+            if now > self._now:  # noqa: PLR1730 (max() is a call per line)
+                self._now = now
         out: list[Tracked] = []
         kind = record.kind
         known = None
@@ -999,10 +1001,15 @@ class MessageTracker:
         return None
 
     def _fill_client(self, msg: _Message, record: LogRecord) -> None:
-        msg.client_name = msg.client_name or record.client_name
-        msg.client_addr = msg.client_addr or record.client_addr
-        msg.helo = msg.helo or record.helo
-        msg.mta = msg.mta or record.mta
+        """What the message does not know yet, from the line (written only then)."""
+        if not msg.client_name:
+            msg.client_name = record.client_name
+        if not msg.client_addr:
+            msg.client_addr = record.client_addr
+        if not msg.helo:
+            msg.helo = record.helo
+        if not msg.mta:
+            msg.mta = record.mta
         if record.sender is not None and msg.sender is None:
             msg.sender = record.sender
 
