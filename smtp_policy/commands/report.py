@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from smtp_policy.core.sanitize import json_text
-from smtp_policy.maillog.report import ReportBuilder, render_html, render_text
+from smtp_policy.maillog.report import LINE_KINDS, ReportBuilder, render_html, render_text
 
 HELP = "summarise mail logs by reason (text, --json or --html)"
 
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
                 notices=notices,
                 progress=progress,
                 tap=builder.add_line,
+                tap_kinds=LINE_KINDS,
+                keep_replies=False,
             )
         )
     finally:

@@ -2,10 +2,11 @@
 
 :class:`ReportBuilder` consumes the events ``smtp-policy follow`` writes (``reply`` and
 ``message``) one at a time (:meth:`ReportBuilder.add`), or what the tracker makes of the log
-without building those events (:meth:`ReportBuilder.add_tracked`: ``smtp-policy report``; both
-read through one view, so they count alike), and the log lines no event carries (warnings,
-fatal and panic lines, SASL failures, TLS) through :meth:`ReportBuilder.add_line`. It keeps
-counters only (and the distinct senders and recipients, as pflogsumm does; the queue ids of
+without building those events (:meth:`ReportBuilder.add_tracked`: ``smtp-policy report``,
+reading the tracker's values directly; tests hold both to the same report), and the log lines
+no event carries (warnings, fatal and panic lines, SASL failures, TLS) through
+:meth:`ReportBuilder.add_line` (only the kinds of :data:`LINE_KINDS` matter). It keeps counters
+only (and the distinct senders and recipients, as pflogsumm does; the queue ids of
 deferred messages only while they are in flight:
 :class:`~smtp_policy.maillog.tally.DistinctMessages`). What is counted (docs/report.md):
 
@@ -41,13 +42,15 @@ from smtp_policy.core.events import Event, EventKind, MessageSummary
 from smtp_policy.core.sanitize import printable
 from smtp_policy.maillog.record import LogRecord
 from smtp_policy.maillog.tally import DistinctMessages, counted_as
-from smtp_policy.maillog.tracker import SeenReply, Tracked
+from smtp_policy.maillog.tracker import DETAIL_KINDS, DoneMessage, SeenReply, Tracked
 
 #: Candidate widths of one bar in "reasons over time", smallest first (seconds).
 BUCKET_WIDTHS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
 MAX_BARS = 48
 #: Distinct warning texts kept per level; the rest are counted as "(other)".
 MAX_WARNING_TEXTS = 1000
+#: The record kinds :meth:`ReportBuilder.add_line` reads (it ignores every other line).
+LINE_KINDS = frozenset({"warning", "noise", "connect", "client"})
 _FAILURE_CLASSES = frozenset({"transient", "permanent", "unknown"})
 _NOT_RECEIVED = frozenset({"rejected", "not_queued"})
 #: Recipient statuses Postfix logged as status=sent (pflogsumm's "delivered"): the discard
@@ -281,11 +284,84 @@ class ReportBuilder:
         for item in items:
             if isinstance(item, SeenReply):
                 self._span(item.ts)
-                self._reply(item)
+                self._seen_reply(item)
             else:
-                self._span(item.ts)
-                self._message(item)
+                ts = item.ts
+                self._span(ts)
+                self._done_message(item, ts)
         return self
+
+    def _seen_reply(self, seen: SeenReply) -> None:
+        """:meth:`_reply` reading the tracker's reply fields directly (no property per value);
+        the properties it still calls are those of the rarer branches."""
+        record = seen.record
+        if record.kind in DETAIL_KINDS:
+            return
+        known = seen.known
+        klass = known.fields.get("klass") if known is not None else None
+        if record.direction == "upstream":
+            action = seen.action or ""
+            if action in _WARN_ACTIONS:
+                self.totals["warned"] += 1
+            elif action in _KEPT_ACTIONS:
+                self.totals[_KEPT_ACTIONS[action]] += 1
+                return
+            elif klass != "success":
+                self.totals["rejected"] += 1
+                self._traffic(seen.ts, "rejected")
+            if klass in _FAILURE_CLASSES:
+                self._reason("upstream", seen)
+            return
+        status = record.status
+        if status == "sent":
+            self._sent(seen)
+        elif status == "bounced":
+            self.totals["bounced"] += 1
+            self._traffic(seen.ts, "bounced")
+            domain = _domain_of(seen.recipient)
+            self.bounce_domains.setdefault(domain, collections.Counter())[
+                seen.reason or "undefined"
+            ] += 1
+        elif status == "deferred":
+            self.totals["deferred"] += 1
+            self._traffic(seen.ts, "deferred")
+            if record.queue_id:
+                self._deferred_ids.add(record.queue_id)
+            self._domain(seen)
+        if klass in _FAILURE_CLASSES:
+            self._reason("downstream", seen)
+
+    def _done_message(self, done: DoneMessage, ts: datetime) -> None:
+        """:meth:`_message` reading the tracker's message directly, its time made once."""
+        msg = done.message
+        status = done.status
+        self.statuses[status] += 1
+        self._deferred_ids.finish(msg.queue_id)
+        counted = counted_as(msg)
+        if counted is not None:
+            self.totals[counted] += 1
+            if counted == "received":  # in the log's clock, as every other column
+                received = datetime.fromtimestamp(int(msg.first_seen), ts.tzinfo)
+                self.hours[(received.hour, "received")] += 1
+                self.days[(received.toordinal(), "received")] += 1
+        if status in _NOT_RECEIVED:
+            return
+        size = msg.size or 0
+        if size:
+            for recipient, rcpt_status in done.recipient_statuses():
+                if rcpt_status in _DELIVERED:
+                    self.totals["bytes_delivered"] += size
+                    self._delivery(_domain_of(recipient)).bytes += size
+        if msg.notification_for is not None:
+            return
+        self.totals["bytes_received"] += size
+        sender = _address(done.sender)
+        if sender:
+            self.senders[sender] += 1
+            self.sender_bytes[sender] += size
+            domain = _domain_of(sender)
+            self.sending_domains[domain] += 1
+            self.sending_domain_bytes[domain] += size
 
     def add_line(self, line: str, record: LogRecord) -> None:
         """Count what a parsed log line says that no event carries: warning, error, fatal and
@@ -412,7 +488,10 @@ class ReportBuilder:
 
     def _reason(self, direction: str, reply: _Reply) -> None:
         reason = reply.reason or "undefined"
-        stat = self.reasons[direction].setdefault(reason, _Reason())
+        reasons = self.reasons[direction]
+        stat = reasons.get(reason)
+        if stat is None:
+            stat = reasons[reason] = _Reason()
         stat.count += 1
         if stat.example is None:
             stat.example, stat.summary = reply.text, reply.summary

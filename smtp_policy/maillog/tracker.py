@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from smtp_policy.core.classify import classify
 from smtp_policy.core.events import (
@@ -149,7 +149,7 @@ _WHOLE_MESSAGE_STAGES = frozenset({"data", "eom"})
 _REFUSING = frozenset({"reject", "discard"})
 #: Reply kinds that are a step of a delivery attempt: a later line gives the outcome (a
 #: ``status=`` line), so counting them too would count one failure twice.
-_DETAIL_KINDS = frozenset({"attempt", "connection_error"})
+DETAIL_KINDS = frozenset({"attempt", "connection_error"})
 #: Who took an action (``by``, as in the milter's events), by the prefix the MTA puts on its
 #: action word (``milter-reject``); without one, the MTA's own checks.
 _ACTION_BY = {"milter": "milter", "proxy": "proxy"}
@@ -250,6 +250,8 @@ class _Known:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: What a tracker that does not keep replies (``keep_replies=False``) keeps of each one.
+UNKEPT_REPLY: Final = MessageReply(ts="")
 _NO_FIELDS: dict[str, Any] = {}
 
 
@@ -279,7 +281,7 @@ class SeenReply(NamedTuple):
     @property
     def detail(self) -> bool:
         """Only a step of a delivery attempt (the event's ``detail``): its outcome counts."""
-        return self.record.kind in _DETAIL_KINDS
+        return self.record.kind in DETAIL_KINDS
 
     @property
     def status(self) -> str | None:
@@ -367,7 +369,7 @@ class SeenReply(NamedTuple):
             extra["status"] = record.status
         if record.action is not None:
             extra["action"], extra["by"] = _action(record.action)
-        if kind in _DETAIL_KINDS:
+        if kind in DETAIL_KINDS:
             extra["detail"] = True
         if record.program == "discard":
             extra["transport"] = "discard"
@@ -595,7 +597,7 @@ def _add_extras_form(out: dict[str, object], record: LogRecord, attempt: int | N
         action, by = _action(record.action)
         out["action"] = None if action is None else _detail_text(action)
         out["by"] = by  # mta, milter or proxy
-    if kind in _DETAIL_KINDS:
+    if kind in DETAIL_KINDS:
         out["detail"] = True
     if record.program == "discard":
         out["transport"] = "discard"
@@ -700,7 +702,13 @@ class LogClock:
 
 
 class MessageTracker:
-    """Consume parsed log records; yield reply events and, per message, one message record."""
+    """Consume parsed log records; yield reply events and, per message, one message record.
+
+    With ``keep_replies=False`` a message keeps, of each of its replies (attempts, upstream
+    rejects), only that there was one (:data:`UNKEPT_REPLY`): its statuses, counts and
+    everything a :class:`SeenReply` carries are the same, its record's replies are not
+    (``report`` reads none of them; ``follow`` and ``trace`` keep them).
+    """
 
     def __init__(
         self,
@@ -711,8 +719,10 @@ class MessageTracker:
         year: int | None = None,
         explain_cache: int = EXPLAIN_CACHE,
         own: Iterable[OwnReply] = (),
+        keep_replies: bool = True,
     ) -> None:
         self._kb = kb
+        self._keep_replies = keep_replies
         self._own = tuple(own)
         self._own_known: dict[str, _Known] = {}
         self.max_idle = max_idle
@@ -751,8 +761,10 @@ class MessageTracker:
             ts = self._untimed(observed_at)
             now = self._epoch(ts)
         else:
-            now = self._epoch(ts)
-            self._now = max(self._now, now)
+            # _epoch inline: most lines share the last one's second
+            now = self._epoch_value if ts is self._epoch_of else self._epoch(ts)
+            if now > self._now:  # noqa: PLR1730 (max() is a call per line)
+                self._now = now
         out: list[Tracked] = []
         kind = record.kind
         known = None
@@ -989,10 +1001,15 @@ class MessageTracker:
         return None
 
     def _fill_client(self, msg: _Message, record: LogRecord) -> None:
-        msg.client_name = msg.client_name or record.client_name
-        msg.client_addr = msg.client_addr or record.client_addr
-        msg.helo = msg.helo or record.helo
-        msg.mta = msg.mta or record.mta
+        """What the message does not know yet, from the line (written only then)."""
+        if not msg.client_name:
+            msg.client_name = record.client_name
+        if not msg.client_addr:
+            msg.client_addr = record.client_addr
+        if not msg.helo:
+            msg.helo = record.helo
+        if not msg.mta:
+            msg.mta = record.mta
         if record.sender is not None and msg.sender is None:
             msg.sender = record.sender
 
@@ -1076,6 +1093,8 @@ class MessageTracker:
         attempt: int | None = None,
     ) -> MessageReply:
         """One reply as kept in a message record: when, what happened, what it means."""
+        if not self._keep_replies:
+            return UNKEPT_REPLY
         fields = known.fields if known is not None else _NO_FIELDS
         return new_message_reply(
             ts=self._iso(self._epoch(ts)),
@@ -1307,6 +1326,12 @@ def _message_status(msg: _Message, flushed: str | None) -> str:
         return "incomplete" if msg.queued else "not_queued"
     if msg.expired:
         return "expired"
+    if len(msg.recipients) == 1:  # most messages: the one status, without a set
+        (only,) = msg.recipients.values()
+        final = only.status
+        if final in _DELIVERED:
+            return "discarded" if final == "discarded" else "delivered"
+        return "bounced" if final in FINAL_STATUSES else "incomplete"
     finals = {r.status for r in msg.recipients.values()}
     if not finals:
         return "removed"

@@ -225,3 +225,19 @@ def test_message_reply_writes_every_field_in_order() -> None:
     odd_relay: Any = ["a", ("b",)]  # as a hand-edited state may hold
     odd = dataclasses.replace(reply, relay=odd_relay)
     assert odd.to_dict(capped_detail)["relay"] == ["a", ["b"]]
+
+
+@pytest.mark.parametrize(
+    "status",
+    [None, "sent", "deliverable", "discarded", "bounced", "expired", "undeliverable", "deferred"],
+)
+def test_one_recipients_status_is_the_sets(status: str | None) -> None:
+    """A message with one recipient takes a shortcut to its status: the one the rule over the
+    set of its recipients' statuses gives."""
+    from smtp_policy.maillog.tracker import _Message, _message_status, _Recipient
+
+    msg = _Message("4ABC123DEF", 0.0, 0.0)
+    msg.recipients["<a@b.example>"] = _Recipient("<a@b.example>", status=status)
+    other = _Recipient("<c@b.example>", status=status)
+    two = dataclasses.replace(msg, recipients={**msg.recipients, "<c@b.example>": other})
+    assert _message_status(msg, None) == _message_status(two, None)

@@ -14,6 +14,7 @@ import pytest
 from smtp_policy.adapters.follow.pipeline import replay, replay_tracked
 from smtp_policy.data import default_knowledge
 from smtp_policy.maillog.report import (
+    LINE_KINDS,
     TITLES,
     TOTAL_ROWS,
     ReportBuilder,
@@ -360,6 +361,23 @@ def test_tracked_counts_as_the_events(path: Path, year: int) -> None:
     (``add_tracked``): the very report the events give (``add_all``)."""
     builder = ReportBuilder()
     tracked = replay_tracked([str(path)], default_knowledge(), year=year, tap=builder.add_line)
+    assert builder.add_tracked(tracked).result() == build(path, year)
+
+
+@pytest.mark.parametrize(("path", "year"), [(SAMPLE, 2026), (SECTIONS, 2026)])
+def test_what_report_skips_changes_nothing(path: Path, year: int) -> None:
+    """``report`` gives ``add_line`` only the kinds it reads (``LINE_KINDS``) and has the
+    tracker keep no reply in its message records (``keep_replies=False``): the same report as
+    from every line and the whole records."""
+    builder = ReportBuilder()
+    tracked = replay_tracked(
+        [str(path)],
+        default_knowledge(),
+        year=year,
+        tap=builder.add_line,
+        tap_kinds=LINE_KINDS,
+        keep_replies=False,
+    )
     assert builder.add_tracked(tracked).result() == build(path, year)
 
 

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -334,19 +334,24 @@ def replay_tracked(
     own: Iterable[OwnReply] = (),
     tap: Callable[[str, LogRecord], None] | None = None,
     progress: Progress | None = None,
+    tap_kinds: Collection[str] | None = None,
+    keep_replies: bool = True,
 ) -> Iterator[Tracked]:
     """What the tracker makes of whole inputs (files, ``-``, pipes, compressed archives): each
     reply and each message that left, in order, then the messages still in flight (incomplete;
     ``report`` counts them so, without making events); ``own`` are the replies of the
     configured rules, recognised in the log; ``tap`` is given every line the parser
-    recognised, with its record (``report`` reads warnings and TLS so). Problems go to
+    recognised, with its record (``report`` reads warnings and TLS so), or only those of
+    ``tap_kinds`` when given (the kinds the tap reads: a call per line costs);
+    ``keep_replies=False`` makes the message records without their replies (``report``
+    counts outcomes only: :class:`~smtp_policy.maillog.tracker.MessageTracker`). Problems go to
     ``notices``: an input that cannot be read, a damaged archive, or one without a single mail
     log line (``no_mail_lines``)."""
     from smtp_policy.adapters.follow.inputs import read_lines
     from smtp_policy.maillog.parse import parse_line
 
     found = notices if notices is not None else []
-    tracker = MessageTracker(kb, tz=local_timezone(), year=year, own=own)
+    tracker = MessageTracker(kb, tz=local_timezone(), year=year, own=own, keep_replies=keep_replies)
     now = datetime.now(UTC)
     track = tracker.track
     for path in paths:
@@ -357,7 +362,7 @@ def replay_tracked(
                 record = parse_line(line)
                 if record is not None:
                     mail_lines += 1
-                    if tap is not None:
+                    if tap is not None and (tap_kinds is None or record.kind in tap_kinds):
                         tap(line, record)
                     tracked = track(record, now)
                     if tracked:  # most lines complete nothing
