@@ -158,6 +158,12 @@ _VOLATILE = re.compile(
     r"<[^<>@\s]{0,256}@|queued as [\w.-]+|\b(?:id|ID|Id)[=:]\s?[\w.@-]+"
     r"|\[\d{1,3}(?:\.\d{1,3}){3}\]"
 )
+#: What ends the common success reply ``250 2.0.0 Ok: queued as 4XZR7Q9PLM2K``.
+_QUEUED_AS = " queued as "
+#: A queue id as ``_VOLATILE`` masks it after ``queued as``.
+_QUEUED_ID = re.compile(r"[\w.-]+")
+#: The masked form of that ending.
+_QUEUED_MASKED = " queued as X"
 
 
 @dataclass(slots=True)
@@ -737,6 +743,9 @@ class MessageTracker:
         self._known_parts: Callable[[_Parts], _Known | None] = lru_cache(maxsize=explain_cache)(
             self._learn_parts
         )
+        # reply text before `` queued as <id>`` -> (its code, its explanation or None: no shortcut)
+        self._queued_known: dict[str, tuple[int, _Known | None]] = {}
+        self._queued_cap = explain_cache
         self._iso_second = -1
         self._iso_text = ""
         self._epoch_of: datetime | None = None
@@ -902,6 +911,14 @@ class MessageTracker:
                 return None
             text = "message expired, returned to sender"
         elif record.code is not None and record.kind != "expired":
+            cut = text.rfind(_QUEUED_AS)
+            if cut > 0 and len(text) <= MAX_PARSE_CHARS:
+                seen = self._queued_known.get(text[:cut])
+                if seen is not None and seen[0] == record.code and seen[1] is not None:
+                    if _QUEUED_ID.fullmatch(text, cut + len(_QUEUED_AS)):
+                        return seen[1]
+                elif seen is None:
+                    return self._learn_queued(record, record.code, text, cut)
             masked = _VOLATILE.sub(_mask, text)
             parts = _parts(record, text, masked)
             known = self._known_parts(parts) if parts is not None else None
@@ -912,6 +929,31 @@ class MessageTracker:
         elif record.kind == "expired" and "4.4.7" not in text:
             text = f"4.4.7 {text}"
         return self._known(_VOLATILE.sub(_mask, text))
+
+    def _learn_queued(self, record: LogRecord, code: int, text: str, cut: int) -> _Known:
+        """Explain a reply ending ``queued as <id>`` and remember it by the text before the id.
+
+        The shortcut is kept only when the masked text ends `` queued as X`` (no mask reached
+        across the id's beginning) and does not start ``host `` (whose parts depend on the
+        record): every reply with the same beginning and code then masks, and so is explained,
+        the same.
+        """
+        masked = _VOLATILE.sub(_mask, text)
+        parts = _parts(record, text, masked)
+        known = self._known_parts(parts) if parts is not None else None
+        if known is None:
+            known = self._known(masked)
+        head = text[:cut]
+        shortcut = (
+            _QUEUED_ID.fullmatch(text, cut + len(_QUEUED_AS)) is not None
+            and masked.endswith(_QUEUED_MASKED)
+            and not masked.startswith("host ")
+            and parts is not None
+        )
+        if len(self._queued_known) >= self._queued_cap:
+            self._queued_known.clear()
+        self._queued_known[head] = (code, known if shortcut else None)
+        return known
 
     def _seen_reply(
         self,

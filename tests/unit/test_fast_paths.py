@@ -241,3 +241,48 @@ def test_one_recipients_status_is_the_sets(status: str | None) -> None:
     other = _Recipient("<c@b.example>", status=status)
     two = dataclasses.replace(msg, recipients={**msg.recipients, "<c@b.example>": other})
     assert _message_status(msg, None) == _message_status(two, None)
+
+
+_QUEUED_REPLIES = [
+    "250 2.0.0 Ok: queued as V57VEQCWNT00",
+    "250 2.0.0 Ok: queued as R3FN9PEQCZIC",
+    "250 2.0.0 Ok: queued as a.b-c_d",
+    "250 2.0.0 Ok: queued as ABC/DEF",
+    "250 2.0.0 Ok: queued as ABC (more)",
+    "250 2.0.0 Ok: queued as ",
+    "250 2.0.0 Ok: queued as é9",
+    "250 2.0.0 Ok id: queued as ABC123",
+    "250 2.0.0 Ok id: queued as XYZ789",
+    "250 2.0.0 <a@b> queued as ABC123",
+    "250 2.0.0 <c@d> queued as ABC124",
+    "250 2.0.0 from [192.0.2.7] queued as ABC125",
+    "250 2.0.0 queued as X queued as ABC126",
+    "251 2.0.0 Ok: queued as ABC127",
+    "250 2.1.5 Ok: queued as ABC128",
+    "host mx.example[192.0.2.1] said: 250 2.0.0 Ok: queued as ABC129",
+    "250 2.0.0 Ok: " + "x" * 5000 + " queued as ABC130",
+]
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_queued_as_shortcut_explains_as_the_full_path(order: int) -> None:
+    """A reply ending ``queued as <id>`` explained from the text before the id is explained as
+    if no other reply had been seen: same class, reason and summary, whatever came first."""
+    kb = default_knowledge()
+    shared = MessageTracker(kb, year=2026)
+    replies = _QUEUED_REPLIES[::order] * 2
+    for number, reply in enumerate(replies):
+        code = reply.split(" ", 1)[0] if reply[0].isdigit() else reply.split(": ")[1][:3]
+        line = (
+            f"Nov 28 12:31:59 vm postfix/smtp[19347]: B935436B{number:02X}: to=<u@remote.test>, "
+            f"relay=127.0.0.1[127.0.0.1]:2525, delay=0.06, delays=0.05/0.01/0/0, "
+            f"dsn=2.0.0, status=sent ({reply})"
+        )
+        record = parse_line(line)
+        assert record is not None and record.code == int(code)
+        fresh = MessageTracker(kb, year=2026).track(record)
+        seen = shared.track(record)
+        assert [t.to_event().to_dict() for t in seen] == [t.to_event().to_dict() for t in fresh]
+        assert [getattr(t, "known", None) for t in seen] == [
+            getattr(t, "known", None) for t in fresh
+        ]
