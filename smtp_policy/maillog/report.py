@@ -35,7 +35,7 @@ import html
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from typing import Any, NamedTuple, Protocol
 
 from smtp_policy.core.events import Event, EventKind, MessageSummary
@@ -49,6 +49,8 @@ BUCKET_WIDTHS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
 MAX_BARS = 48
 #: Distinct warning texts kept per level; the rest are counted as "(other)".
 MAX_WARNING_TEXTS = 1000
+#: Received seconds whose hour and day are remembered (the cache is emptied when full).
+_RECEIVED_CELLS = 4096
 #: The record kinds :meth:`ReportBuilder.add_line` reads (it ignores every other line).
 LINE_KINDS = frozenset({"warning", "noise", "connect", "client"})
 _FAILURE_CLASSES = frozenset({"transient", "permanent", "unknown"})
@@ -255,6 +257,10 @@ class ReportBuilder:
         self.tls: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.tls_ciphers: collections.Counter[str] = collections.Counter()
         self._deferred_ids = DistinctMessages()
+        # a message's received second -> its (hour, day ordinal) in the log's clock: messages
+        # that leave together mostly arrived in the same second
+        self._received_cells: dict[int, tuple[int, int]] = {}
+        self._received_tz: tzinfo | None = None
         self.first: datetime | None = None
         self.last: datetime | None = None
 
@@ -341,9 +347,9 @@ class ReportBuilder:
         if counted is not None:
             self.totals[counted] += 1
             if counted == "received":  # in the log's clock, as every other column
-                received = datetime.fromtimestamp(int(msg.first_seen), ts.tzinfo)
-                self.hours[(received.hour, "received")] += 1
-                self.days[(received.toordinal(), "received")] += 1
+                hour, day = self._received_cell(int(msg.first_seen), ts.tzinfo)
+                self.hours[(hour, "received")] += 1
+                self.days[(day, "received")] += 1
         if status in _NOT_RECEIVED:
             return
         size = msg.size or 0
@@ -362,6 +368,18 @@ class ReportBuilder:
             domain = _domain_of(sender)
             self.sending_domains[domain] += 1
             self.sending_domain_bytes[domain] += size
+
+    def _received_cell(self, second: int, tz: tzinfo | None) -> tuple[int, int]:
+        """The hour and day ordinal of a received second in ``tz`` (cached by second)."""
+        cells = self._received_cells
+        if tz is not self._received_tz or len(cells) >= _RECEIVED_CELLS:
+            cells.clear()
+            self._received_tz = tz
+        cell = cells.get(second)
+        if cell is None:
+            received = datetime.fromtimestamp(second, tz)
+            cell = cells[second] = (received.hour, received.toordinal())
+        return cell
 
     def add_line(self, line: str, record: LogRecord) -> None:
         """Count what a parsed log line says that no event carries: warning, error, fatal and
