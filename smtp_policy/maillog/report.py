@@ -287,12 +287,14 @@ class ReportBuilder:
         """Count what the tracker gives (:meth:`MessageTracker.track
         <smtp_policy.maillog.tracker.MessageTracker.track>`), as :meth:`add` counts the events
         made of it, without making them; return self."""
+        left_at, left_tz, ts = -1.0, None, None  # messages mostly leave in a shared second
         for item in items:
             if isinstance(item, SeenReply):
                 self._span(item.ts)
                 self._seen_reply(item)
             else:
-                ts = item.ts
+                if item.now != left_at or item.tz is not left_tz or ts is None:
+                    left_at, left_tz, ts = item.now, item.tz, item.ts
                 self._span(ts)
                 self._done_message(item, ts)
         return self
