@@ -42,7 +42,7 @@ from smtp_policy.core.events import Event, EventKind, MessageSummary
 from smtp_policy.core.sanitize import printable
 from smtp_policy.maillog.record import LogRecord
 from smtp_policy.maillog.tally import DistinctMessages, counted_as
-from smtp_policy.maillog.tracker import DETAIL_KINDS, DoneMessage, SeenReply, Tracked
+from smtp_policy.maillog.tracker import DETAIL_KINDS, SeenReply, Tracked
 
 #: Candidate widths of one bar in "reasons over time", smallest first (seconds).
 BUCKET_WIDTHS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
@@ -146,8 +146,6 @@ class _Message(Protocol):
     def status(self) -> str: ...
     @property
     def origin(self) -> str | None: ...
-    @property
-    def received_at(self) -> datetime: ...
     @property
     def size(self) -> int | None: ...
     @property
@@ -281,7 +279,8 @@ class ReportBuilder:
                 self.statuses["unknown"] += 1
                 self._deferred_ids.finish(event.queue_id)
                 return
-            self._message(_message_of(event, event.message))
+            msg = _message_of(event, event.message)
+            self._message(msg, int(msg.received_at.timestamp()), msg.ts.tzinfo)
 
     def add_tracked(self, items: Iterable[Tracked]) -> ReportBuilder:
         """Count what the tracker gives (:meth:`MessageTracker.track
@@ -296,80 +295,18 @@ class ReportBuilder:
                 if item.now != left_at or item.tz is not left_tz or ts is None:
                     left_at, left_tz, ts = item.now, item.tz, item.ts
                 self._span(ts)
-                self._done_message(item, ts)
+                self._message(item, int(item.message.first_seen), ts.tzinfo)
         return self
 
     def _seen_reply(self, seen: SeenReply) -> None:
-        """:meth:`_reply` reading the tracker's reply fields directly (no property per value);
-        the properties it still calls are those of the rarer branches."""
+        """:meth:`_reply` for the tracker's reply: its hot fields read directly (no property
+        per value)."""
         record = seen.record
         if record.kind in DETAIL_KINDS:
             return
         known = seen.known
         klass = known.fields.get("klass") if known is not None else None
-        if record.direction == "upstream":
-            action = seen.action or ""
-            if action in _WARN_ACTIONS:
-                self.totals["warned"] += 1
-            elif action in _KEPT_ACTIONS:
-                self.totals[_KEPT_ACTIONS[action]] += 1
-                return
-            elif klass != "success":
-                self.totals["rejected"] += 1
-                self._traffic(seen.ts, "rejected")
-            if klass in _FAILURE_CLASSES:
-                self._reason("upstream", seen)
-            return
-        status = record.status
-        if status == "sent":
-            self._sent(seen)
-        elif status == "bounced":
-            self.totals["bounced"] += 1
-            self._traffic(seen.ts, "bounced")
-            domain = _domain_of(seen.recipient)
-            self.bounce_domains.setdefault(domain, collections.Counter())[
-                seen.reason or "undefined"
-            ] += 1
-        elif status == "deferred":
-            self.totals["deferred"] += 1
-            self._traffic(seen.ts, "deferred")
-            if record.queue_id:
-                self._deferred_ids.add(record.queue_id)
-            self._domain(seen)
-        if klass in _FAILURE_CLASSES:
-            self._reason("downstream", seen)
-
-    def _done_message(self, done: DoneMessage, ts: datetime) -> None:
-        """:meth:`_message` reading the tracker's message directly, its time made once."""
-        msg = done.message
-        status = done.status
-        self.statuses[status] += 1
-        self._deferred_ids.finish(msg.queue_id)
-        counted = counted_as(msg)
-        if counted is not None:
-            self.totals[counted] += 1
-            if counted == "received":  # in the log's clock, as every other column
-                hour, day = self._received_cell(int(msg.first_seen), ts.tzinfo)
-                self.hours[(hour, "received")] += 1
-                self.days[(day, "received")] += 1
-        if status in _NOT_RECEIVED:
-            return
-        size = msg.size or 0
-        if size:
-            for recipient, rcpt_status in done.recipient_statuses():
-                if rcpt_status in _DELIVERED:
-                    self.totals["bytes_delivered"] += size
-                    self._delivery(_domain_of(recipient)).bytes += size
-        if msg.notification_for is not None:
-            return
-        self.totals["bytes_received"] += size
-        sender = _address(done.sender)
-        if sender:
-            self.senders[sender] += 1
-            self.sender_bytes[sender] += size
-            domain = _domain_of(sender)
-            self.sending_domains[domain] += 1
-            self.sending_domain_bytes[domain] += size
+        self._count_reply(seen, record.direction == "upstream", record.status, klass)
 
     def _received_cell(self, second: int, tz: tzinfo | None) -> tuple[int, int]:
         """The hour and day ordinal of a received second in ``tz`` (cached by second)."""
@@ -422,7 +359,9 @@ class ReportBuilder:
         self.hours[(ts.hour, what)] += 1
         self.days[(ts.toordinal(), what)] += 1  # named at the end: cheaper than isoformat here
 
-    def _message(self, msg: _Message) -> None:
+    def _message(self, msg: _Message, received_second: int, tz: tzinfo | None) -> None:
+        """Count a message that left; it came in at ``received_second`` (Unix time), counted
+        per hour and day in ``tz``, the log's clock, as every other column."""
         status = msg.status
         self.statuses[status] += 1
         self._deferred_ids.finish(msg.queue_id)
@@ -430,15 +369,17 @@ class ReportBuilder:
         if counted is not None:
             self.totals[counted] += 1
             if counted == "received":
-                # in the log's clock, as every other column (received_at is in UTC)
-                self._traffic(msg.received_at.astimezone(msg.ts.tzinfo), "received")
+                hour, day = self._received_cell(received_second, tz)
+                self.hours[(hour, "received")] += 1
+                self.days[(day, "received")] += 1
         if status in _NOT_RECEIVED:
             return
         size = msg.size or 0
-        for recipient, rcpt_status in msg.recipient_statuses():
-            if rcpt_status in _DELIVERED and size:
-                self.totals["bytes_delivered"] += size
-                self._delivery(_domain_of(recipient)).bytes += size
+        if size:
+            for recipient, rcpt_status in msg.recipient_statuses():
+                if rcpt_status in _DELIVERED:
+                    self.totals["bytes_delivered"] += size
+                    self._delivery(_domain_of(recipient)).bytes += size
         if msg.notification_for is not None:  # senders and bytes: of the messages queued
             return
         self.totals["bytes_received"] += size
@@ -459,16 +400,22 @@ class ReportBuilder:
     def _reply(self, reply: _Reply) -> None:
         if reply.detail:  # one step of an attempt; the attempt's outcome line counts
             return
-        status = reply.status
-        direction = reply.direction or "downstream"
-        if direction == "upstream":
+        self._count_reply(reply, reply.direction == "upstream", reply.status, reply.klass)
+
+    def _count_reply(
+        self, reply: _Reply, upstream: bool, status: str | None, klass: str | None
+    ) -> None:
+        """Count one reply (the fields every reply needs given, the rest read from ``reply``
+        where a branch needs them): a refusal, warning or hold of ours, or a delivery
+        attempt's outcome."""
+        if upstream:
             action = reply.action or ""
             if action in _WARN_ACTIONS:
                 self.totals["warned"] += 1
             elif action in _KEPT_ACTIONS:  # not a refusal: the message is held or dropped
                 self.totals[_KEPT_ACTIONS[action]] += 1
                 return
-            elif reply.klass != "success":
+            elif klass != "success":
                 self.totals["rejected"] += 1
                 self._traffic(reply.ts, "rejected")
         elif status == "sent":
@@ -486,8 +433,8 @@ class ReportBuilder:
             if reply.queue_id:
                 self._deferred_ids.add(reply.queue_id)
             self._domain(reply)
-        if reply.klass in _FAILURE_CLASSES:
-            self._reason(direction, reply)
+        if klass in _FAILURE_CLASSES:
+            self._reason("upstream" if upstream else "downstream", reply)
 
     def _sent(self, reply: _Reply) -> None:
         if "forwarded as " in (reply.text or ""):
