@@ -2,7 +2,7 @@
 
 Each event is one JSON object (structlog's renderer here, :func:`_render`) written with one
 ``write`` call; the follower's writer is block-buffered, writes a batch's events with one call
-(:meth:`EventWriter.emit_all`, the same renderer) and is flushed per batch; a daemon's is
+(:meth:`EventWriter.emit_forms`, the same renderer) and is flushed per batch; a daemon's is
 line-buffered.
 
 Files a daemon writes (events, the follower's state) are opened by :func:`open_own_file`: never
@@ -206,12 +206,6 @@ class EventWriter:
         with self._lock:
             self._log.msg(name, **fields)
 
-    def emit_all(self, events: Iterable[Event]) -> None:
-        """Write events in order with one ``write``, each line exactly as :meth:`emit` writes
-        it (the same renderer; structlog's per-call machinery is skipped: the follower writes
-        thousands of events per batch)."""
-        self.emit_forms(event.to_dict() for event in events)
-
     def emit_fields(self, fields: dict[str, object]) -> None:
         """Write one event given in its JSON form, as :meth:`Event.to_dict` or
         :func:`~smtp_policy.core.events.event_fields` builds it (taken over: changed here)."""
@@ -258,7 +252,8 @@ class EventWriter:
     def emit_forms(self, forms: Iterable[dict[str, object]]) -> None:
         """Write events given in their JSON form (as :meth:`Event.to_dict` builds it; taken
         over: changed here) in order with one ``write``, each line exactly as
-        :meth:`emit_fields` writes it: :meth:`emit_all` for a writer that built the forms."""
+        :meth:`emit_fields` writes it (structlog's per-call machinery skipped: the follower
+        writes thousands of events per batch)."""
         render = _render
         lines = []
         for fields in forms:

@@ -1,6 +1,6 @@
 """The follower's fast paths give what the plain ones give: ``new_event`` (and its siblings) is
-``Event(...)``, ``EventWriter.emit_all`` writes what ``emit`` writes, capping takes the same
-values as before whatever their type, and the pipeline's batch writes every event in order."""
+``Event(...)``, ``EventWriter.emit_forms`` writes what ``emit`` writes, capping takes the same
+values as before whatever their type, and the pipeline's forms are its events, in order."""
 
 from __future__ import annotations
 
@@ -94,45 +94,23 @@ def test_capping_is_unchanged() -> None:
     assert capped_detail(Direction.UPSTREAM) == "upstream"
 
 
-def test_emit_all_writes_what_emit_writes() -> None:
-    """``emit_all`` (and ``emit_forms``, given the events' JSON forms): line for line the same
-    JSON (every zone of timestamp, the same second twice)."""
+def test_emit_forms_writes_what_emit_writes() -> None:
+    """``emit_forms``, given the events' JSON forms: line for line the same JSON as ``emit``
+    (every zone of timestamp, the same second twice); an empty slice writes nothing."""
     events = [
         Event(**_reply()),
         Event(**_reply(ts=TS.astimezone(timezone(timedelta(hours=2))))),
         Event(**_reply(ts=TS + timedelta(microseconds=5), recipient=None)),
         Event(event=EventKind.STATS, source=Source.LOG, ts=TS, extra={"lines": 3}),
     ]
-    one, many = io.StringIO(), io.StringIO()
+    one, forms = io.StringIO(), io.StringIO()
     writer = EventWriter(one, line_buffered=False)
     for event in events:
         writer.emit(event)
-    EventWriter(many, line_buffered=False).emit_all(events)
-    assert many.getvalue() == one.getvalue() and one.getvalue().count("\n") == len(events)
-    EventWriter(many, line_buffered=False).emit_all([])
-    assert many.getvalue() == one.getvalue()
-    forms = io.StringIO()
     EventWriter(forms, line_buffered=False).emit_forms([event.to_dict() for event in events])
+    assert forms.getvalue() == one.getvalue() and one.getvalue().count("\n") == len(events)
     EventWriter(forms, line_buffered=False).emit_forms([])
     assert forms.getvalue() == one.getvalue()
-
-
-def test_pipeline_batch_writes_every_event_in_order() -> None:
-    """With ``emit_all`` the pipeline writes the same events, in the same order, once each."""
-    lines = (SAMPLES / "postfix-3.7-maillog-sample.log").read_text().splitlines()
-    kb = default_knowledge()
-    one: list[Event] = []
-    batches: list[list[Event]] = []
-    plain = Pipeline(MessageTracker(kb, year=2026), one.append, parse_line)
-    batched = Pipeline(
-        MessageTracker(kb, year=2026), one.append, parse_line, emit_all=batches.append
-    )
-    plain.feed(lines)
-    batched.feed(lines)
-    assert [e for batch in batches for e in batch] == one and len(one) > 500
-    assert len(batches) > 1
-    assert all(len(batch) >= WRITE_EVERY for batch in batches[:-1])
-    assert batched.events == plain.events
 
 
 def test_distinct_messages_forget_finished_ids() -> None:
@@ -171,6 +149,7 @@ def test_pipeline_forms_write_what_the_events_write() -> None:
     expected = [event.to_dict() for event in one]
     assert written == expected and len(written) > 500
     assert [list(form) for form in written] == [list(form) for form in expected]
+    assert len(batches) > 1
     assert all(len(batch) >= WRITE_EVERY for batch in batches[:-1])
     assert forms.events == plain.events
 

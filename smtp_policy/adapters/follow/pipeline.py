@@ -40,8 +40,7 @@ INPUT_PROBLEMS = frozenset({*_FATAL_NOTICES, "corrupt", "no_mail_lines"})
 Parse = Callable[[str], "LogRecord | None"]
 #: Writes events given in their JSON form (``Event.to_dict``'s), in order.
 WriteForms = Callable[[list[dict[str, object]]], None]
-#: With ``emit_all`` or ``emit_forms``, the pipeline hands the writer this many events at a
-#: time (at least).
+#: With ``emit_forms``, the pipeline hands the writer this many events at a time (at least).
 WRITE_EVERY = 256
 
 
@@ -81,12 +80,10 @@ class Pipeline:
         parse: Parse,
         metrics: FollowMetrics | None = None,
         *,
-        emit_all: Callable[[list[Event]], None] | None = None,
         emit_forms: WriteForms | None = None,
     ) -> None:
         self.tracker = tracker
         self._emit = emit
-        self._emit_all = emit_all
         self._emit_forms = emit_forms
         self._parse = parse
         self._metrics = metrics
@@ -107,59 +104,16 @@ class Pipeline:
         self.feed(batch.lines)
 
     def feed(self, lines: Sequence[str]) -> None:
-        """Parse and track lines; write every event they complete (with ``emit_forms``: built
-        as JSON forms without Event objects, unless the metrics need them; with ``emit_all``
-        or ``emit_forms``: in slices of :data:`WRITE_EVERY` or more, one call each, and what
-        was done if the tracker fails midway)."""
-        if self._emit_forms is not None:
-            self._feed_forms(lines, self._emit_forms)
-            return
-        parse, feed, emit = self._parse, self.tracker.feed, self._emit
-        kinds: collections.Counter[str] = collections.Counter()
-        names: collections.Counter[str] = collections.Counter()
-        observe = self._metrics.observe if self._metrics is not None else None
-        observe_record = self._metrics.observe_record if self._metrics is not None else None
-        counted = self._metrics.record_kinds if self._metrics is not None else frozenset()
-        now = datetime.now(UTC)
-        done: list[Event] = []
-        emit_all = self._emit_all
-        try:
-            for line in lines:
-                try:
-                    record = parse(line)
-                except Exception:  # a parser bug must not stop the follower: count the line
-                    kinds["parse_error"] += 1
-                    continue
-                if record is None:
-                    kinds["other"] += 1
-                    continue
-                kinds[record.kind] += 1
-                if observe_record is not None and record.kind in counted:
-                    observe_record(record)
-                events = feed(record, now)
-                if not events:
-                    continue
-                if emit_all is not None:
-                    done += events
-                    if len(done) >= WRITE_EVERY:  # out in slices: memory stays small
-                        emit_all(done)
-                        done = []
-                else:
-                    for event in events:
-                        emit(event)
-                for event in events:
-                    names[event.event] += 1
-                    if observe is not None:
-                        observe(event)
-        finally:
-            if emit_all is not None and done:
-                emit_all(done)
-            self.events.update(names)
-        self._counted(lines, kinds)
-
-    def _feed_forms(self, lines: Sequence[str], emit_forms: WriteForms) -> None:
-        """:meth:`feed` with the tracker's replies and messages written as JSON forms."""
-        parse, track = self._parse, self.tracker.track
+        """Parse and track lines; write every event they complete: with ``emit_forms`` as JSON
+        forms built without Event objects (Events only for the metrics), in slices of
+        :data:`WRITE_EVERY` or more, what was done written even if the tracker fails midway;
+        otherwise one Event at a time through ``emit``."""
+        parse, track, emit, emit_forms = (
+            self._parse,
+            self.tracker.track,
+            self._emit,
+            self._emit_forms,
+        )
         kinds: collections.Counter[str] = collections.Counter()
         names: collections.Counter[str] = collections.Counter()
         observe = self._metrics.observe if self._metrics is not None else None
@@ -180,22 +134,23 @@ class Pipeline:
                 kinds[record.kind] += 1
                 if observe_record is not None and record.kind in counted:
                     observe_record(record)
-                tracked = track(record, now)
-                if not tracked:
-                    continue
-                for item in tracked:
-                    form = item.to_form()
-                    done.append(form)
+                for item in track(record, now):
+                    event = None
+                    if emit_forms is not None:
+                        done.append(item.to_form())
+                    else:
+                        event = item.to_event()
+                        emit(event)
                     names[
                         EventKind.REPLY if isinstance(item, SeenReply) else EventKind.MESSAGE
                     ] += 1
                     if observe is not None:
-                        observe(item.to_event())
-                if len(done) >= WRITE_EVERY:  # out in slices: memory stays small
+                        observe(event or item.to_event())
+                if emit_forms is not None and len(done) >= WRITE_EVERY:  # memory stays small
                     emit_forms(done)
                     done = []
         finally:
-            if done:
+            if emit_forms is not None and done:
                 emit_forms(done)
             self.events.update(names)
         self._counted(lines, kinds)
