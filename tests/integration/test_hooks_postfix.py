@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import smtplib
-import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from smtp_policy.lab.instance import delivery_report
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from tests.helpers import Daemon, bounce_template, configured_daemon, maps_table
+from tests.helpers import Daemon, bounce_template, configured_daemon, maps_table, submit
 
 pytestmark = pytest.mark.postfix
 
@@ -101,20 +100,6 @@ def rcpt_reply(
         smtp.mail(sender)
         code, text = smtp.rcpt(rcpt)
         return code, text.decode()
-
-
-def submit(port: int, rcpt: str) -> str:
-    """Send one message; return its queue id."""
-    body = f"From: <{SENDER}>\r\nTo: <{rcpt}>\r\nSubject: t {uuid.uuid4().hex[:8]}\r\n\r\nhi\r\n"
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20) as smtp:
-        smtp.ehlo()
-        smtp.mail(SENDER)
-        assert smtp.rcpt(rcpt)[0] == 250
-        code, reply = smtp.data(body.encode())
-    assert code == 250, reply
-    m = re.search(rb"queued as ([0-9A-F]+)", reply)
-    assert m, reply
-    return m.group(1).decode()
 
 
 def bounce_for(pf: PrivatePostfix, qid: str) -> EmailMessage:
@@ -210,7 +195,7 @@ def test_bounce_is_friendlier_and_keeps_the_diagnostic(
     diagnostic: str,
 ) -> None:
     """The real bounce: our prose and per-recipient text; Status, Action, Diagnostic-Code intact."""
-    qid = submit(pf.smtp_port, f"{local}@remote.test")
+    qid = submit(pf.smtp_port, SENDER, f"{local}@remote.test")
     bounce = bounce_for(pf, qid)
     assert bounce["Subject"] == "Undeliverable: your message could not be delivered"
     body = " ".join(text_part(bounce).split())
@@ -253,7 +238,7 @@ def test_deferral_is_logged_with_the_friendly_text(
 ) -> None:
     """With [maps] dsn_deferrals on, a deferral's log text is the filtered one: friendlier
     words, then the original reply (test_one_story_postfix.py: off by default)."""
-    qid = submit(pf.smtp_port, f"{local}@remote.test")
+    qid = submit(pf.smtp_port, SENDER, f"{local}@remote.test")
     pattern = (
         rf"{qid}: to=<{local}@remote\.test>, .*dsn={re.escape(dsn)}, status=deferred \((.*)\)$"
     )
@@ -275,7 +260,7 @@ def test_fail_open_without_the_maps_server(
         code, text = rcpt_reply(pf.smtp_port, "nosuchuser2@local.test")
         assert code == 550
         assert len(text.splitlines()) == 1
-        qid = submit(pf.smtp_port, "nouser@remote.test")
+        qid = submit(pf.smtp_port, SENDER, "nouser@remote.test")
         report = delivery_report(bounce_for(pf, qid))
         assert report is not None
         assert report.recipients[0]["Status"] == "5.1.1"

@@ -29,7 +29,7 @@ import pytest
 
 from smtp_policy.lab.postfix import PostfixFactory, PrivatePostfix
 from smtp_policy.lab.remote import ScriptedServer
-from tests.helpers import Daemon, configured_daemon, maps_table, read_events
+from tests.helpers import Daemon, configured_daemon, maps_table, read_events, submit
 
 pytestmark = pytest.mark.postfix
 
@@ -161,23 +161,10 @@ def test_postfix_own_rejection_keeps_its_footer(pf: PrivatePostfix, maps: Daemon
 TRAFFIC = ("nouser", "block", "full", "grey", "someone")
 
 
-def submit(pf: PrivatePostfix, rcpt: str) -> str:
-    body = f"From: <{SENDER}>\r\nTo: <{rcpt}>\r\nSubject: {uuid.uuid4().hex[:8]}\r\n\r\nhi\r\n"
-    with smtplib.SMTP("127.0.0.1", pf.smtp_port, local_hostname="client.test", timeout=20) as s:
-        s.ehlo()
-        s.mail(SENDER)
-        assert s.rcpt(rcpt)[0] == 250
-        code, reply = s.data(body.encode())
-    assert code == 250, reply
-    m = re.search(rb"queued as ([0-9A-F]+)", reply)
-    assert m, reply
-    return m.group(1).decode()
-
-
 def run_traffic(pf: PrivatePostfix) -> list[str]:
     """Send TRAFFIC; wait until each recipient's outcome is logged; the log's lines."""
     for local in TRAFFIC:
-        qid = submit(pf, f"{local}@remote.test")
+        qid = submit(pf.smtp_port, SENDER, f"{local}@remote.test")
         outcome = rf"{qid}: to=<{local}@remote\.test>, .*status=(sent|bounced|deferred)"
         if "status=deferred" in pf.wait_for_log(outcome)[-1]:
             pf.delete_queued(qid)  # one deferral each, however fast the queue manager retries
