@@ -84,6 +84,17 @@ _DISPATCH: Final = {program: _dispatch(shapes) for program, shapes in BY_PROGRAM
 _DISPATCH_OTHER: Final = _dispatch(ANY_PROGRAM)
 _DISPATCH_SENDMAIL: Final = _dispatch(SENDMAIL_SHAPES)
 
+
+def _shapes_of(tag: str, program: str) -> tuple[Mta, _Dispatch] | None:
+    """The MTA a syslog tag (``postfix/smtpd``, ``sm-mta``) names and the line shapes to try
+    for its ``program`` (the tag's last part); None for another program's tag."""
+    if tag.startswith("postfix") or ("/" in tag and program in _DISPATCH):
+        return "postfix", _DISPATCH.get(program, _DISPATCH_OTHER)
+    if tag == "sendmail" or tag.startswith("sm-"):
+        return "sendmail", _DISPATCH_SENDMAIL
+    return None
+
+
 #: ``(name, regex, sample line)`` for every shape the parser knows. Each regex matches a
 #: line's body, from the end of :data:`PREFIX`'s match.
 SHAPES: Final = tuple((s.name, s.regex, s.sample) for s in (*POSTFIX_SHAPES, *SENDMAIL_SHAPES))
@@ -122,13 +133,10 @@ def parse_prefixed(line: str) -> LogRecord | None:
         return _loose(line)
     ts, iso, mon, day, clock, host, tag, pid, qid = m.groups()
     program = tag.rpartition("/")[2]
-    mta: Mta
-    if tag.startswith("postfix") or ("/" in tag and program in _DISPATCH):
-        mta, table = "postfix", _DISPATCH.get(program, _DISPATCH_OTHER)
-    elif tag == "sendmail" or tag.startswith("sm-"):
-        mta, table = "sendmail", _DISPATCH_SENDMAIL
-    else:
+    ours = _shapes_of(tag, program)
+    if ours is None:
         return None
+    mta, table = ours
     head: Head = (
         mta,
         program,
@@ -223,13 +231,10 @@ def _source(text: str) -> _Source | None:
         return None
     host, tag, pid = m.groups()
     program = tag.rpartition("/")[2]
-    mta: Mta
-    if tag.startswith("postfix") or ("/" in tag and program in _DISPATCH):
-        mta, table = "postfix", _DISPATCH.get(program, _DISPATCH_OTHER)
-    elif tag == "sendmail" or tag.startswith("sm-"):
-        mta, table = "sendmail", _DISPATCH_SENDMAIL
-    else:
+    ours = _shapes_of(tag, program)
+    if ours is None:
         return _NOT_OURS
+    mta, table = ours
     return (mta, program, tag, int(pid), host), table
 
 
