@@ -183,15 +183,7 @@ def _serve(
             os.umask(old_umask)
     if not worker.is_alive():
         raise ConfigError([f"cannot listen on {address}: {_describe(failure)}"])
-    _emit(
-        events,
-        EventKind.STARTED,
-        listen=address.libmilter(),
-        noreply=settings.noreply,
-        events_mode=settings.event_mode,
-        config=args.config,
-        engine="libmilter",
-    )
+    _started(events, address, settings, args.config, engine="libmilter")
     print(f"smtp-policy milter: listening on {address}", file=sys.stderr, flush=True)
     _loop(args, flags, worker, factory)
     return _shutdown(address, worker, factory, failure)
@@ -332,13 +324,11 @@ async def _main_asyncio(
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
     if not worker:
-        _emit(
+        _started(
             events,
-            EventKind.STARTED,
-            listen=address.libmilter(),
-            noreply=settings.noreply,
-            events_mode=settings.event_mode,
-            config=args.config,
+            address,
+            settings,
+            args.config,
             engine="asyncio",
             event_loop=event_loop,
             workers=1 + len(workers),
@@ -535,6 +525,27 @@ def _describe(failure: list[BaseException]) -> str:
 def _emit(events: EventWriter, name: EventKind, text: str | None = None, **extra: object) -> None:
     events.emit(
         Event(event=name, source=Source.MILTER, ts=datetime.now(UTC), text=text, extra=extra)
+    )
+
+
+def _started(
+    events: EventWriter,
+    address: ListenAddress,
+    settings: MilterSettings,
+    config: str | None,
+    **engine: object,
+) -> None:
+    """The ``started`` event, either engine: where it listens, what it negotiates and writes,
+    then the engine's own fields."""
+    _emit(
+        events,
+        EventKind.STARTED,
+        None,
+        listen=address.libmilter(),
+        noreply=settings.noreply,
+        events_mode=settings.event_mode,
+        config=config,
+        **engine,
     )
 
 
