@@ -227,17 +227,7 @@ class MilterRun:
         """The no-op pymilter, ready once it accepts connections."""
         argv = [sys.executable, str(ROOT / "benchmarks" / "noop_milter.py"),
                 "--socket", self.listen, "--stats", str(self.stats)]  # fmt: skip
-        with self.stderr.open("wb") as err:
-            proc = subprocess.Popen(
-                argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, umask=0o111
-            )
-        self.proc = proc
-        poll(
-            lambda: self._accepts() or None,
-            30,
-            lambda: f"{self.setup.name} to accept connections",
-            unless=lambda: proc.poll() is not None,
-        )
+        self._run_until_accepting(argv)
 
     def _start_c(self) -> None:
         """The no-op milter in C (compiled on first use), every step or end-of-message only."""
@@ -251,8 +241,14 @@ class MilterRun:
         argv = [str(binary), "--socket", self.listen, "--stats", str(self.stats)]
         if self.setup.milter == "c-eom":
             argv.append("--eom-only")
+        self._run_until_accepting(argv)
+
+    def _run_until_accepting(self, argv: list[str]) -> None:
+        """Start a no-op milter (stderr to its file) and wait until it accepts connections."""
         with self.stderr.open("wb") as err:
-            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, umask=0o111)
+            proc = subprocess.Popen(
+                argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, umask=0o111
+            )
         self.proc = proc
         poll(
             lambda: self._accepts() or None,
