@@ -7,17 +7,22 @@ strings in the same run: smtp_policy's parse + classify, the full explain, the w
 and ``Sisimai::Reason->match`` (timed inside Perl, start-up excluded: the comparison favours
 sisimai). Prints replies/s, the ratios and per-call latency percentiles; the process and
 sisimai also per second of the CPU time they used, which a loaded machine disturbs less than
-the wall clock. Nothing is asserted:
-the machine is shared and noisy. ``--save FILE`` also writes the replies as JSON Lines, the
-input to compare ``explain --jsonl`` outputs byte for byte before and after a change.
+the wall clock. Nothing is asserted: the machine is shared and noisy. The process's start
+alone (an empty input) is timed too: it bounds what any per-reply speed-up can give. The
+processes keep a bytecode cache, as an installed package does. ``--save FILE`` also writes the
+replies as JSON Lines, the input to compare ``explain --jsonl`` outputs byte for byte before
+and after a change. ``--mypyc`` also times the process from a copy whose classification
+modules mypyc compiled (``benchmarks/_builds.py``), after checking its output is the pure
+package's.
 
-    .venv/bin/python benchmarks/classify.py [--count 20000] [--rounds 3] [--save FILE]
+    .venv/bin/python benchmarks/classify.py [--count 20000] [--rounds 3] [--save FILE] [--mypyc]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import resource
@@ -29,12 +34,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from smtp_policy.core.classify import classify
-from smtp_policy.core.explain import explain_text, forget_explanations
-from smtp_policy.core.parse import parse_reply
-from smtp_policy.data import default_knowledge
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make benchmarks._builds importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks._builds import EXPLAIN_MODULES, compiled_copy, with_bytecode  # noqa: E402
+from smtp_policy.core.classify import classify  # noqa: E402
+from smtp_policy.core.explain import explain_text, forget_explanations  # noqa: E402
+from smtp_policy.core.parse import parse_reply  # noqa: E402
+from smtp_policy.data import default_knowledge  # noqa: E402
+
 # The Perl side: read the same replies, time Reason->match over them in-process.
 PERL = r"""
 use strict; use warnings; use JSON::PP; use Time::HiRes qw(time); use Sisimai::Reason;
@@ -105,24 +114,39 @@ def latency_us(replies: list[str]) -> tuple[float, float]:
     return samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
 
 
-def time_command(replies: list[str], rounds: int) -> tuple[list[float], list[float]]:
-    """Replies/s of a whole ``smtp-policy explain --jsonl`` process per round, start included:
-    per second of wall-clock time, and per second of the CPU time the process used (user and
-    system; steadier than the wall clock on a loaded machine)."""
-    rates, cpu_rates = [], []
+def time_command(
+    replies: list[str], rounds: int, env: dict[str, str] | None = None
+) -> tuple[list[float], list[float]]:
+    """Seconds of a whole ``smtp-policy explain --jsonl`` process per round, start included:
+    of wall-clock time, and of the CPU time the process used (user and system; steadier than
+    the wall clock on a loaded machine)."""
+    walls, cpus = [], []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "replies.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in replies))
         command = [sys.executable, "-m", "smtp_policy", "explain", "--jsonl", str(data)]
+        env = with_bytecode(Path(tmp) / "bytecode", env)
+        subprocess.run(command, stdout=subprocess.DEVNULL, check=True, cwd=ROOT, env=env)  # warm
         for _ in range(rounds):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
-            subprocess.run(command, stdout=subprocess.DEVNULL, check=True, cwd=ROOT)
-            rates.append(len(replies) / (time.perf_counter() - t))
+            subprocess.run(command, stdout=subprocess.DEVNULL, check=True, cwd=ROOT, env=env)
+            walls.append(time.perf_counter() - t)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-            cpu_rates.append(len(replies) / max(cpu, 1e-3))
-    return rates, cpu_rates
+            cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return walls, cpus
+
+
+def per_second(count: int, seconds: list[float]) -> list[float]:
+    """``count`` items per each of ``seconds``."""
+    return [count / max(s, 1e-3) for s in seconds]
+
+
+def explained(replies: list[str], env: dict[str, str] | None) -> bytes:
+    """What ``explain --jsonl`` writes for the replies."""
+    data = "".join(json.dumps(r) + "\n" for r in replies).encode()
+    command = [sys.executable, "-m", "smtp_policy", "explain", "--jsonl", "-"]
+    return subprocess.run(command, input=data, capture_output=True, check=True, env=env).stdout
 
 
 def time_sisimai(replies: list[str], rounds: int) -> tuple[list[float], list[float]] | None:
@@ -158,6 +182,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--save", type=Path, metavar="FILE", help="write the replies as JSON Lines")
+    parser.add_argument(
+        "--mypyc",
+        action="store_true",
+        help="also time explain --jsonl from a copy whose classification mypyc compiled",
+    )
     args = parser.parse_args()
     replies = build_replies(args.count)
     if args.save is not None:
@@ -168,14 +197,34 @@ def main() -> None:
     sisimai = time_sisimai(replies, args.rounds)
     sis, sis_cpu = sisimai if sisimai is not None else (None, None)
     cls, exp = time_python(replies, args.rounds)
-    cmd, cmd_cpu = time_command(replies, args.rounds)
+    walls, cpus = time_command(replies, args.rounds)
+    cmd, cmd_cpu = per_second(len(replies), walls), per_second(len(replies), cpus)
+    start_wall, start_cpu = time_command([], args.rounds)
     p50, p99 = latency_us(replies)
     ours = statistics.median(cls)
     print(f"smtp_policy parse+classify: {ours:,.0f} replies/s ({_rounds(cls)})")
     print(f"smtp_policy explain:        {statistics.median(exp):,.0f} replies/s ({_rounds(exp)})")
     print(f"explain --jsonl (process):  {statistics.median(cmd):,.0f} replies/s ({_rounds(cmd)})")
     print(f"  per CPU-second:           {statistics.median(cmd_cpu):,.0f} ({_rounds(cmd_cpu)})")
+    print(
+        f"  start alone (no input):   {statistics.median(start_wall):.3f} s, "
+        f"{statistics.median(start_cpu):.3f} s CPU"
+    )
     print(f"latency parse+classify:     p50 {p50:.1f} us, p99 {p99:.1f} us")
+    if args.mypyc:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**os.environ, "PYTHONPATH": str(compiled_copy(EXPLAIN_MODULES, Path(tmp)))}
+            if explained(replies, env) != explained(replies, None):
+                sys.exit("--mypyc: the compiled copy's explanations differ from the pure package's")
+            print("mypyc: the compiled copy's output is the pure package's, byte for byte")
+            walls, cpus = time_command(replies, args.rounds, env)
+        compiled = per_second(len(replies), walls)
+        compiled_cpu = per_second(len(replies), cpus)
+        print(
+            f"explain --jsonl (mypyc):    {statistics.median(compiled):,.0f} replies/s "
+            f"({_rounds(compiled)})"
+        )
+        print(f"  per CPU-second:           {statistics.median(compiled_cpu):,.0f}")
     if sis and sis_cpu:
         theirs = statistics.median(sis)
         print(f"sisimai Reason->match:      {theirs:,.0f} replies/s ({_rounds(sis)})")

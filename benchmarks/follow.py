@@ -11,9 +11,12 @@ file with ``--events-file``), ``smtp-policy report`` and ``pflogsumm`` (Debian's
 /usr/sbin/pflogsumm), reports to /dev/null. Prints lines/s for each, both ratios against
 pflogsumm (median of the rounds), the same per CPU second (user + system time of each child,
 from ``wait4``: less sensitive to other work on a shared machine), and peak RSS. Nothing is
-asserted: the machine is shared and noisy.
+asserted: the machine is shared and noisy. The children keep a bytecode cache, as an installed
+package does. ``--mypyc`` also times both commands from a copy
+whose log path is compiled by mypyc (``benchmarks/_builds.py``), after checking that the copy's
+report is byte for byte the pure package's.
 
-    .venv/bin/python benchmarks/follow.py [--lines 1000000] [--rounds 3] [--keep DIR]
+    .venv/bin/python benchmarks/follow.py [--lines 1000000] [--rounds 3] [--keep DIR] [--mypyc]
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make benchmarks._builds importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks._builds import LOG_MODULES, compiled_copy, with_bytecode  # noqa: E402
+
 SAMPLE = ROOT / "tests" / "samples" / "postfix-3.7-maillog-sample.log"
 PFLOGSUMM = shutil.which("pflogsumm") or "/usr/sbin/pflogsumm"
 
@@ -172,11 +180,11 @@ def _time(line: str) -> datetime:
     )
 
 
-def timed(cmd: list[str]) -> tuple[float, int, int, float]:
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int, float]:
     """Wall seconds, exit status, peak RSS (KiB) and CPU seconds (user + system) of one child
     process."""
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -200,6 +208,11 @@ def main() -> None:
         action="store_true",
         help="follow writes its events to a file, not /dev/null",
     )
+    parser.add_argument(
+        "--mypyc",
+        action="store_true",
+        help="also time follow and report from a copy whose log path mypyc compiled",
+    )
     args = parser.parse_args()
     if not SAMPLE.exists():
         sys.exit(f"the shared sample is missing: {SAMPLE}")
@@ -212,57 +225,84 @@ def main() -> None:
         print(f"generated {n:,} lines ({size:.0f} MB) in {time.perf_counter() - t:.1f} s: {log}")
         events = str(log.parent / "events.jsonl") if args.events_file else os.devnull
         ours = [sys.executable, "-m", "smtp_policy"]
-        commands = {
-            "follow": [
-                *ours,
-                "follow",
-                "--log",
-                str(log),
-                "--from-start",
-                "--once",
-                "--events",
-                events,
-            ],
-            "report": [*ours, "report", str(log)],
+        follow = [*ours, "follow", "--log", str(log), "--from-start", "--once", "--events", events]
+        pure = with_bytecode(Path(tmp) / "bytecode")
+        runs: dict[str, tuple[list[str], dict[str, str] | None]] = {
+            "follow": (follow, pure),
+            "report": ([*ours, "report", str(log)], pure),
         }
+        if args.mypyc:
+            copy = compiled_copy(LOG_MODULES, Path(tmp) / "mypyc")
+            env = with_bytecode(Path(tmp) / "bytecode-mypyc", {**pure, "PYTHONPATH": str(copy)})
+            _same_report(ours, log, env)
+            runs["follow-mypyc"] = (follow, env)
+            runs["report-mypyc"] = (runs["report"][0], env)
         if os.path.exists(PFLOGSUMM):
-            commands["pflogsumm"] = [PFLOGSUMM, str(log)]
-        speeds: dict[str, list[float]] = {name: [] for name in commands}
-        peaks: dict[str, list[int]] = {name: [] for name in commands}
-        cpu_speeds: dict[str, list[float]] = {name: [] for name in commands}
+            runs["pflogsumm"] = ([PFLOGSUMM, str(log)], None)
+        speeds: dict[str, list[float]] = {name: [] for name in runs}
+        cpu_speeds: dict[str, list[float]] = {name: [] for name in runs}
+        peaks: dict[str, list[int]] = {name: [] for name in runs}
         for i in range(args.rounds):
             parts = []
-            for name, cmd in commands.items():
-                if name == "follow" and events != os.devnull:
+            for name, (cmd, cmd_env) in runs.items():
+                if name.startswith("follow") and events != os.devnull:
                     Path(events).unlink(missing_ok=True)
-                secs, _, peak, cpu = timed(cmd)
+                secs, _, peak, cpu = timed(cmd, cmd_env)
                 speeds[name].append(n / secs)
                 cpu_speeds[name].append(n / cpu if cpu else 0.0)
                 peaks[name].append(peak)
                 parts.append(f"{name} {n / secs:,.0f} lines/s ({secs:.2f} s, {cpu:.2f} s CPU)")
             print(f"round {i + 1}: " + ", ".join(parts), flush=True)
-        median = {name: statistics.median(values) for name, values in speeds.items()}
-        per_cpu = {name: statistics.median(values) for name, values in cpu_speeds.items()}
-        for name in commands:
-            print(
-                f"{name + ':':<11} {median[name]:>9,.0f} lines/s (median of {args.rounds}), "
-                f"{per_cpu[name]:>9,.0f} lines per CPU second, "
-                f"peak RSS {max(peaks[name]) / 1024:.0f} MB"
-            )
+        _summary(speeds, cpu_speeds, peaks)
         if events != os.devnull:
             print(f"events written by follow: {Path(events).stat().st_size / 1e6:.0f} MB")
-        if "pflogsumm" in median:
-            theirs = median["pflogsumm"]
-            print(f"ratio follow/pflogsumm: {median['follow'] / theirs:.2f}x")
-            print(f"ratio report/pflogsumm: {median['report'] / theirs:.2f}x")
-            cpu = per_cpu["pflogsumm"]
-            print(
-                f"ratio per CPU second (less sensitive to a loaded machine): "
-                f"follow/pflogsumm {per_cpu['follow'] / cpu:.2f}x, "
-                f"report/pflogsumm {per_cpu['report'] / cpu:.2f}x"
-            )
-        else:
-            print(f"pflogsumm not found at {PFLOGSUMM}")
+
+
+def _summary(
+    speeds: dict[str, list[float]], cpu_speeds: dict[str, list[float]], peaks: dict[str, list[int]]
+) -> None:
+    """Each run's medians and peak memory, then the ratios against pflogsumm."""
+    median = {name: statistics.median(values) for name, values in speeds.items()}
+    per_cpu = {name: statistics.median(values) for name, values in cpu_speeds.items()}
+    for name, values in speeds.items():
+        print(
+            f"{name + ':':<14} {median[name]:>9,.0f} lines/s (median of {len(values)}), "
+            f"{per_cpu[name]:>9,.0f} lines per CPU second, "
+            f"peak RSS {max(peaks[name]) / 1024:.0f} MB"
+        )
+    if "pflogsumm" not in median:
+        print(f"pflogsumm not found at {PFLOGSUMM}")
+        return
+    theirs, cpu = median["pflogsumm"], per_cpu["pflogsumm"]
+    print(f"ratio follow/pflogsumm: {median['follow'] / theirs:.2f}x")
+    print(f"ratio report/pflogsumm: {median['report'] / theirs:.2f}x")
+    print(
+        f"ratio per CPU second (less sensitive to a loaded machine): "
+        f"follow/pflogsumm {per_cpu['follow'] / cpu:.2f}x, "
+        f"report/pflogsumm {per_cpu['report'] / cpu:.2f}x"
+    )
+    if "follow-mypyc" in per_cpu:
+        print(
+            f"with mypyc, per CPU second: "
+            f"follow/pflogsumm {per_cpu['follow-mypyc'] / cpu:.2f}x, "
+            f"report/pflogsumm {per_cpu['report-mypyc'] / cpu:.2f}x"
+        )
+
+
+def _same_report(ours: list[str], log: Path, compiled: dict[str, str]) -> None:
+    """Exit unless the compiled copy's JSON report of the log's first 100,000 lines is byte
+    for byte the pure package's."""
+    with log.open("rb") as f:
+        head = b"".join(line for _, line in zip(range(100_000), f, strict=False))
+    outputs = [
+        subprocess.run(
+            [*ours, "report", "--json", "-"], input=head, capture_output=True, env=env, check=True
+        ).stdout
+        for env in (None, compiled)
+    ]
+    if outputs[0] != outputs[1]:
+        sys.exit("--mypyc: the compiled copy's report differs from the pure package's")
+    print("mypyc: the compiled copy's report is the pure package's, byte for byte")
 
 
 if __name__ == "__main__":

@@ -114,9 +114,9 @@ def parse_line(line: str) -> LogRecord | None:
     line = line.rstrip()
     fast = _fast_prefix(line)
     if fast is not None:
-        if fast is _FOREIGN:
-            return None
         head, table, pos = fast
+        if not table:  # another program's line (_FOREIGN)
+            return None
         for match, build in table:
             body = match(line, pos)
             if body is not None:
@@ -180,9 +180,9 @@ _Stamp: TypeAlias = tuple["str | None", None, "int | None", int, str]
 _Source: TypeAlias = tuple[tuple[Mta, str, str, int, str], _Dispatch]
 _NOT_OURS: Final[_Source] = (("postfix", "", "", 0, ""), ())
 _Fast: TypeAlias = tuple[Head, _Dispatch, int]
+#: Another program's line: the one result with no shapes to try (tested by emptiness, not
+#: identity, so that the module also works compiled, where tuples are values).
 _FOREIGN: Final[_Fast] = (("postfix", "", "", *(None,) * 8), (), 0)
-_MISSING_STAMP: Final[_Stamp] = (None, None, None, 0, "")
-_MISSING_SOURCE: Final[_Source] = (("postfix", "", "", 0, ""), ())
 _stamps: dict[str, _Stamp | None] = {}
 _sources: dict[str, _Source | None] = {}
 
@@ -193,8 +193,9 @@ def _fast_prefix(line: str) -> _Fast | None:
     source (lines share their process); :data:`_FOREIGN` for another program's line; None
     for any other form (:data:`PREFIX` reads it). Gives exactly what :data:`PREFIX` would."""
     key = line[:16]
-    stamp = _stamps.get(key, _MISSING_STAMP)
-    if stamp is _MISSING_STAMP:
+    try:
+        stamp = _stamps[key]
+    except KeyError:  # once per second of log time
         m = _STAMP.fullmatch(key)
         stamp = None if m is None else (key[:15], None, _MONTHS.get(m[1]), int(m[2]), m[3])
         if len(_stamps) >= PREFIX_CACHE:
@@ -206,15 +207,16 @@ def _fast_prefix(line: str) -> _Fast | None:
     if end < 3:
         return None
     key = line[16:end]
-    source = _sources.get(key, _MISSING_SOURCE)
-    if source is _MISSING_SOURCE:
+    try:
+        source = _sources[key]
+    except KeyError:  # once per process
         source = _source(key)
         if len(_sources) >= PREFIX_CACHE:
             _sources.clear()
         _sources[key] = source
     if source is None:
         return None
-    if source is _NOT_OURS:
+    if not source[1]:  # _NOT_OURS: no shapes to try
         return _FOREIGN
     q = _QUEUE_ID.match(line, end)
     if q is None:

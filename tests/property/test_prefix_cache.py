@@ -74,3 +74,15 @@ def test_the_caches_are_bounded() -> None:
         )
     assert len(parse._stamps) <= parse.PREFIX_CACHE
     assert len(parse._sources) <= parse.PREFIX_CACHE
+
+
+def test_only_another_programs_line_has_no_shapes_to_try() -> None:
+    # The cached path tells another program's line by its empty shape table, not by identity.
+    for tag, program in [("postfix/smtpd", "smtpd"), ("postfix/odd", "odd"), ("sm-mta", "sm-mta")]:
+        ours = parse._shapes_of(tag, program)
+        assert ours is not None and ours[1]
+    assert parse._shapes_of("cron", "cron") is None
+    assert all(parse._DISPATCH.values())
+    line = "Nov 28 12:19:08 mx cron[1]: (root) CMD (run-parts /etc/cron.hourly)"
+    assert parse_line(line) is None
+    assert parse_line(line) is None  # again, from the caches
