@@ -209,7 +209,7 @@ def _fast_prefix(line: str) -> _Fast | None:
     key = line[16:end]
     try:
         source = _sources[key]
-    except KeyError:  # once per process
+    except KeyError:  # once per host, tag and process id
         source = _source(key)
         if len(_sources) >= PREFIX_CACHE:
             _sources.clear()
