@@ -8,10 +8,12 @@ defaults (``--noreply auto``: on over the unix socket, off over TCP); ``engine-u
 two worker processes (``--workers 2``); its CPU and peak RSS are summed over both;
 ``engine-unix-session`` is ``engine-unix`` with ``--events-mode session`` (one ``session``
 event per SMTP session instead of an event per stage; its end-of-message count is read from
-the session events). ``c-noop-unix`` and ``c-eom-unix`` run benchmarks/noop_milter.c (compiled
-with gcc against libmilter on first use): a no-op milter in C answering every step, and one
-that negotiates away every step Postfix lets a milter skip and sees only end-of-message, the
-floor of what any milter costs Postfix.
+the session events). ``c-noop-unix``, ``c-nr-unix`` and ``c-eom-unix`` run
+benchmarks/noop_milter.c (compiled with gcc against libmilter on first use): a no-op milter in
+C answering every step; one sent the steps ``engine-unix`` is sent (every stage, no content)
+and answering none but end-of-message, the floor of a milter that records every stage; and
+one that negotiates away every step Postfix lets a milter skip and sees only end-of-message,
+the floor of what any milter costs Postfix.
 
 One private Postfix delivers everything to ``discard:`` (the queue on a tmpfs mounted under
 its temp dir when that works; the output says which). Its master.cf has one smtpd listener
@@ -77,7 +79,7 @@ class Setup:
     """One configuration: which milter (none, noop, policy), transport and no-reply flags."""
 
     name: str
-    milter: str | None = None  # "noop", "policy", "c-noop" or "c-eom" (benchmarks/noop_milter.c)
+    milter: str | None = None  # "noop", "policy"; "c-noop", "c-nr", "c-eom" (noop_milter.c)
     transport: str = "tcp"  # "tcp" or "unix"
     noreply: bool | None = False  # None: the shipped default (--noreply auto)
     engine: str = "libmilter"  # smtp_policy's engine: "libmilter" or "asyncio"
@@ -90,6 +92,9 @@ class Setup:
         return f"noop-{self.transport}"
 
 
+#: The C no-op milter's command-line options per configuration (benchmarks/noop_milter.c).
+C_MODES: dict[str, list[str]] = {"c-noop": [], "c-nr": ["--no-reply"], "c-eom": ["--eom-only"]}
+
 SETUPS = {
     s.name: s
     for s in (
@@ -97,6 +102,7 @@ SETUPS = {
         Setup("noop-tcp", "noop", "tcp"),
         Setup("noop-unix", "noop", "unix"),
         Setup("c-noop-unix", "c-noop", "unix"),
+        Setup("c-nr-unix", "c-nr", "unix"),
         Setup("c-eom-unix", "c-eom", "unix"),
         Setup("policy-tcp", "policy", "tcp"),
         Setup("policy-tcp-noreply", "policy", "tcp", noreply=True),
@@ -214,7 +220,7 @@ class MilterRun:
         try:
             if self.setup.milter == "noop":
                 self._start_noop()
-            elif self.setup.milter in ("c-noop", "c-eom"):
+            elif self.setup.milter in C_MODES:
                 self._start_c()
             else:
                 self._start_policy()
@@ -230,7 +236,7 @@ class MilterRun:
         self._run_until_accepting(argv)
 
     def _start_c(self) -> None:
-        """The no-op milter in C (compiled on first use), every step or end-of-message only."""
+        """The no-op milter in C (compiled on first use), in the configuration's mode."""
         binary = self.workdir / "noop_milter_c"
         if not binary.exists():
             subprocess.run(
@@ -239,8 +245,7 @@ class MilterRun:
                 check=True,
             )  # fmt: skip
         argv = [str(binary), "--socket", self.listen, "--stats", str(self.stats)]
-        if self.setup.milter == "c-eom":
-            argv.append("--eom-only")
+        argv += C_MODES[self.setup.milter or ""]
         self._run_until_accepting(argv)
 
     def _run_until_accepting(self, argv: list[str]) -> None:

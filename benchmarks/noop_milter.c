@@ -5,6 +5,11 @@
  *
  *   every step (default)  every callback registered and answered CONTINUE, as the no-op
  *                         pymilter (benchmarks/noop_milter.py) does;
+ *   --no-reply            sent the steps smtp_policy's milter is sent with its shipped
+ *                         settings (connect, HELO, MAIL, RCPT, DATA, end-of-message; no
+ *                         headers, body, end-of-headers or unknown commands), answering none
+ *                         but end-of-message (SMFIP_NR_*): the floor of a milter that records
+ *                         every stage;
  *   --eom-only            the floor: it negotiates away every step Postfix lets a milter skip
  *                         (SMFIP_NOCONNECT ... SMFIP_NODATA) and is sent only end-of-message.
  *
@@ -12,7 +17,7 @@
  * {"eom": N, "maxrss_kb": N} to the --stats file.
  *
  *   gcc -O2 -o noop_milter benchmarks/noop_milter.c -lmilter -lpthread
- *   ./noop_milter --socket unix:/path/sock --stats FILE [--eom-only]
+ *   ./noop_milter --socket unix:/path/sock --stats FILE [--no-reply | --eom-only]
  */
 
 #include <libmilter/mfapi.h>
@@ -25,7 +30,7 @@
 
 static pthread_mutex_t eom_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long eom_count;
-static int eom_only;
+static int eom_only, no_reply;
 
 static sfsistat go_on_connect(SMFICTX *ctx, char *host, _SOCK_ADDR *addr) { return SMFIS_CONTINUE; }
 static sfsistat go_on_helo(SMFICTX *ctx, char *name) { return SMFIS_CONTINUE; }
@@ -34,6 +39,11 @@ static sfsistat go_on_header(SMFICTX *ctx, char *name, char *value) { return SMF
 static sfsistat go_on(SMFICTX *ctx) { return SMFIS_CONTINUE; }
 static sfsistat go_on_body(SMFICTX *ctx, unsigned char *chunk, size_t size) { return SMFIS_CONTINUE; }
 static sfsistat go_on_unknown(SMFICTX *ctx, const char *command) { return SMFIS_CONTINUE; }
+
+static sfsistat quiet_connect(SMFICTX *ctx, char *host, _SOCK_ADDR *addr) { return SMFIS_NOREPLY; }
+static sfsistat quiet_helo(SMFICTX *ctx, char *name) { return SMFIS_NOREPLY; }
+static sfsistat quiet_args(SMFICTX *ctx, char **argv) { return SMFIS_NOREPLY; }
+static sfsistat quiet(SMFICTX *ctx) { return SMFIS_NOREPLY; }
 
 static sfsistat count_eom(SMFICTX *ctx)
 {
@@ -58,6 +68,23 @@ static sfsistat negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsi
     return SMFIS_CONTINUE;
 }
 
+/* --no-reply: the steps of every stage, none of them answered; no content steps. */
+static sfsistat negotiate_no_reply(SMFICTX *ctx, unsigned long f0, unsigned long f1,
+                                   unsigned long f2, unsigned long f3, unsigned long *pf0,
+                                   unsigned long *pf1, unsigned long *pf2, unsigned long *pf3)
+{
+    unsigned long wanted = SMFIP_NOBODY | SMFIP_NOHDRS | SMFIP_NOEOH | SMFIP_NOUNKNOWN |
+                           SMFIP_NR_CONN | SMFIP_NR_HELO | SMFIP_NR_MAIL | SMFIP_NR_RCPT |
+                           SMFIP_NR_DATA;
+    if ((f1 & wanted) != wanted)
+        return SMFIS_REJECT; /* the MTA cannot leave these out: no such floor to measure */
+    *pf0 = 0;
+    *pf1 = wanted;
+    *pf2 = 0;
+    *pf3 = 0;
+    return SMFIS_CONTINUE;
+}
+
 int main(int argc, char **argv)
 {
     const char *conn = NULL, *stats = NULL;
@@ -68,8 +95,11 @@ int main(int argc, char **argv)
             stats = argv[++i];
         else if (strcmp(argv[i], "--eom-only") == 0)
             eom_only = 1;
+        else if (strcmp(argv[i], "--no-reply") == 0)
+            no_reply = 1;
         else {
-            fprintf(stderr, "usage: %s --socket SPEC [--stats FILE] [--eom-only]\n", argv[0]);
+            fprintf(stderr, "usage: %s --socket SPEC [--stats FILE] [--no-reply | --eom-only]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -86,6 +116,15 @@ int main(int argc, char **argv)
     };
     if (eom_only) {
         desc.xxfi_negotiate = negotiate;
+    } else if (no_reply) {
+        desc.xxfi_negotiate = negotiate_no_reply;
+        desc.xxfi_connect = quiet_connect;
+        desc.xxfi_helo = quiet_helo;
+        desc.xxfi_envfrom = quiet_args;
+        desc.xxfi_envrcpt = quiet_args;
+        desc.xxfi_data = quiet;
+        desc.xxfi_abort = go_on;
+        desc.xxfi_close = go_on;
     } else {
         desc.xxfi_connect = go_on_connect;
         desc.xxfi_helo = go_on_helo;
