@@ -1,15 +1,17 @@
 """What the milter's ``[milter] events`` modes cost, in process: the asyncio engine's
 connection fed the frames Postfix sends for one message per session (connect, EHLO, MAIL, two
 RCPTs, one of them rejected by Postfix, DATA, end of message, QUIT), every step "no reply" as
-over the unix socket, events written to /dev/null through the real EventWriter.
+over the unix socket, events appended to a file through the real EventWriter, held per batch
+of commands as the milter command holds them (``stages, unheld``: one write per event, as
+before).
 
-No MTA, no socket, no other process: the milter's own Python CPU per session, which the
-end-to-end ``milter_overhead.py`` measures with Postfix's noise around it. The modes run in
-turn, round after round; each prints its median microseconds per session and its ratio to
-``stages`` (the default) measured in the same run. Nothing is asserted.
+No MTA, no socket, no other process: the milter's own CPU per session (user and system, so the
+writes count), which the end-to-end ``milter_overhead.py`` measures with Postfix's noise around
+it. The modes run in turn, round after round; each prints its median microseconds per session
+and its ratio to ``stages`` (the default) measured in the same run. Nothing is asserted.
 
     .venv/bin/python benchmarks/milter_events.py                 # 5 rounds of 3000 sessions
-    .venv/bin/python benchmarks/milter_events.py --rounds 2 --sessions 500
+    .venv/bin/python benchmarks/milter_events.py --rounds 2 --sessions 500 --events /dev/null
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from smtp_policy.emit import EventWriter  # noqa: E402
 from smtp_policy.wire import milter as w  # noqa: E402
 
 MODES = ("stages", "session", "both")
+UNHELD = "stages, unheld"
 
 
 class _Sink(asyncio.Transport):
@@ -80,11 +84,22 @@ def _session_bytes(n: int) -> bytes:
     return b"".join(c.encode() for c in commands)
 
 
-def _run_mode(mode: str, sessions: list[bytes], events: EventWriter) -> float:
-    """Microseconds of CPU per session for ``mode``."""
-    settings = MilterSettings(events, default_knowledge(), event_mode=mode)
+def _run_mode(mode: str, sessions: list[bytes], path: str) -> float:
+    """Microseconds of CPU per session for ``mode``, its events appended to ``path`` (emptied
+    first)."""
+    if path != os.devnull:
+        Path(path).unlink(missing_ok=True)
+    events = EventWriter.open(path)
+    held = mode != UNHELD
+    settings = MilterSettings(events, default_knowledge(), event_mode=mode if held else "stages")
     Milter.factory = MilterFactory(settings)
-    server = MilterServer(timeout=600, on_error=lambda exc, m: None, on_protocol_error=print)
+    server = MilterServer(
+        timeout=600,
+        on_error=lambda exc, m: None,
+        on_protocol_error=print,
+        hold_events=events.hold if held else _nothing,
+        release_events=events.release if held else _nothing,
+    )
 
     async def drive() -> float:
         start = time.process_time()
@@ -96,7 +111,14 @@ def _run_mode(mode: str, sessions: list[bytes], events: EventWriter) -> float:
             connection.connection_lost(None)
         return time.process_time() - start
 
-    return asyncio.run(drive()) * 1e6 / len(sessions)
+    try:
+        return asyncio.run(drive()) * 1e6 / len(sessions)
+    finally:
+        events.close()
+
+
+def _nothing() -> None:
+    """Events not held: each one written at once."""
 
 
 def main() -> None:
@@ -104,23 +126,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sessions", type=int, default=3000, help="sessions per mode and round")
+    parser.add_argument("--events", help="the events file (default: one in a temp dir)")
     args = parser.parse_args()
     sessions = [_session_bytes(n) for n in range(args.sessions)]
-    events = EventWriter.open(os.devnull)
-    _run_mode("stages", sessions[:200], events)  # warm up: imports, caches
-    times: dict[str, list[float]] = {mode: [] for mode in MODES}
-    for round_ in range(1, args.rounds + 1):
-        for mode in MODES:
-            times[mode].append(_run_mode(mode, sessions, events))
-        line = "  ".join(f"{mode} {times[mode][-1]:7.1f}" for mode in MODES)
-        print(f"round {round_}  µs/session: {line}", flush=True)
+    modes = (*MODES, UNHELD)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.events or str(Path(tmp) / "events.jsonl")
+        _run_mode("stages", sessions[:200], path)  # warm up: imports, caches
+        times: dict[str, list[float]] = {mode: [] for mode in modes}
+        for round_ in range(1, args.rounds + 1):
+            for mode in modes:
+                times[mode].append(_run_mode(mode, sessions, path))
+            line = "  ".join(f"{mode} {times[mode][-1]:7.1f}" for mode in modes)
+            print(f"round {round_}  µs/session: {line}", flush=True)
     base = statistics.median(times["stages"])
-    print(f"\n{'events mode':<12} {'µs/session':>11} {'÷ stages':>9}  runs (µs/session)")
-    for mode in MODES:
+    print(f"\n{'events mode':<15} {'µs/session':>11} {'÷ stages':>9}  runs (µs/session)")
+    for mode in modes:
         median = statistics.median(times[mode])
         runs = " ".join(f"{t:.0f}" for t in times[mode])
-        print(f"{mode:<12} {median:11.1f} {median / base:9.2f}  {runs}")
-    events.close()
+        print(f"{mode:<15} {median:11.1f} {median / base:9.2f}  {runs}")
 
 
 if __name__ == "__main__":

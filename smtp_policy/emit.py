@@ -3,7 +3,8 @@
 Each event is one JSON object (structlog's renderer here, :func:`_render`) written with one
 ``write`` call; the follower's writer is block-buffered, writes a batch's events with one call
 (:meth:`EventWriter.emit_forms`, the same renderer) and is flushed per batch; a daemon's is
-line-buffered.
+line-buffered, and the asyncio milter holds the events of each batch of the MTA's commands and
+writes them with one call before it answers (:meth:`EventWriter.hold`).
 
 Files a daemon writes (events, the follower's state) are opened by :func:`open_own_file`: never
 through a symbolic link, only when they are regular files of the daemon's own user, so a local
@@ -138,16 +139,21 @@ def _render(_logger: object, _method: str, fields: EventDict) -> str:
 class _Lines:
     """The logger structlog hands rendered events to: one ``write`` per line, flushed at once
     only when line-buffered (structlog's own loggers flush every line; the follower flushes
-    once per batch)."""
+    once per batch), or kept in ``held`` while the writer holds its events."""
 
-    __slots__ = ("line_buffered", "stream")
+    __slots__ = ("held", "line_buffered", "stream")
 
     def __init__(self, stream: TextIO, line_buffered: bool) -> None:
         self.stream = stream
         self.line_buffered = line_buffered
+        self.held: list[str] | None = None
 
     def msg(self, message: str) -> None:
-        """Write one rendered event."""
+        """Write one rendered event (or keep it, while held)."""
+        held = self.held
+        if held is not None:
+            held.append(message)
+            return
         self.stream.write(message + "\n")
         if self.line_buffered:  # stdout or a stream of a caller's: out at once, too
             self.stream.flush()
@@ -183,7 +189,8 @@ class EventWriter:
         self._path = path
         self._line_buffered = line_buffered
         self._lock = threading.Lock()
-        self._log = _logger(_Lines(stream, line_buffered))
+        self._lines = _Lines(stream, line_buffered)
+        self._log = _logger(self._lines)
 
     @classmethod
     def open(cls, path: str | None, *, line_buffered: bool = True) -> EventWriter:
@@ -224,7 +231,9 @@ class EventWriter:
             return
         with self._lock:
             old, self._stream = self._stream, stream
-            self._log = _logger(_Lines(stream, self._line_buffered))
+            lines = _Lines(stream, self._line_buffered)
+            lines.held, self._lines = self._lines.held, lines
+            self._log = _logger(lines)
         old.close()
 
     def error(self, source: Source, text: str, session: str | None = None) -> None:
@@ -238,6 +247,23 @@ class EventWriter:
                 text=text,
             )
         )
+
+    def hold(self) -> None:
+        """Keep the events emitted from now on until :meth:`release` (one thread's use: the
+        asyncio milter holds the events of each batch of the MTA's commands, so that they go
+        out in one write, before its replies do). Holding twice is holding once."""
+        lines = self._lines
+        if lines.held is None:
+            lines.held = []
+
+    def release(self) -> None:
+        """Write the held events, in order, with one ``write`` (flushed), and stop holding."""
+        lines = self._lines
+        held, lines.held = lines.held, None
+        if held:
+            with self._lock:
+                self._stream.write("\n".join(held) + "\n")
+                self._stream.flush()
 
     def flush(self) -> None:
         """Write out what is buffered."""

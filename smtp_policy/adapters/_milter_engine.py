@@ -254,6 +254,23 @@ class MilterConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
+        server = self._server
+        server.hold_events()
+        try:
+            ended = self._take(data)
+        finally:
+            server.release_events()  # what was handled is written before any reply goes out
+        if ended is None:
+            self._flush()
+        elif ended is wire.MilterProtocolError:
+            self._flush()
+            self.close()
+        else:
+            self.abort()
+
+    def _take(self, data: bytes) -> type[Exception] | None:
+        """Handle every whole frame in ``data``; None, or the kind of failure that ends the
+        connection (a broken protocol: close; a bug of ours: abort, the MTA fails open)."""
         decoder = self._decoder
         decoder.feed(data)
         try:
@@ -261,14 +278,11 @@ class MilterConnection(asyncio.Protocol):
                 self._handle(frame)
         except wire.MilterProtocolError as exc:
             self._server.on_protocol_error(f"milter protocol error, connection closed: {exc}")
-            self._flush()
-            self.close()
-            return
-        except Exception as exc:  # a bug of ours: this connection ends, the MTA fails open
+            return wire.MilterProtocolError
+        except Exception as exc:
             self._server.on_error(exc, self._ctx.getpriv())
-            self.abort()
-            return
-        self._flush()
+            return Exception
+        return None
 
     def eof_received(self) -> bool:
         # Every frame that arrived before end-of-file has been handled by now.
@@ -486,6 +500,10 @@ class MilterConnection(asyncio.Protocol):
             self._arm_timer(timeout - idle)
 
 
+def _nothing() -> None:
+    """No events to hold or release."""
+
+
 class MilterServer:
     """The listening side: connections, their limit, and the hooks that report trouble."""
 
@@ -496,11 +514,15 @@ class MilterServer:
         on_error: ErrorHook,
         on_protocol_error: Callable[[str], None],
         limit: int = MAX_CONNECTIONS,
+        hold_events: Callable[[], None] = _nothing,
+        release_events: Callable[[], None] = _nothing,
     ) -> None:
         self.timeout = timeout
         self.on_error = on_error
         self.on_protocol_error = on_protocol_error
         self.limit = limit
+        self.hold_events = hold_events  # a batch of the MTA's commands begins
+        self.release_events = release_events  # it was handled: write its events at once
         self.connections: set[MilterConnection] = set()
         self.closed_idle = 0
 

@@ -314,7 +314,11 @@ async def _main_asyncio(
         _reload(args.config, factory, args.events_mode)
 
     server = MilterServer(
-        timeout=timeout, on_error=_engine_error(events), on_protocol_error=protocol_error
+        timeout=timeout,
+        on_error=_engine_error(events),
+        on_protocol_error=protocol_error,
+        hold_events=events.hold,
+        release_events=events.release,
     )
     listener = await server.listen(sock)
     stop = asyncio.Event()

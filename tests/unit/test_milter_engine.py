@@ -90,16 +90,17 @@ def _engine(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Harness]:
         policy: MilterPolicy | None = None, *, noreply: bool = True, event_mode: str = "stages"
     ) -> Harness:
         buffer = io.StringIO()
-        settings = MilterSettings(
-            EventWriter(buffer), kb, policy or MilterPolicy(), None, noreply, event_mode
-        )
+        writer = EventWriter(buffer)
+        settings = MilterSettings(writer, kb, policy or MilterPolicy(), None, noreply, event_mode)
         monkeypatch.setattr(Milter, "factory", MilterFactory(settings))
         errors: list[tuple[BaseException, object]] = []
         problems: list[str] = []
-        server = MilterServer(
+        server = MilterServer(  # as the milter command wires it
             timeout=60,
             on_error=lambda exc, m: errors.append((exc, m)),
             on_protocol_error=problems.append,
+            hold_events=writer.hold,
+            release_events=writer.release,
         )
         harness = Harness(buffer, server)
         harness.errors = errors  # type: ignore[attr-defined]
@@ -350,5 +351,53 @@ def test_an_unexpected_error_drops_only_that_connection(
         assert h.transport.closed
         ((exc, _milter),) = h.errors  # type: ignore[attr-defined]
         assert isinstance(exc, ZeroDivisionError)
+
+    run(test)
+
+
+class _Journal(io.StringIO):
+    """An events stream that notes each write in a journal shared with the transport."""
+
+    def __init__(self, journal: list[tuple[str, int]]) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def write(self, text: str) -> int:
+        self.journal.append(("events", text.count("\n")))
+        return super().write(text)
+
+
+def test_a_batch_of_commands_writes_its_events_at_once_before_the_replies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    journal: list[tuple[str, int]] = []
+    writer = EventWriter(_Journal(journal))
+    settings = MilterSettings(writer, default_knowledge(), MilterPolicy(), None, True, "stages")
+    monkeypatch.setattr(Milter, "factory", MilterFactory(settings))
+    server = MilterServer(
+        timeout=60,
+        on_error=lambda exc, m: None,
+        on_protocol_error=print,
+        hold_events=writer.hold,
+        release_events=writer.release,
+    )
+
+    class Transport(FakeTransport):
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            journal.append(("reply", 1))
+            super().write(data)
+
+    def test() -> None:
+        connection = MilterConnection(server)
+        connection.connection_made(Transport())
+        connection.data_received(OFFER.encode())
+        journal.clear()
+        commands = [*session(), w.Bare(w.DATA), w.EndOfMessage(b"")]
+        connection.data_received(b"".join(c.encode() for c in commands))
+        assert [kind for kind, _ in journal] == ["events", "reply"]  # one write, then replies
+        assert journal[0][1] >= 5  # connect, helo, mail, rcpt, data, end of message
+        journal.clear()
+        writer.emit_fields({"schema": 1, "source": "milter", "ts": "x", "event": "error"})
+        assert journal == [("events", 1)]  # outside a batch: written at once
 
     run(test)
