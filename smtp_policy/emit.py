@@ -252,16 +252,17 @@ class EventWriter:
         """Keep the events emitted from now on until :meth:`release` (one thread's use: the
         asyncio milter holds the events of each batch of the MTA's commands, so that they go
         out in one write, before its replies do). Holding twice is holding once."""
-        lines = self._lines
-        if lines.held is None:
-            lines.held = []
+        with self._lock:
+            lines = self._lines
+            if lines.held is None:
+                lines.held = []
 
     def release(self) -> None:
         """Write the held events, in order, with one ``write`` (flushed), and stop holding."""
-        lines = self._lines
-        held, lines.held = lines.held, None
-        if held:
-            with self._lock:
+        with self._lock:  # an event another thread emits meanwhile is in ``held`` or after it
+            lines = self._lines
+            held, lines.held = lines.held, None
+            if held:
                 self._stream.write("\n".join(held) + "\n")
                 self._stream.flush()
 
