@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,3 +75,23 @@ def test_events_held_across_a_reopen_go_to_the_new_file(tmp_path: Path) -> None:
     writer.close()
     assert [e.get("text") for e in read_events(tmp_path / "events.jsonl.1")] == ["1"]
     assert [e.get("text") for e in read_events(path)] == ["2", "3"]
+
+
+def test_events_from_another_thread_while_this_one_holds_are_all_written_in_order() -> None:
+    stream = io.StringIO()
+    writer = EventWriter(stream)
+    done = threading.Event()
+
+    def other() -> None:
+        for n in range(2000):
+            writer.emit(_event(n))
+        done.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    while not done.is_set():  # this thread holds and releases the whole time
+        writer.hold()
+        writer.release()
+    thread.join()
+    writer.release()
+    assert _texts(stream) == [str(n) for n in range(2000)]
