@@ -123,7 +123,7 @@ def time_command(
     walls, cpus = [], []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "replies.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in replies))
+        data.write_text(_jsonl(replies))
         command = [sys.executable, "-m", "smtp_policy", "explain", "--jsonl", str(data)]
         env = with_bytecode(Path(tmp) / "bytecode", env)
         subprocess.run(command, stdout=subprocess.DEVNULL, check=True, cwd=ROOT, env=env)  # warm
@@ -137,6 +137,11 @@ def time_command(
     return walls, cpus
 
 
+def _jsonl(replies: list[str]) -> str:
+    """The replies as ``explain --jsonl`` reads them: one JSON string a line."""
+    return "".join(json.dumps(r) + "\n" for r in replies)
+
+
 def per_second(count: int, seconds: list[float]) -> list[float]:
     """``count`` items per each of ``seconds``."""
     return [count / max(s, 1e-3) for s in seconds]
@@ -144,7 +149,7 @@ def per_second(count: int, seconds: list[float]) -> list[float]:
 
 def explained(replies: list[str], env: dict[str, str] | None) -> bytes:
     """What ``explain --jsonl`` writes for the replies."""
-    data = "".join(json.dumps(r) + "\n" for r in replies).encode()
+    data = _jsonl(replies).encode()
     command = [sys.executable, "-m", "smtp_policy", "explain", "--jsonl", "-"]
     return subprocess.run(command, input=data, capture_output=True, check=True, env=env).stdout
 
@@ -156,7 +161,7 @@ def time_sisimai(replies: list[str], rounds: int) -> tuple[list[float], list[flo
         return None
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "replies.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in replies))
+        data.write_text(_jsonl(replies))
         script = Path(tmp) / "bench.pl"
         script.write_text(PERL)
         proc = subprocess.run(
@@ -190,7 +195,7 @@ def main() -> None:
     args = parser.parse_args()
     replies = build_replies(args.count)
     if args.save is not None:
-        args.save.write_text("".join(json.dumps(r) + "\n" for r in replies))
+        args.save.write_text(_jsonl(replies))
     mean = statistics.mean(map(len, replies))
     print(f"{len(replies)} replies, {len(set(replies))} distinct, mean {mean:.0f} chars")
     default_knowledge()  # loading is not part of the timing

@@ -260,13 +260,18 @@ def main() -> None:
             print(f"events written by follow: {Path(events).stat().st_size / 1e6:.0f} MB")
 
 
+def _first_lines(log: Path, count: int) -> bytes:
+    """The log's first ``count`` lines."""
+    with log.open("rb") as f:
+        return b"".join(line for _, line in zip(range(count), f, strict=False))
+
+
 def _warm_up(
     runs: dict[str, tuple[list[str], dict[str, str] | None]], log: Path, small: Path
 ) -> None:
     """Run each of our commands once on the log's first 1,000 lines: the timed rounds then
     find their bytecode cache written, as an installed package has it."""
-    with log.open("rb") as f:
-        small.write_bytes(b"".join(line for _, line in zip(range(1000), f, strict=False)))
+    small.write_bytes(_first_lines(log, 1000))
     for name, (cmd, env) in runs.items():
         if name != "pflogsumm":
             subprocess.run(
@@ -311,8 +316,7 @@ def _summary(
 def _same_report(ours: list[str], log: Path, compiled: dict[str, str]) -> None:
     """Exit unless the compiled copy's JSON report of the log's first 100,000 lines is byte
     for byte the pure package's."""
-    with log.open("rb") as f:
-        head = b"".join(line for _, line in zip(range(100_000), f, strict=False))
+    head = _first_lines(log, 100_000)
     outputs = [
         subprocess.run(
             [*ours, "report", "--json", "-"], input=head, capture_output=True, env=env, check=True

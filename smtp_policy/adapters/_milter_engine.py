@@ -257,20 +257,15 @@ class MilterConnection(asyncio.Protocol):
         server = self._server
         server.hold_events()
         try:
-            ended = self._take(data)
+            then = self._take(data)
         finally:
             server.release_events()  # what was handled is written before any reply goes out
-        if ended is None:
-            self._flush()
-        elif ended is wire.MilterProtocolError:
-            self._flush()
-            self.close()
-        else:
-            self.abort()
+        then()
 
-    def _take(self, data: bytes) -> type[Exception] | None:
-        """Handle every whole frame in ``data``; None, or the kind of failure that ends the
-        connection (a broken protocol: close; a bug of ours: abort, the MTA fails open)."""
+    def _take(self, data: bytes) -> Callable[[], None]:
+        """Handle every whole frame in ``data``; what to do once its events are written:
+        answer, close after answering (a broken protocol), or abort (a bug of ours: this
+        connection ends, the MTA fails open)."""
         decoder = self._decoder
         decoder.feed(data)
         try:
@@ -278,11 +273,11 @@ class MilterConnection(asyncio.Protocol):
                 self._handle(frame)
         except wire.MilterProtocolError as exc:
             self._server.on_protocol_error(f"milter protocol error, connection closed: {exc}")
-            return wire.MilterProtocolError
+            return self.close  # close() sends what is queued first
         except Exception as exc:
             self._server.on_error(exc, self._ctx.getpriv())
-            return Exception
-        return None
+            return self.abort
+        return self._flush
 
     def eof_received(self) -> bool:
         # Every frame that arrived before end-of-file has been handled by now.
